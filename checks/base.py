@@ -1,0 +1,275 @@
+"""What every check kind shares: the Result it returns, the base of its spec, and the
+value types of the configuration (durations, percentages) that specs are written in.
+
+A check kind is one module with a `Spec` model and `async def run(spec, *, timeout) -> Result`.
+It never raises for a sick target: a target that is down gives `Result.down(...)`, and a check
+that could not run at all (no permission for ICMP, say) gives `Result.unknown(...)`, which must
+never count as a failure of the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    WithJsonSchema,
+)
+
+State = Literal["up", "down", "unknown"]
+Evidence = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One run of one check: what was seen, how long each phase took, and why it failed."""
+
+    kind: str
+    target: str
+    state: State
+    duration: float
+    reason: str = ""
+    phases: Mapping[str, float] = field(default_factory=dict)
+    evidence: Evidence = field(default_factory=dict)
+    started_at: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "up"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "state": self.state,
+            "ok": self.ok,
+            "duration_seconds": round(self.duration, 6),
+            "reason": self.reason,
+            "phases": {k: round(v, 6) for k, v in self.phases.items()},
+            "evidence": dict(self.evidence),
+            "started_at": self.started_at,
+        }
+
+
+class Probe:
+    """Times the phases of one check run and builds its Result.
+
+    `with probe.phase("connect"): ...` adds the time spent to that phase; the phase being timed
+    when a timeout strikes is named in the reason ("timed out after 5s during connect").
+    """
+
+    def __init__(self, kind: str, target: str, phases: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self.target = target
+        self.started_at = time.time()
+        self._t0 = time.perf_counter()
+        self.phases: dict[str, float] = dict.fromkeys(phases, 0.0)
+        self.evidence: dict[str, Any] = {}
+        self.current: str | None = None
+
+    def phase(self, name: str) -> _PhaseTimer:
+        return _PhaseTimer(self, name)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def _result(self, state: State, reason: str) -> Result:
+        return Result(
+            kind=self.kind,
+            target=self.target,
+            state=state,
+            duration=self.elapsed(),
+            reason=reason,
+            phases=self.phases,
+            evidence=self.evidence,
+            started_at=self.started_at,
+        )
+
+    def up(self) -> Result:
+        return self._result("up", "")
+
+    def down(self, reason: str) -> Result:
+        return self._result("down", reason)
+
+    def unknown(self, reason: str) -> Result:
+        return self._result("unknown", reason)
+
+    def timed_out(self, timeout: float) -> Result:
+        during = f" during {self.current}" if self.current else ""
+        return self.down(f"timed out after {format_duration(timeout)}{during}")
+
+
+class _PhaseTimer:
+    __slots__ = ("_name", "_probe", "_t0")
+
+    def __init__(self, probe: Probe, name: str) -> None:
+        self._probe = probe
+        self._name = name
+        self._t0 = 0.0
+
+    def __enter__(self) -> None:
+        self._probe.current = self._name
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        spent = time.perf_counter() - self._t0
+        self._probe.phases[self._name] = self._probe.phases.get(self._name, 0.0) + spent
+        # A phase left by an exception (the timeout's cancellation) stays current, so that
+        # timed_out() can name it.
+        if exc[0] is None:
+            self._probe.current = None
+
+
+# --- configuration value types -------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def parse_duration(value: object) -> float:
+    """Prometheus-style durations (`250ms`, `30s`, `1h30m`, `1d`) to seconds."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{value!r} is not a duration (like 250ms, 30s, 5m, 1h, 1d)")
+    if isinstance(value, int | float):
+        if value == 0:
+            return 0.0
+        raise ValueError(f"{value!r} has no unit: write it like 30s or 5m")
+    text = value.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"{value!r} is not a duration (like 250ms, 30s, 5m, 1h, 1d)")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest Prometheus-style spelling: 0.25 -> 250ms, 90 -> 1m30s, 86400 -> 1d."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60 and seconds != int(seconds):
+        return f"{seconds:.3g}s"
+    rest, parts = int(seconds), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts)
+
+
+def parse_percent(value: object) -> float:
+    """`20%` to 0.2."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            number = float(value.strip()[:-1])
+        except ValueError:
+            pass
+        else:
+            if 0 <= number <= 100:
+                return number / 100
+            raise ValueError(f"{value!r} is not between 0% and 100%")
+    raise ValueError(f"{value!r} is not a percentage (like 20%)")
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w|y))+$"}),
+]
+Percent = Annotated[
+    float,
+    BeforeValidator(parse_percent),
+    PlainSerializer(lambda v: f"{v * 100:g}%", return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?%$"}),
+]
+IpFamily = Literal["auto", "ipv4", "ipv6"]
+
+
+def _readable_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"{str(value)!r} is not a readable file")
+    return value
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a port (1-65535)")
+    return value
+
+
+ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
+Port = Annotated[int, AfterValidator(_port)]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors (a typo must not pass silently); loaded config never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Spec(StrictModel):
+    """The base of every check kind's settings."""
+
+    kind: ClassVar[str]
+
+    @property
+    def target(self) -> str:
+        raise NotImplementedError
+
+
+# --- helpers the kinds share ---------------------------------------------------------------
+
+_FAMILIES = {"auto": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+
+
+async def resolve(host: str, family: IpFamily = "auto") -> list[str]:
+    """The addresses of `host`, IPv6 first where both exist (as blackbox_exporter prefers).
+
+    An address literal is returned as it is, without a lookup. Raises `OSError` (a
+    `socket.gaierror`) when the name does not resolve.
+    """
+    try:
+        literal = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        if (family, literal.version) in (("ipv4", 6), ("ipv6", 4)):
+            raise OSError(f"{host} is not an {family} address")
+        return [str(literal)]
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, None, family=_FAMILIES[family], type=socket.SOCK_STREAM
+    )
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    return sorted(addresses, key=lambda a: ":" not in a)
+
+
+def describe_os_error(err: OSError) -> str:
+    """A short reason a human understands, from a socket-level error."""
+    if isinstance(err, socket.gaierror):
+        if err.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
+            return "name does not resolve"
+        return f"name lookup failed: {err.strerror or err}"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, ConnectionResetError):
+        return "connection reset by peer"
+    if err.strerror:
+        return err.strerror[0].lower() + err.strerror[1:]
+    text = str(err)
+    return text or type(err).__name__

@@ -1,0 +1,106 @@
+"""The `probe` command: validate, schema, check (and, as the daemon grows, run)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from checks import execute
+from checks.base import Result, format_duration
+from probe import __version__
+from probe.config import Check, Config, ConfigError, load
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="probe", description="Health checks that open, update and close helpdesk tickets."
+    )
+    parser.add_argument("--version", action="version", version=f"probe {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check a configuration and summarise it")
+    validate.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+
+    commands.add_parser("schema", help="print the configuration's JSON Schema")
+
+    check = commands.add_parser("check", help="run checks once and print their results")
+    check.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+    check.add_argument("names", nargs="*", metavar="NAME", help="checks to run (default: all)")
+    check.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "schema":
+        print(json.dumps(Config.model_json_schema(by_alias=True), indent=2))
+        return EXIT_OK
+    config = _load(args.config)
+    if args.command == "validate":
+        if config is None:
+            return EXIT_FAILED
+        print(f"{args.config}: OK: {config.summary()}")
+        return EXIT_OK
+    if config is None:
+        return EXIT_CONFIG
+    return _check(config, args.names, as_json=args.json)
+
+
+def _load(path: Path) -> Config | None:
+    try:
+        return load(path)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, file=sys.stderr)
+        count = len(err.issues)
+        print(f"{path}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return None
+
+
+def _check(config: Config, names: list[str], *, as_json: bool) -> int:
+    checks = config.effective_checks()
+    known = {c.name for c in checks}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        print(f"no check is named {', '.join(map(repr, unknown))}", file=sys.stderr)
+        return EXIT_CONFIG
+    chosen = [c for c in checks if not names or c.name in names]
+    results = asyncio.run(_run_all(chosen, config.agent.max_concurrency))
+    if as_json:
+        rows = [{"name": c.name, **r.as_dict()} for c, r in zip(chosen, results, strict=True)]
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_table(chosen, results))
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+async def _run_all(checks: list[Check], concurrency: int) -> list[Result]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(check: Check) -> Result:
+        async with gate:
+            return await execute(check.spec, timeout=check.timeout)
+
+    return await asyncio.gather(*(one(c) for c in checks))
+
+
+def _table(checks: list[Check], results: list[Result]) -> str:
+    rows = [("NAME", "KIND", "RESULT", "LATENCY", "REASON")]
+    for check, result in zip(checks, results, strict=True):
+        rows.append((check.name, check.kind, result.state.upper(),
+                     format_duration(result.duration), result.reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        ("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True))
+         + "  " + row[4]).rstrip()
+        for row in rows
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,649 @@
+"""The configuration contract: the models of every key, loading one file or a conf.d directory,
+and errors that name the file, the line and the key path.
+
+`load(path)` returns a `Config` or raises `ConfigError` with every problem found.
+`Config.effective_checks()` gives each check with the defaults applied: what the daemon runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import fnmatch
+import functools
+import re
+import socket
+import zoneinfo
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from checks import KINDS
+from checks.base import Duration, Percent, ReadableFile, Spec, StrictModel, format_duration
+from probe.tickets import AnyRoute
+from probe.tickets.base import Priority, RouteBase
+from probe.yamlpos import KeyPath, Position, YamlError, load_with_positions, show_path
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid name (letters, digits, '_', '.', '-'; no spaces)"
+        )
+    return value
+
+
+def _listen(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (like 127.0.0.1:9469)")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"{format_duration(value)} must be longer than 0")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+Threshold = Annotated[int, Field(ge=1, le=1000)]
+
+
+class Agent(StrictModel):
+    name: str = Field(default_factory=socket.gethostname)
+    state_dir: Path = Path("/var/lib/probe")
+    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:9469"
+    web_config: ReadableFile | None = None
+    max_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 200
+    history: Annotated[int, Field(ge=1, le=10_000)] = 50  # results kept per check
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Flapping(StrictModel):
+    """Icinga's method: weighted percent state change over the last `window` results; flapping
+    starts above `high` and ends below `low`."""
+
+    enabled: bool = True
+    high: Percent = 0.30
+    low: Percent = 0.25
+    window: Annotated[int, Field(ge=3, le=100)] = 21
+
+    @model_validator(mode="after")
+    def _order(self) -> Flapping:
+        if self.low > self.high:
+            raise ValueError("low must not be above high")
+        return self
+
+
+class TicketPolicy(StrictModel):
+    enabled: bool = True
+    route: Name | None = None  # the only route when there is one
+    priority: Priority = "urgent"
+    update_interval: PositiveDuration = 3600.0
+    escalate_after: PositiveDuration | None = 3600.0
+    on_human_close: Literal["reopen", "new", "leave"] = "reopen"
+    title_template: str | None = None
+    body_template: str | None = None
+
+
+class Defaults(StrictModel):
+    interval: PositiveDuration = 30.0
+    retry_interval: PositiveDuration = 10.0
+    timeout: PositiveDuration = 10.0
+    failure_threshold: Threshold = 3
+    success_threshold: Threshold = 2
+    flapping: Flapping = Flapping()
+    ticket: TicketPolicy = TicketPolicy()
+
+
+class Ticketing(StrictModel):
+    routes: dict[Name, AnyRoute] = {}
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{value!r} is not a known time zone (like UTC or Europe/Berlin)"
+        ) from None
+    return value
+
+
+def _clock(value: object) -> dt.time:
+    # YAML 1.1 reads an unquoted 02:00 as the number 120 (sexagesimal): take it back.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1440:
+        return dt.time(value // 60, value % 60)
+    if isinstance(value, str) and re.fullmatch(r"\d{1,2}:\d{2}", value):
+        hour, minute = map(int, value.split(":"))
+        if hour < 24 and minute < 60:
+            return dt.time(hour, minute)
+    raise ValueError(f"{value!r} is not a time of day (like \"02:00\")")
+
+
+class Maintenance(StrictModel):
+    """A window in which no incident opens: one-off (start, end) or recurring (weekdays, at,
+    duration, timezone)."""
+
+    checks: list[str] = []  # names or glob patterns
+    services: list[str] = []
+    reason: str = ""
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    weekdays: list[Weekday] = list(WEEKDAYS)
+    at: Annotated[dt.time, Field(json_schema_extra={"type": "string"})] | None = None
+    duration: PositiveDuration | None = None
+    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _at(cls, value: object) -> dt.time | None:
+        return None if value is None else _clock(value)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Maintenance:
+        if not self.checks and not self.services:
+            raise ValueError("names no checks and no services")
+        one_off = self.start is not None or self.end is not None
+        recurring = self.at is not None or self.duration is not None
+        if one_off and recurring:
+            raise ValueError("is either one-off (start, end) or recurring (at, duration), not both")
+        if one_off:
+            if self.start is None or self.end is None:
+                raise ValueError("a one-off window needs both start and end")
+            for label, value in (("start", self.start), ("end", self.end)):
+                if value.tzinfo is None:
+                    raise ValueError(f"{label} needs a time zone (like 2026-12-01T02:00:00Z)")
+            if self.end <= self.start:
+                raise ValueError("end is not after start")
+        elif self.at is None or self.duration is None:
+            raise ValueError("needs start and end, or at and duration")
+        if not self.weekdays:
+            raise ValueError("weekdays is empty")
+        return self
+
+
+class CheckBase(StrictModel):
+    """The keys every check takes; exactly one kind key (http, tcp, ...) is added from KINDS."""
+
+    name: Name
+    description: str = ""
+    service: Name | None = None
+    depends_on: list[Name] = []
+    interval: PositiveDuration | None = None
+    retry_interval: PositiveDuration | None = None
+    timeout: PositiveDuration | None = None
+    failure_threshold: Threshold | None = None
+    success_threshold: Threshold | None = None
+    flapping: Flapping | None = None
+    ticket: TicketPolicy | None = None
+    runbook: str | None = None
+    dashboard: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CheckBase:
+        kinds = [kind for kind in KINDS if getattr(self, kind) is not None]
+        if len(kinds) != 1:
+            have = f"has {' and '.join(kinds)}" if kinds else "has none"
+            raise ValueError(f"needs exactly one of {', '.join(KINDS)}; {have}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in KINDS if getattr(self, kind) is not None)
+
+    @property
+    def spec(self) -> Spec:
+        spec: Spec = getattr(self, self.kind)
+        return spec
+
+
+CheckConfig: type[CheckBase] = create_model(  # type: ignore[call-overload]
+    "CheckConfig",
+    __base__=CheckBase,
+    **{kind: (k.spec | None, None) for kind, k in KINDS.items()},
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check as the daemon runs it: the defaults applied."""
+
+    name: str
+    kind: str
+    spec: Spec
+    service: str | None
+    depends_on: tuple[str, ...]
+    interval: float
+    retry_interval: float
+    timeout: float
+    failure_threshold: int
+    success_threshold: int
+    flapping: Flapping
+    ticket: TicketPolicy
+    description: str
+    runbook: str | None
+    dashboard: str | None
+
+    @property
+    def group(self) -> str:
+        """The incident this check belongs to: its service's, or its own."""
+        return self.service or self.name
+
+
+def _merged(default: StrictModel, override: StrictModel | None) -> Any:
+    if override is None:
+        return default
+    return default.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
+
+
+class Config(StrictModel):
+    agent: Agent = Agent()
+    defaults: Defaults = Defaults()
+    ticketing: Ticketing = Ticketing()
+    maintenance: list[Maintenance] = []
+    checks: list[CheckConfig] = []
+
+    def effective_checks(self) -> list[Check]:
+        d = self.defaults
+        out = []
+        for c in self.checks:
+            ticket: TicketPolicy = _merged(d.ticket, c.ticket)
+            if ticket.route is None and len(self.ticketing.routes) == 1:
+                ticket = ticket.model_copy(update={"route": next(iter(self.ticketing.routes))})
+            out.append(
+                Check(
+                    name=c.name,
+                    kind=c.kind,
+                    spec=c.spec,
+                    service=c.service,
+                    depends_on=tuple(c.depends_on),
+                    interval=c.interval or d.interval,
+                    retry_interval=c.retry_interval or d.retry_interval,
+                    timeout=c.timeout or d.timeout,
+                    failure_threshold=c.failure_threshold or d.failure_threshold,
+                    success_threshold=c.success_threshold or d.success_threshold,
+                    flapping=_merged(d.flapping, c.flapping),
+                    ticket=ticket,
+                    description=c.description,
+                    runbook=c.runbook,
+                    dashboard=c.dashboard,
+                )
+            )
+        return out
+
+    @property
+    def routes(self) -> dict[str, RouteBase]:
+        routes: dict[str, RouteBase] = self.ticketing.routes
+        return routes
+
+    def summary(self) -> str:
+        kinds: dict[str, int] = {}
+        for check in self.checks:
+            kinds[check.kind] = kinds.get(check.kind, 0) + 1
+        per_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        return (
+            f"{_count(len(self.checks), 'check')} ({per_kind or 'none'}), "
+            f"{_count(len(self.routes), 'route')}, "
+            f"{_count(len(self.maintenance), 'maintenance window')}"
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+# --- loading and errors --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("\n".join(map(str, issues)))
+        self.issues = issues
+
+
+def load(path: Path | str) -> Config:
+    """Load and validate one YAML file, or every *.yaml / *.yml file of a directory."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not files:
+            raise ConfigError([ConfigIssue(str(path), 0, "", "no *.yaml files in this directory")])
+    elif path.exists():
+        files = [path]
+    else:
+        raise ConfigError([ConfigIssue(str(path), 0, "", "no such file or directory")])
+    data, positions, issues = _merge(files)
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as err:
+        issues += _translate(err, data, positions)
+    issues += _cross_checks(data, positions, config)
+    if issues:
+        raise ConfigError(sorted(set(issues), key=lambda i: (i.file, i.line, i.path)))
+    assert config is not None
+    return config
+
+
+_SECTIONS_ONCE = ("agent", "defaults")
+_LIST_SECTIONS = ("checks", "maintenance")
+
+
+def _merge(files: list[Path]) -> tuple[dict[str, Any], dict[KeyPath, Position], list[ConfigIssue]]:
+    """Merge conf.d files: lists are concatenated, routes joined, `agent` and `defaults` may be
+    set in one file only."""
+    merged: dict[str, Any] = {}
+    positions: dict[KeyPath, Position] = {}
+    issues: list[ConfigIssue] = []
+    for file in files:
+        try:
+            data, pos = load_with_positions(file)
+        except YamlError as err:
+            issues.append(ConfigIssue(err.file, err.line, "", err.message))
+            continue
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            issues.append(ConfigIssue(str(file), 1, "", "the top level must be a mapping of keys"))
+            continue
+        for key, value in data.items():
+            key_pos = pos[(key,)]
+            if key in _LIST_SECTIONS and isinstance(value, list) and key in merged:
+                offset = len(merged[key])
+                if isinstance(merged[key], list):
+                    merged[key].extend(value)
+                    positions.update(_shift(pos, key, offset))
+                    continue
+            if key == "ticketing" and isinstance(value, dict) and key in merged:
+                routes = value.get("routes")
+                known = merged[key].get("routes") if isinstance(merged[key], dict) else None
+                only_routes = set(value) == {"routes"}
+                if isinstance(routes, dict) and isinstance(known, dict) and only_routes:
+                    for name, route in routes.items():
+                        if name in known:
+                            first = positions[("ticketing", "routes", name)]
+                            issues.append(_issue(pos, ("ticketing", "routes", name),
+                                                 f"route defined twice (also at {_at(first)})"))
+                            continue
+                        known[name] = route
+                    positions.update({p: v for p, v in pos.items() if p[:1] == ("ticketing",)
+                                      and p not in positions})
+                    continue
+            if key in merged:
+                first = positions[(key,)]
+                issues.append(_issue(pos, (key,), f"also set at {_at(first)}: set it in one file"))
+                continue
+            merged[key] = value
+            positions.update({p: v for p, v in pos.items() if p[:1] == (key,)})
+            positions[(key,)] = key_pos
+    return merged, positions, issues
+
+
+def _shift(
+    pos: dict[KeyPath, Position], key: str, offset: int
+) -> Iterator[tuple[KeyPath, Position]]:
+    for path, where in pos.items():
+        if path[:1] == (key,) and len(path) > 1 and isinstance(path[1], int):
+            yield (key, path[1] + offset, *path[2:]), where
+
+
+def _at(where: Position) -> str:
+    return f"{where[0]}:{where[1]}"
+
+
+def _issue(positions: dict[KeyPath, Position], path: KeyPath, message: str) -> ConfigIssue:
+    for depth in range(len(path), -1, -1):
+        if path[:depth] in positions:
+            file, line = positions[path[:depth]]
+            return ConfigIssue(file, line, show_path(path), message)
+    any_file = next(iter(positions.values()), ("<config>", 0))[0]
+    return ConfigIssue(any_file, 0, show_path(path), message)
+
+
+def _locate(loc: tuple[int | str, ...], data: Any, missing: bool) -> KeyPath:
+    """Pydantic's error location as a path through the user's data: union tags and validator
+    names that are not keys of the data are dropped."""
+    path: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+            path.append(part)
+        elif missing and i == len(loc) - 1 and isinstance(part, str):
+            path.append(part)  # a missing key
+    return tuple(path)
+
+
+_SECRET_KEYS = {"token", "password", "secret", "routing_key", "api_key", "api_token"}
+
+
+@functools.cache
+def _vocabulary() -> set[str]:
+    words: set[str] = set()
+
+    def walk(schema: Any) -> None:
+        if isinstance(schema, dict):
+            words.update(schema.get("properties", {}))
+            for value in schema.values():
+                walk(value)
+        elif isinstance(schema, list):
+            for value in schema:
+                walk(value)
+
+    walk(Config.model_json_schema(by_alias=True))
+    return words
+
+
+_PLAIN = {
+    "int_parsing": "expected a whole number",
+    "int_type": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping of keys",
+    "model_type": "expected a mapping of keys",
+    "model_attributes_type": "expected a mapping of keys",
+}
+
+
+def _message(error: Any, key: str | int | None) -> str:
+    kind, msg, value = error["type"], error["msg"], error.get("input")
+    if kind == "extra_forbidden":
+        words = sorted(_vocabulary() - {key})
+        close = difflib.get_close_matches(str(key), words, n=1, cutoff=0.75)
+        return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if kind == "missing":
+        return "missing (required)"
+    if kind in ("value_error", "assertion_error"):
+        return str(msg).split(", ", 1)[1] if ", " in msg else str(msg)
+    if kind == "union_tag_invalid":
+        return f"{error['ctx']['tag']!r} is not one of {error['ctx']['expected_tags']}"
+    if kind == "literal_error":
+        return f"{_show(value, key)} is not one of {error['ctx']['expected']}"
+    text = _PLAIN.get(kind) or str(msg).replace("Input should be", "expected")
+    text = text[0].lower() + text[1:]
+    shown = _show(value, key)
+    return f"{text}, got {shown}" if shown else text
+
+
+def _show(value: Any, key: str | int | None) -> str:
+    if key in _SECRET_KEYS:
+        return ""
+    if isinstance(value, dict | list):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _translate(
+    err: ValidationError, data: Any, positions: dict[KeyPath, Position]
+) -> list[ConfigIssue]:
+    by_path: dict[KeyPath, list[dict[str, Any]]] = {}
+    for error in err.errors():
+        path = _locate(error["loc"], data, missing=error["type"] == "missing")
+        if error["type"] == "union_tag_invalid":
+            path = (*path, "backend")
+        by_path.setdefault(path, []).append(dict(error))
+    issues = []
+    for path, errors in by_path.items():
+        # A failed `X | None` reports the None branch too: it says nothing useful.
+        useful = [e for e in errors if e["type"] != "none_required"] or errors
+        messages = list(dict.fromkeys(_message(e, path[-1] if path else None) for e in useful))
+        issues.append(_issue(positions, path, "; or ".join(messages)))
+    return issues
+
+
+def _cross_checks(
+    data: Any, positions: dict[KeyPath, Position], config: Config | None
+) -> list[ConfigIssue]:
+    """What no single key can know: unique names, dependencies that exist and form no cycle,
+    routes that exist, maintenance windows that match a check. Runs on the raw data too, so
+    that these errors are reported alongside the others."""
+    issues: list[ConfigIssue] = []
+    raw_checks = data.get("checks") if isinstance(data, dict) else None
+    checks = raw_checks if isinstance(raw_checks, list) else []
+    first_at: dict[str, int] = {}
+    deps: dict[str, list[str]] = {}
+    services: set[str] = set()
+    for i, check in enumerate(checks):
+        if not isinstance(check, dict) or not isinstance(check.get("name"), str):
+            continue
+        name = check["name"]
+        if name in first_at:
+            first = positions.get(("checks", first_at[name], "name"), ("?", 0))
+            issues.append(_issue(positions, ("checks", i, "name"),
+                                 f"duplicate check name {name!r} (first at {_at(first)})"))
+        else:
+            first_at[name] = i
+        if isinstance(check.get("service"), str):
+            services.add(check["service"])
+        listed = check.get("depends_on")
+        deps[name] = [d for d in listed if isinstance(d, str)] if isinstance(listed, list) else []
+    for name, parents in deps.items():
+        for j, parent in enumerate(parents):
+            where: KeyPath = ("checks", first_at[name], "depends_on", j)
+            if parent == name:
+                issues.append(_issue(positions, where, "a check cannot depend on itself"))
+            elif parent not in first_at:
+                issues.append(_issue(positions, where, f"no check is named {parent!r}"))
+    for cycle in _cycles(deps):
+        at: KeyPath = ("checks", first_at[cycle[0]], "depends_on")
+        issues.append(_issue(positions, at, "dependency cycle: " + " -> ".join(cycle)))
+
+    issues += _route_checks(data, positions, checks)
+    windows = data.get("maintenance") if isinstance(data, dict) else None
+    for i, window in enumerate(windows if isinstance(windows, list) else []):
+        if not isinstance(window, dict):
+            continue
+        for j, pattern in enumerate(window.get("checks") or []):
+            if isinstance(pattern, str) and not fnmatch.filter(first_at, pattern):
+                issues.append(_issue(positions, ("maintenance", i, "checks", j),
+                                     f"{pattern!r} matches no check"))
+        for j, service in enumerate(window.get("services") or []):
+            if isinstance(service, str) and service not in services:
+                issues.append(_issue(positions, ("maintenance", i, "services", j),
+                                     f"no check has service {service!r}"))
+    if config is not None:
+        issues += _timing_checks(config, positions)
+    return issues
+
+
+def _route_checks(
+    data: Any, positions: dict[KeyPath, Position], checks: list[Any]
+) -> list[ConfigIssue]:
+    ticketing = data.get("ticketing") if isinstance(data, dict) else None
+    raw_routes = ticketing.get("routes") if isinstance(ticketing, dict) else None
+    routes = raw_routes if isinstance(raw_routes, dict) else {}
+    issues = []
+    for name, route in routes.items():
+        target = route.get("escalate_to") if isinstance(route, dict) else None
+        if isinstance(target, str) and target not in routes:
+            issues.append(_issue(positions, ("ticketing", "routes", name, "escalate_to"),
+                                 f"no route is named {target!r}"))
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    default_ticket = defaults.get("ticket") if isinstance(defaults, dict) else None
+    default_route = default_ticket.get("route") if isinstance(default_ticket, dict) else None
+    if isinstance(default_route, str) and default_route not in routes:
+        issues.append(_issue(positions, ("defaults", "ticket", "route"),
+                             f"no route is named {default_route!r}"))
+    for i, check in enumerate(checks):
+        ticket = check.get("ticket") if isinstance(check, dict) else None
+        route = ticket.get("route") if isinstance(ticket, dict) else None
+        if isinstance(route, str) and route not in routes:
+            issues.append(_issue(positions, ("checks", i, "ticket", "route"),
+                                 f"no route is named {route!r}"))
+        enabled = ticket.get("enabled", True) if isinstance(ticket, dict) else True
+        if (route is None and default_route is None and len(routes) > 1 and enabled
+                and isinstance(check, dict)):
+            issues.append(_issue(positions, ("checks", i),
+                                 "several routes exist: set ticket.route here or in defaults"))
+    return issues
+
+
+def _timing_checks(config: Config, positions: dict[KeyPath, Position]) -> list[ConfigIssue]:
+    issues = []
+    for i, check in enumerate(config.effective_checks()):
+        if check.timeout > check.interval:
+            issues.append(_issue(positions, ("checks", i, "timeout"),
+                                 f"timeout {format_duration(check.timeout)} is longer than the "
+                                 f"interval {format_duration(check.interval)}"))
+    return issues
+
+
+def _cycles(deps: dict[str, list[str]]) -> list[list[str]]:
+    """Each dependency cycle once, as the path that closes it (a -> b -> a)."""
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for parent in deps.get(node, []):
+            if parent not in deps:
+                continue
+            if state.get(parent) == 1:
+                cycles.append([*trail[trail.index(parent):], parent])
+            elif parent not in state:
+                visit(parent, [*trail, parent])
+        state[node] = 2
+
+    for node in deps:
+        if node not in state:
+            visit(node, [node])
+    return cycles

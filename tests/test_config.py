@@ -1,0 +1,181 @@
+"""The configuration contract as a user meets it: `probe validate` on good and bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from checks.base import format_duration, parse_duration, parse_percent
+from probe.config import ConfigError, load
+from probe.secrets import SecretError
+
+HERE = Path(__file__).parent
+CONFIGS = HERE / "configs"
+EXAMPLE = HERE.parent / "config" / "probe.example.yaml"
+BAD = sorted((CONFIGS / "bad").glob("*.yaml"))
+
+
+def probe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "probe", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def expected_error(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path} must start with '# expect: LINE: message'"
+    return f"{path}:" + first.removeprefix("# expect: ").replace("{dir}", str(path.parent))
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_each_bad_file_gives_exactly_its_error(path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert [str(issue) for issue in caught.value.issues] == [expected_error(path)]
+
+
+def test_validate_prints_every_error_and_exits_1() -> None:
+    result = probe("validate", "--config", str(CONFIGS / "bad" / "cycle.yaml"))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        expected_error(CONFIGS / "bad" / "cycle.yaml"),
+        f"{CONFIGS / 'bad' / 'cycle.yaml'}: 1 error",
+    ]
+
+
+def test_an_inline_secret_is_refused_and_never_printed() -> None:
+    result = probe("validate", "--config", str(CONFIGS / "bad" / "inline_secret.yaml"))
+    assert result.returncode == 1
+    assert "inline secrets are not allowed" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.stdout
+
+
+def test_the_reference_configuration_validates() -> None:
+    result = probe("validate", "--config", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"{EXAMPLE}: OK: 7 checks (1 dns, 1 http, 1 icmp, 3 tcp, 1 tls), "
+        "10 routes, 2 maintenance windows\n"
+    )
+
+
+def test_the_reference_configuration_shows_every_key() -> None:
+    """Every key of the schema appears in the reference file (commented out or set)."""
+    text = EXAMPLE.read_text()
+    schema = json.loads(probe("schema").stdout)
+    keys: set[str] = set()
+    for definition in [schema, *schema["$defs"].values()]:
+        keys.update(definition.get("properties", {}))
+    missing = sorted(k for k in keys if f"{k}:" not in text)
+    assert missing == []
+
+
+def test_schema_is_json_schema_of_the_top_level_sections() -> None:
+    result = probe("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert set(schema["properties"]) == {"agent", "defaults", "ticketing", "maintenance", "checks"}
+    assert schema["additionalProperties"] is False
+
+
+def test_a_directory_is_merged_and_defaults_apply() -> None:
+    config = load(CONFIGS / "confd")
+    assert config.summary() == "2 checks (1 http, 1 tcp), 2 routes, 1 maintenance window"
+    web, db = config.effective_checks()
+    assert (web.name, web.interval, web.retry_interval, web.failure_threshold) == ("web", 60, 10, 3)
+    assert (db.name, db.interval, db.failure_threshold, db.success_threshold) == ("db", 10, 1, 2)
+    # a check's ticket block overrides only the keys it sets
+    assert (web.ticket.route, web.ticket.priority, web.ticket.update_interval) == (
+        "tracker", "high", 1800,
+    )
+    assert (db.ticket.route, db.ticket.priority, db.ticket.update_interval) == (
+        "desk", "high", 3600,
+    )
+    assert web.group == db.group == "shop"
+    window = config.maintenance[0]
+    assert window.at is not None
+    assert (window.at.hour, window.at.minute, window.weekdays) == (2, 0, ["sat", "sun"])
+
+
+def test_a_directory_reports_clashes_between_files() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(CONFIGS / "confd-dup")
+    d = CONFIGS / "confd-dup"
+    assert [str(i) for i in caught.value.issues] == [
+        f"{d}/10-more.yaml:1: agent: also set at {d}/00-agent.yaml:1: set it in one file",
+        f"{d}/10-more.yaml:4: ticketing.routes.desk: route defined twice "
+        f"(also at {d}/00-agent.yaml:5)",
+        f"{d}/10-more.yaml:9: checks[1].name: duplicate check name 'web' "
+        f"(first at {d}/10-more.yaml:6)",
+    ]
+
+
+def test_a_missing_path_is_an_error(tmp_path: Path) -> None:
+    result = probe("validate", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == f"{tmp_path / 'nope.yaml'}: no such file or directory"
+
+
+def test_the_only_route_is_every_check_s_route(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "ticketing: {routes: {desk: {backend: local}}}\n"
+        "checks: [{name: a, tcp: {host: localhost, port: 1}}]\n"
+    )
+    (check,) = load(tmp_path / "p.yaml").effective_checks()
+    assert check.ticket.route == "desk"
+
+
+def test_secrets_are_read_from_env_or_file_when_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "token").write_text("from-file\n")
+    (tmp_path / "p.yaml").write_text(
+        "ticketing:\n  routes:\n"
+        f"    a: {{backend: rt, url: 'https://rt.example.net', token_file: {tmp_path}/token}}\n"
+        "    b: {backend: rt, url: 'https://rt.example.net', token: 'env:PROBE_TEST_TOKEN'}\n"
+        f"    c: {{backend: rt, url: 'https://rt.example.net', token_file: {tmp_path}/none}}\n"
+    )
+    routes = load(tmp_path / "p.yaml").routes
+    monkeypatch.setenv("PROBE_TEST_TOKEN", "from-env")
+    assert routes["a"].reveal("token") == "from-file"
+    assert routes["b"].reveal("token") == "from-env"
+    monkeypatch.delenv("PROBE_TEST_TOKEN")
+    with pytest.raises(SecretError, match="environment variable PROBE_TEST_TOKEN is not set"):
+        routes["b"].reveal("token")
+    with pytest.raises(SecretError, match=f"token_file: cannot read {tmp_path}/none"):
+        routes["c"].reveal("token")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("30s", 30), ("5m", 300), ("1h", 3600), ("1d", 86400), ("1h30m", 5400),
+     ("1.5s", 1.5), (0, 0)],
+)
+def test_durations_read_like_prometheus(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30", "5 m", "1h 30m", "m5", "1.5", "-1s", "10x"])
+def test_durations_without_a_known_unit_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is not a duration|has no unit"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.25, "250ms"), (30, "30s"), (90, "1m30s"), (86400, "1d"), (1.5, "1.5s")]
+)
+def test_durations_print_shortest(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_percentages() -> None:
+    assert parse_percent("20%") == 0.2
+    assert parse_percent("0.5%") == 0.005
+    for bad in ("20", "120%", 0.2, "abc%"):
+        with pytest.raises(ValueError):
+            parse_percent(bad)
