@@ -1,0 +1,427 @@
+"""The incident engine: results and the clock in, incident transitions out. No I/O, no sleeps.
+
+Per check it keeps the streaks of failures and successes and the flapping history; per incident
+group (a check's `service`, or the check alone) at most one open incident. It decides:
+
+- **open** when a member has failed `failure_threshold` times in a row, or started flapping, and
+  is neither in a maintenance window nor `unreachable` (a check it depends on is failing);
+- **still-open** every `update_interval` while the incident lasts (for the ticket's status note);
+- **resolve** when every member is healthy again: `success_threshold` successes in a row, not
+  flapping. Maintenance and dependencies only ever block *opening*, never resolving.
+
+"unknown" results (the check could not run) count neither way. The caller persists
+`dirty_checks` / `dirty_groups` together with the transitions, in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import itertools
+import zoneinfo
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from checks.base import State, format_duration
+from probe.config import Check, Maintenance
+
+TransitionKind = Literal["open", "still-open", "resolve"]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    kind: TransitionKind
+    group: str
+    key: str  # the incident's stable key: what the helpdesk ticket carries
+    at: float
+    facts: dict[str, Any]
+
+
+@dataclass(slots=True)
+class CheckState:
+    failures: int = 0  # consecutive
+    successes: int = 0  # consecutive
+    bad: bool = False  # crossed failure_threshold and not yet recovered
+    flapping: bool = False
+    history: list[bool] = field(default_factory=list)  # ok or not, oldest first (flapping)
+    first_failure_at: float | None = None  # start of the current failure streak or outage
+    failed_checks: int = 0  # failed results since first_failure_at
+    last_state: State | None = None
+    last_reason: str = ""
+    last_result_at: float | None = None
+    unreachable: bool = False
+    in_maintenance: bool = False
+
+    @property
+    def healthy(self) -> bool:
+        return not (self.bad or self.flapping or self.failures)
+
+
+@dataclass(slots=True)
+class Incident:
+    key: str
+    opened_at: float
+    first_failure_at: float
+    why: str
+    members: list[str]  # checks that failed during the incident
+    unreachable: list[str]  # checks that depend on a member and failed because of it
+    failed_checks: int
+    last_note_at: float
+    last_note_reason: str
+    reason: str  # the latest failure reason
+
+
+@dataclass(slots=True)
+class GroupState:
+    seq: int = 0  # incidents opened so far: the key's last part
+    incident: Incident | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        agent: str,
+        checks: Sequence[Check],
+        maintenance: Sequence[Maintenance] = (),
+        *,
+        check_states: dict[str, CheckState] | None = None,
+        group_states: dict[str, GroupState] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.checks: dict[str, CheckState] = dict(check_states or {})
+        self.groups: dict[str, GroupState] = dict(group_states or {})
+        self.dirty_checks: set[str] = set()
+        self.dirty_groups: set[str] = set()
+        self._configure(checks, maintenance)
+
+    # --- configuration ---------------------------------------------------------------------
+
+    def _configure(self, checks: Sequence[Check], maintenance: Sequence[Maintenance]) -> None:
+        self.config = {c.name: c for c in checks}
+        self.maintenance = list(maintenance)
+        self.members: dict[str, list[str]] = {}
+        self.children: dict[str, list[str]] = {}
+        for check in checks:
+            self.members.setdefault(check.group, []).append(check.name)
+            for parent in check.depends_on:
+                self.children.setdefault(parent, []).append(check.name)
+            if check.name not in self.checks:
+                self.checks[check.name] = CheckState()
+                self.dirty_checks.add(check.name)
+            if check.group not in self.groups:
+                self.groups[check.group] = GroupState()
+                self.dirty_groups.add(check.group)
+
+    def reconfigure(
+        self, checks: Sequence[Check], maintenance: Sequence[Maintenance], now: float
+    ) -> list[Transition]:
+        """Apply a reloaded configuration. Streaks of checks that stay are kept (new thresholds
+        apply from the next result); an incident whose checks were all removed resolves."""
+        self._configure(checks, maintenance)
+        for name in [n for n in self.checks if n not in self.config]:
+            del self.checks[name]
+            self.dirty_checks.add(name)
+        out: list[Transition] = []
+        for group in list(self.groups):
+            if group in self.members:
+                out += self._evaluate(group, now)
+                continue
+            incident = self.groups[group].incident
+            if incident is not None:
+                out.append(self._resolve(group, now, "removed from the configuration"))
+            del self.groups[group]
+            self.dirty_groups.add(group)
+        return out
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    def observe(self, name: str, state: State, reason: str, now: float) -> list[Transition]:
+        """One result of check `name`."""
+        check, st = self.config.get(name), self.checks.get(name)
+        if check is None or st is None:
+            return []  # a result of a check removed by a reload while it ran
+        self.dirty_checks.add(name)
+        st.last_state, st.last_result_at = state, now
+        if state == "unknown":
+            return []
+        ok = state == "up"
+        st.history = [*st.history, ok][-check.flapping.window :]
+        if ok:
+            st.successes, st.failures = st.successes + 1, 0
+            if st.bad and st.successes >= check.success_threshold:
+                st.bad = False
+        else:
+            st.failures, st.successes = st.failures + 1, 0
+            st.last_reason = reason
+            if st.first_failure_at is None:
+                st.first_failure_at, st.failed_checks = now, 0
+            st.failed_checks += 1
+            if st.failures >= check.failure_threshold:
+                st.bad = True
+        self._update_flapping(check, st)
+        if st.healthy:
+            st.first_failure_at = None
+        out = self._evaluate(check.group, now)
+        for child in self.children.get(name, []):
+            if child in self.config:
+                out += self._evaluate(self.config[child].group, now)
+        return out
+
+    def tick(self, now: float) -> list[Transition]:
+        """Time passing: maintenance windows end, dependencies clear, status notes fall due."""
+        out: list[Transition] = []
+        for group, gs in self.groups.items():
+            if gs.incident is None:
+                if any(self.checks[m].bad or self.checks[m].flapping for m in self.members[group]):
+                    out += self._evaluate(group, now)
+                continue
+            incident = gs.incident
+            every = min(self.config[m].ticket.update_interval for m in self.members[group])
+            if now - incident.last_note_at >= every:
+                # One note however long the pause was: never a burst of catch-up notes.
+                out.append(self._transition("still-open", group, now))
+                incident.last_note_at, incident.last_note_reason = now, incident.reason
+                self.dirty_groups.add(group)
+        return out
+
+    # --- decisions -------------------------------------------------------------------------
+
+    def _update_flapping(self, check: Check, st: CheckState) -> None:
+        if not check.flapping.enabled:
+            st.flapping = False
+            return
+        if len(st.history) < check.flapping.window:
+            return
+        change = flap_ratio(st.history)
+        if not st.flapping and change > check.flapping.high:
+            st.flapping = True
+        elif st.flapping and change < check.flapping.low:
+            st.flapping = False
+
+    def _evaluate(self, group: str, now: float) -> list[Transition]:
+        gs = self.groups[group]
+        members = self.members[group]
+        for name in members:
+            st = self.checks[name]
+            blocked_by = self._failing_parents(name)
+            unreachable, in_window = bool(blocked_by), self.in_maintenance(name, now)
+            if (st.unreachable, st.in_maintenance) != (unreachable, in_window):
+                st.unreachable, st.in_maintenance = unreachable, in_window
+                self.dirty_checks.add(name)
+            if unreachable and not st.healthy:
+                self._note_unreachable(name, blocked_by)
+        troubled = [m for m in members if self.checks[m].bad or self.checks[m].flapping]
+        if gs.incident is None:
+            openers = [
+                m for m in troubled
+                if not self.checks[m].unreachable and not self.checks[m].in_maintenance
+            ]
+            return [self._open(group, openers, now)] if openers else []
+        incident = gs.incident
+        for name in members:
+            st = self.checks[name]
+            if not st.healthy and name not in incident.members:
+                incident.members.append(name)
+                self.dirty_groups.add(group)
+            if st.failures and st.last_reason != incident.reason:
+                incident.reason = st.last_reason
+                self.dirty_groups.add(group)
+        if all(self.checks[m].healthy for m in members):
+            return [self._resolve(group, now, "recovered")]
+        return []
+
+    def _failing_parents(self, name: str) -> list[str]:
+        parents = []
+        for parent in self.config[name].depends_on:
+            st, check = self.checks.get(parent), self.config.get(parent)
+            if st is None or check is None:
+                continue
+            if st.last_state == "down" or st.bad or self.groups[check.group].incident:
+                parents.append(parent)
+        return parents
+
+    def _note_unreachable(self, child: str, parents: Iterable[str]) -> None:
+        for parent in parents:
+            group = self.config[parent].group
+            incident = self.groups[group].incident
+            if incident is not None and child not in incident.unreachable:
+                incident.unreachable.append(child)
+                self.dirty_groups.add(group)
+
+    def _open(self, group: str, openers: list[str], now: float) -> Transition:
+        gs = self.groups[group]
+        gs.seq += 1
+        first = [self.checks[m] for m in openers]
+        flapping = [m for m in openers if self.checks[m].flapping and not self.checks[m].bad]
+        lead = self.checks[openers[0]]
+        if flapping and len(flapping) == len(openers):
+            history = self.checks[flapping[0]].history
+            why = f"flapping: {count_changes(history)} state changes in the last " \
+                  f"{len(history)} checks"
+        else:
+            bad = next(m for m in openers if self.checks[m].bad)
+            why = f"{self.checks[bad].failures} consecutive failures"
+        first_failure = min(
+            (s.first_failure_at for s in first if s.first_failure_at is not None), default=now
+        )
+        children = sorted({
+            child
+            for member in self.members[group]
+            for child in self._descendants(member)
+            if not self.checks[child].healthy
+        })
+        gs.incident = Incident(
+            key=f"{self.agent}/{group}/{gs.seq}",
+            opened_at=now,
+            first_failure_at=first_failure,
+            why=why,
+            members=list(openers),
+            unreachable=children,
+            failed_checks=sum(s.failed_checks for s in first),
+            last_note_at=now,
+            last_note_reason=lead.last_reason,
+            reason=lead.last_reason,
+        )
+        self.dirty_groups.add(group)
+        return self._transition("open", group, now)
+
+    def _descendants(self, name: str) -> list[str]:
+        seen: list[str] = []
+        todo = list(self.children.get(name, []))
+        while todo:
+            child = todo.pop()
+            if child not in seen and child in self.config:
+                seen.append(child)
+                todo += self.children.get(child, [])
+        return seen
+
+    def _resolve(self, group: str, now: float, how: str) -> Transition:
+        transition = self._transition("resolve", group, now, recovered=how)
+        self.groups[group].incident = None
+        self.dirty_groups.add(group)
+        return transition
+
+    def _transition(
+        self, kind: TransitionKind, group: str, now: float, **extra: Any
+    ) -> Transition:
+        incident = self.groups[group].incident
+        assert incident is not None
+        members = self.members.get(group, [])
+        incident.failed_checks = max(
+            incident.failed_checks,
+            sum(self.checks[m].failed_checks for m in members if m in self.checks),
+        )
+        facts: dict[str, Any] = {
+            "agent": self.agent,
+            "group": group,
+            "service": group if len(members) > 1 or self._is_service(group) else None,
+            "why": incident.why,
+            "reason": incident.reason,
+            "previous_reason": incident.last_note_reason,
+            "first_failure_at": incident.first_failure_at,
+            "opened_at": incident.opened_at,
+            "down_for": now - incident.first_failure_at,
+            "failed_checks": incident.failed_checks,
+            "unreachable": list(incident.unreachable),
+            "checks": {m: self._member_facts(m, now) for m in members if m in self.checks},
+            **extra,
+        }
+        if kind == "resolve":
+            facts["resolved_at"] = now
+            facts["down_for_text"] = format_duration(round(now - incident.first_failure_at))
+        return Transition(kind, group, incident.key, now, facts)
+
+    def _is_service(self, group: str) -> bool:
+        return any(self.config[m].service == group for m in self.members.get(group, []))
+
+    def _member_facts(self, name: str, now: float) -> dict[str, Any]:
+        st, check = self.checks[name], self.config.get(name)
+        return {
+            "kind": check.kind if check else None,
+            "target": check.spec.target if check else None,
+            "state": st.last_state,
+            "consecutive_failures": st.failures,
+            "reason": st.last_reason if st.failures or st.bad else "",
+            "flapping": st.flapping,
+            "unreachable": st.unreachable,
+            "in_maintenance": st.in_maintenance,
+            "failing_since": st.first_failure_at,
+        }
+
+    # --- maintenance ------------------------------------------------------------------------
+
+    def in_maintenance(self, name: str, now: float) -> bool:
+        check = self.config[name]
+        return any(
+            window_active(w, now) and window_matches(w, check) for w in self.maintenance
+        )
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def take_dirty(self) -> tuple[Changes, Changes]:
+        """The states changed since the last call, as JSON-able dicts (None: deleted)."""
+        checks = {n: _dump(self.checks.get(n)) for n in self.dirty_checks}
+        groups = {g: _dump(self.groups.get(g)) for g in self.dirty_groups}
+        self.dirty_checks, self.dirty_groups = set(), set()
+        return checks, groups
+
+
+Changes = dict[str, dict[str, Any] | None]
+
+
+def _dump(state: CheckState | GroupState | None) -> dict[str, Any] | None:
+    return None if state is None else asdict(state)
+
+
+def restore_check(data: dict[str, Any]) -> CheckState:
+    return CheckState(**data)
+
+
+def restore_group(data: dict[str, Any]) -> GroupState:
+    incident = data.get("incident")
+    return GroupState(seq=data["seq"], incident=Incident(**incident) if incident else None)
+
+
+def count_changes(history: Sequence[bool]) -> int:
+    return sum(1 for a, b in itertools.pairwise(history) if a != b)
+
+
+def flap_ratio(history: Sequence[bool]) -> float:
+    """Icinga's weighted state change: each change between consecutive results counts with a
+    weight from 0.8 (oldest) to 1.2 (newest), over the number of possible changes."""
+    n = len(history) - 1
+    if n < 1:
+        return 0.0
+    total = 0.0
+    for i in range(n):
+        if history[i] != history[i + 1]:
+            total += 0.8 + 0.4 * (i / (n - 1) if n > 1 else 1.0)
+    return total / n
+
+
+def window_matches(window: Maintenance, check: Check) -> bool:
+    if check.service is not None and check.service in window.services:
+        return True
+    return any(fnmatch.fnmatchcase(check.name, pattern) for pattern in window.checks)
+
+
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def window_active(window: Maintenance, now: float) -> bool:
+    if window.start is not None and window.end is not None:
+        return window.start.timestamp() <= now < window.end.timestamp()
+    if window.at is None or window.duration is None:
+        return False
+    zone = zoneinfo.ZoneInfo(window.timezone)
+    local = dt.datetime.fromtimestamp(now, zone)
+    days_back = int(window.duration // 86400) + 1
+    for back in range(days_back + 1):
+        day = (local - dt.timedelta(days=back)).date()
+        if _WEEKDAYS[day.weekday()] not in window.weekdays:
+            continue
+        start = dt.datetime.combine(day, window.at, zone).timestamp()
+        if start <= now < start + window.duration:
+            return True
+    return False
