@@ -160,6 +160,8 @@ def parse_duration(value: object) -> float:
 
 def format_duration(seconds: float) -> str:
     """The shortest Prometheus-style spelling: 0.25 -> 250ms, 90 -> 1m30s, 86400 -> 1d."""
+    if seconds < 0.001:
+        return f"{seconds * 1000:.2g}ms"  # loopback round trips: 0.042ms, not 0ms
     if seconds < 1:
         return f"{round(seconds * 1000)}ms"
     if seconds < 60 and seconds != int(seconds):
@@ -273,3 +275,8 @@ def describe_os_error(err: OSError) -> str:
         return err.strerror[0].lower() + err.strerror[1:]
     text = str(err)
     return text or type(err).__name__
+
+
+def tls_version_name(version: str | None) -> str | None:
+    """Python's `TLSv1.3` as blackbox_exporter and people write it: `TLS 1.3`."""
+    return version.replace("TLSv", "TLS ") if version else None

@@ -1,0 +1,538 @@
+"""The http check: one request on a fresh connection, its status, body and phase timings.
+
+It speaks HTTP/1.1 itself on asyncio streams rather than through a client library: each run
+needs a fresh connection, its phases timed as blackbox_exporter names them (resolve, connect,
+tls, processing, transfer, summed over redirects), every read bounded, and little CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import errno
+import functools
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import ClassVar, Literal
+from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
+
+from cryptography import x509
+from pydantic import field_validator
+
+from checks.base import (
+    Duration,
+    IpFamily,
+    Probe,
+    ReadableFile,
+    Result,
+    Spec,
+    State,
+    describe_os_error,
+    format_duration,
+    resolve,
+    tls_version_name,
+)
+
+PHASES = ("resolve", "connect", "tls", "processing", "transfer")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+class HttpSpec(Spec):
+    kind: ClassVar[str] = "http"
+
+    url: str
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    headers: dict[str, str] = {}
+    body: str | None = None
+    expect_status: list[int | str] = ["2xx"]
+    body_contains: str | None = None
+    body_regex: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    max_latency: Duration | None = None
+    follow_redirects: bool = True
+    max_redirects: int = 10
+    tls_verify: bool = True
+    ca_file: ReadableFile | None = None
+    ip_family: IpFamily = "auto"
+
+    @property
+    def target(self) -> str:
+        return self.url
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        if not parts.hostname:
+            raise ValueError(f"{value!r} has no host")
+        if parts.password is not None:
+            # Never echo it: the value is a secret, and the error is printed.
+            raise ValueError("a password in the URL is an inline secret: it is not allowed")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(f"{value!r} has an invalid port") from None
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"the value of header {name!r} contains a line break")
+        return value
+
+    @field_validator("expect_status")
+    @classmethod
+    def _statuses(cls, value: list[int | str]) -> list[int | str]:
+        if not value:
+            raise ValueError("expects no status at all: list at least one, like 200 or 2xx")
+        for status in value:
+            if isinstance(status, int):
+                if not 100 <= status <= 599:
+                    raise ValueError(f"{status} is not an HTTP status")
+            elif not re.fullmatch(r"[1-5]xx", status):
+                raise ValueError(f"{status!r} is not an HTTP status or a class like 2xx")
+        return value
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"{value!r} is not a valid regular expression: {err}") from None
+        return value
+
+    @field_validator("max_body_bytes", "max_redirects")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"{value} is negative")
+        return value
+
+    def status_expected(self, status: int) -> bool:
+        return any(
+            status == want if isinstance(want, int) else str(status)[0] == want[0]
+            for want in self.expect_status
+        )
+
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+HEADER_LIMIT = 64 * 1024
+EXCERPT_BYTES = 512
+_INTERESTING_HEADERS = ("content-type", "server", "location")
+# Keys that describe one hop; cleared when a redirect starts the next one.
+_HOP_EVIDENCE = (
+    "address", "status_code", "http_version", "headers", "content_length", "body_bytes",
+    "body_truncated", "body_excerpt", "tls_version", "cert_not_after",
+)
+# Errors that say this host cannot make the connection at all, whatever the target's health.
+_LOCAL_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAFNOSUPPORT}
+)
+_STATUS_LINE = re.compile(rb"HTTP/(\d\.\d) ([1-5]\d\d)(?: [^\r\n]*)?\r?\n")
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
+# Characters left as they are in the request target: what requests' requote_uri keeps, so a
+# URL that is already percent-encoded is sent unchanged and spaces or non-ASCII get escaped.
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+
+
+def _user_agent() -> str:
+    try:
+        return f"probe/{metadata.version('probe-ticketing')}"
+    except metadata.PackageNotFoundError:
+        return "probe"
+
+
+USER_AGENT = _user_agent()
+
+
+class _Failed(Exception):
+    """Ends a run early: the target is down (or the check could not run) for `reason`."""
+
+    def __init__(self, reason: str, state: State = "down") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.state = state
+
+
+@dataclass(slots=True)
+class _Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    truncated: bool
+
+
+async def run(spec: HttpSpec, *, timeout: float) -> Result:
+    probe = Probe(HttpSpec.kind, spec.target, PHASES)
+    try:
+        async with asyncio.timeout(timeout):
+            response = await _follow(spec, probe)
+    except TimeoutError:
+        return probe.timed_out(timeout)
+    except _Failed as failure:
+        if failure.state == "unknown":
+            return probe.unknown(failure.reason)
+        return probe.down(failure.reason)
+    reason = _judge(spec, response, probe.elapsed())
+    return probe.down(reason) if reason else probe.up()
+
+
+def _judge(spec: HttpSpec, response: _Response, elapsed: float) -> str:
+    """Why a complete response fails the spec, or "" when it passes."""
+    if not spec.status_expected(response.status):
+        expected = ", ".join(str(status) for status in spec.expect_status)
+        return f"HTTP {response.status} (expected {expected})"
+    within = f" (in the first {len(response.body)} bytes read)" if response.truncated else ""
+    if spec.body_contains is not None and spec.body_contains.encode() not in response.body:
+        return f"body does not contain {spec.body_contains!r}{within}"
+    if spec.body_regex is not None and not re.search(
+        spec.body_regex, response.body.decode("utf-8", "replace")
+    ):
+        return f"body does not match /{spec.body_regex}/{within}"
+    if spec.max_latency is not None and elapsed > spec.max_latency:
+        return f"took {format_duration(elapsed)} (max {format_duration(spec.max_latency)})"
+    return ""
+
+
+async def _follow(spec: HttpSpec, probe: Probe) -> _Response:
+    """The response at the end of the redirects, phases summed over all of them."""
+    url, method, body = spec.url, spec.method, spec.body
+    redirects = 0
+    while True:
+        probe.evidence["url"] = _redact(url)
+        probe.evidence["redirects"] = redirects
+        response = await _fetch(spec, probe, url, method, body)
+        location = response.headers.get("location")
+        if not (spec.follow_redirects and location and response.status in REDIRECT_STATUSES):
+            return response
+        if redirects >= spec.max_redirects:
+            raise _Failed(f"too many redirects ({spec.max_redirects})")
+        url = urljoin(url, location)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _Failed(f"redirected to {location!r}, which is not an http(s) URL")
+        redirects += 1
+        # What browsers and Go do: a 303, or a 301/302 answering a POST, is followed by a GET.
+        if (response.status == 303 and method != "HEAD") or (
+            response.status in (301, 302) and method == "POST"
+        ):
+            method, body = "GET", None
+
+
+async def _fetch(
+    spec: HttpSpec, probe: Probe, url: str, method: str, body: str | None
+) -> _Response:
+    """One request on a fresh connection: a pooled one would hide an outage."""
+    for key in _HOP_EVIDENCE:
+        probe.evidence.pop(key, None)
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    host = _ascii_host(parts.hostname or "")
+    try:
+        port = parts.port or (443 if https else 80)
+    except ValueError:
+        raise _Failed(f"{_redact(url)!r} has an invalid port") from None
+
+    with probe.phase("resolve"):
+        addresses = await _resolve(host, spec.ip_family)
+    probe.evidence["addresses"] = addresses
+    reader, writer = await _connect(probe, addresses, port)
+    clean, stage = False, "tls"
+    try:
+        if https:
+            await _start_tls(spec, probe, writer, host)
+        stage = "processing"
+        with probe.phase("processing"):
+            writer.write(_request(parts, host, port, method, spec.headers, body))
+            await writer.drain()
+            status, version, headers = await _read_head(reader)
+        probe.evidence["status_code"] = status
+        probe.evidence["http_version"] = version
+        probe.evidence["headers"] = {k: headers[k] for k in _INTERESTING_HEADERS if k in headers}
+        length = _content_length(headers)
+        if length is not None:
+            probe.evidence["content_length"] = length
+        stage = "transfer"
+        with probe.phase("transfer"):
+            data, truncated = await _read_body(reader, method, status, headers, length, spec)
+        probe.evidence["body_bytes"] = len(data)
+        probe.evidence["body_truncated"] = truncated
+        probe.evidence["body_excerpt"] = data[:EXCERPT_BYTES].decode("utf-8", "replace")
+        clean = not truncated
+        return _Response(status, headers, data, truncated)
+    except ssl.SSLError as err:
+        raise _Failed(f"TLS error during {stage}: {_ssl_reason(err)}") from err
+    except OSError as err:
+        raise _Failed(f"{describe_os_error(err)} during {stage}") from err
+    finally:
+        # Closing politely sends TLS close_notify; a connection left mid-response (a capped
+        # body, an error) is aborted so the server stops sending at once.
+        if clean:
+            writer.close()
+        else:
+            writer.transport.abort()
+
+
+def _ascii_host(host: str) -> str:
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise _Failed(f"{host!r} is not a valid host name", "unknown") from None
+
+
+async def _resolve(host: str, family: IpFamily) -> list[str]:
+    try:
+        addresses = await resolve(host, family)
+    except socket.gaierror as err:
+        raise _Failed(describe_os_error(err)) from err
+    except OSError as err:  # an address literal of the other family: the spec contradicts itself
+        raise _Failed(describe_os_error(err), "unknown") from err
+    if not addresses:
+        raise _Failed("name does not resolve")
+    return addresses
+
+
+async def _connect(
+    probe: Probe, addresses: list[str], port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connects to the first address that accepts; the first error says why none did."""
+    first_error: OSError | None = None
+    for address in addresses:
+        with probe.phase("connect"):
+            try:
+                reader, writer = await asyncio.open_connection(address, port, limit=HEADER_LIMIT)
+            except OSError as err:
+                first_error = first_error or err
+                continue
+        probe.evidence["address"] = address
+        return reader, writer
+    assert first_error is not None
+    local = first_error.errno in _LOCAL_ERRNOS
+    raise _Failed(describe_os_error(first_error), "unknown" if local else "down")
+
+
+async def _start_tls(spec: HttpSpec, probe: Probe, writer: asyncio.StreamWriter, host: str) -> None:
+    ctx = _client_context(spec.tls_verify, spec.ca_file)
+    with probe.phase("tls"):
+        try:
+            await writer.start_tls(ctx, server_hostname=host)
+        except ssl.SSLCertVerificationError as err:
+            message = (err.verify_message or _ssl_reason(err)).rstrip(".")
+            reason = message[:1].lower() + message[1:]
+            raise _Failed(f"TLS certificate verify failed: {reason}") from err
+        except ssl.SSLError as err:
+            raise _Failed(f"TLS handshake failed: {_ssl_reason(err)}") from err
+        except OSError as err:
+            raise _Failed(f"{describe_os_error(err)} during the TLS handshake") from err
+    tls = writer.get_extra_info("ssl_object")
+    if isinstance(tls, ssl.SSLObject):
+        version = tls.version()
+        if version:
+            probe.evidence["tls_version"] = tls_version_name(version)
+        der = tls.getpeercert(binary_form=True)
+        if der:
+            cert = x509.load_der_x509_certificate(der)
+            probe.evidence["cert_not_after"] = cert.not_valid_after_utc.isoformat()
+
+
+def _client_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
+    try:
+        stamp = ca_file.stat().st_mtime_ns if ca_file else 0
+        return _cached_context(verify, str(ca_file) if ca_file else None, stamp)
+    except OSError as err:  # ssl.SSLError is one
+        raise _Failed(f"cannot load ca_file {str(ca_file)!r}: {err}", "unknown") from err
+
+
+# Loading a trust store costs milliseconds: build each context once, again if ca_file changes.
+@functools.lru_cache(maxsize=32)
+def _cached_context(verify: bool, ca_file: str | None, _stamp: int) -> ssl.SSLContext:
+    if verify:
+        ctx = ssl.create_default_context(cafile=ca_file)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _ssl_reason(err: ssl.SSLError) -> str:
+    if err.reason:
+        return str(err.reason).lower().replace("_", " ")
+    return str(err) or type(err).__name__
+
+
+def _request(
+    parts: SplitResult,
+    host: str,
+    port: int,
+    method: str,
+    extra: dict[str, str],
+    body: str | None,
+) -> bytes:
+    target = quote(parts.path or "/", safe=_URL_SAFE)
+    if parts.query:
+        target += "?" + quote(parts.query, safe=_URL_SAFE)
+    authority = f"[{host}]" if ":" in host else host
+    if port != (443 if parts.scheme == "https" else 80):
+        authority += f":{port}"
+    headers = {
+        "host": ("Host", authority),
+        "user-agent": ("User-Agent", USER_AGENT),
+        "accept": ("Accept", "*/*"),
+        "accept-encoding": ("Accept-Encoding", "identity"),
+    }
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        basic = base64.b64encode(credentials.encode()).decode()
+        headers["authorization"] = ("Authorization", f"Basic {basic}")
+    for name, value in extra.items():
+        headers[name.lower()] = (name, value)
+    # Not the spec's to choose: one request per connection, and the length of what we send.
+    headers["connection"] = ("Connection", "close")
+    payload = body.encode() if body is not None else b""
+    if body is not None or method in ("POST", "PUT", "PATCH"):
+        headers["content-length"] = ("Content-Length", str(len(payload)))
+    else:
+        headers.pop("content-length", None)
+    lines = [f"{method} {target} HTTP/1.1", *(f"{n}: {v}" for n, v in headers.values())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, str]]:
+    """The status, HTTP version and headers (names lowercased), at most 64 KiB of them."""
+    budget = HEADER_LIMIT
+    while True:
+        line = await _header_line(reader, budget)
+        budget -= len(line)
+        if not line:
+            raise _Failed("the server closed the connection without a response")
+        match = _STATUS_LINE.fullmatch(line)
+        if not match:
+            raise _Failed(f"malformed HTTP response: {_show(line)}")
+        headers: dict[str, str] = {}
+        name = ""
+        while True:
+            line = await _header_line(reader, budget)
+            budget -= len(line)
+            if line in (b"\r\n", b"\n"):
+                break
+            if not line.endswith(b"\n"):
+                raise _Failed("the server closed the connection in the middle of the headers")
+            if line[:1] in (b" ", b"\t") and name:  # an obsolete folded continuation line
+                headers[name] += " " + line.strip().decode("latin-1")
+                continue
+            raw_name, colon, raw_value = line.partition(b":")
+            if not colon or not raw_name or raw_name != raw_name.strip():
+                raise _Failed(f"malformed HTTP response: header line {_show(line)}")
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.strip().decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        status = int(match[2])
+        if status >= 200 or status == 101:  # 1xx interim answers (103 Early Hints) come first
+            return status, match[1].decode(), headers
+
+
+async def _header_line(reader: asyncio.StreamReader, budget: int) -> bytes:
+    try:
+        line = await reader.readline()
+    except ValueError:  # one line longer than the stream's limit
+        line = b""
+        budget = -1
+    if len(line) > budget:
+        raise _Failed("response headers larger than 64 KiB")
+    return line
+
+
+def _show(line: bytes) -> str:
+    return repr(line.rstrip(b"\r\n")[:80].decode("latin-1"))
+
+
+def _content_length(headers: dict[str, str]) -> int | None:
+    value = headers.get("content-length")
+    if value is None or "transfer-encoding" in headers:
+        return None
+    values = {v.strip() for v in value.split(",")}
+    text = values.pop()
+    if values or not (text.isascii() and text.isdigit()):
+        raise _Failed(f"malformed HTTP response: Content-Length {value!r}")
+    return int(text)
+
+
+async def _read_body(
+    reader: asyncio.StreamReader,
+    method: str,
+    status: int,
+    headers: dict[str, str],
+    length: int | None,
+    spec: HttpSpec,
+) -> tuple[bytes, bool]:
+    """At most max_body_bytes of the body, and whether more was left unread."""
+    cap = spec.max_body_bytes
+    if method == "HEAD" or status in (101, 204, 304):
+        return b"", False
+    if headers.get("transfer-encoding", "").lower().rstrip().endswith("chunked"):
+        return await _read_chunked(reader, cap)
+    if length is not None:
+        want = min(length, cap)
+        try:
+            return await reader.readexactly(want), length > cap
+        except asyncio.IncompleteReadError as err:
+            got = len(err.partial)
+            raise _Failed(f"the response body ended after {got} of {length} bytes") from err
+    data = bytearray()
+    while len(data) < cap:
+        chunk = await reader.read(cap - len(data))
+        if not chunk:
+            return bytes(data), False
+        data += chunk
+    return bytes(data), bool(await reader.read(1))
+
+
+async def _read_chunked(reader: asyncio.StreamReader, cap: int) -> tuple[bytes, bool]:
+    data = bytearray()
+    try:
+        while True:
+            line = await reader.readline()
+            size_text = line.split(b";", 1)[0].strip()
+            if not line.endswith(b"\n") or not _CHUNK_SIZE.fullmatch(size_text):
+                raise _Failed(f"invalid chunked encoding: chunk size {_show(line)}")
+            size = int(size_text, 16)
+            if size == 0:
+                while (await reader.readline()).strip():  # trailers: not wanted
+                    pass
+                return bytes(data), False
+            room = cap - len(data)
+            if size > room:
+                data += await reader.readexactly(room)
+                return bytes(data), True
+            data += await reader.readexactly(size)
+            if await reader.readline() not in (b"\r\n", b"\n"):
+                raise _Failed("invalid chunked encoding: a chunk is longer than its size")
+    except asyncio.IncompleteReadError as err:
+        raise _Failed("invalid chunked encoding: the body ended in the middle of a chunk") from err
+    except ValueError as err:  # a line longer than the stream's limit
+        raise _Failed("invalid chunked encoding: a line longer than 64 KiB") from err
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, which must not end up in a ticket."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    hostport = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:xxxxx@{hostport}").geturl()

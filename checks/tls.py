@@ -1,0 +1,224 @@
+"""The tls check: a handshake with host:port, the certificate chain verified, and how long the
+certificate has left.
+
+OpenSSL verifies the chain during the one handshake a healthy target costs. It then aborts the
+handshake before we see the certificate, so for a rejected one a second handshake, without
+verification, fetches it: every problem is then told in its own words ("certificate expired 3
+days ago (2026-11-20)") rather than OpenSSL's, and the ticket still shows the certificate.
+Dates and the host name are checked here, on the parsed certificate, so that `verify: false`
+and `verify_hostname: false` each switch off only their own part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import ssl
+from typing import Any, ClassVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from checks.base import (
+    Duration,
+    IpFamily,
+    Port,
+    Probe,
+    ReadableFile,
+    Result,
+    Spec,
+    tls_version_name,
+)
+from checks.tcp import CheckFailed, client_context, handshake, open_first, resolve_host, too_slow
+
+PHASES = ("resolve", "connect", "tls")
+
+# OpenSSL's X509_V_ERR_* codes that mean "no trusted root found for this chain".
+_SELF_SIGNED_LEAF = 18
+_UNKNOWN_ISSUER = {2, 19, 20, 21}
+
+
+class TlsSpec(Spec):
+    kind: ClassVar[str] = "tls"
+
+    host: str
+    port: Port = 443
+    server_name: str | None = None
+    min_days_left: int = 14
+    verify: bool = True
+    verify_hostname: bool = True
+    ca_file: ReadableFile | None = None
+    max_latency: Duration | None = None
+    ip_family: IpFamily = "auto"
+
+    @property
+    def target(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+async def run(spec: TlsSpec, *, timeout: float) -> Result:
+    probe = Probe(TlsSpec.kind, spec.target, PHASES)
+    try:
+        async with asyncio.timeout(timeout):
+            chain, rejected = await _fetch_chain(spec, probe)
+    except TimeoutError:
+        return probe.timed_out(timeout)
+    except CheckFailed as failed:
+        return failed.result(probe)
+    problem = _problem(spec, chain, rejected)
+    if problem:
+        return probe.down(problem)
+    return too_slow(probe, spec.max_latency) or probe.up()
+
+
+async def _fetch_chain(
+    spec: TlsSpec, probe: Probe
+) -> tuple[list[x509.Certificate], ssl.SSLCertVerificationError | None]:
+    """The certificates the server sent, leaf first, and OpenSSL's verdict if it rejected them."""
+    server_name = spec.server_name or spec.host
+    context = client_context(spec.ca_file, verify=spec.verify, check_hostname=False)
+    addresses = await resolve_host(probe, spec.host, spec.ip_family)
+    rejected = None
+    _, writer = await open_first(probe, addresses, spec.port)
+    try:
+        try:
+            tls = await handshake(probe, writer, context, server_name)
+        except ssl.SSLCertVerificationError as err:
+            rejected = err
+            writer.close()
+            _, writer = await open_first(probe, [probe.evidence["address"]], spec.port)
+            unverified = client_context(None, verify=False, check_hostname=False)
+            tls = await handshake(probe, writer, unverified, server_name)
+        chain = [x509.load_der_x509_certificate(der) for der in _peer_chain(tls)]
+        cipher = tls.cipher()
+        probe.evidence["tls_version"] = tls_version_name(tls.version())
+        probe.evidence["cipher"] = cipher[0] if cipher else None
+    finally:
+        writer.close()
+    if not chain:
+        raise CheckFailed("the server sent no certificate")
+    probe.evidence.update(_describe(chain))
+    return chain, rejected
+
+
+def _peer_chain(tls: ssl.SSLObject) -> list[bytes]:
+    """The certificates as sent (DER), leaf first. Python 3.13 made this public; 3.10 to 3.12
+    have the same call on the private object, which beats reporting a chain of one."""
+    public = getattr(tls, "get_unverified_chain", None)
+    if public is not None:
+        return list(public() or ())
+    private = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)
+    if private is not None:
+        der = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
+        return [cert.public_bytes(der) for cert in private() or ()]
+    leaf = tls.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
+
+
+def _problem(
+    spec: TlsSpec, chain: list[x509.Certificate], rejected: ssl.SSLCertVerificationError | None
+) -> str | None:
+    """The first thing wrong with the certificate, in the order a human would fix them."""
+    leaf = chain[0]
+    now = dt.datetime.now(dt.UTC)
+    not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    if now < not_before:
+        return f"certificate is not valid until {not_before.date()}"
+    if now > not_after:
+        return f"certificate expired {_span(now - not_after)} ago ({not_after.date()})"
+    if rejected is not None:
+        if rejected.verify_code == _SELF_SIGNED_LEAF or (
+            rejected.verify_code in _UNKNOWN_ISSUER and leaf.issuer == leaf.subject
+        ):
+            return "certificate is self-signed"
+        if rejected.verify_code in _UNKNOWN_ISSUER:
+            return f"certificate issued by an unknown CA: {chain[-1].issuer.rfc4514_string()}"
+        return f"certificate is not trusted: {rejected.verify_message}"
+    name = (spec.server_name or spec.host).strip("[]")
+    if spec.verify_hostname and not _matches(name, _names(leaf)):
+        names = _names(leaf)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return f"certificate is for {shown or 'no host name'}, not {name}"
+    if not_after - now < dt.timedelta(days=spec.min_days_left):
+        return f"certificate expires in {_span(not_after - now)} ({not_after.date()})"
+    return None
+
+
+def _span(delta: dt.timedelta) -> str:
+    days = delta.total_seconds() / 86400
+    if days >= 1:
+        return f"{round(days)} day" + ("s" if round(days) != 1 else "")
+    hours = max(1, round(days * 24))
+    return f"{hours} hour" + ("s" if hours != 1 else "")
+
+
+def _names(cert: x509.Certificate) -> list[str]:
+    """The names a certificate is for: its SANs, or (only when it has none) its common name."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return [
+        *sans.get_values_for_type(x509.DNSName),
+        *(str(ip) for ip in sans.get_values_for_type(x509.IPAddress)),
+    ]
+
+
+def _matches(name: str, names: list[str]) -> bool:
+    """RFC 6125 matching: exact, or a wildcard standing for the whole leftmost label."""
+    try:
+        return str(ipaddress.ip_address(name)) in names
+    except ValueError:
+        pass
+    with contextlib.suppress(UnicodeError):
+        name = name.encode("idna").decode()  # certificates carry the xn-- form
+    name = name.lower().rstrip(".")
+    label, _, parent = name.partition(".")
+    for pattern in names:
+        pattern = pattern.lower().rstrip(".")
+        if pattern == name or (pattern.startswith("*.") and label and pattern[2:] == parent):
+            return True
+    return False
+
+
+def _describe(chain: list[x509.Certificate]) -> dict[str, Any]:
+    leaf = chain[0]
+    now = dt.datetime.now(dt.UTC)
+    key_type, key_size = _key(leaf)
+    serial = leaf.serial_number
+    return {
+        "subject": leaf.subject.rfc4514_string(),
+        "issuer": leaf.issuer.rfc4514_string(),
+        "sans": _names(leaf),
+        "not_before": _iso(leaf.not_valid_before_utc),
+        "not_after": _iso(leaf.not_valid_after_utc),
+        "days_left": round((leaf.not_valid_after_utc - now).total_seconds() / 86400, 2),
+        "key_type": key_type,
+        "key_size": key_size,
+        "serial": serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big").hex(":").upper(),
+        "sha256_fingerprint": leaf.fingerprint(hashes.SHA256()).hex(":").upper(),
+        "chain_length": len(chain),
+    }
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key(cert: x509.Certificate) -> tuple[str, int]:
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA", key.key_size
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ECDSA", key.curve.key_size
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519", 256
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "Ed448", 456
+    if isinstance(key, dsa.DSAPublicKey):
+        return "DSA", key.key_size
+    return type(key).__name__, 0

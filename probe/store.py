@@ -1,0 +1,210 @@
+"""Durable state in one SQLite file (WAL): check streaks, incidents, the last results of each
+check, and the ticket outbox. The schema is versioned (PRAGMA user_version) and migrated in
+order at open.
+
+Everything one decision changes — the check and incident states, and the transitions they
+caused — goes into the database in one transaction (`Batch`), so that after `kill -9` the daemon
+resumes exactly where it was: a transition that was written will be delivered, one that was not
+was never decided.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checks.base import Result
+from probe.engine import Changes, Transition
+
+# Each entry takes the schema from version i to i + 1. Never edit one that has shipped.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE check_state (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE group_state (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE results (
+        check_name TEXT NOT NULL,
+        slot INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        at REAL NOT NULL,
+        state TEXT NOT NULL,
+        duration REAL NOT NULL,
+        reason TEXT NOT NULL,
+        evidence TEXT NOT NULL,
+        PRIMARY KEY (check_name, slot)
+    ) WITHOUT ROWID;
+    CREATE TABLE incidents (
+        key TEXT PRIMARY KEY,
+        grp TEXT NOT NULL,
+        opened_at REAL NOT NULL,
+        resolved_at REAL,
+        facts TEXT NOT NULL
+    );
+    CREATE INDEX incidents_open ON incidents (resolved_at);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_key TEXT NOT NULL,
+        action TEXT NOT NULL,
+        route TEXT,
+        created_at REAL NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        delivered_at REAL
+    );
+    CREATE INDEX outbox_pending ON outbox (status, next_attempt_at);
+    CREATE INDEX outbox_incident ON outbox (incident_key, id);
+    """,
+]
+
+
+@dataclass
+class Batch:
+    """Changes to write together in one transaction."""
+
+    checks: Changes = field(default_factory=dict)
+    groups: Changes = field(default_factory=dict)
+    results: list[tuple[str, Result]] = field(default_factory=list)
+    transitions: list[tuple[Transition, str | None]] = field(default_factory=list)  # , route
+
+    def merge(self, other: Batch) -> None:
+        self.checks.update(other.checks)
+        self.groups.update(other.groups)
+        self.results += other.results
+        self.transitions += other.transitions
+
+    def __bool__(self) -> bool:
+        return bool(self.checks or self.groups or self.results or self.transitions)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    checks: dict[str, dict[str, Any]]
+    groups: dict[str, dict[str, Any]]
+
+
+class StoreError(Exception):
+    """The state database cannot be opened or written (read-only, full, corrupt)."""
+
+
+class Store:
+    FILE = "probe.sqlite3"
+
+    def __init__(self, state_dir: Path, *, history: int = 50) -> None:
+        self.path = state_dir / self.FILE
+        self.history = history
+        self._lock = threading.Lock()
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+            self._seq: dict[str, int] = dict(
+                self._db.execute("SELECT check_name, MAX(seq) FROM results GROUP BY check_name")
+            )
+        except (OSError, sqlite3.Error) as err:
+            raise StoreError(f"cannot open the state database {self.path}: {err}") from err
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this probe knows "
+                f"({len(MIGRATIONS)}): was it written by a newer release?"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            self._db.executescript(
+                f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def load(self) -> Snapshot:
+        with self._lock:
+            checks = {n: json.loads(d) for n, d in self._db.execute("SELECT * FROM check_state")}
+            groups = {n: json.loads(d) for n, d in self._db.execute("SELECT * FROM group_state")}
+        return Snapshot(checks, groups)
+
+    def write(self, batch: Batch) -> None:
+        """Write a batch in one transaction; raises StoreError and writes nothing on failure."""
+        with self._lock:
+            try:
+                self._transaction(batch)
+            except sqlite3.Error as err:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StoreError(f"cannot write the state database {self.path}: {err}") from err
+
+    def _transaction(self, batch: Batch) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        _upsert(db, "check_state", batch.checks)
+        _upsert(db, "group_state", batch.groups)
+        rows = []
+        for name, result in batch.results:
+            seq = self._seq.get(name, 0) + 1
+            self._seq[name] = seq
+            rows.append((
+                name, seq % self.history, seq, result.started_at, result.state, result.duration,
+                result.reason, json.dumps(result.evidence, default=str),
+            ))
+        db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        for transition, route in batch.transitions:
+            facts = json.dumps(transition.facts, default=str)
+            if transition.kind == "open":
+                db.execute(
+                    "INSERT OR IGNORE INTO incidents (key, grp, opened_at, facts) VALUES (?,?,?,?)",
+                    (transition.key, transition.group, transition.at, facts),
+                )
+            elif transition.kind == "resolve":
+                db.execute(
+                    "UPDATE incidents SET resolved_at = ?, facts = ? WHERE key = ?",
+                    (transition.at, facts, transition.key),
+                )
+            if route is not None:
+                db.execute(
+                    "INSERT INTO outbox (incident_key, action, route, created_at, payload,"
+                    " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (transition.key, transition.kind, route, transition.at, facts, transition.at),
+                )
+        db.execute("COMMIT")
+
+    def recent_results(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, state, duration, reason, evidence FROM results WHERE check_name = ?"
+                " ORDER BY seq DESC LIMIT ?",
+                (name, limit),
+            ).fetchall()
+        return [
+            {"at": at, "state": state, "duration": duration, "reason": reason,
+             "evidence": json.loads(evidence)}
+            for at, state, duration, reason, evidence in rows
+        ]
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read-only access for status pages and tests."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `work` with the connection, under the store's lock (for the outbox)."""
+        with self._lock:
+            return work(self._db)
+
+
+def _upsert(db: sqlite3.Connection, table: str, changes: Changes) -> None:
+    gone = [(name,) for name, data in changes.items() if data is None]
+    kept = [(name, json.dumps(data)) for name, data in changes.items() if data is not None]
+    db.executemany(f"DELETE FROM {table} WHERE name = ?", gone)
+    db.executemany(f"INSERT OR REPLACE INTO {table} (name, data) VALUES (?, ?)", kept)
