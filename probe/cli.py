@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import sys
+import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +37,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("names", nargs="*", metavar="NAME", help="checks to run (default: all)")
     check.add_argument("--json", action="store_true", help="print the results as JSON")
 
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+
+    status = commands.add_parser("status", help="what a running daemon sees now")
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", "-c", type=Path, help="the daemon's configuration")
+    where.add_argument("--url", help="the daemon's address, like http://127.0.0.1:9469")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
     args = parser.parse_args(argv)
+    if args.command == "status" and args.url:
+        return _status(args.url, as_json=args.json)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "schema":
         print(json.dumps(Config.model_json_schema(by_alias=True), indent=2))
@@ -48,7 +61,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if config is None:
         return EXIT_CONFIG
+    if args.command == "run":
+        from probe import daemon, log
+
+        log.setup(config.agent.log_level)
+        asyncio.run(daemon.run(args.config, config))
+        return EXIT_OK
+    if args.command == "status":
+        return _status(f"http://{config.agent.listen}", as_json=args.json)
     return _check(config, args.names, as_json=args.json)
+
+
+def _status(url: str, *, as_json: bool) -> int:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/status", timeout=10) as response:
+            data = json.load(response)
+    except (OSError, ValueError) as err:
+        print(f"cannot read the status from {url}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    rows = [("NAME", "KIND", "STATE", "FAILS", "FLAGS", "REASON")]
+    for c in data["checks"]:
+        flags = ",".join(f for f in ("flapping", "unreachable", "in_maintenance") if c[f])
+        rows.append((c["name"], c["kind"], (c["state"] or "pending").upper(),
+                     str(c["consecutive_failures"]), flags or "-", c["reason"]))
+    print(_columns(rows))
+    print()
+    if not data["incidents"]:
+        print("no open incidents")
+    for i in data["incidents"]:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["first_failure_at"]))
+        print(f"OPEN {i['group']} ({i['key']}) since {since}: {i['why']}; {i['reason']}")
+        if i["unreachable"]:
+            print(f"  unreachable because of it: {', '.join(i['unreachable'])}")
+    if not data["state_writable"]:
+        print("WARNING: the state database cannot be written")
+    return EXIT_FAILED if data["incidents"] else EXIT_OK
 
 
 def _load(path: Path) -> Config | None:
@@ -94,10 +144,15 @@ def _table(checks: list[Check], results: list[Result]) -> str:
     for check, result in zip(checks, results, strict=True):
         rows.append((check.name, check.kind, result.state.upper(),
                      format_duration(result.duration), result.reason))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return _columns(rows)
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> str:
+    """Aligned columns; the last one (a reason) runs free."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        ("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True))
-         + "  " + row[4]).rstrip()
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])
+        .rstrip()
         for row in rows
     )
 

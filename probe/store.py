@@ -71,7 +71,9 @@ class Batch:
     checks: Changes = field(default_factory=dict)
     groups: Changes = field(default_factory=dict)
     results: list[tuple[str, Result]] = field(default_factory=list)
-    transitions: list[tuple[Transition, str | None]] = field(default_factory=list)  # , route
+    # Each transition with the route its ticket opens on (None: no ticket). Notes and the
+    # resolve go where the open went, whatever the configuration says by then.
+    transitions: list[tuple[Transition, str | None]] = field(default_factory=list)
 
     def merge(self, other: Batch) -> None:
         self.checks.update(other.checks)
@@ -171,6 +173,12 @@ class Store:
                     "UPDATE incidents SET resolved_at = ?, facts = ? WHERE key = ?",
                     (transition.at, facts, transition.key),
                 )
+            if transition.kind != "open":
+                row = db.execute(
+                    "SELECT route FROM outbox WHERE incident_key = ? AND action = 'open'",
+                    (transition.key,),
+                ).fetchone()
+                route = row[0] if row else None
             if route is not None:
                 db.execute(
                     "INSERT INTO outbox (incident_key, action, route, created_at, payload,"

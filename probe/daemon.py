@@ -1,0 +1,235 @@
+"""`probe run`: the long-running service. It ties the pieces together — configuration, the
+scheduler, the checks, the incident engine, the state database, metrics and the HTTP endpoint —
+and handles reload (SIGHUP, POST /-/reload), stop (SIGTERM) and systemd's notify protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from checks import execute
+from checks.base import Result
+from probe import sdnotify
+from probe.config import Check, Config, ConfigError, load
+from probe.engine import Engine, Transition, restore_check, restore_group
+from probe.log import fields
+from probe.metrics import Metrics, View
+from probe.scheduler import Scheduler
+from probe.store import Batch, Store, StoreError
+
+log = logging.getLogger("probe")
+
+FLUSH_EVERY = 0.2  # seconds between state writes: batched, never on the check's path
+TICK_EVERY = 1.0  # seconds between engine ticks (maintenance ends, notes due)
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.checks: dict[str, Check] = {c.name: c for c in config.effective_checks()}
+        self.results: dict[str, Result] = {}
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.metrics = Metrics(self.registry, self._view)
+        self.store = Store(config.agent.state_dir, history=config.agent.history)
+        snapshot = self.store.load()
+        self.engine = Engine(
+            config.agent.name,
+            list(self.checks.values()),
+            config.maintenance,
+            check_states={n: restore_check(s) for n, s in snapshot.checks.items()},
+            group_states={g: restore_group(s) for g, s in snapshot.groups.items()},
+        )
+        self.pending = Batch()
+        self.ready = False
+        self.state_writable = True
+        self.stopping = asyncio.Event()
+        self._scheduler: Scheduler | None = None
+
+    def _view(self) -> View:
+        return View(self.checks, self.results, self.engine)
+
+    # --- the work of one check -------------------------------------------------------------
+
+    async def _run_check(self, check: Check, lag: float) -> bool:
+        self.metrics.schedule_lag.observe(lag)
+        self.metrics.in_flight.inc()
+        try:
+            result = await execute(check.spec, timeout=check.timeout)
+        finally:
+            self.metrics.in_flight.dec()
+        if self.checks.get(check.name) is not check and check.name not in self.checks:
+            return False  # removed by a reload while it ran
+        self.results[check.name] = result
+        now = time.time()
+        transitions = self.engine.observe(check.name, result.state, result.reason, now)
+        self.pending.results.append((check.name, result))
+        self._decided(transitions)
+        if result.state != "up":
+            log.debug("check %s", fields(check=check.name, kind=check.kind, state=result.state,
+                                         reason=result.reason))
+        return result.state == "down"
+
+    def _decided(self, transitions: list[Transition]) -> None:
+        """Queue the engine's changed state with the transitions it caused: the next flush
+        writes them in one transaction."""
+        checks, groups = self.engine.take_dirty()
+        self.pending.checks.update(checks)
+        self.pending.groups.update(groups)
+        for transition in transitions:
+            self.pending.transitions.append((transition, self._route(transition.group)))
+            self._log_transition(transition)
+
+    def _route(self, group: str) -> str | None:
+        for name in self.engine.members.get(group, []):
+            policy = self.checks[name].ticket
+            if policy.enabled and policy.route is not None:
+                return policy.route
+        return None
+
+    def _log_transition(self, t: Transition) -> None:
+        facts = t.facts
+        if t.kind == "open":
+            self.metrics.opened.labels(t.group).inc()
+            log.warning("incident opened %s", fields(
+                group=t.group, key=t.key, why=facts["why"], reason=facts["reason"],
+                unreachable=",".join(facts["unreachable"]) or None))
+        elif t.kind == "resolve":
+            self.metrics.resolved.labels(t.group).inc()
+            log.warning("incident resolved %s", fields(
+                group=t.group, key=t.key, down_for=facts["down_for_text"],
+                how=facts["recovered"]))
+        else:
+            log.info("incident still open %s", fields(group=t.group, key=t.key,
+                                                      reason=facts["reason"]))
+
+    # --- background work -------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        failing_since: float | None = None
+        while True:
+            await asyncio.sleep(FLUSH_EVERY if failing_since is None else 1.0)
+            failing_since = await self.flush(failing_since)
+
+    async def flush(self, failing_since: float | None = None) -> float | None:
+        """Write what is pending; on failure keep it, in order, for the next try."""
+        if not self.pending:
+            return failing_since
+        batch, self.pending = self.pending, Batch()
+        try:
+            await asyncio.to_thread(self.store.write, batch)
+        except StoreError as err:
+            batch.merge(self.pending)
+            self.pending = batch
+            self.metrics.state_errors.inc()
+            self.metrics.state_ok.set(0)
+            self.state_writable = False
+            if failing_since is None:
+                log.error("state not saved, retrying %s", fields(error=err))
+            return failing_since or time.time()
+        if failing_since is not None:
+            log.warning("state saved again %s", fields(after=f"{time.time() - failing_since:.0f}s"))
+        self.metrics.state_ok.set(1)
+        self.state_writable = True
+        return None
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_EVERY)
+            self._decided(self.engine.tick(time.time()))
+
+    async def _watchdog(self, every: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(every)
+
+    # --- reload and stop ---------------------------------------------------------------------
+
+    async def reload(self) -> list[str]:
+        """Re-read the configuration; on errors keep the running one. Returns the errors."""
+        sdnotify.notify("RELOADING=1")
+        try:
+            try:
+                config = await asyncio.to_thread(load, self.config_path)
+            except ConfigError as err:
+                self.metrics.reload_ok.set(0)
+                for issue in err.issues:
+                    log.error("reload refused %s", fields(error=issue))
+                return [str(i) for i in err.issues]
+            self.config = config
+            self.checks = {c.name: c for c in config.effective_checks()}
+            for name in list(self.results):
+                if name not in self.checks:
+                    del self.results[name]
+            self._decided(self.engine.reconfigure(list(self.checks.values()),
+                                                  config.maintenance, time.time()))
+            if self._scheduler is not None:
+                self._scheduler.update(list(self.checks.values()))
+            self.metrics.reload_ok.set(1)
+            self.metrics.reload_time.set(time.time())
+            log.info("configuration reloaded %s", fields(summary=config.summary()))
+            return []
+        finally:
+            sdnotify.notify("READY=1", f"STATUS={self._status_line()}")
+
+    def _status_line(self) -> str:
+        open_incidents = sum(1 for g in self.engine.groups.values() if g.incident)
+        return f"{len(self.checks)} checks, {open_incidents} open incidents"
+
+    async def serve(self) -> None:
+        from probe.web import serve_http  # the web module imports the daemon's types
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self._decided(self.engine.reconfigure(list(self.checks.values()),
+                                              self.config.maintenance, time.time()))
+        scheduler = self._scheduler = Scheduler(
+            self._run_check, self.config.agent.max_concurrency,
+            on_skip=lambda check: self.metrics.skipped.inc(),
+        )
+        scheduler.update(list(self.checks.values()))
+        runner = await serve_http(self, self.config.agent.listen)
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(time.time())
+        tasks = [asyncio.create_task(c) for c in (scheduler.serve(), self._flusher(),
+                                                  self._ticker())]
+        every = sdnotify.watchdog_interval()
+        if every:
+            tasks.append(asyncio.create_task(self._watchdog(every)))
+        self.ready = True
+        sdnotify.notify("READY=1", f"STATUS={self._status_line()}")
+        log.info("probe started %s", fields(agent=self.config.agent.name,
+                                           listen=self.config.agent.listen,
+                                           summary=self.config.summary()))
+        await self.stopping.wait()
+        log.info("probe stopping")
+        sdnotify.notify("STOPPING=1")
+        self.ready = False
+        await scheduler.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        if await self.flush() is not None:
+            log.error("state not saved at stop: the last decisions will be taken again")
+        self.store.close()
+
+
+async def run(config_path: Path, config: Config) -> None:
+    try:
+        daemon = Daemon(config_path, config)
+    except StoreError as err:
+        log.error("cannot start %s", fields(error=err))
+        raise SystemExit(1) from None
+    await daemon.serve()

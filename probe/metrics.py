@@ -1,0 +1,242 @@
+"""Prometheus metrics: per check, what blackbox_exporter users know (`probe_success`,
+`probe_http_status_code`, `probe_ssl_earliest_cert_expiry`...), the incident engine's view, and
+the daemon's own health.
+
+Per-check series are built at scrape time from the last Result of each configured check and the
+engine's state, so a check removed by a reload disappears from the next scrape, and running a
+check costs no metric bookkeeping at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from checks import KINDS
+from checks.base import Result
+from probe import __version__
+from probe.config import Check
+from probe.engine import Engine
+
+LABELS = ["check", "kind", "service"]
+PHASE_METRIC = {
+    "http": "probe_http_duration_seconds",
+    "tcp": "probe_tcp_duration_seconds",
+    "tls": "probe_tls_duration_seconds",
+    "dns": "probe_dns_duration_seconds",
+    "icmp": "probe_icmp_duration_seconds",
+}
+
+
+@dataclass
+class View:
+    """What the collector reads at scrape time; the daemon swaps `checks` on reload."""
+
+    checks: dict[str, Check]
+    results: dict[str, Result]
+    engine: Engine | None = None
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, view: Callable[[], View]) -> None:
+        self.registry = registry
+        registry.register(_CheckCollector(view))
+        self.schedule_lag = Histogram(
+            "probe_check_schedule_lag_seconds",
+            "How late a check started after it was due",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "probe_checks_in_flight", "Checks running right now", registry=registry
+        )
+        self.skipped = Counter(
+            "probe_checks_skipped_total",
+            "Runs skipped because the previous run of the check had not finished",
+            registry=registry,
+        )
+        self.reload_ok = Gauge(
+            "probe_config_last_reload_successful",
+            "Whether the last configuration reload attempt was successful",
+            registry=registry,
+        )
+        self.reload_time = Gauge(
+            "probe_config_last_reload_success_timestamp_seconds",
+            "Timestamp of the last successful configuration reload",
+            registry=registry,
+        )
+        self.opened = Counter(
+            "probe_incidents_opened_total", "Incidents opened", ["group"], registry=registry
+        )
+        self.resolved = Counter(
+            "probe_incidents_resolved_total", "Incidents resolved", ["group"], registry=registry
+        )
+        self.state_errors = Counter(
+            "probe_state_write_errors_total",
+            "Failed writes to the state database (retried)",
+            registry=registry,
+        )
+        self.state_ok = Gauge(
+            "probe_state_writable",
+            "Whether the last write to the state database succeeded",
+            registry=registry,
+        )
+        self.state_ok.set(1)
+        build = Gauge(
+            "probe_build_info",
+            "A metric with a constant '1' value labeled by version and Python version",
+            ["version", "pythonversion"],
+            registry=registry,
+        )
+        build.labels(__version__, platform.python_version()).set(1)
+
+
+class _CheckCollector(Collector):
+    def __init__(self, view: Callable[[], View]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._view()
+        families = _Families()
+        for name, check in view.checks.items():
+            labels = [name, check.kind, check.service or ""]
+            result = view.results.get(name)
+            if result is not None:
+                families.result(labels, check, result)
+            if view.engine is not None and name in view.engine.checks:
+                st = view.engine.checks[name]
+                families.gauge("probe_check_consecutive_failures",
+                               "Failed results in a row", labels, st.failures)
+                families.gauge("probe_check_flapping",
+                               "Whether the check is flapping", labels, st.flapping)
+                families.gauge("probe_check_unreachable",
+                               "Whether a check it depends on is failing", labels, st.unreachable)
+                families.gauge("probe_check_in_maintenance",
+                               "Whether a maintenance window covers the check", labels,
+                               st.in_maintenance)
+        if view.engine is not None:
+            for group, gs in view.engine.groups.items():
+                families.gauge("probe_incident_open", "Whether the group has an open incident",
+                               [group], gs.incident is not None, label_names=["group"])
+                if gs.incident is not None:
+                    families.gauge("probe_incident_opened_timestamp_seconds",
+                                   "When the open incident opened", [group],
+                                   gs.incident.opened_at, label_names=["group"])
+        yield from families.all()
+
+
+class _Families:
+    def __init__(self) -> None:
+        self._by_name: dict[str, GaugeMetricFamily] = {}
+
+    def gauge(
+        self, name: str, doc: str, labels: list[str], value: float,
+        *, label_names: list[str] | None = None, extra: dict[str, str] | None = None,
+    ) -> None:
+        family = self._by_name.get(name)
+        if family is None:
+            names = [*(label_names or LABELS), *(extra or {})]
+            family = self._by_name[name] = GaugeMetricFamily(name, doc, labels=names)
+        family.add_metric([*labels, *(extra or {}).values()], float(value))
+
+    def all(self) -> Iterator[Metric]:
+        return iter(self._by_name.values())
+
+    def result(self, labels: list[str], check: Check, result: Result) -> None:
+        ev = result.evidence
+        self.gauge("probe_success", "Displays whether or not the probe was a success",
+                   labels, result.ok)
+        self.gauge("probe_duration_seconds",
+                   "Returns how long the probe took to complete in seconds",
+                   labels, result.duration)
+        self.gauge("probe_check_could_not_run",
+                   "Whether the last run could not reach a verdict (e.g. no permission)",
+                   labels, result.state == "unknown")
+        self.gauge("probe_check_last_run_timestamp_seconds",
+                   "When the last run of the check started", labels, result.started_at)
+        self.gauge("probe_dns_lookup_time_seconds",
+                   "Returns the time taken for probe dns lookup in seconds",
+                   labels, result.phases.get("resolve", 0.0))
+        for phase in KINDS[check.kind].phases:
+            self.gauge(PHASE_METRIC[check.kind], f"Duration of the {check.kind} check by phase",
+                       labels, result.phases.get(phase, 0.0), extra={"phase": phase})
+        address = ev.get("address")
+        if isinstance(address, str):
+            self.gauge("probe_ip_protocol",
+                       "Specifies whether probe ip protocol is IP4 or IP6",
+                       labels, 6 if ":" in address else 4)
+            self.gauge("probe_ip_addr_hash",
+                       "Specifies the hash of IP address. It's useful to detect if the IP "
+                       "address changes.", labels, zlib.crc32(address.encode()))
+        if isinstance(ev.get("tls_version"), str):
+            self.gauge("probe_tls_version_info", "Returns the TLS version used or NaN when "
+                       "unknown", labels, 1, extra={"version": ev["tls_version"]})
+        not_after = ev.get("cert_not_after") or ev.get("not_after")
+        if isinstance(not_after, str):
+            expiry = dt.datetime.fromisoformat(not_after.replace("Z", "+00:00")).timestamp()
+            self.gauge("probe_ssl_earliest_cert_expiry",
+                       "Returns last SSL chain expiry in unixtime", labels, expiry)
+            self.gauge("probe_tls_cert_remaining_seconds",
+                       "Time left until the certificate expires (negative: expired)",
+                       labels, expiry - result.started_at)
+        kind_specific = getattr(self, f"_{check.kind}", None)
+        if kind_specific is not None:
+            kind_specific(labels, result)
+
+    def _http(self, labels: list[str], result: Result) -> None:
+        ev = result.evidence
+        if "status_code" in ev:
+            self.gauge("probe_http_status_code", "Response HTTP status code",
+                       labels, ev["status_code"])
+        self.gauge("probe_http_redirects", "The number of redirects",
+                   labels, ev.get("redirects", 0))
+        self.gauge("probe_http_ssl", "Indicates if SSL was used for the final redirect",
+                   labels, str(ev.get("url", "")).startswith("https:"))
+        if "content_length" in ev:
+            self.gauge("probe_http_content_length", "Length of http content response",
+                       labels, ev["content_length"])
+        if "body_bytes" in ev:
+            self.gauge("probe_http_uncompressed_body_length",
+                       "Length of uncompressed response body", labels, ev["body_bytes"])
+        version = str(ev.get("http_version", "")).removeprefix("HTTP/")
+        if version.replace(".", "").isdigit():
+            self.gauge("probe_http_version",
+                       "Returns the version of HTTP of the probe response", labels,
+                       float(version))
+
+    def _tls(self, labels: list[str], result: Result) -> None:
+        ev = result.evidence
+        if "sha256_fingerprint" in ev:
+            self.gauge(
+                "probe_ssl_last_chain_info", "Contains SSL leaf certificate information",
+                labels, 1,
+                extra={
+                    "fingerprint_sha256": str(ev["sha256_fingerprint"]).replace(":", "").lower(),
+                    "issuer": str(ev.get("issuer", "")),
+                    "subject": str(ev.get("subject", "")),
+                    "subjectalternative": ",".join(map(str, ev.get("sans", []))),
+                },
+            )
+
+    def _dns(self, labels: list[str], result: Result) -> None:
+        answers = result.evidence.get("answers")
+        self.gauge("probe_dns_answer_rrs", "Returns number of entries in the answer resource "
+                   "record list", labels, len(answers) if isinstance(answers, list) else 0)
+        self.gauge("probe_dns_query_succeeded", "Displays whether or not the query was "
+                   "executed successfully", labels, "rcode" in result.evidence)
+
+    def _icmp(self, labels: list[str], result: Result) -> None:
+        ev = result.evidence
+        if "loss" in ev:
+            self.gauge("probe_icmp_packet_loss_ratio", "Share of echo requests lost",
+                       labels, ev["loss"])
+        if ev.get("jitter") is not None:
+            self.gauge("probe_icmp_jitter_seconds", "Jitter of the round trips",
+                       labels, ev["jitter"])

@@ -1,0 +1,132 @@
+"""When each check runs: every `interval`, every `retry_interval` while its last result was a
+failure, start times spread over the interval, at most `max_concurrency` in flight.
+
+One heap of due times drives every check; a run is a task of its own, so a slow or hanging
+target holds one slot (until its timeout) and never delays any other check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import zlib
+from collections.abc import Awaitable, Callable
+
+from probe.config import Check
+
+RunCheck = Callable[[Check, float], Awaitable[bool]]  # (check, lag) -> whether it failed
+
+
+def spread(name: str, interval: float) -> float:
+    """A stable offset in [0, interval) so that checks do not all fire at once, and a restart
+    keeps each check's phase."""
+    return (zlib.crc32(name.encode()) % 10_000) / 10_000 * interval
+
+
+class Scheduler:
+    def __init__(
+        self,
+        run: RunCheck,
+        max_concurrency: int,
+        *,
+        on_skip: Callable[[Check], None] = lambda check: None,
+    ) -> None:
+        self._run = run
+        self._on_skip = on_skip
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._loop = asyncio.get_running_loop()
+        self._checks: dict[str, Check] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._generation: dict[str, int] = {}  # a heap entry of an older generation is stale
+        self._pushed = 0
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._failing: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stopped = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def update(self, checks: list[Check]) -> None:
+        """Take a new set of checks: new ones are spread over their interval, removed ones
+        stop, and ones whose interval changed are rescheduled."""
+        now = self._loop.time()
+        old = self._checks
+        self._checks = {c.name: c for c in checks}
+        for name in old.keys() - self._checks.keys():
+            self._generation.pop(name, None)
+            self._failing.discard(name)
+        for check in checks:
+            before = old.get(check.name)
+            timing = (check.interval, check.retry_interval)
+            if before is None or (before.interval, before.retry_interval) != timing:
+                self._push(check.name, now + spread(check.name, check.interval))
+        self._wake.set()
+
+    def _push(self, name: str, due: float) -> None:
+        self._pushed += 1
+        self._generation[name] = self._pushed
+        heapq.heappush(self._heap, (due, self._pushed, name))
+
+    async def serve(self) -> None:
+        while not self._stopped:
+            if not self._heap:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            due, generation, name = self._heap[0]
+            if self._generation.get(name) != generation:
+                heapq.heappop(self._heap)
+                continue
+            delay = due - self._loop.time()
+            if delay > 0:
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                continue
+            heapq.heappop(self._heap)
+            check = self._checks[name]
+            if name in self._running:
+                # Still running (a retry_interval shorter than the timeout): skip this turn.
+                self._on_skip(check)
+                self._push(name, due + self._step(check))
+                continue
+            await self._slots.acquire()
+            if self._stopped:
+                self._slots.release()
+                break
+            self._running[name] = asyncio.create_task(self._one(check, due), name=name)
+
+    def _step(self, check: Check) -> float:
+        return check.retry_interval if check.name in self._failing else check.interval
+
+    async def _one(self, check: Check, due: float) -> None:
+        try:
+            failed = await self._run(check, self._loop.time() - due)
+        finally:
+            self._slots.release()
+            self._running.pop(check.name, None)
+        current = self._checks.get(check.name)
+        if current is None or self._stopped:
+            return  # removed by a reload while it ran
+        if failed:
+            self._failing.add(check.name)
+        else:
+            self._failing.discard(check.name)
+        now = self._loop.time()
+        # Keep the cadence (due + step), unless the run took us past it.
+        self._push(check.name, max(due + self._step(current), now))
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Start nothing more, and cancel the runs in flight: their results were not decided."""
+        self._stopped = True
+        self._wake.set()
+        running = list(self._running.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)

@@ -1,0 +1,95 @@
+"""The HTTP endpoint: /metrics for Prometheus, /-/healthy, /-/ready and POST /-/reload as
+Prometheus and blackbox_exporter have them, and /api/status, which `probe status` prints."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from probe import __version__
+
+if TYPE_CHECKING:
+    from probe.daemon import Daemon
+
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+
+
+async def serve_http(daemon: Daemon, listen: str) -> web.AppRunner:
+    app = web.Application()
+    app[DAEMON] = daemon
+    app.router.add_get("/metrics", make_aiohttp_handler(daemon.registry))
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_post("/-/reload", reload)
+    app.router.add_get("/api/status", status)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    return runner
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="Healthy\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    if not daemon.ready:
+        return web.Response(status=503, text="Not ready: starting or stopping\n")
+    if not daemon.state_writable:
+        return web.Response(status=503, text="Not ready: the state database cannot be written\n")
+    return web.Response(text="Ready\n")
+
+
+async def reload(request: web.Request) -> web.Response:
+    errors = await request.app[DAEMON].reload()
+    if errors:
+        return web.Response(status=500, text="\n".join(["reload refused:", *errors]) + "\n")
+    return web.Response(text="Reloaded\n")
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(snapshot(request.app[DAEMON]))
+
+
+def snapshot(daemon: Daemon) -> dict[str, Any]:
+    engine = daemon.engine
+    checks = []
+    for name, check in daemon.checks.items():
+        st = engine.checks.get(name)
+        result = daemon.results.get(name)
+        checks.append({
+            "name": name,
+            "kind": check.kind,
+            "target": check.spec.target,
+            "service": check.service,
+            "state": result.state if result else None,
+            "reason": result.reason if result else "",
+            "duration_seconds": result.duration if result else None,
+            "last_run_at": result.started_at if result else None,
+            "consecutive_failures": st.failures if st else 0,
+            "consecutive_successes": st.successes if st else 0,
+            "flapping": st.flapping if st else False,
+            "unreachable": st.unreachable if st else False,
+            "in_maintenance": st.in_maintenance if st else False,
+        })
+    incidents = []
+    for group, gs in engine.groups.items():
+        if gs.incident is not None:
+            i = gs.incident
+            incidents.append({
+                "group": group, "key": i.key, "opened_at": i.opened_at,
+                "first_failure_at": i.first_failure_at, "why": i.why, "reason": i.reason,
+                "checks": i.members, "unreachable": i.unreachable,
+            })
+    return {
+        "agent": daemon.config.agent.name,
+        "version": __version__,
+        "ready": daemon.ready,
+        "state_writable": daemon.state_writable,
+        "checks": checks,
+        "incidents": incidents,
+    }

@@ -1,0 +1,311 @@
+"""`probe run` for real, as a subprocess, against a target the test turns off and on: the
+incident opens after exactly failure_threshold failures, resolves after success_threshold
+successes, survives kill -9 in between, and the metrics endpoint shows each step."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.httpserver import serve_app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class Target:
+    """An HTTP target that answers 200, or 503 while `down` is set."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.down:
+            return web.Response(status=503, text="broken")
+        return web.Response(text="ok")
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    t = Target()
+    app = web.Application()
+    app.router.add_get("/health", t.handle)
+    async with serve_app(app) as port:
+        t.port = port
+        yield t
+
+
+class Probe:
+    """One `probe run` process and ways to look at it."""
+
+    def __init__(self, config: Path, port: int, state: Path) -> None:
+        self.config, self.port, self.state = config, port, state
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = state.parent / "probe.log"
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "probe", "run", "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            body: bytes = r.read()
+        return body.decode()
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.get("/api/status"))
+        return data
+
+    def metric(self, line_start: str) -> float | None:
+        for line in self.get("/metrics").splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    async def wait(self, what: str, condition: Callable[[], bool], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            try:
+                if condition():
+                    return
+            except OSError:
+                pass  # not listening yet
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}\n{self.log.read_text()}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def db(self, sql: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.state / "probe.sqlite3") as db:
+            return db.execute(sql).fetchall()
+
+
+@pytest.fixture
+def make_probe(tmp_path: Path) -> Iterator[Callable[[str], Probe]]:
+    made: list[Probe] = []
+
+    def make(checks_yaml: str) -> Probe:
+        port = free_port()
+        config = tmp_path / "probe.yaml"
+        config.write_text(f"""
+agent: {{name: test-agent, state_dir: {tmp_path}/state, listen: "127.0.0.1:{port}"}}
+defaults:
+  interval: 300ms
+  retry_interval: 200ms
+  timeout: 200ms
+  failure_threshold: 3
+  success_threshold: 2
+ticketing: {{routes: {{local: {{backend: local}}}}}}
+{checks_yaml}
+""")
+        probe = Probe(config, port, tmp_path / "state")
+        made.append(probe)
+        return probe
+
+    yield make
+    for probe in made:
+        if probe.proc is not None and probe.proc.poll() is None:
+            probe.proc.kill()
+            probe.proc.wait(10)
+
+
+def web_check(target: Target) -> str:
+    return f"""
+checks:
+  - name: web
+    service: shop
+    http: {{url: "http://127.0.0.1:{target.port}/health"}}
+"""
+
+
+def open_incident(probe: Probe) -> dict[str, Any] | None:
+    incidents = probe.status()["incidents"]
+    return incidents[0] if incidents else None
+
+
+async def test_an_incident_opens_after_exactly_the_threshold_and_survives_kill_9(
+    target: Target, make_probe: Callable[[str], Probe]
+) -> None:
+    probe = make_probe(web_check(target))
+    probe.start()
+    await probe.wait("the first successful check",
+                     lambda: probe.metric('probe_success{check="web",kind="http",service="shop"}')
+                     == 1)
+    assert probe.metric('probe_incident_open{group="shop"}') == 0
+
+    target.down = True
+    down_at = time.time()
+    await probe.wait("the incident", lambda: open_incident(probe) is not None)
+    incident = open_incident(probe)
+    assert incident is not None
+    assert (incident["group"], incident["why"]) == ("shop", "3 consecutive failures")
+    assert incident["reason"] == "HTTP 503 (expected 2xx)"
+    assert incident["key"] == "test-agent/shop/1"
+    assert probe.metric('probe_incident_open{group="shop"}') == 1
+    # exactly three failed results came before the decision
+    await probe.wait("the incident on disk", lambda: bool(probe.db("SELECT * FROM incidents")))
+    ((opened_at,),) = probe.db("SELECT opened_at FROM incidents")
+    failed_before = probe.db(
+        f"SELECT COUNT(*) FROM results WHERE state = 'down' AND at >= {down_at - 1}"
+        f" AND at < {opened_at}"
+    )[0][0]
+    assert failed_before == 3
+
+    probe.kill9()
+    probe.start()
+    await probe.wait("the restarted daemon",
+                     lambda: probe.metric('probe_incident_open{group="shop"}') == 1)
+    assert open_incident(probe) == incident | {"reason": incident["reason"]}
+
+    target.down = False
+    await probe.wait("the recovery", lambda: open_incident(probe) is None)
+    assert probe.metric('probe_incident_open{group="shop"}') == 0
+    assert probe.metric('probe_incidents_resolved_total{group="shop"}') == 1
+    # one incident in all, opened once and resolved once, despite the kill -9
+    await probe.wait("the resolve on disk",
+                     lambda: probe.db("SELECT resolved_at FROM incidents")[0][0] is not None)
+    assert probe.db("SELECT key FROM incidents") == [("test-agent/shop/1",)]
+    assert probe.db("SELECT incident_key, action, route FROM outbox ORDER BY id") == [
+        ("test-agent/shop/1", "open", "local"),
+        ("test-agent/shop/1", "resolve", "local"),
+    ]
+    # the resolve came after exactly two successes
+    ((resolved_at,),) = probe.db("SELECT resolved_at FROM incidents")
+    last_down = probe.db("SELECT MAX(at) FROM results WHERE state = 'down'")[0][0]
+    ups = probe.db(f"SELECT COUNT(*) FROM results WHERE state = 'up' AND at > {last_down}"
+                   f" AND at < {resolved_at}")[0][0]
+    assert ups == 2
+
+    started = time.monotonic()
+    probe.signal(signal.SIGTERM)
+    assert probe.proc is not None
+    assert probe.proc.wait(10) == 0
+    assert time.monotonic() - started < 5
+
+
+async def test_a_reload_with_a_broken_file_keeps_the_old_configuration(
+    target: Target, make_probe: Callable[[str], Probe]
+) -> None:
+    probe = make_probe(web_check(target))
+    probe.start()
+    await probe.wait("the daemon", lambda: probe.metric("probe_config_last_reload_successful")
+                     == 1)
+    good = probe.config.read_text()
+    probe.config.write_text(good + "  - name: broken\n    tcp: {host: h, port: 0}\n")
+    probe.signal(signal.SIGHUP)
+    await probe.wait("the refused reload",
+                     lambda: probe.metric("probe_config_last_reload_successful") == 0)
+    assert [c["name"] for c in probe.status()["checks"]] == ["web"]
+    assert "reload refused" in probe.log.read_text()
+    assert "checks[1].tcp.port: 0 is not a port (1-65535)" in probe.log.read_text()
+
+    probe.config.write_text(good + f"""  - name: second
+    tcp: {{host: 127.0.0.1, port: {target.port}}}
+""")
+    body = await asyncio.to_thread(_post, f"http://127.0.0.1:{probe.port}/-/reload")
+    assert body == "Reloaded\n"
+    assert probe.metric("probe_config_last_reload_successful") == 1
+    assert [c["name"] for c in probe.status()["checks"]] == ["web", "second"]
+    await probe.wait("the new check's first result",
+                     lambda: probe.status()["checks"][1]["state"] == "up")
+
+
+async def test_a_check_removed_with_an_open_incident_resolves_and_its_series_go(
+    target: Target, make_probe: Callable[[str], Probe]
+) -> None:
+    probe = make_probe(web_check(target) + f"""
+  - name: closed
+    tcp: {{host: 127.0.0.1, port: {free_port()}}}
+""")
+    probe.start()
+    await probe.wait("the incident", lambda: open_incident(probe) is not None)
+    assert open_incident(probe)["group"] == "closed"  # type: ignore[index]
+    assert 'check="closed"' in probe.get("/metrics")
+    probe.config.write_text(probe.config.read_text().split("  - name: closed")[0])
+    probe.signal(signal.SIGHUP)
+    await probe.wait("the resolve", lambda: open_incident(probe) is None)
+    assert 'check="closed"' not in probe.get("/metrics")
+    await probe.wait("the resolve on disk", lambda: len(probe.db("SELECT * FROM outbox")) == 2)
+    assert probe.db("SELECT action, route FROM outbox ORDER BY id") == [
+        ("open", "local"), ("resolve", "local"),
+    ]
+    assert "removed from the configuration" in probe.db("SELECT facts FROM incidents")[0][0]
+
+
+async def test_health_readiness_and_promtool(
+    target: Target, make_probe: Callable[[str], Probe]
+) -> None:
+    probe = make_probe(web_check(target) + """
+  - {name: ping, icmp: {host: 127.0.0.1, interval: 10ms}}
+  - {name: cert, tls: {host: 127.0.0.1, port: 1}}
+""")
+    probe.start()
+    await probe.wait("readiness", lambda: probe.get("/-/ready") == "Ready\n")
+    assert probe.get("/-/healthy") == "Healthy\n"
+    await probe.wait("every check's first result",
+                     lambda: all(c["state"] for c in probe.status()["checks"]))
+    text = probe.get("/metrics")
+    for expected in (
+        'probe_http_duration_seconds{check="web",kind="http",phase="processing",service="shop"}',
+        'probe_http_status_code{check="web",kind="http",service="shop"} 200.0',
+        "probe_check_schedule_lag_seconds_bucket",
+        "probe_build_info{",
+        "process_resident_memory_bytes",
+    ):
+        assert expected in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    lint = await asyncio.to_thread(
+        subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True,
+        text=True, timeout=30,
+    )
+    assert (lint.returncode, lint.stdout, lint.stderr) == (0, "", "")
+
+
+def _post(url: str) -> str:
+    request = urllib.request.Request(url, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+def test_status_prints_checks_and_incidents(tmp_path: Path) -> None:
+    """`probe status` against a daemon that is not running says so and exits 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "probe", "status", "--url", f"http://127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=30, env=os.environ.copy(),
+    )
+    assert result.returncode == 2
+    assert "cannot read the status from" in result.stderr
