@@ -112,6 +112,7 @@ class Defaults(StrictModel):
 
 class Ticketing(StrictModel):
     routes: dict[Name, AnyRoute] = {}
+    poll_interval: PositiveDuration = 60.0  # how often open tickets are looked at in the helpdesk
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

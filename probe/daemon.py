@@ -23,6 +23,7 @@ from probe.log import fields
 from probe.metrics import Metrics, View
 from probe.scheduler import Scheduler
 from probe.store import Batch, Store, StoreError
+from probe.tickets.outbox import Context, Dispatcher, OutboxMetrics
 
 log = logging.getLogger("probe")
 
@@ -48,6 +49,11 @@ class Daemon:
             check_states={n: restore_check(s) for n, s in snapshot.checks.items()},
             group_states={g: restore_group(s) for g, s in snapshot.groups.items()},
         )
+        self.dispatcher = Dispatcher(
+            self.store, config.routes, OutboxMetrics(self.registry), self._context,
+            poll_interval=config.ticketing.poll_interval,
+        )
+        self._flush_soon = asyncio.Event()
         self.pending = Batch()
         self.ready = False
         self.state_writable = True
@@ -56,6 +62,14 @@ class Daemon:
 
     def _view(self) -> View:
         return View(self.checks, self.results, self.engine)
+
+    def _context(self, group: str) -> Context:
+        members = [self.checks[n] for n in self.engine.members.get(group, []) if n in self.checks]
+        recent = []
+        for check in members:
+            recent += [{**r, "check": check.name} for r in self.store.recent_results(check.name)]
+        recent.sort(key=lambda r: r["at"], reverse=True)
+        return Context(members, recent[:10])
 
     # --- the work of one check -------------------------------------------------------------
 
@@ -85,8 +99,30 @@ class Daemon:
         self.pending.checks.update(checks)
         self.pending.groups.update(groups)
         for transition in transitions:
+            if transition.kind == "open":
+                transition.facts["ticket"] = self._policy(transition.group)
             self.pending.transitions.append((transition, self._route(transition.group)))
             self._log_transition(transition)
+        if transitions:
+            self._flush_soon.set()  # tickets should not wait for the next batch
+
+    def _policy(self, group: str) -> dict[str, object]:
+        """What the ticket side needs to know of the checks' ticket settings, kept with the
+        open so that notes and escalation follow what was configured when it opened."""
+        members = [self.checks[n] for n in self.engine.members.get(group, []) if n in self.checks]
+        if not members:
+            return {}
+        lead = members[0]
+        policy = lead.ticket
+        return {
+            "priority": policy.priority,
+            "escalate_after": policy.escalate_after,
+            "on_human_close": policy.on_human_close,
+            "title_template": policy.title_template,
+            "body_template": policy.body_template,
+            "runbook": lead.runbook,
+            "dashboard": lead.dashboard,
+        }
 
     def _route(self, group: str) -> str | None:
         for name in self.engine.members.get(group, []):
@@ -116,7 +152,12 @@ class Daemon:
     async def _flusher(self) -> None:
         failing_since: float | None = None
         while True:
-            await asyncio.sleep(FLUSH_EVERY if failing_since is None else 1.0)
+            try:
+                async with asyncio.timeout(FLUSH_EVERY if failing_since is None else 1.0):
+                    await self._flush_soon.wait()
+            except TimeoutError:
+                pass
+            self._flush_soon.clear()
             failing_since = await self.flush(failing_since)
 
     async def flush(self, failing_since: float | None = None) -> float | None:
@@ -139,6 +180,8 @@ class Daemon:
             log.warning("state saved again %s", fields(after=f"{time.time() - failing_since:.0f}s"))
         self.metrics.state_ok.set(1)
         self.state_writable = True
+        if batch.transitions:
+            self.dispatcher.wake()
         return None
 
     async def _ticker(self) -> None:
@@ -173,6 +216,8 @@ class Daemon:
                                                   config.maintenance, time.time()))
             if self._scheduler is not None:
                 self._scheduler.update(list(self.checks.values()))
+            self.dispatcher.update_routes(config.routes)
+            self.dispatcher.poll_interval = config.ticketing.poll_interval
             self.metrics.reload_ok.set(1)
             self.metrics.reload_time.set(time.time())
             log.info("configuration reloaded %s", fields(summary=config.summary()))
@@ -201,8 +246,10 @@ class Daemon:
         runner = await serve_http(self, self.config.agent.listen)
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
-        tasks = [asyncio.create_task(c) for c in (scheduler.serve(), self._flusher(),
-                                                  self._ticker())]
+        tasks = [asyncio.create_task(c) for c in (
+            scheduler.serve(), self._flusher(), self._ticker(), self.dispatcher.serve(),
+            self.dispatcher.watch(),
+        )]
         every = sdnotify.watchdog_interval()
         if every:
             tasks.append(asyncio.create_task(self._watchdog(every)))
@@ -223,6 +270,7 @@ class Daemon:
             await runner.cleanup()
         if await self.flush() is not None:
             log.error("state not saved at stop: the last decisions will be taken again")
+        await self.dispatcher.close()
         self.store.close()
 
 

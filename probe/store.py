@@ -61,6 +61,41 @@ MIGRATIONS: list[str] = [
     CREATE INDEX outbox_pending ON outbox (status, next_attempt_at);
     CREATE INDEX outbox_incident ON outbox (incident_key, id);
     """,
+    """
+    -- The helpdesk tickets of incidents: usually one, more when a human closed one and the
+    -- policy opened a new one. `ticket_key` is what the helpdesk carries.
+    CREATE TABLE tickets (
+        ticket_key TEXT PRIMARY KEY,
+        incident_key TEXT NOT NULL,
+        route TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'open',   -- open | resolved | left
+        opened_at REAL NOT NULL,
+        escalated_at REAL,
+        policy TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX tickets_incident ON tickets (incident_key);
+    -- The local backend's helpdesk: tickets kept here, shown by `probe tickets`.
+    CREATE TABLE local_tickets (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'new',   -- new | open | resolved
+        owner TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        follows TEXT
+    );
+    CREATE INDEX local_tickets_key ON local_tickets (key);
+    CREATE TABLE local_notes (
+        ticket_id INTEGER NOT NULL REFERENCES local_tickets (id),
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,                    -- note | resolve | reopen
+        text TEXT NOT NULL
+    );
+    """,
 ]
 
 

@@ -1,9 +1,18 @@
-"""What every helpdesk route shares in the configuration: priority names, the escalation
-target, the connection settings, and validation of URLs and priority maps."""
+"""What every helpdesk shares: the route settings (priority names, escalation target,
+connection), the ticket a backend is asked to deliver, the one error type, and the interface
+each backend implements.
+
+A backend knows nothing of checks or incidents: it is handed a rendered `Ticket` (with the
+incident's stable key, which it must store in the helpdesk's own field so that `find` can
+recover the ticket after a crash) and the reference it returned for later calls.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+import abc
+import ssl
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
@@ -44,3 +53,81 @@ class RouteBase(Secrets):
     timeout: Duration = 10.0
     tls_verify: bool = True
     ca_file: ReadableFile | None = None
+
+
+R = TypeVar("R", bound=RouteBase)
+TicketState = Literal["open", "acknowledged", "closed", "gone"]
+
+
+class TicketError(Exception):
+    """A helpdesk call failed. `permanent` errors (a 4xx other than 408/429, a missing field)
+    will fail again however often they are retried; the others are retried without end,
+    not before `retry_after` seconds when the helpdesk said so."""
+
+    def __init__(
+        self, message: str, *, permanent: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    key: str  # the incident's stable key, e.g. "probe-eu-1/shop/3"
+    title: str
+    body: str  # plain text
+    body_markdown: str
+    priority: Priority
+    agent: str
+    group: str
+    follows: str | None = None  # ref of an earlier ticket this one follows (on_human_close: new)
+
+
+class Backend(abc.ABC, Generic[R]):
+    """One helpdesk. Every call either succeeds or raises TicketError; `open` must carry
+    `ticket.key` where `find` looks for it."""
+
+    kind: ClassVar[str]
+    # False where the helpdesk cannot be asked (email, webhook): find() then returns None,
+    # status() "open", and escalation / human-close detection do not apply.
+    tracks_status: ClassVar[bool] = True
+
+    def __init__(self, name: str, route: R) -> None:
+        self.name = name
+        self.route = route
+
+    @abc.abstractmethod
+    async def find(self, key: str) -> str | None:
+        """The reference of the newest ticket carrying `key`, open or not; None if none."""
+
+    @abc.abstractmethod
+    async def open(self, ticket: Ticket) -> str:
+        """Create the ticket; return its reference (an id, a key, a Message-ID)."""
+
+    @abc.abstractmethod
+    async def note(self, ref: str, text: str) -> None:
+        """Add an internal note (not seen by a requester where the helpdesk has the idea)."""
+
+    @abc.abstractmethod
+    async def resolve(self, ref: str, text: str) -> None:
+        """Add `text` as the closing note and resolve the ticket."""
+
+    @abc.abstractmethod
+    async def reopen(self, ref: str, text: str) -> None:
+        """Reopen a ticket someone closed, with `text` saying why."""
+
+    @abc.abstractmethod
+    async def status(self, ref: str) -> TicketState:
+        """open (nobody has it yet), acknowledged (someone owns or works it), closed, gone."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def ssl_context(route: RouteBase) -> ssl.SSLContext | bool:
+    """What aiohttp takes as `ssl=`: verification on unless the route opts out."""
+    if not route.tls_verify:
+        return False
+    return ssl.create_default_context(cafile=str(route.ca_file) if route.ca_file else None)

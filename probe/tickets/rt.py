@@ -1,10 +1,39 @@
-"""The rt backend: Best Practical Request Tracker 5, through REST2."""
+"""The rt backend: Best Practical Request Tracker 5, through REST2 (`<url>/REST/2.0`).
+
+RT facts it relies on (seen on RT 5.0.3):
+- `Authorization: token <auth token>`; the token's user needs CreateTicket, ShowTicket,
+  CommentOnTicket and ModifyTicket in the queue.
+- POST /ticket takes Queue, Subject, Content, ContentType, Priority (a number), CustomFields
+  {name: value} and links (RefersTo) and answers 201 {"id": "42"}. A custom field the queue does
+  not carry is dropped without a word, so `open` first checks that the queue has `key_field`.
+- Subject is cut to 200 bytes: without `key_field` the key ends the subject as `[probe:<key>]`
+  and the title gives way to keep it whole. TicketSQL strings take backslash escapes, but LIKE
+  leaves % and _ as wildcards, so subject matches are checked exactly here. A search without a
+  Status clause finds every ticket but the deleted.
+- A comment is not mailed to requestors and does not reopen a resolved ticket.
+- PUT /ticket/{id} answers 200 with a list of messages even when it refused the change ("That
+  ticket has unresolved dependencies", a bad status), and [] when nothing changed.
+- GET /ticket/{id} of a deleted ticket still answers (Status "deleted"); an unknown id is 404.
+  Setting any status on a deleted ticket brings it back, so `resolve` leaves those alone.
+
+status(): resolved or rejected is "closed"; deleted or unknown is "gone"; a ticket with an
+Owner other than Nobody, or stalled, is "acknowledged" (probe sets neither); anything else is
+"open". Status "open" alone does not count as acknowledged: probe's own `reopen` sets it.
+"""
+
+from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
-from probe.secrets import EnvRef
-from probe.tickets.base import BaseUrl, Priority, PriorityMap, RouteBase
+from probe.secrets import EnvRef, SecretError
+from probe.tickets import base
+from probe.tickets.base import BaseUrl, Priority, PriorityMap, RouteBase, TicketError, TicketState
+from probe.tickets.http import Http, Response
+
+SUBJECT_BYTES = 200
+CLOSED = ("resolved", "rejected")
 
 
 class Route(RouteBase):
@@ -20,3 +49,144 @@ class Route(RouteBase):
 
     def priority(self, name: Priority) -> int:
         return self.priorities[name]
+
+
+class Backend(base.Backend[Route]):
+    kind: ClassVar[str] = "rt"
+
+    def __init__(self, name: str, route: Route) -> None:
+        super().__init__(name, route)
+        self._http = Http(route, route.url + "/REST/2.0")
+        self._key_field_checked = False
+
+    async def find(self, key: str) -> str | None:
+        field = self.route.key_field
+        token = subject_token(key)
+        query = f"'CF.{{{field}}}'={sql_string(key)}" if field else (
+            f"Subject LIKE {sql_string(token)}"
+        )
+        params = {"query": query, "orderby": "id", "order": "DESC", "fields": "Subject",
+                  "per_page": "100"}
+        found = (await self._request("GET", "/tickets", params=params)).json_object()
+        for item in found.get("items") or []:
+            if field or str(item.get("Subject", "")).endswith(token):
+                return str(item["id"])
+        return None
+
+    async def open(self, ticket: base.Ticket) -> str:
+        route = self.route
+        body: dict[str, Any] = {
+            "Queue": route.queue,
+            "Subject": ticket.title,
+            "Content": ticket.body,
+            "ContentType": "text/plain",
+            "Priority": route.priority(ticket.priority),
+        }
+        if route.key_field:
+            await self._check_key_field(route.key_field)
+            body["CustomFields"] = {route.key_field: ticket.key}
+        else:
+            body["Subject"] = subject(ticket.title, ticket.key)
+        if ticket.follows:
+            body["RefersTo"] = ticket.follows
+        response = await self._request("POST", "/ticket", json_body=body)
+        ref = response.json_object().get("id")
+        if not ref:
+            raise TicketError(f"{response.what}: HTTP {response.status} without a ticket id")
+        return str(ref)
+
+    async def note(self, ref: str, text: str) -> None:
+        body = {"Content": text, "ContentType": "text/plain"}
+        await self._request("POST", f"{ticket_path(ref)}/comment", json_body=body)
+
+    async def resolve(self, ref: str, text: str) -> None:
+        ticket = await self._ticket(ref)
+        if ticket is None or ticket.get("Status") == "deleted":
+            return  # nothing left to resolve
+        await self.note(ref, text)
+        if ticket.get("Status") not in CLOSED:
+            await self._set_status(ref, "resolved")
+
+    async def reopen(self, ref: str, text: str) -> None:
+        await self.note(ref, text)
+        await self._set_status(ref, "open")
+
+    async def status(self, ref: str) -> TicketState:
+        ticket = await self._ticket(ref)
+        state = None if ticket is None else ticket.get("Status")
+        if ticket is None or state == "deleted":
+            return "gone"
+        if state in CLOSED:
+            return "closed"
+        owner = ticket.get("Owner")
+        owner_name = owner.get("id") if isinstance(owner, dict) else owner
+        if (owner_name and owner_name != "Nobody") or state == "stalled":
+            return "acknowledged"
+        return "open"
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Response:
+        try:
+            token = self.route.reveal("token")
+        except SecretError as err:
+            raise TicketError(f"rt token: {err}", permanent=True) from None
+        headers = {"Authorization": f"token {token}"}
+        return await self._http.request(method, path, headers=headers, **kwargs)
+
+    async def _ticket(self, ref: str) -> dict[str, Any] | None:
+        response = await self._request("GET", ticket_path(ref), ok=(404,))
+        return None if response.status == 404 else response.json_object()
+
+    async def _set_status(self, ref: str, status: str) -> None:
+        messages = (await self._request("PUT", ticket_path(ref), json_body={"Status": status})).json()
+        if isinstance(messages, list) and any(f"to '{status}'" in str(m) for m in messages):
+            return
+        # RT says 200 whether or not it made the change: ask it what the status is now.
+        ticket = await self._ticket(ref)
+        now = None if ticket is None else ticket.get("Status")
+        if now != status:
+            said = "; ".join(map(str, messages)) if isinstance(messages, list) else messages
+            raise TicketError(
+                f"RT left ticket {ref} {now or 'missing'} instead of {status}: {said or 'no reason'}",
+                permanent=True,
+            )
+
+    async def _check_key_field(self, field: str) -> None:
+        if self._key_field_checked:
+            return
+        queue = self.route.queue
+        response = await self._request("GET", f"/queue/{quote(queue, safe='')}", ok=(404,))
+        if response.status == 404:
+            raise TicketError(f"RT has no queue {queue!r} that this token can see", permanent=True)
+        fields = [cf.get("name") for cf in response.json_object().get("TicketCustomFields") or []]
+        if field not in fields:
+            raise TicketError(
+                f"queue {queue!r} has no ticket custom field {field!r} "
+                f"(it has: {', '.join(map(str, fields)) or 'none'})",
+                permanent=True,
+            )
+        self._key_field_checked = True
+
+
+def ticket_path(ref: str) -> str:
+    if not ref.isdigit():
+        raise TicketError(f"{ref!r} is not an RT ticket number", permanent=True)
+    return f"/ticket/{ref}"
+
+
+def subject_token(key: str) -> str:
+    return f"[probe:{key}]"
+
+
+def subject(title: str, key: str) -> str:
+    """The title with the key at its end, within RT's 200 bytes; the title is what gives way."""
+    token = " " + subject_token(key)
+    room = max(0, SUBJECT_BYTES - len(token.encode()))
+    return title.encode()[:room].decode(errors="ignore").rstrip() + token
+
+
+def sql_string(value: str) -> str:
+    """A TicketSQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -1,10 +1,46 @@
-"""The webhook backend: a signed JSON POST for each ticket action."""
+"""The webhook backend: a signed JSON POST for each ticket action.
 
+Each `open`, `note`, `resolve` and `reopen` is one POST of a JSON object to the route's `url`
+(payload version 1; docs/webhook.md is the receiver's guide):
+
+    {
+      "version": 1,
+      "id": "probe-eu-1/shop/3:open:5f0c2a9e41b7d3c8",  # same on a retry, differs per action
+      "action": "open",                      # open | note | resolve | reopen
+      "key": "probe-eu-1/shop/3",            # the incident: every action of it carries the same
+      "sent_at": "2026-11-23T10:15:02Z",     # UTC, when this attempt was sent
+      "text": "...",                         # plain text: the ticket body on open, else the note
+      "title": "...",                        # on open; null on the other actions
+      "body_markdown": "...",                # on open; null on the other actions
+      "priority": "urgent",                  # urgent | high | normal | low on open; else null
+      "agent": "probe-eu-1",                 # on open; else null
+      "group": "shop",                       # on open; else null
+      "follows": null                        # on open: key of the ticket this one follows
+    }
+
+Every key is always present. Headers: `Content-Type: application/json`, `X-Probe-Event`
+(the action), `X-Probe-Key`, `Idempotency-Key` (the `id`), and, when the route has a secret,
+`X-Probe-Signature-256: sha256=<hex HMAC-SHA256(secret, raw body)>` as GitHub signs its hooks.
+The route's own `headers` are sent too. A webhook has no ticket ids: the reference is the key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from probe.secrets import EnvRef
-from probe.tickets.base import BaseUrl, RouteBase
+from probe.secrets import EnvRef, SecretError
+from probe.tickets import base
+from probe.tickets.base import BaseUrl, RouteBase, Ticket, TicketError, TicketState
+from probe.tickets.http import Http
+
+VERSION = 1
+Action = Literal["open", "note", "resolve", "reopen"]
 
 
 class Route(RouteBase):
@@ -15,3 +51,94 @@ class Route(RouteBase):
     headers: dict[str, str] = {}
 
     secrets: ClassVar[dict[str, bool]] = {"secret": False}
+
+
+class Backend(base.Backend[Route]):
+    kind = "webhook"
+    tracks_status = False
+
+    def __init__(self, name: str, route: Route) -> None:
+        super().__init__(name, route)
+        # Split so that error messages read "POST /hooks/probe: HTTP 503".
+        parts = urlsplit(route.url)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._path = route.url[len(self._origin) :] or "/"
+        self._http = Http(route, self._origin, headers=route.headers)
+
+    async def find(self, key: str) -> str | None:
+        return None
+
+    async def open(self, ticket: Ticket) -> str:
+        await self._send(
+            "open",
+            ticket.key,
+            ticket.body,
+            title=ticket.title,
+            body_markdown=ticket.body_markdown,
+            priority=ticket.priority,
+            agent=ticket.agent,
+            group=ticket.group,
+            follows=ticket.follows,
+        )
+        return ticket.key
+
+    async def note(self, ref: str, text: str) -> None:
+        await self._send("note", ref, text)
+
+    async def resolve(self, ref: str, text: str) -> None:
+        await self._send("resolve", ref, text)
+
+    async def reopen(self, ref: str, text: str) -> None:
+        await self._send("reopen", ref, text)
+
+    async def status(self, ref: str) -> TicketState:
+        return "open"
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def _send(self, action: Action, key: str, text: str, **ticket: str | None) -> None:
+        fields: dict[str, Any] = {
+            "text": text,
+            "title": None,
+            "body_markdown": None,
+            "priority": None,
+            "agent": None,
+            "group": None,
+            "follows": None,
+            **ticket,
+        }
+        event_id = idempotency_id(key, action, fields)
+        payload = {
+            "version": VERSION,
+            "id": event_id,
+            "action": action,
+            "key": key,
+            "sent_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **fields,
+        }
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Probe-Event": action,
+            "X-Probe-Key": key,
+            "Idempotency-Key": event_id,
+        }
+        if self.route.has_secret("secret"):
+            try:
+                secret = self.route.reveal("secret")
+            except SecretError as err:
+                raise TicketError(f"webhook secret: {err}", permanent=True) from None
+            headers["X-Probe-Signature-256"] = signature(secret, body)
+        await self._http.request("POST", self._path, data=body, headers=headers)
+
+
+def idempotency_id(key: str, action: str, fields: dict[str, Any]) -> str:
+    """The same for a retry of one action (sent_at left out), different for two notes."""
+    canonical = json.dumps([key, action, fields], sort_keys=True, ensure_ascii=False)
+    return f"{key}:{action}:{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The `X-Probe-Signature-256` value of `body`: GitHub's `sha256=<hex>` scheme."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

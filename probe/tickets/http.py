@@ -1,0 +1,187 @@
+"""The one HTTP path every web helpdesk takes: a session per route with its TLS settings and
+timeout, and the translation of whatever comes back into a response or a TicketError.
+
+- network errors, timeouts, 408, 429 and 5xx are transient; so is a 2xx whose body is not the
+  JSON the API promises;
+- other 4xx are permanent, with the helpdesk's own message;
+- `Retry-After` (seconds or an HTTP date) and rate-limit reset headers (epoch seconds, ISO
+  8601, or seconds to wait) become `retry_after`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from probe import __version__
+from probe.tickets.base import RouteBase, TicketError, ssl_context
+
+TRANSIENT = {408, 425, 429}
+MAX_ERROR_TEXT = 300
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: CIMultiDictProxy[str]
+    text: str
+    what: str  # "POST /api/v2/tickets.json", for messages
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.text)
+        except ValueError:
+            raise TicketError(
+                f"{self.what}: HTTP {self.status} with a body that is not JSON: "
+                f"{_excerpt(self.text)!r}"
+            ) from None
+
+    def json_object(self) -> dict[str, Any]:
+        data = self.json()
+        if not isinstance(data, dict):
+            raise TicketError(f"{self.what}: expected a JSON object, got {type(data).__name__}")
+        return data
+
+
+class Http:
+    def __init__(
+        self,
+        route: RouteBase,
+        base_url: str,
+        *,
+        auth: aiohttp.BasicAuth | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._route = route
+        self._auth = auth
+        self._headers = {"User-Agent": f"probe/{__version__}", **(headers or {})}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                auth=self._auth,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self._route.timeout),
+                connector=aiohttp.TCPConnector(ssl=ssl_context(self._route)),
+            )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        ok: tuple[int, ...] = (),
+    ) -> Response:
+        """Send one request. A status in `ok` is returned even if it is not 2xx (a 404 that
+        means "gone", say); any other non-2xx raises TicketError."""
+        url = path if path.startswith(("http://", "https://")) else self.base_url + path
+        what = f"{method} {path.split('?')[0]}"
+        try:
+            async with self._client().request(
+                method, url, json=json_body, data=data, params=params, headers=headers,
+                allow_redirects=False,
+            ) as response:
+                text = await response.text(errors="replace")
+                result = Response(response.status, response.headers, text, what)
+        except (aiohttp.ClientError, OSError) as err:
+            raise TicketError(f"{what}: {_describe(err)}") from err
+        except TimeoutError:
+            raise TicketError(f"{what}: no answer within {self._route.timeout:g}s") from None
+        if 200 <= result.status < 300 or result.status in ok:
+            return result
+        raise _error(result)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate not trusted: {err.certificate_error}"
+    if isinstance(err, aiohttp.ClientConnectorError):
+        return f"cannot connect: {err.os_error.strerror or err.os_error}"
+    return str(err) or type(err).__name__
+
+
+def _error(response: Response) -> TicketError:
+    status = response.status
+    message = f"{response.what}: HTTP {status}"
+    detail = helpdesk_message(response.text)
+    if detail:
+        message += f": {detail}"
+    wait = retry_after(response.headers)
+    if 300 <= status < 400:
+        location = response.headers.get("Location", "?")
+        return TicketError(f"{message} (redirected to {location}: check the route's url)",
+                           permanent=True)
+    exhausted = response.headers.get("X-RateLimit-Remaining") == "0"
+    if status in TRANSIENT or status >= 500 or (status == 403 and exhausted):
+        return TicketError(message, retry_after=wait)
+    return TicketError(message, permanent=True)
+
+
+def helpdesk_message(text: str) -> str:
+    """The helpdesk's own words from an error body: a JSON message field if there is one,
+    else the start of the text."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return _excerpt(text)
+    if isinstance(data, dict):
+        for key in ("message", "error", "description", "errorMessages", "errors", "details"):
+            value = data.get(key)
+            if value:
+                return _excerpt(value if isinstance(value, str) else json.dumps(value))
+    return _excerpt(text)
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MAX_ERROR_TEXT else flat[: MAX_ERROR_TEXT - 3] + "..."
+
+
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait, from Retry-After (seconds or an HTTP date) or a rate-limit reset header
+    (epoch seconds, ISO 8601 time, or seconds to wait)."""
+    now = time.time() if now is None else now
+    value = headers.get("Retry-After")
+    if value:
+        value = value.strip()
+        if value.isdigit():
+            return float(value)
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
+        except (TypeError, ValueError):
+            pass
+    for name in ("X-RateLimit-Reset", "RateLimit-Reset", "X-Rate-Limit-Reset"):
+        value = headers.get(name)
+        if not value:
+            continue
+        value = value.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            try:
+                moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return max(0.0, moment.timestamp() - now)
+        # An epoch (GitHub, ServiceNow) is a large number; a small one is seconds to wait.
+        return max(0.0, number - now) if number > 1_000_000_000 else number
+    return None

@@ -1,0 +1,204 @@
+"""What a ticket says, rendered in one place: the title, the body (plain text and Markdown),
+the status notes, the escalation note and the closing note, from an incident's facts.
+
+Templates in the configuration (`ticket.title_template`, `ticket.body_template`) use
+`$name` placeholders (Python's string.Template): $group $reason $target $why $since $agent
+$key $checks $down_for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from checks.base import format_duration
+from probe.tickets.base import Priority, Ticket
+
+Facts = Mapping[str, Any]
+
+
+def when(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def clock(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%H:%M:%S")
+
+
+def span(seconds: float) -> str:
+    return format_duration(max(0, round(seconds)))
+
+
+def _lead(facts: Facts) -> tuple[str, dict[str, Any]]:
+    """The member the title speaks of: the first one failing, else the first."""
+    checks: dict[str, dict[str, Any]] = facts.get("checks") or {}
+    failing = [(n, c) for n, c in checks.items() if c.get("consecutive_failures")]
+    if failing:
+        return failing[0]
+    return next(iter(checks.items()), ("?", {}))
+
+
+def fields(facts: Facts, key: str) -> dict[str, str]:
+    name, lead = _lead(facts)
+    return {
+        "group": str(facts["group"]),
+        "reason": str(facts.get("reason") or lead.get("reason") or "failing"),
+        "target": str(lead.get("target") or name),
+        "why": str(facts.get("why", "")),
+        "since": when(facts["first_failure_at"]),
+        "agent": str(facts.get("agent", "")),
+        "key": key,
+        "checks": ", ".join(facts.get("checks") or {}),
+        "down_for": span(facts.get("down_for", 0)),
+    }
+
+
+def title(facts: Facts, key: str, template: str | None = None) -> str:
+    values = fields(facts, key)
+    if template:
+        return string.Template(template).safe_substitute(values)
+    state = "FLAPPING" if str(facts.get("why", "")).startswith("flapping") else "DOWN"
+    return f"[probe] {values['group']} {state} — {values['reason']} from {values['target']}"
+
+
+def ticket(
+    facts: Facts,
+    key: str,
+    priority: Priority,
+    *,
+    recent: Sequence[Mapping[str, Any]] = (),
+    links: Mapping[str, str | None] | None = None,
+    title_template: str | None = None,
+    body_template: str | None = None,
+    follows: str | None = None,
+) -> Ticket:
+    values = fields(facts, key)
+    if body_template:
+        text = markdown = string.Template(body_template).safe_substitute(values)
+    else:
+        text, markdown = _body(facts, key, recent, links or {}, follows)
+    return Ticket(
+        key=key,
+        title=title(facts, key, title_template),
+        body=text,
+        body_markdown=markdown,
+        priority=priority,
+        agent=values["agent"],
+        group=values["group"],
+        follows=follows,
+    )
+
+
+def _body(
+    facts: Facts,
+    key: str,
+    recent: Sequence[Mapping[str, Any]],
+    links: Mapping[str, str | None],
+    follows: str | None,
+) -> tuple[str, str]:
+    v = fields(facts, key)
+    checks: dict[str, dict[str, Any]] = facts.get("checks") or {}
+    rows: list[tuple[str, str]] = [
+        ("Since", f"{v['since']} ({span(facts.get('down_for', 0))} ago)"),
+        ("Seen from", v["agent"]),
+        ("Why", v["why"]),
+    ]
+    if facts.get("service"):
+        rows.insert(0, ("Service", str(facts["service"])))
+    lines = []
+    for name, c in checks.items():
+        state = "FAILING" if c.get("consecutive_failures") else str(c.get("state") or "?").upper()
+        detail = f" — {c['reason']} ({c['consecutive_failures']} in a row)" if c.get(
+            "consecutive_failures") else ""
+        lines.append(f"{name} ({c.get('kind')} {c.get('target')}): {state}{detail}")
+    unreachable = list(facts.get("unreachable") or [])
+    timeline = [
+        f"{clock(r['at'])}  {str(r['state']).upper():<7} {r.get('reason') or 'ok'}"
+        + (f"  [{r['check']}]" if len(checks) > 1 and r.get("check") else "")
+        for r in recent
+    ]
+    link_rows = [(label.capitalize(), url) for label, url in links.items() if url]
+    if follows:
+        link_rows.append(("Follows", f"ticket {follows}, closed while the outage went on"))
+    headline = f"{v['group']} is DOWN: {v['reason']} from {v['target']}"
+
+    text = [headline, ""]
+    text += [f"{label + ':':<11} {value}" for label, value in rows]
+    text += ["", "Checks:"] + [f"  {line}" for line in lines]
+    if unreachable:
+        text += ["", "Unreachable because of it (no tickets of their own):"]
+        text += [f"  {name}" for name in unreachable]
+    if timeline:
+        text += ["", "Last results (newest first):"] + [f"  {line}" for line in timeline]
+    if link_rows:
+        text += [""] + [f"{label + ':':<11} {value}" for label, value in link_rows]
+    text += ["", f"probe key: {key} (probe finds this ticket by it: please keep it)"]
+
+    md = [f"**{headline}**", ""]
+    md += [f"- **{label}:** {value}" for label, value in rows]
+    md += ["", "**Checks**", ""] + [f"- {line}" for line in lines]
+    if unreachable:
+        md += ["", "**Unreachable because of it** (no tickets of their own)", ""]
+        md += [f"- {name}" for name in unreachable]
+    if timeline:
+        md += ["", "**Last results** (newest first)", "", "```", *timeline, "```"]
+    if link_rows:
+        md += [""] + [f"- **{label}:** {value}" for label, value in link_rows]
+    md += ["", f"probe key: `{key}` (probe finds this ticket by it: please keep it)"]
+    return "\n".join(text), "\n".join(md)
+
+
+def still_open(facts: Facts) -> str:
+    reason, before = facts.get("reason"), facts.get("previous_reason")
+    failing = {n: c for n, c in (facts.get("checks") or {}).items()
+               if c.get("consecutive_failures")}
+    streak = max((c["consecutive_failures"] for c in failing.values()), default=0)
+    changed = (f"changed since the last note (was: {before})" if before and before != reason
+               else "unchanged since the last note")
+    lines = [
+        f"Still failing after {span(facts.get('down_for', 0))} "
+        f"(since {when(facts['first_failure_at'])}).",
+        f"{facts.get('failed_checks', 0)} failed checks so far; {streak} in a row now.",
+        f"Latest: {reason} — {changed}.",
+    ]
+    if failing:
+        lines.append("Failing: " + ", ".join(failing))
+    if facts.get("unreachable"):
+        lines.append("Unreachable because of it: " + ", ".join(facts["unreachable"]))
+    return "\n".join(lines)
+
+
+def resolved(facts: Facts) -> str:
+    start, end = facts["first_failure_at"], facts.get("resolved_at", facts["first_failure_at"])
+    checks = facts.get("checks") or {}
+    how = facts.get("recovered", "recovered")
+    if how != "recovered":
+        first = f"Closed by probe: the check was {how}."
+    else:
+        first = "Recovered: " + ", ".join(
+            f"{n} ({c.get('kind')} {c.get('target')}) OK" for n, c in checks.items()
+        ) + "."
+    return "\n".join([
+        first,
+        f"Down from {when(start)} to {when(end)} ({span(end - start)}), "
+        f"{facts.get('failed_checks', 0)} failed checks.",
+        f"Seen from {facts.get('agent', '?')}.",
+    ])
+
+
+def escalated(route: str, after: float) -> str:
+    return (f"Nobody has taken this ticket in {span(after)}: probe escalated it to the "
+            f"{route} route.")
+
+
+def reopened(facts: Facts) -> str:
+    return ("Reopened by probe: this ticket was closed, but the outage goes on "
+            f"({facts.get('reason')}, since {when(facts['first_failure_at'])}).")
+
+
+def triage(lines: Sequence[tuple[str, str]]) -> str:
+    width = max((len(label) for label, _ in lines), default=0)
+    return "\n".join(["Triage at open time:", *(f"  {label:<{width}}  {text}"
+                                                 for label, text in lines)])
