@@ -46,7 +46,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--url", help="the daemon's address, like http://127.0.0.1:9469")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
+    tickets = commands.add_parser("tickets", help="the local backend's tickets")
+    tickets.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+    tickets.add_argument("action", nargs="?", default="list",
+                         choices=["list", "show", "ack", "close", "failed", "retry"],
+                         help="list (default), show ID, ack ID (take it), close ID (close it by "
+                              "hand), failed (actions that could not be delivered), retry "
+                              "(deliver the failed ones again)")
+    tickets.add_argument("id", nargs="?", type=int, help="a local ticket's number")
+    tickets.add_argument("--owner", default="operator", help="who takes the ticket (ack)")
+
+    test = commands.add_parser("test-ticket",
+                               help="open, note and resolve a test ticket on a route")
+    test.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+    test.add_argument("--route", required=True, help="the route to test")
+
+    demo = commands.add_parser("demo", help="see a ticket open, inform and close (offline)")
+    demo.add_argument("--listen", default="127.0.0.1:9469", help="where to serve /metrics")
+
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from probe import log
+        from probe.demo import demo as run_demo
+
+        log.setup("error")
+        return asyncio.run(run_demo(args.listen))
     if args.command == "status" and args.url:
         return _status(args.url, as_json=args.json)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -69,6 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "status":
         return _status(f"http://{config.agent.listen}", as_json=args.json)
+    if args.command == "tickets":
+        from probe.tickets.admin import tickets_command
+
+        return tickets_command(config, args.action, args.id, args.owner)
+    if args.command == "test-ticket":
+        from probe.tickets.admin import test_ticket
+
+        return asyncio.run(test_ticket(config, args.route))
     return _check(config, args.names, as_json=args.json)
 
 

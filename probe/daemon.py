@@ -259,6 +259,8 @@ class Daemon:
                                            listen=self.config.agent.listen,
                                            summary=self.config.summary()))
         await self.stopping.wait()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
         log.info("probe stopping")
         sdnotify.notify("STOPPING=1")
         self.ready = False

@@ -1,4 +1,4 @@
-"""systemd/probe.service, as systemd itself reads it: hardened (security) and free of mistakes (verify).
+"""systemd/probe.service as systemd reads it: hardened (security), free of mistakes (verify).
 
 Both run offline, from the unit file alone: no systemd needs to be running.
 """
@@ -61,5 +61,9 @@ def test_systemd_finds_nothing_wrong_with_the_unit(tmp_path: Path) -> None:
         pytest.skip(f"no probe command next to {sys.executable}: run `pip install -e .` first")
     unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/probe", str(probe)))
-    done = analyze("verify", str(unit))
-    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    # Other units on this machine, pulled in through multi-user.target, may print warnings of
+    # their own: only ours count.
+    done = analyze("verify", "--recursive-errors=no", str(unit))
+    output = done.stdout + done.stderr
+    assert [line for line in output.splitlines() if unit.name in line] == []
+    assert done.returncode == 0, output

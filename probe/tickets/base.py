@@ -49,6 +49,7 @@ PriorityMap = Annotated[dict[Priority, V], AfterValidator(_all_priorities)]
 class RouteBase(Secrets):
     """Settings every route takes; each backend module adds its own."""
 
+    backend: str  # each helpdesk's module narrows it to its name
     escalate_to: str | None = None  # another route, told when nobody acknowledges the ticket
     timeout: Duration = 10.0
     tls_verify: bool = True

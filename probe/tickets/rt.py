@@ -69,7 +69,7 @@ class Backend(base.Backend[Route]):
                   "per_page": "100"}
         found = (await self._request("GET", "/tickets", params=params)).json_object()
         for item in found.get("items") or []:
-            if field or str(item.get("Subject", "")).endswith(token):
+            if item.get("id") and (field or str(item.get("Subject", "")).endswith(token)):
                 return str(item["id"])
         return None
 
@@ -140,7 +140,8 @@ class Backend(base.Backend[Route]):
         return None if response.status == 404 else response.json_object()
 
     async def _set_status(self, ref: str, status: str) -> None:
-        messages = (await self._request("PUT", ticket_path(ref), json_body={"Status": status})).json()
+        change = {"Status": status}
+        messages = (await self._request("PUT", ticket_path(ref), json_body=change)).json()
         if isinstance(messages, list) and any(f"to '{status}'" in str(m) for m in messages):
             return
         # RT says 200 whether or not it made the change: ask it what the status is now.
@@ -148,9 +149,9 @@ class Backend(base.Backend[Route]):
         now = None if ticket is None else ticket.get("Status")
         if now != status:
             said = "; ".join(map(str, messages)) if isinstance(messages, list) else messages
+            said = said or "no reason given"
             raise TicketError(
-                f"RT left ticket {ref} {now or 'missing'} instead of {status}: {said or 'no reason'}",
-                permanent=True,
+                f"RT left ticket {ref} {now or 'missing'}, not {status}: {said}", permanent=True
             )
 
     async def _check_key_field(self, field: str) -> None:

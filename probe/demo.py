@@ -1,0 +1,130 @@
+"""`probe demo`: the daemon, offline, against a target of its own that fails for a while and
+recovers, with the local ticket backend, so that a newcomer sees within a minute what probe
+does: a ticket opens, receives its notes, and closes by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from probe.config import load
+from probe.daemon import Daemon
+from probe.tickets.local import LocalTickets
+
+UP_FIRST, DOWN_FOR = 6.0, 25.0
+
+
+async def _target(started: float) -> tuple[web.AppRunner, int]:
+    async def health(request: web.Request) -> web.Response:
+        elapsed = time.monotonic() - started
+        if UP_FIRST <= elapsed < UP_FIRST + DOWN_FOR:
+            return web.Response(status=503, text="database connection pool exhausted")
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, int(runner.addresses[0][1])
+
+
+def _config(directory: Path, port: int, listen: str) -> Path:
+    path = directory / "demo.yaml"
+    path.write_text(f"""
+agent: {{name: demo, state_dir: {directory}/state, listen: "{listen}"}}
+defaults:
+  interval: 2s
+  retry_interval: 1s
+  timeout: 1s
+  failure_threshold: 3
+  success_threshold: 2
+  ticket: {{update_interval: 10s}}
+ticketing:
+  routes:
+    local: {{backend: local}}
+checks:
+  - name: shop-health
+    service: shop
+    runbook: https://wiki.example.net/runbooks/shop
+    http: {{url: "http://127.0.0.1:{port}/health", body_contains: ok}}
+  - name: shop-port
+    service: shop
+    tcp: {{host: 127.0.0.1, port: {port}}}
+""")
+    return path
+
+
+async def demo(listen: str = "127.0.0.1:9469") -> int:
+    started = time.monotonic()
+    runner, port = await _target(started)
+    with tempfile.TemporaryDirectory(prefix="probe-demo-") as tmp:
+        directory = Path(tmp)
+        config_path = _config(directory, port, listen)
+        daemon = Daemon(config_path, load(config_path))
+        print(f"probe demo: a shop whose health endpoint fails from {UP_FIRST:.0f}s to "
+              f"{UP_FIRST + DOWN_FOR:.0f}s; metrics on http://{listen}/metrics\n")
+        task = asyncio.create_task(daemon.serve())
+        tickets = LocalTickets(daemon.store.path)
+        shown: set[tuple[str, float]] = set()
+        try:
+            while time.monotonic() - started < 90:
+                await asyncio.sleep(0.5)
+                for line in _news(tickets, shown):
+                    print(line, flush=True)
+                if tickets.execute("SELECT 1 FROM local_tickets WHERE status = 'resolved'"):
+                    break
+        finally:
+            daemon.stopping.set()
+            await task
+            tickets.close()
+            await runner.cleanup()
+        print("\nThe ticket, as `probe tickets show 1` prints it:\n")
+        tickets = LocalTickets(directory / "state" / "probe.sqlite3")
+        print(show(tickets, 1))
+        tickets.close()
+    return 0
+
+
+def _news(tickets: LocalTickets, shown: set[tuple[str, float]]) -> list[str]:
+    out = []
+    for ticket_id, title, priority, created in tickets.execute(
+        "SELECT id, title, priority, created_at FROM local_tickets"
+    ):
+        if ("open", created) not in shown:
+            shown.add(("open", created))
+            out.append(f"{time.strftime('%H:%M:%S')}  ticket #{ticket_id} opened "
+                       f"({priority}): {title}")
+    for ticket_id, at, kind, text in tickets.execute(
+        "SELECT ticket_id, at, kind, text FROM local_notes ORDER BY at"
+    ):
+        if (kind, at) not in shown:
+            shown.add((kind, at))
+            first = text.splitlines()[0]
+            label = {"resolve": "resolved", "note": "note"}.get(kind, kind)
+            out.append(f"{time.strftime('%H:%M:%S')}  ticket #{ticket_id} {label}: {first}")
+    return out
+
+
+def show(tickets: LocalTickets, ticket_id: int) -> str:
+    rows = tickets.execute(
+        "SELECT key, title, body, priority, status, owner, created_at FROM local_tickets"
+        " WHERE id = ?", (ticket_id,))
+    if not rows:
+        return f"no local ticket {ticket_id}"
+    key, title, body, priority, status, owner, created = rows[0]
+    out = [f"#{ticket_id} {title}",
+           f"priority {priority}, status {status}, owner {owner or 'nobody'}, key {key}",
+           f"opened {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(created))}", "",
+           body]
+    for at, kind, text in tickets.execute(
+        "SELECT at, kind, text FROM local_notes WHERE ticket_id = ? ORDER BY at", (ticket_id,)
+    ):
+        out += ["", f"--- {kind} at {time.strftime('%H:%M:%S', time.localtime(at))}", text]
+    return "\n".join(out)
+
