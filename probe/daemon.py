@@ -95,6 +95,10 @@ class Daemon:
     def _decided(self, transitions: list[Transition]) -> None:
         """Queue the engine's changed state with the transitions it caused: the next flush
         writes them in one transaction."""
+        if self.engine.wanted and self._scheduler is not None:
+            for name in self.engine.wanted:
+                self._scheduler.run_soon(name)
+            self.engine.wanted.clear()
         checks, groups = self.engine.take_dirty()
         self.pending.checks.update(checks)
         self.pending.groups.update(groups)

@@ -93,6 +93,9 @@ class Engine:
         self.groups: dict[str, GroupState] = dict(group_states or {})
         self.dirty_checks: set[str] = set()
         self.dirty_groups: set[str] = set()
+        # Parents to check now: a child is about to open and a parent has not been checked
+        # since the child began to fail (they may well have gone down together).
+        self.wanted: set[str] = set()
         self._configure(checks, maintenance)
 
     # --- configuration ---------------------------------------------------------------------
@@ -144,7 +147,7 @@ class Engine:
         self.dirty_checks.add(name)
         st.last_state, st.last_result_at = state, now
         if state == "unknown":
-            return []
+            return self._evaluate_children(name, now)
         ok = state == "up"
         st.history = [*st.history, ok][-check.flapping.window :]
         if ok:
@@ -162,7 +165,10 @@ class Engine:
         self._update_flapping(check, st)
         if st.healthy:
             st.first_failure_at = None
-        out = self._evaluate(check.group, now)
+        return self._evaluate(check.group, now) + self._evaluate_children(name, now)
+
+    def _evaluate_children(self, name: str, now: float) -> list[Transition]:
+        out = []
         for child in self.children.get(name, []):
             if child in self.config:
                 out += self._evaluate(self.config[child].group, now)
@@ -216,6 +222,7 @@ class Engine:
             openers = [
                 m for m in troubled
                 if not self.checks[m].unreachable and not self.checks[m].in_maintenance
+                and not self._parents_unchecked(m)
             ]
             return [self._open(group, openers, now)] if openers else []
         incident = gs.incident
@@ -240,6 +247,19 @@ class Engine:
             if st.last_state == "down" or st.bad or self.groups[check.group].incident:
                 parents.append(parent)
         return parents
+
+    def _parents_unchecked(self, name: str) -> list[str]:
+        """Parents with no result since `name` began to fail: asked for, and waited for."""
+        since = self.checks[name].first_failure_at
+        unchecked = []
+        for parent in self.config[name].depends_on:
+            st = self.checks.get(parent)
+            if st is None:
+                continue
+            if st.last_result_at is None or since is None or st.last_result_at < since:
+                unchecked.append(parent)
+        self.wanted.update(unchecked)
+        return unchecked
 
     def _note_unreachable(self, child: str, parents: Iterable[str]) -> None:
         for parent in parents:

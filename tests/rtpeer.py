@@ -107,7 +107,9 @@ class RtApi:
         async with self._session.request(
             method, self.base + path, json=body, params=params or None
         ) as response:
-            assert response.status < 300, f"{method} {path}: {response.status} {await response.text()}"
+            assert response.status < 300, (
+                f"{method} {path}: {response.status} {await response.text()}"
+            )
             return await response.json(content_type=None)
 
     async def ticket(self, ref: str) -> dict[str, Any]:

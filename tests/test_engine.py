@@ -222,12 +222,23 @@ def test_a_child_still_failing_when_the_parent_recovers_opens_its_own_incident_a
 
 def test_dependencies_never_block_resolving() -> None:
     steps = [
-        (0, "backend", "D"),                              # opens: parent healthy
+        (0, "backend", "D"), (1, "gateway", "U"),         # opens once the parent is seen up
         *series("gateway", "DDD", start=5),               # parent opens too
         (30, "backend", "U"),                             # child recovers while parent is down
     ]
     out = play(make(DEPS), sorted(steps))
-    assert out == [(0, "open", "backend"), (25, "open", "gateway"), (30, "resolve", "backend")]
+    assert out == [(1, "open", "backend"), (25, "open", "gateway"), (30, "resolve", "backend")]
+
+
+def test_a_child_waits_for_its_parent_s_next_result_before_opening() -> None:
+    """They went down together, and the child's threshold came first: the parent is asked
+    for at once, and its failure makes the child unreachable instead of opening."""
+    engine = make(DEPS)
+    play(engine, [(0, "gateway", "U")])
+    assert play(engine, [(5, "backend", "D")]) == []
+    assert engine.wanted == {"gateway"}
+    assert play(engine, [(6, "gateway", "D")]) == []
+    assert engine.checks["backend"].unreachable
 
 
 MAINT = """

@@ -62,11 +62,18 @@ class Backend(base.Backend[Route]):
     async def find(self, key: str) -> str | None:
         field = self.route.key_field
         token = subject_token(key)
-        query = f"'CF.{{{field}}}'={sql_string(key)}" if field else (
-            f"Subject LIKE {sql_string(token)}"
-        )
-        params = {"query": query, "orderby": "id", "order": "DESC", "fields": "Subject",
-                  "per_page": "100"}
+        if field:
+            query = f"'CF.{{{field}}}'={sql_string(key)}"
+        else:
+            query = f"Subject LIKE {sql_string(token)}"
+        # a big page: LIKE's wildcards may let other tickets in ahead of the one wanted
+        params = {
+            "query": query,
+            "orderby": "id",
+            "order": "DESC",
+            "fields": "Subject",
+            "per_page": "100",
+        }
         found = (await self._request("GET", "/tickets", params=params)).json_object()
         for item in found.get("items") or []:
             if item.get("id") and (field or str(item.get("Subject", "")).endswith(token)):

@@ -1,0 +1,255 @@
+"""The ticket lifecycle as a helpdesk sees it, with the daemon running in the test against a
+real flaky target and the local backend: which tickets exist, with what priority and text,
+after which sequence of results. The helpdesk's records (the local_tickets and local_notes
+tables) are read directly, not through probe's own view of them."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from probe.config import load
+from probe.daemon import Daemon
+from tests.httpserver import serve_app
+from tests.test_daemon import Target, free_port
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    t = Target()
+    app = web.Application()
+    app.router.add_get("/health", t.handle)
+    async with serve_app(app) as port:
+        t.port = port
+        yield t
+
+
+class Helpdesk:
+    """The local backend's tables, read as a helpdesk agent would see them."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if not self.database.exists():
+            return []
+        with sqlite3.connect(self.database) as db:
+            try:
+                return db.execute(sql, params).fetchall()
+            except sqlite3.OperationalError:
+                return []  # not created yet
+
+    def tickets(self) -> list[tuple[Any, ...]]:
+        return self.rows("SELECT id, key, priority, status, title FROM local_tickets ORDER BY id")
+
+    def notes(self, ticket_id: int) -> list[tuple[str, str]]:
+        return [(kind, text) for kind, text in self.rows(
+            "SELECT kind, text FROM local_notes WHERE ticket_id = ? ORDER BY at", (ticket_id,))]
+
+    def set(self, sql: str, params: tuple[Any, ...]) -> None:
+        with sqlite3.connect(self.database) as db:
+            db.execute(sql, params)
+
+
+Run = Callable[[str], Awaitable[tuple[Daemon, Helpdesk]]]
+
+
+@pytest.fixture
+async def run(tmp_path: Path) -> AsyncIterator[Run]:
+    daemons: list[tuple[Daemon, asyncio.Task[None]]] = []
+
+    async def start(body: str) -> tuple[Daemon, Helpdesk]:
+        config = tmp_path / "probe.yaml"
+        config.write_text(f"""
+agent: {{name: t, state_dir: {tmp_path}/state, listen: "127.0.0.1:{free_port()}"}}
+{body}
+""")
+        daemon = Daemon(config, load(config))
+        daemons.append((daemon, asyncio.create_task(daemon.serve())))
+        return daemon, Helpdesk(daemon.store.path)
+
+    yield start
+    for daemon, task in daemons:
+        daemon.stopping.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def until(what: str, condition: Callable[[], Any], timeout: float = 15) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+FAST = """
+defaults:
+  interval: 200ms
+  retry_interval: 100ms
+  timeout: 100ms
+  failure_threshold: 3
+  success_threshold: 2
+  ticket: {{priority: high, update_interval: 1s}}
+ticketing:
+  poll_interval: 200ms
+  routes:
+    desk: {{backend: local}}
+checks:
+  - name: web
+    service: shop
+    runbook: https://wiki.example.net/shop
+    http: {{url: "http://127.0.0.1:{port}/health"}}
+"""
+
+
+async def test_one_ticket_opens_informs_and_closes_itself(target: Target, run: Run) -> None:
+    daemon, desk = await run(FAST.format(port=target.port))
+    await until("a first result", lambda: "web" in daemon.results)
+    target.down = True
+    (ticket,) = await until("the ticket", desk.tickets)
+    ticket_id, key, priority, status, title = ticket
+    assert (key, priority, status) == ("t/shop/1", "high", "new")
+    assert title == (f"[probe] shop DOWN — HTTP 503 (expected 2xx) from "
+                     f"http://127.0.0.1:{target.port}/health")
+    ((body,),) = desk.rows("SELECT body FROM local_tickets")
+    assert "Why:        3 consecutive failures" in body
+    assert "Runbook:    https://wiki.example.net/shop" in body
+    assert body.count("DOWN    HTTP 503 (expected 2xx)") == 3  # the three that decided
+
+    triage = await until("the triage note", lambda: [
+        t for k, t in desk.notes(ticket_id) if t.startswith("Triage at open time")])
+    assert "HTTP 503 in" in triage[0] and "'broken'" in triage[0]
+    assert f"{target.port} open" in triage[0]
+
+    notes = await until("a status note", lambda: [
+        t for k, t in desk.notes(ticket_id) if t.startswith("Still failing")], timeout=5)
+    assert "Latest: HTTP 503 (expected 2xx) — unchanged since the last note." in notes[0]
+
+    target.down = False
+    await until("the resolve", lambda: desk.tickets()[0][3] == "resolved")
+    kind, text = desk.notes(ticket_id)[-1]
+    assert kind == "resolve"
+    assert text.startswith(f"Recovered: web (http http://127.0.0.1:{target.port}/health) OK.")
+    assert "failed checks." in text and "Down from " in text
+    assert len(desk.tickets()) == 1
+
+
+@pytest.mark.parametrize("policy", ["reopen", "new", "leave"])
+async def test_a_ticket_closed_by_a_human_during_the_outage(
+    target: Target, run: Run, policy: str
+) -> None:
+    daemon, desk = await run(FAST.format(port=target.port).replace(
+        "update_interval: 1s}", f"update_interval: 1s, on_human_close: {policy}}}"))
+    target.down = True
+    await until("the ticket", desk.tickets)
+    desk.set("UPDATE local_tickets SET status = 'resolved' WHERE id = 1", ())
+    if policy == "reopen":
+        await until("the reopen", lambda: desk.tickets()[0][3] == "open")
+        assert any(k == "reopen" and t.startswith("Reopened by probe") for k, t in
+                   desk.notes(1))
+    elif policy == "new":
+        second = await until("a new ticket", lambda: desk.tickets()[1:])
+        assert second[0][1] == "t/shop/1+1"
+        assert desk.rows("SELECT follows FROM local_tickets WHERE id = 2") == [("1",)]
+    else:
+        await asyncio.sleep(1.5)  # a note interval and more: nothing may happen
+        assert len(desk.tickets()) == 1
+        assert desk.tickets()[0][3] == "resolved"
+        before = desk.notes(1)
+    target.down = False
+    await until("the incident to resolve", lambda: not daemon.engine.groups["shop"].incident)
+    await until("the outbox to drain", lambda: not desk.rows(
+        "SELECT 1 FROM outbox WHERE status = 'pending'"))
+    if policy == "leave":
+        assert desk.notes(1) == before  # left alone: no notes, no resolve of ours
+    else:
+        assert all(status == "resolved" for _, _, _, status, _ in desk.tickets())
+
+
+async def test_an_untaken_ticket_is_escalated_and_a_taken_one_is_not(
+    target: Target, run: Run
+) -> None:
+    body = FAST.format(port=target.port).replace(
+        "update_interval: 1s}", "update_interval: 1h, escalate_after: 500ms}").replace(
+        "desk: {backend: local}", "desk: {backend: local, escalate_to: oncall}\n"
+        "    oncall: {backend: local}").replace("    http:", "    ticket: {route: desk}\n    http:")
+    _daemon, desk = await run(body)
+    target.down = True
+    escalation = await until("the escalation ticket", lambda: desk.tickets()[1:])
+    assert escalation[0][1] == "t/shop/1/escalation"
+    assert any("probe escalated it to the oncall route" in t for _, t in desk.notes(1))
+
+
+async def test_a_taken_ticket_is_not_escalated(target: Target, run: Run) -> None:
+    body = FAST.format(port=target.port).replace(
+        "update_interval: 1s}", "update_interval: 1h, escalate_after: 1s}").replace(
+        "desk: {backend: local}", "desk: {backend: local, escalate_to: oncall}\n"
+        "    oncall: {backend: local}").replace("    http:", "    ticket: {route: desk}\n    http:")
+    _daemon, desk = await run(body)
+    target.down = True
+    await until("the ticket", desk.tickets)
+    desk.set("UPDATE local_tickets SET owner = 'alice', status = 'open' WHERE id = 1", ())
+    await asyncio.sleep(2)
+    assert len(desk.tickets()) == 1
+
+
+async def test_a_child_of_a_failing_parent_gets_no_ticket_and_is_listed(
+    target: Target, run: Run
+) -> None:
+    dead = free_port()
+    _daemon, desk = await run(FAST.format(port=target.port) + f"""
+  - name: backend
+    depends_on: [gateway]
+    failure_threshold: 1
+    tcp: {{host: 127.0.0.1, port: {dead}}}
+  - name: gateway
+    tcp: {{host: 127.0.0.1, port: {dead}}}
+""")
+    ticket = await until("the gateway's ticket", desk.tickets)
+    await asyncio.sleep(1)
+    assert [t[1] for t in desk.tickets()] == ["t/gateway/1"]
+    ((body,),) = desk.rows("SELECT body FROM local_tickets")
+    assert "Unreachable because of it (no tickets of their own):\n  backend" in body
+    assert ticket
+
+
+async def test_no_ticket_in_a_maintenance_window_and_one_when_it_ends(
+    target: Target, run: Run
+) -> None:
+    end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3))
+    daemon, desk = await run(FAST.format(port=target.port) + f"""
+maintenance:
+  - services: [shop]
+    start: "2020-01-01T00:00:00Z"
+    end: "{end}"
+""")
+    target.down = True
+    await asyncio.sleep(1.5)
+    assert desk.tickets() == []
+    assert daemon.engine.checks["web"].in_maintenance
+    await until("the ticket after the window", desk.tickets, timeout=10)
+
+
+async def test_a_flapping_target_gets_one_ticket(target: Target, run: Run) -> None:
+    _daemon, desk = await run(FAST.format(port=target.port).replace(
+        "failure_threshold: 3", "failure_threshold: 5").replace(
+        "ticket: {priority", "flapping: {window: 11, high: 30%, low: 20%}\n  ticket: {priority"))
+
+    async def flap() -> None:
+        for _ in range(40):
+            target.down = not target.down
+            await asyncio.sleep(0.15)
+
+    await flap()
+    tickets = desk.tickets()
+    assert len(tickets) == 1
+    assert tickets[0][4].startswith("[probe] shop FLAPPING")
