@@ -48,14 +48,19 @@ class Received:
 
 @dataclass
 class Mailbox:
-    """What the server accepted, and what it answers to RCPT for some addresses."""
+    """What the server accepted, and what it answers to RCPT for some addresses. (No
+    properties: aiosmtpd's handler lookup evaluates every attribute of its handler.)"""
 
     port: int = 0
     received: list[Received] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
 
-    async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook names)
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         options: list[str],
     ) -> str:
         if address in self.refuse:
@@ -63,15 +68,14 @@ class Mailbox:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(  # noqa: N802
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.content, bytes) and envelope.mail_from is not None
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         self.received.append(
-            Received(envelope.mail_from, list(envelope.rcpt_tos), message,
-                     bool(session.authenticated))
+            Received(
+                envelope.mail_from, list(envelope.rcpt_tos), message, bool(session.authenticated)
+            )
         )
         return "250 queued"
 
@@ -84,7 +88,8 @@ def authenticator(
     server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
 ) -> AuthResult:
     ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-        USER.encode(), PASSWORD.encode()
+        USER.encode(),
+        PASSWORD.encode(),
     )
     return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
 
@@ -150,8 +155,7 @@ def settings(certs: CertFactory, password_file: Path) -> dict[str, Any]:
 
 def backend(port: int, settings: dict[str, Any], **overrides: Any) -> Backend:
     route = Route.model_validate(
-        {"backend": "email", "smtp": f"127.0.0.1:{port}", "timeout": "3s",
-         **settings, **overrides}
+        {"backend": "email", "smtp": f"127.0.0.1:{port}", "timeout": "3s", **settings, **overrides}
     )
     return Backend("mail", route)
 
@@ -180,8 +184,11 @@ async def test_open_sends_a_plain_text_mail_with_the_incident_headers(
     assert mail["Message-ID"].endswith("@example.net>")
     assert mail.get_content_type() == "text/plain"
     assert mail.get_content().strip() == TICKET.body
-    assert json.loads(ref) == {"message_id": mail["Message-ID"], "subject": "shop is down",
-                               "key": KEY}
+    assert json.loads(ref) == {
+        "message_id": mail["Message-ID"],
+        "subject": "shop is down",
+        "key": KEY,
+    }
 
 
 async def test_a_retried_open_carries_the_same_message_id_and_another_incident_does_not(
@@ -197,6 +204,16 @@ async def test_a_retried_open_carries_the_same_message_id_and_another_incident_d
     assert first == again
     assert ids[0] == ids[1]
     assert len(set(ids)) == 3
+
+
+async def test_a_title_and_body_beyond_ascii_arrive_intact(
+    mailbox: Mailbox, settings: dict[str, Any]
+) -> None:
+    ticket = dataclasses.replace(TICKET, title="café-Kasse ausgefallen", body="Prüfung: ✗\n")
+    await backend(mailbox.port, settings).open(ticket)
+
+    assert mailbox.only()["Subject"] == "café-Kasse ausgefallen"
+    assert mailbox.only().get_content().strip() == "Prüfung: ✗"
 
 
 async def test_a_normal_priority_ticket_has_no_priority_headers(
@@ -238,6 +255,8 @@ async def test_notes_resolve_and_reopen_reply_in_the_thread_of_the_open_mail(
     assert len({thread, *ids}) == 5
 
 
+# aiosmtpd warns because it only counts STARTTLS as TLS; this session is TLS from the start.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 async def test_implicit_tls_delivers(certs: CertFactory, settings: dict[str, Any]) -> None:
     async with smtp_server(certs, implicit_tls=True) as box:
         await backend(box.port, settings, starttls=False, tls=True).open(TICKET)

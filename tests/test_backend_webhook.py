@@ -109,8 +109,18 @@ async def test_open_posts_the_documented_payload_signed_with_the_secret(
     assert sent.query == {"tenant": "ops"}
     payload = sent.payload
     assert set(payload) == {
-        "version", "id", "action", "key", "sent_at", "text", "title", "body_markdown",
-        "priority", "agent", "group", "follows",
+        "version",
+        "id",
+        "action",
+        "key",
+        "sent_at",
+        "text",
+        "title",
+        "body_markdown",
+        "priority",
+        "agent",
+        "group",
+        "follows",
     }
     assert payload["version"] == 1
     assert payload["action"] == "open"
@@ -142,8 +152,10 @@ async def test_notes_resolve_and_reopen_carry_their_text_and_null_ticket_fields(
     finally:
         await hook.close()
 
-    actions = [(d.payload["action"], d.headers["X-Probe-Event"], d.payload["text"])
-               for d in receiver.deliveries]
+    actions = [
+        (d.payload["action"], d.headers["X-Probe-Event"], d.payload["text"])
+        for d in receiver.deliveries
+    ]
     assert actions == [
         ("note", "note", "still down after 1h"),
         ("resolve", "resolve", "recovered after 1h12m"),

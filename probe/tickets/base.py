@@ -26,13 +26,17 @@ PRIORITIES: tuple[Priority, ...] = ("urgent", "high", "normal", "low")
 V = TypeVar("V")
 
 
-def _base_url(value: str) -> str:
+def _url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{value!r} is not an http:// or https:// URL")
     if parts.username or parts.password:
         raise ValueError("credentials do not belong in the URL: use the route's secret keys")
-    return value.rstrip("/")
+    return value
+
+
+def _base_url(value: str) -> str:
+    return _url(value).rstrip("/")
 
 
 def _all_priorities(value: dict[Priority, V]) -> dict[Priority, V]:
@@ -42,7 +46,8 @@ def _all_priorities(value: dict[Priority, V]) -> dict[Priority, V]:
     return value
 
 
-BaseUrl = Annotated[str, AfterValidator(_base_url)]
+BaseUrl = Annotated[str, AfterValidator(_base_url)]  # an API's base: paths are appended
+EndpointUrl = Annotated[str, AfterValidator(_url)]  # used exactly as written (a webhook)
 PriorityMap = Annotated[dict[Priority, V], AfterValidator(_all_priorities)]
 
 

@@ -200,8 +200,9 @@ def _thread(ref: str) -> tuple[str, str, str]:
         data = json.loads(ref)
         return str(data["message_id"]), str(data["subject"]), str(data["key"])
     except (ValueError, TypeError, KeyError):
-        raise TicketError(f"{ref!r} is not a reference the email backend made",
-                          permanent=True) from None
+        raise TicketError(
+            f"{ref!r} is not a reference the email backend made", permanent=True
+        ) from None
 
 
 def _error(route: Route, err: BaseException) -> TicketError:
@@ -209,16 +210,20 @@ def _error(route: Route, err: BaseException) -> TicketError:
     where = f"SMTP {route.smtp}"
     if isinstance(err, aiosmtplib.SMTPRecipientsRefused):
         refusals = [f"{r.recipient}: {r.code} {_flat(r.message)}" for r in err.recipients]
-        return TicketError(f"{where}: recipient refused: {'; '.join(refusals)}",
-                           permanent=all(r.code >= 500 for r in err.recipients))
+        return TicketError(
+            f"{where}: recipient refused: {'; '.join(refusals)}",
+            permanent=all(r.code >= 500 for r in err.recipients),
+        )
     if isinstance(err, aiosmtplib.SMTPResponseException):
         what = {
             aiosmtplib.SMTPAuthenticationError: f"login as {route.username} refused",
             aiosmtplib.SMTPSenderRefused: f"sender {route.from_} refused",
             aiosmtplib.SMTPDataError: "message refused",
+            aiosmtplib.SMTPConnectResponseError: "server refused the session",
         }.get(type(err), "server said")
-        return TicketError(f"{where}: {what}: {err.code} {_flat(err.message)}",
-                           permanent=err.code >= 500)
+        return TicketError(
+            f"{where}: {what}: {err.code} {_flat(err.message)}", permanent=err.code >= 500
+        )
     cause = err.__cause__ if isinstance(err, aiosmtplib.SMTPConnectError) else err
     if isinstance(cause, ssl.SSLCertVerificationError):
         return TicketError(f"{where}: TLS certificate not trusted: {cause.verify_message}")

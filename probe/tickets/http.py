@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from checks.base import describe_os_error
 from probe import __version__
 from probe.tickets.base import RouteBase, TicketError, ssl_context
 
@@ -115,7 +117,7 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, aiohttp.ClientConnectorCertificateError):
         return f"TLS certificate not trusted: {err.certificate_error}"
     if isinstance(err, aiohttp.ClientConnectorError):
-        return f"cannot connect: {err.os_error.strerror or err.os_error}"
+        return f"cannot connect: {describe_os_error(err.os_error)}"
     return str(err) or type(err).__name__
 
 
@@ -152,7 +154,7 @@ def helpdesk_message(text: str) -> str:
 
 
 def _excerpt(text: str) -> str:
-    flat = " ".join(text.split())
+    flat = " ".join(re.sub(r"<[^>]*>", " ", text).split())  # an HTML error page, as words
     return flat if len(flat) <= MAX_ERROR_TEXT else flat[: MAX_ERROR_TEXT - 3] + "..."
 
 

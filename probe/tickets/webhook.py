@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from probe.secrets import EnvRef, SecretError
 from probe.tickets import base
-from probe.tickets.base import BaseUrl, RouteBase, Ticket, TicketError, TicketState
+from probe.tickets.base import EndpointUrl, RouteBase, Ticket, TicketError, TicketState
 from probe.tickets.http import Http
 
 VERSION = 1
@@ -45,7 +45,7 @@ Action = Literal["open", "note", "resolve", "reopen"]
 
 class Route(RouteBase):
     backend: Literal["webhook"]
-    url: BaseUrl
+    url: EndpointUrl
     secret: EnvRef | None = None  # HMAC-SHA256 signature of each body
     secret_file: Path | None = None
     headers: dict[str, str] = {}
