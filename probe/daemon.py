@@ -51,6 +51,7 @@ class Daemon:
         )
         self.dispatcher = Dispatcher(
             self.store, config.routes, OutboxMetrics(self.registry), self._context,
+            agent=config.agent.name, group_state=self._group_state,
             poll_interval=config.ticketing.poll_interval,
         )
         self._flush_soon = asyncio.Event()
@@ -62,6 +63,19 @@ class Daemon:
 
     def _view(self) -> View:
         return View(self.checks, self.results, self.engine)
+
+    def _group_state(self, group: str) -> tuple[str, str | None]:
+        """For reconciling tickets: is the group's outage going on?"""
+        state = self.engine.groups.get(group)
+        if state is not None and state.incident is not None:
+            return "open", state.incident.key
+        members = [self.engine.checks[n] for n in self.engine.members.get(group, [])
+                   if n in self.engine.checks]
+        if any(m.failures or m.bad or m.flapping for m in members):
+            return "failing", None
+        if members and all(m.last_state == "up" for m in members):
+            return "healthy", None
+        return "unknown", None
 
     def _context(self, group: str) -> Context:
         members = [self.checks[n] for n in self.engine.members.get(group, []) if n in self.checks]

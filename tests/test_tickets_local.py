@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,27 +58,37 @@ class Helpdesk:
             db.execute(sql, params)
 
 
-Run = Callable[[str], Awaitable[tuple[Daemon, Helpdesk]]]
+class Runner:
+    """Daemons run in the test's event loop; `stop` ends one as SIGTERM would."""
 
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.tasks: dict[Daemon, asyncio.Task[None]] = {}
 
-@pytest.fixture
-async def run(tmp_path: Path) -> AsyncIterator[Run]:
-    daemons: list[tuple[Daemon, asyncio.Task[None]]] = []
-
-    async def start(body: str) -> tuple[Daemon, Helpdesk]:
-        config = tmp_path / "probe.yaml"
+    async def __call__(self, body: str) -> tuple[Daemon, Helpdesk]:
+        config = self.directory / "probe.yaml"
         config.write_text(f"""
-agent: {{name: t, state_dir: {tmp_path}/state, listen: "127.0.0.1:{free_port()}"}}
+agent: {{name: t, state_dir: {self.directory}/state, listen: "127.0.0.1:{free_port()}"}}
 {body}
 """)
         daemon = Daemon(config, load(config))
-        daemons.append((daemon, asyncio.create_task(daemon.serve())))
+        self.tasks[daemon] = asyncio.create_task(daemon.serve())
         return daemon, Helpdesk(daemon.store.path)
 
-    yield start
-    for daemon, task in daemons:
+    async def stop(self, daemon: Daemon) -> None:
         daemon.stopping.set()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(self.tasks.pop(daemon), 10)
+
+
+Run = Runner
+
+
+@pytest.fixture
+async def run(tmp_path: Path) -> AsyncIterator[Runner]:
+    runner = Runner(tmp_path)
+    yield runner
+    for daemon in list(runner.tasks):
+        await runner.stop(daemon)
 
 
 async def until(what: str, condition: Callable[[], Any], timeout: float = 15) -> Any:
@@ -253,3 +263,36 @@ async def test_a_flapping_target_gets_one_ticket(target: Target, run: Run) -> No
     tickets = desk.tickets()
     assert len(tickets) == 1
     assert tickets[0][4].startswith("[probe] shop FLAPPING")
+
+
+def forget_state(database: Path) -> None:
+    """What a restore from an old backup, or a lost state directory, leaves: the helpdesk's
+    tickets, and no memory of them."""
+    with sqlite3.connect(database) as db:
+        for table in ("check_state", "group_state", "tickets", "outbox", "incidents", "results"):
+            db.execute(f"DELETE FROM {table}")
+
+
+@pytest.mark.parametrize("still_down", [True, False])
+async def test_tickets_probe_lost_track_of_are_adopted_or_resolved(
+    target: Target, run: Run, still_down: bool
+) -> None:
+    daemon, desk = await run(FAST.format(port=target.port))
+    target.down = True
+    await until("the ticket", desk.tickets)
+    await run.stop(daemon)
+    forget_state(desk.database)
+    target.down = still_down
+    daemon, desk = await run(FAST.format(port=target.port))
+    if still_down:
+        note = await until("the adoption note", lambda: [
+            t for _, t in desk.notes(1) if t.startswith("probe had lost track")])
+        assert note
+        await until("a status note on the adopted ticket", lambda: [
+            t for _, t in desk.notes(1) if t.startswith("Still failing")][1:])
+        target.down = False
+        await until("the resolve", lambda: desk.tickets()[0][3] == "resolved")
+    else:
+        await until("the stray ticket resolved", lambda: desk.tickets()[0][3] == "resolved")
+        assert "no outage of shop is going on" in desk.notes(1)[-1][1]
+    assert len(desk.tickets()) == 1

@@ -43,13 +43,15 @@ class Proxy:
         self.seen: list[tuple[str, str, int]] = []
         self.arrived = asyncio.Event()  # a held request reached RT
         self._session: aiohttp.ClientSession | None = None
+        self._released = asyncio.Event()  # set at the end: held requests may go
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         path = request.path_qs
         if self.mode == "drop" and request.method == "POST" and path.endswith("/ticket"):
             self.arrived.set()
-            await asyncio.sleep(3600)  # the client is killed while it waits
+            await self._released.wait()  # the client is killed while it waits
+            return web.Response(status=503)
         if self.mode == "refuse503":
             self.seen.append((request.method, path, 503))
             return web.Response(status=503, text="<html><body>Service Unavailable</body></html>",
@@ -71,7 +73,7 @@ class Proxy:
             self.hold[1]
         ):
             self.arrived.set()
-            await asyncio.sleep(3600)  # RT did it; the client never hears
+            await self._released.wait()  # RT did it; the client never hears
         return web.Response(status=status, body=payload, content_type="application/json")
 
     async def __aenter__(self) -> Proxy:
@@ -83,6 +85,7 @@ class Proxy:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._released.set()
         await self._serving.__aexit__(None, None, None)
         assert self._session is not None
         await self._session.close()

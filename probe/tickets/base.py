@@ -128,6 +128,12 @@ class Backend(abc.ABC, Generic[R]):
     async def status(self, ref: str) -> TicketState:
         """open (nobody has it yet), acknowledged (someone owns or works it), closed, gone."""
 
+    async def open_tickets(self, prefix: str) -> dict[str, str] | None:
+        """Tickets still open in the helpdesk whose key starts with `prefix` (this agent's),
+        as {key: ref}, for reconciling after lost state; None where the helpdesk cannot be
+        asked."""
+        return None
+
     async def close(self) -> None:
         """Release connections."""
 

@@ -1,12 +1,51 @@
-"""The freshdesk backend: Freshdesk tickets, through API v2."""
+"""The freshdesk backend: Freshdesk tickets, through API v2 (`<url>/api/v2`).
 
+Freshdesk facts it relies on (from Freshdesk's API v2 reference):
+- Basic auth with the API key as the user name and `X` as the password.
+- POST /tickets takes subject, description (HTML), priority (1 low .. 4 urgent), status (2 open,
+  3 pending, 4 resolved, 5 closed; accounts may add their own above 5), a requester (`email`,
+  which Freshdesk makes a contact of if it has none, or `requester_id`), group_id,
+  responder_id, tags and custom_fields {"cf_...": value}, and answers 201 with the ticket.
+  The text is HTML-escaped inside <pre>, so that evidence keeps its lines and columns.
+- POST /tickets/{id}/notes {"body", "private": true} is an internal note; PUT /tickets/{id}
+  {"status": 4} resolves, {"status": 2} reopens. A resolved or closed ticket can be reopened.
+- Finding a ticket by key: the search API (GET /search/tickets?query="...") is built on an
+  index that lags "a few minutes" behind, returns 30 results a page and 10 pages at most, and
+  does not say how a quote inside a value is escaped. So every ticket also carries a tag made
+  from a hash of the key (letters, digits and dashes; Freshdesk's 32-character tag limit), and
+  find() first reads the requester's newest tickets from the list endpoint (the database: a
+  ticket created a second ago is there, but only tickets of the last 30 days are), and only
+  then searches by that tag, for older tickets. `key_field`, when set, holds the key itself,
+  for humans and as the exact check on what the list returns; the search uses the tag either
+  way, as the docs do not pin down how a custom text field is named in a query.
+- Errors are {"description": "Validation failed", "errors": [{"field", "message", "code"}]};
+  the errors say why, so they go into the message. 429 comes with Retry-After.
+
+status(): pending (3) or any custom status is "acknowledged" (a human set it: probe never
+does); open (2) is "acknowledged" when an agent other than the route's own `responder_id` is
+assigned (a ticket the route assigns is assigned from the start, which proves nothing);
+resolved or closed is "closed"; deleted, spam or unknown is "gone".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+import aiohttp
 from pydantic import model_validator
 
-from probe.secrets import EnvRef
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase
+from probe.secrets import EnvRef, SecretError
+from probe.tickets import base
+from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.tickets.http import Http, Response, helpdesk_message
+
+OPEN, PENDING, RESOLVED, CLOSED = 2, 3, 4, 5
+REFUSED = (400, 404, 409, 422)  # answered with Freshdesk's own reasons, see _refused
+RECENT = 100  # the requester's newest tickets that find() reads before it searches
 
 
 class Route(RouteBase):
@@ -29,3 +68,159 @@ class Route(RouteBase):
         if self.email is None and self.requester_id is None:
             raise ValueError("needs email or requester_id: Freshdesk tickets need a requester")
         return self
+
+
+class Backend(base.Backend[Route]):
+    kind: ClassVar[str] = "freshdesk"
+
+    def __init__(self, name: str, route: Route) -> None:
+        super().__init__(name, route)
+        self._http = Http(route, route.url + "/api/v2")
+
+    async def find(self, key: str) -> str | None:
+        route = self.route
+        requester = (
+            {"requester_id": str(route.requester_id)} if route.requester_id is not None
+            else {"email": str(route.email)}
+        )
+        params = {**requester, "order_by": "created_at", "order_type": "desc",
+                  "per_page": str(RECENT)}
+        recent = (await self._request("GET", "/tickets", params=params)).json()
+        ref = self._newest(recent, key)
+        if ref is None:
+            query = f"\"tag:'{key_tag(key)}'\""
+            found = await self._request("GET", "/search/tickets", params={"query": query})
+            ref = self._newest(found.json_object().get("results"), key)
+        return ref
+
+    async def open(self, ticket: base.Ticket) -> str:
+        route = self.route
+        body: dict[str, Any] = {
+            "subject": ticket.title,
+            "description": as_html(ticket.body),
+            "priority": route.priorities[ticket.priority],
+            "status": OPEN,
+            "tags": [*route.tags, key_tag(ticket.key)],
+        }
+        if route.requester_id is not None:
+            body["requester_id"] = route.requester_id
+        else:
+            body["email"] = route.email
+        if route.group_id is not None:
+            body["group_id"] = route.group_id
+        if route.responder_id is not None:
+            body["responder_id"] = route.responder_id
+        if route.key_field:
+            body["custom_fields"] = {route.key_field: ticket.key}
+        response = await self._request("POST", "/tickets", json_body=body)
+        ref = response.json_object().get("id")
+        if not ref:
+            raise TicketError(f"{response.what}: HTTP {response.status} without a ticket id")
+        return str(ref)
+
+    async def note(self, ref: str, text: str) -> None:
+        body = {"body": as_html(text), "private": True}
+        await self._request("POST", f"{ticket_path(ref)}/notes", json_body=body)
+
+    async def resolve(self, ref: str, text: str) -> None:
+        ticket = await self._ticket(ref)
+        if ticket is None or _binned(ticket):
+            return  # nothing left to resolve
+        await self.note(ref, text)
+        if ticket.get("status") not in (RESOLVED, CLOSED):
+            await self._set_status(ref, RESOLVED)
+
+    async def reopen(self, ref: str, text: str) -> None:
+        await self.note(ref, text)
+        await self._set_status(ref, OPEN)
+
+    async def status(self, ref: str) -> TicketState:
+        ticket = await self._ticket(ref)
+        if ticket is None or _binned(ticket):
+            return "gone"
+        state = ticket.get("status")
+        if state in (RESOLVED, CLOSED):
+            return "closed"
+        responder = ticket.get("responder_id")
+        if state != OPEN or (responder and responder != self.route.responder_id):
+            return "acknowledged"
+        return "open"
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    def _newest(self, tickets: Any, key: str) -> str | None:
+        """The id of the newest ticket in `tickets` that carries `key`."""
+        field, tag = self.route.key_field, key_tag(key)
+        ids = []
+        for item in tickets if isinstance(tickets, list) else []:
+            if not isinstance(item, dict) or not isinstance(item.get("id"), int) or _binned(item):
+                continue
+            custom = item.get("custom_fields")
+            if field and isinstance(custom, dict) and field in custom:
+                carries = custom[field] == key
+            else:
+                carries = tag in (item.get("tags") or [])
+            if carries:
+                ids.append(item["id"])
+        return str(max(ids)) if ids else None
+
+    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (),
+                       **kwargs: Any) -> Response:
+        try:
+            api_key = self.route.reveal("api_key")
+        except SecretError as err:
+            raise TicketError(f"freshdesk api_key: {err}", permanent=True) from None
+        auth = aiohttp.BasicAuth(api_key, "X").encode()
+        response = await self._http.request(
+            method, path, headers={"Authorization": auth}, ok=ok + REFUSED, **kwargs)
+        if response.status in REFUSED and response.status not in ok:
+            raise _refused(response)
+        return response
+
+    async def _ticket(self, ref: str) -> dict[str, Any] | None:
+        response = await self._request("GET", ticket_path(ref), ok=(404,))
+        return None if response.status == 404 else response.json_object()
+
+    async def _set_status(self, ref: str, status: int) -> None:
+        await self._request("PUT", ticket_path(ref), json_body={"status": status})
+
+
+def ticket_path(ref: str) -> str:
+    if not ref.isdigit():
+        raise TicketError(f"{ref!r} is not a Freshdesk ticket id", permanent=True)
+    return f"/tickets/{ref}"
+
+
+def key_tag(key: str) -> str:
+    """The tag that carries `key`: any key, in the characters and length a tag allows."""
+    return "probe-key-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def as_html(text: str) -> str:
+    return f"<pre>{html.escape(text)}</pre>"
+
+
+def _binned(ticket: dict[str, Any]) -> bool:
+    return bool(ticket.get("deleted") or ticket.get("spam"))
+
+
+def _refused(response: Response) -> TicketError:
+    """A permanent error with Freshdesk's reasons: "Validation failed" alone says little, the
+    per-field errors say why."""
+    try:
+        data = json.loads(response.text)
+    except ValueError:
+        data = None
+    words: list[str] = []
+    if isinstance(data, dict):
+        said = data.get("description") or data.get("message")
+        if isinstance(said, str) and said:
+            words.append(said)
+        for error in data.get("errors") or []:
+            if isinstance(error, dict):
+                field, text = error.get("field"), error.get("message") or error.get("code")
+                words.append(f"{field}: {text}" if field else str(text))
+    reason = ": ".join(words) or helpdesk_message(response.text)
+    message = f"{response.what}: HTTP {response.status}" + (f": {reason}" if reason else "")
+    return TicketError(message, permanent=True)

@@ -1,8 +1,9 @@
 """The one HTTP path every web helpdesk takes: a session per route with its TLS settings and
 timeout, and the translation of whatever comes back into a response or a TicketError.
 
-- network errors, timeouts, 408, 429 and 5xx are transient; so is a 2xx whose body is not the
-  JSON the API promises;
+- network errors, timeouts, 408, 429 and 5xx are transient, and so is a 403 that is a rate limit
+  (X-RateLimit-Remaining: 0, or a Retry-After); so is a 2xx whose body is not the JSON the API
+  promises;
 - other 4xx are permanent, with the helpdesk's own message;
 - `Retry-After` (seconds or an HTTP date) and rate-limit reset headers (epoch seconds, ISO
   8601, or seconds to wait) become `retry_after`.
@@ -132,8 +133,11 @@ def _error(response: Response) -> TicketError:
         location = response.headers.get("Location", "?")
         return TicketError(f"{message} (redirected to {location}: check the route's url)",
                            permanent=True)
-    exhausted = response.headers.get("X-RateLimit-Remaining") == "0"
-    if status in TRANSIENT or status >= 500 or (status == 403 and exhausted):
+    # A 403 is a rate limit when the quota is spent or the server says when to retry (GitHub's
+    # primary and secondary limits); any other 403 is a refusal.
+    limited = response.headers.get("X-RateLimit-Remaining") == "0" or bool(
+        response.headers.get("Retry-After"))
+    if status in TRANSIENT or status >= 500 or (status == 403 and limited):
         return TicketError(message, retry_after=wait)
     return TicketError(message, permanent=True)
 

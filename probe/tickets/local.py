@@ -110,5 +110,12 @@ class Backend(base.Backend[Route]):
             return "closed"
         return "acknowledged" if owner else "open"
 
+    async def open_tickets(self, prefix: str) -> dict[str, str] | None:
+        rows = await asyncio.to_thread(
+            self.tickets.execute,
+            "SELECT key, id FROM local_tickets WHERE status != 'resolved' AND substr(key, 1, ?)"
+            " = ? ORDER BY id", (len(prefix), prefix))
+        return {key: str(ticket_id) for key, ticket_id in rows}
+
     async def close(self) -> None:
         self.tickets.close()

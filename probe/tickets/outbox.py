@@ -42,6 +42,10 @@ log = logging.getLogger("probe.tickets")
 
 MAX_BACKOFF = 300.0
 CONCURRENCY = 32
+RECONCILE_EVERY = 10  # polls
+
+
+GroupHealth = tuple[str, str | None]  # ("open", key) | ("failing"|"healthy"|"unknown", None)
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,16 @@ class Dispatcher:
         metrics: OutboxMetrics,
         context: Callable[[str], Context],
         *,
+        agent: str,
+        group_state: Callable[[str], GroupHealth] = lambda group: ("unknown", None),
         poll_interval: float = 60.0,
     ) -> None:
+        self.agent = agent
+        self.group_state = group_state
+        # Tickets found open in a helpdesk that probe does not track, by group: the next
+        # incident of the group takes one up instead of opening another.
+        self.orphans: dict[str, tuple[str, str, str]] = {}  # group -> (route, key, ref)
+        self.reconciled = asyncio.Event()
         self.store = store
         self.routes = dict(routes)
         self.metrics = metrics
@@ -136,6 +148,11 @@ class Dispatcher:
     # --- the loops -----------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        try:
+            async with asyncio.timeout(30):
+                await self.reconciled.wait()  # adopt lost tickets before opening new ones
+        except TimeoutError:
+            log.warning("reconciling tickets takes long: delivering anyway")
         while True:
             self._wake.clear()
             wait = await self._dispatch_due()
@@ -165,12 +182,19 @@ class Dispatcher:
         return max(wait, 0.01)
 
     async def watch(self) -> None:
+        """Look at open tickets every poll_interval; reconcile at start and every ten polls."""
+        polls = 0
         while True:
-            await asyncio.sleep(self.poll_interval)
             try:
+                if polls % RECONCILE_EVERY == 0:
+                    await self.reconcile()
                 await self.check_tickets()
             except Exception:
                 log.exception("watching tickets failed")
+            finally:
+                self.reconciled.set()
+            polls += 1
+            await asyncio.sleep(self.poll_interval)
 
     # --- one delivery --------------------------------------------------------------------------
 
@@ -255,6 +279,12 @@ class Dispatcher:
             await self._done(row)  # delivered before a crash that came before this mark
             return
         backend = self.backend(row.route)
+        orphan = self.orphans.get(row.facts["group"])
+        if orphan is not None and orphan[0] == row.route and follows is None:
+            del self.orphans[row.facts["group"]]
+            await self._adopt(row.route, backend, orphan[1], orphan[2], row.incident_key)
+            await self._done(row)
+            return
         ref = None
         if row.attempts > 0:
             ref = await backend.find(ticket_key)
@@ -357,6 +387,72 @@ class Dispatcher:
                                                   key=ticket_key))
 
     # --- the watcher ---------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Tickets open in a helpdesk with this agent's key that probe does not track (its
+        state was lost or restored from a backup): adopted when their check still fails,
+        resolved with a note when it is healthy."""
+        prefix = f"{self.agent}/"
+        for route in list(self.routes):
+            try:
+                backend = self.backend(route)
+                found = await backend.open_tickets(prefix)
+            except TicketError as err:
+                log.info("reconcile skipped %s", fields(route=route, error=err.message))
+                continue
+            for key, ref in (found or {}).items():
+                await self._reconcile_one(route, backend, key, ref)
+
+    async def _reconcile_one(self, route: str, backend: Backend[Any], key: str, ref: str) -> None:
+        known = await asyncio.to_thread(
+            self.store.query, "SELECT state FROM tickets WHERE ticket_key = ? OR ref = ?",
+            (key, ref))
+        parts = key.split("/")
+        if known or len(parts) < 3 or parts[2].endswith("escalation"):
+            return
+        group = parts[1]
+        incident_key = "/".join(parts[:3]).split("+")[0]
+        pending = await asyncio.to_thread(
+            self.store.query,
+            "SELECT 1 FROM outbox WHERE incident_key = ? AND status = 'pending'", (incident_key,))
+        if pending:
+            return  # its own actions are on their way
+        health, current = self.group_state(group)
+        if health == "open" and current is not None:
+            tracked = await asyncio.to_thread(
+                self.store.query, "SELECT 1 FROM tickets WHERE incident_key = ? AND state ="
+                " 'open'", (current,))
+            if not tracked:
+                await self._adopt(route, backend, key, ref, current)
+            else:
+                log.info("untracked ticket left alone %s", fields(route=route, ref=ref, key=key))
+            return
+        if health in ("failing", "unknown"):
+            self.orphans.setdefault(group, (route, key, ref))  # decided when it is known
+            return
+        self.orphans.pop(group, None)
+        try:
+            await backend.resolve(ref, "probe found this ticket open, but no outage of "
+                                       f"{parts[1]} is going on: the check is healthy.")
+        except TicketError as err:
+            log.warning("stray ticket not resolved %s", fields(route=route, ref=ref,
+                                                               error=err.message))
+            return
+        log.warning("stray ticket resolved %s", fields(route=route, ref=ref, key=key))
+
+    async def _adopt(
+        self, route: str, backend: Backend[Any], key: str, ref: str, incident_key: str,
+    ) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO tickets (ticket_key, incident_key, route, ref, opened_at)"
+            " VALUES (?, ?, ?, ?, ?)", (key, incident_key, route, ref, time.time()))
+        log.warning("ticket adopted %s", fields(route=route, ref=ref, key=key,
+                                                incident=incident_key))
+        try:
+            await backend.note(ref, "probe had lost track of this ticket and took it up "
+                                    "again: the outage it reports goes on.")
+        except TicketError as err:
+            log.info("adoption note not delivered %s", fields(ref=ref, error=err.message))
 
     async def check_tickets(self) -> None:
         """Ask the helpdesks about open tickets: escalate the untaken, handle the closed."""

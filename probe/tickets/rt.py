@@ -80,6 +80,27 @@ class Backend(base.Backend[Route]):
                 return str(item["id"])
         return None
 
+    async def open_tickets(self, prefix: str) -> dict[str, str] | None:
+        field = self.route.key_field
+        column = f"'CF.{{{field}}}'" if field else "Subject"
+        # LIKE matches anywhere and treats % and _ as wildcards: the prefix is checked here.
+        query = f"{column} LIKE {sql_string(prefix if field else '[probe:' + prefix)}"
+        params = {"query": f"({query}) AND Status = '__Active__'", "orderby": "id",
+                  "order": "ASC", "per_page": "100", "fields": "Subject,CustomFields"}
+        found = (await self._request("GET", "/tickets", params=params)).json_object()
+        tickets: dict[str, str] = {}
+        for item in found.get("items") or []:
+            keys = [
+                str(value)
+                for cf in item.get("CustomFields") or []
+                if isinstance(cf, dict) and cf.get("name") == field
+                for value in cf.get("values") or []
+            ] if field else [_key_in_subject(str(item.get("Subject", "")))]
+            for key in keys:
+                if key.startswith(prefix) and item.get("id"):
+                    tickets[key] = str(item["id"])
+        return tickets
+
     async def open(self, ticket: base.Ticket) -> str:
         route = self.route
         body: dict[str, Any] = {
@@ -193,6 +214,11 @@ def subject(title: str, key: str) -> str:
     token = " " + subject_token(key)
     room = max(0, SUBJECT_BYTES - len(token.encode()))
     return title.encode()[:room].decode(errors="ignore").rstrip() + token
+
+
+def _key_in_subject(text: str) -> str:
+    start = text.rfind("[probe:")
+    return text[start + len("[probe:"):-1] if start >= 0 and text.endswith("]") else ""
 
 
 def sql_string(value: str) -> str:
