@@ -128,6 +128,13 @@ def _status(url: str, *, as_json: bool) -> int:
         print(f"OPEN {i['group']} ({i['key']}) since {since}: {i['why']}; {i['reason']}")
         if i["unreachable"]:
             print(f"  unreachable because of it: {', '.join(i['unreachable'])}")
+    pending = data["ticket_actions_pending"]
+    if pending["count"]:
+        print(f"{pending['count']} ticket actions waiting for delivery "
+              f"(up to {pending['most_attempts']} attempts so far)")
+    for failed in data["ticket_actions_failed"]:
+        print(f"FAILED ticket action {failed['action']} of {failed['incident']} on "
+              f"{failed['route']}: {failed['error']}  (probe tickets retry)")
     if not data["state_writable"]:
         print("WARNING: the state database cannot be written")
     return EXIT_FAILED if data["incidents"] else EXIT_OK

@@ -85,8 +85,21 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
                 "first_failure_at": i.first_failure_at, "why": i.why, "reason": i.reason,
                 "checks": i.members, "unreachable": i.unreachable,
             })
+    failed = daemon.store.query(
+        "SELECT id, incident_key, action, route, attempts, last_error FROM outbox"
+        " WHERE status = 'failed' ORDER BY id DESC LIMIT 20")
+    pending = daemon.store.query(
+        "SELECT COUNT(*), MIN(created_at), MAX(attempts) FROM outbox WHERE status = 'pending'")
+    count, oldest, attempts = pending[0]
     return {
         "agent": daemon.config.agent.name,
+        "ticket_actions_pending": {"count": count, "oldest_at": oldest,
+                                   "most_attempts": attempts or 0},
+        "ticket_actions_failed": [
+            {"id": i, "incident": key, "action": action, "route": route, "attempts": n,
+             "error": error}
+            for i, key, action, route, n, error in failed
+        ],
         "version": __version__,
         "ready": daemon.ready,
         "state_writable": daemon.state_writable,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -296,3 +297,78 @@ async def test_tickets_probe_lost_track_of_are_adopted_or_resolved(
         await until("the stray ticket resolved", lambda: desk.tickets()[0][3] == "resolved")
         assert "no outage of shop is going on" in desk.notes(1)[-1][1]
     assert len(desk.tickets()) == 1
+
+
+class Receiver:
+    """A webhook receiver that answers what the test says and records what it accepted."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, dict[str, str]]] = []  # taken one per request
+        self.accepted: list[dict[str, Any]] = []
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.answers:
+            status, headers = self.answers.pop(0)
+            return web.Response(status=status, headers=headers, text=f"answer {status}")
+        self.accepted.append(await request.json())
+        return web.Response(status=204)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", r.handle)
+    async with serve_app(app) as port:
+        r.port = port
+        yield r
+
+
+HOOKED = FAST.replace("desk: {{backend: local}}",
+                      'desk: {{backend: webhook, url: "http://127.0.0.1:{hook}/hook"}}')
+
+
+async def test_a_failing_webhook_delays_actions_and_keeps_their_order(
+    target: Target, run: Run, receiver: Receiver
+) -> None:
+    receiver.answers = [(503, {}), (429, {"Retry-After": "1"}), (500, {}), (503, {})]
+    daemon, desk = await run(HOOKED.format(port=target.port, hook=receiver.port))
+    target.down = True
+    await until("the incident", lambda: daemon.engine.groups["shop"].incident)
+    await asyncio.sleep(1.2)
+    target.down = False
+    await until("every action delivered", lambda: not desk.rows(
+        "SELECT 1 FROM outbox WHERE status = 'pending'"), timeout=30)
+    actions = [a["action"] for a in receiver.accepted]
+    assert actions[0] == "open" and actions[-1] == "resolve"
+    assert actions.count("open") == 1 and actions.count("resolve") == 1
+    assert receiver.answers == []  # every refusal was met with a retry
+
+
+async def test_a_permanent_refusal_is_kept_visible_and_can_be_retried(
+    target: Target, run: Run, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.answers = [(400, {})]
+    daemon, desk = await run(HOOKED.format(port=target.port, hook=receiver.port))
+    target.down = True
+    await until("the failed open", lambda: desk.rows(
+        "SELECT last_error FROM outbox WHERE status = 'failed'"))
+    ((error,),) = desk.rows("SELECT last_error FROM outbox WHERE status = 'failed'")
+    assert error == "POST /hook: HTTP 400: answer 400"
+    status = await asyncio.to_thread(_status, daemon)
+    assert status["ticket_actions_failed"][0]["error"] == error
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "probe", "tickets", "--config", str(tmp_path / "probe.yaml"),
+        "retry", stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert out.decode().startswith("1 failed actions queued again")
+    daemon.dispatcher.wake()
+    await until("the open after the retry", lambda: [
+        a for a in receiver.accepted if a["action"] == "open"])
+
+
+def _status(daemon: Daemon) -> dict[str, Any]:
+    from probe.web import snapshot
+
+    return snapshot(daemon)

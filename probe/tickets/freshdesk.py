@@ -64,7 +64,7 @@ class Route(RouteBase):
     secrets: ClassVar[dict[str, bool]] = {"api_key": True}
 
     @model_validator(mode="after")
-    def _requester(self) -> "Route":
+    def _requester(self) -> Route:
         if self.email is None and self.requester_id is None:
             raise ValueError("needs email or requester_id: Freshdesk tickets need a requester")
         return self
@@ -157,11 +157,8 @@ class Backend(base.Backend[Route]):
             if not isinstance(item, dict) or not isinstance(item.get("id"), int) or _binned(item):
                 continue
             custom = item.get("custom_fields")
-            if field and isinstance(custom, dict) and field in custom:
-                carries = custom[field] == key
-            else:
-                carries = tag in (item.get("tags") or [])
-            if carries:
+            in_field = bool(field) and isinstance(custom, dict) and custom.get(field) == key
+            if in_field or tag in (item.get("tags") or []):
                 ids.append(item["id"])
         return str(max(ids)) if ids else None
 

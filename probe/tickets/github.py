@@ -1,13 +1,64 @@
-"""The github backend: GitHub issues (public comments: mind who can read the repository)."""
+"""The github backend: issues in one GitHub repository, through the REST API (`url`:
+https://api.github.com, or https://HOST/api/v3 for GitHub Enterprise Server).
 
+PUBLIC: GitHub has no internal notes. The issue, its evidence (addresses, status codes,
+certificate details, triage) and every note probe adds are ordinary issue comments that anyone
+who can read the repository reads. Point this route at a private repository unless all of that
+may be public.
+
+GitHub facts it relies on (REST API version 2022-11-28; the tests check every request against
+GitHub's published OpenAPI description):
+- `Authorization: Bearer <token>`, `Accept: application/vnd.github+json`,
+  `X-GitHub-Api-Version: 2022-11-28`. The token needs to write issues (fine-grained: Issues read
+  and write; classic: repo) with push access: without push access GitHub silently drops the
+  labels and assignees of a new issue, and with them the label `find` looks for (`open` then
+  logs a warning, since the issue exists all the same).
+- POST /repos/{owner}/{repo}/issues {title, body, labels, assignees} answers 201 with the issue;
+  labels that do not exist yet are created. It answers 410 when the repository has issues
+  turned off. A label name is at most 50 characters: the incident key is carried as the label
+  `probe:<16 hex digits of the key's SHA-256>` (the body shows the key itself).
+- GET /repos/{owner}/{repo}/issues lists open issues only unless state=all, and lists pull
+  requests too (they carry "pull_request"): `find` asks for state=all and skips those.
+- Bodies and comments are Markdown, at most 65536 characters. "#12" links issue 12: a ticket
+  that follows another says so in its first line.
+- Notes are comments (POST .../issues/{n}/comments); PATCH .../issues/{n} with {state: closed,
+  state_reason: completed} closes, {state: open, state_reason: reopened} reopens.
+- GET .../issues/{n} answers 404 for an unknown issue (or one the token cannot see), 410 for a
+  deleted one, 301 for one transferred to another repository (not followed: the error says
+  where it went).
+- Rate limits: 403 or 429, with x-ratelimit-remaining: 0 and x-ratelimit-reset (epoch) for the
+  primary limit, or with retry-after for a secondary one (probe.tickets.http makes both
+  transient). A secondary limit may come with neither header, only its message: then probe
+  waits a minute, as GitHub asks.
+
+status(): closed is "closed"; 404 or 410 is "gone"; an open issue with an assignee other than
+the route's own `assignees` is "acknowledged" (those probe assigns itself, nobody took);
+any other open issue is "open".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
 import re
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, model_validator
 
-from probe.secrets import EnvRef
-from probe.tickets.base import BaseUrl, RouteBase
+from probe.log import fields
+from probe.secrets import EnvRef, SecretError
+from probe.tickets import base
+from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.tickets.http import Http, Response, helpdesk_message
+
+log = logging.getLogger("probe.tickets")
+
+API_VERSION = "2022-11-28"
+MAX_LABEL = 50
+MAX_TEXT = 65536
+SECONDARY_LIMIT_WAIT = 60.0  # GitHub: "wait for at least one minute before retrying"
 
 
 def _repository(value: str) -> str:
@@ -24,5 +75,167 @@ class Route(RouteBase):
     token_file: Path | None = None
     labels: list[str] = ["probe"]
     assignees: list[str] = []
+    priorities: PriorityMap[str] = {
+        "urgent": "priority:urgent",
+        "high": "priority:high",
+        "normal": "priority:normal",
+        "low": "priority:low",
+    }
 
     secrets: ClassVar[dict[str, bool]] = {"token": True}
+
+    @model_validator(mode="after")
+    def _label_names(self) -> Route:
+        for label in [*self.labels, *self.priorities.values()]:
+            if not label or len(label) > MAX_LABEL:
+                raise ValueError(f"label {label!r}: GitHub takes 1 to {MAX_LABEL} characters")
+        return self
+
+
+class Backend(base.Backend[Route]):
+    kind: ClassVar[str] = "github"
+
+    def __init__(self, name: str, route: Route) -> None:
+        super().__init__(name, route)
+        self._http = Http(route, route.url, headers={
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": API_VERSION,
+        })
+        self._issues = f"/repos/{route.repository}/issues"
+
+    async def find(self, key: str) -> str | None:
+        params = {
+            "state": "all",
+            "labels": key_label(key),
+            "sort": "created",
+            "direction": "desc",
+            "per_page": "100",
+        }
+        response = await self._request("GET", self._issues, params=params)
+        items = response.json()
+        if not isinstance(items, list):
+            raise TicketError(f"{response.what}: expected a list of issues")
+        for item in items:
+            if isinstance(item, dict) and "pull_request" not in item and item.get("number"):
+                return str(item["number"])
+        return None
+
+    async def open(self, ticket: base.Ticket) -> str:
+        route = self.route
+        label = key_label(ticket.key)
+        body = ticket.body_markdown
+        if ticket.follows:
+            body = f"Follows #{ticket.follows}, closed while the outage went on.\n\n{body}"
+        issue: dict[str, Any] = {
+            "title": ticket.title,
+            "body": cut(body),
+            "labels": list(dict.fromkeys([*route.labels, route.priorities[ticket.priority],
+                                          label])),
+        }
+        if route.assignees:
+            issue["assignees"] = route.assignees
+        response = await self._request("POST", self._issues, json_body=issue)
+        created = response.json_object()
+        number = created.get("number")
+        if not isinstance(number, int):
+            raise TicketError(f"{response.what}: HTTP {response.status} without an issue number")
+        labels = {item.get("name") for item in created.get("labels") or []
+                  if isinstance(item, dict)}
+        if label not in labels:
+            log.warning("GitHub dropped the labels of a new issue: the token lacks push access,"
+                        " and probe cannot find the issue again after a crash %s",
+                        fields(route=self.name, issue=number, label=label))
+        return str(number)
+
+    async def note(self, ref: str, text: str) -> None:
+        await self._request("POST", f"{self._issue(ref)}/comments", json_body={"body": cut(text)})
+
+    async def resolve(self, ref: str, text: str) -> None:
+        issue = await self._get(ref)
+        if issue is None:
+            return  # nothing left to resolve
+        await self.note(ref, text)
+        if issue.get("state") != "closed":
+            change = {"state": "closed", "state_reason": "completed"}
+            await self._request("PATCH", self._issue(ref), json_body=change)
+
+    async def reopen(self, ref: str, text: str) -> None:
+        await self.note(ref, text)
+        change = {"state": "open", "state_reason": "reopened"}
+        await self._request("PATCH", self._issue(ref), json_body=change)
+
+    async def status(self, ref: str) -> TicketState:
+        issue = await self._get(ref)
+        if issue is None:
+            return "gone"
+        if issue.get("state") == "closed":
+            return "closed"
+        assignees = {item.get("login") for item in issue.get("assignees") or []
+                     if isinstance(item, dict)}
+        if assignees - set(self.route.assignees):
+            return "acknowledged"
+        return "open"
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    def _issue(self, ref: str) -> str:
+        if not ref.isdigit():
+            raise TicketError(f"{ref!r} is not a GitHub issue number", permanent=True)
+        return f"{self._issues}/{ref}"
+
+    async def _get(self, ref: str) -> dict[str, Any] | None:
+        response = await self._request("GET", self._issue(ref), ok=(404, 410))
+        return None if response.status in (404, 410) else response.json_object()
+
+    async def _request(
+        self, method: str, path: str, *, ok: tuple[int, ...] = (), **kwargs: Any
+    ) -> Response:
+        try:
+            token = self.route.reveal("token")
+        except SecretError as err:
+            raise TicketError(f"github token: {err}", permanent=True) from None
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            response = await self._http.request(method, path, headers=headers,
+                                                ok=(*ok, 422), **kwargs)
+        except TicketError as err:
+            if err.permanent and " HTTP 403: " in err.message and (
+                "rate limit" in err.message.lower()
+            ):
+                raise TicketError(err.message, retry_after=SECONDARY_LIMIT_WAIT) from err
+            raise
+        if response.status == 422 and 422 not in ok:
+            raise TicketError(f"{response.what}: HTTP 422: {validation_errors(response.text)}",
+                              permanent=True)
+        return response
+
+
+def key_label(key: str) -> str:
+    """The label that carries `key`: a label holds at most 50 characters, a key may hold more."""
+    return "probe:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def cut(text: str) -> str:
+    if len(text) <= MAX_TEXT:
+        return text
+    return text[: MAX_TEXT - 30].rstrip() + "\n\n… (cut to fit GitHub)"
+
+
+def validation_errors(text: str) -> str:
+    """GitHub's 422: "Validation Failed" says little; the errors list says what failed."""
+    message = helpdesk_message(text)
+    try:
+        errors = json.loads(text).get("errors")
+    except (ValueError, AttributeError):
+        return message
+    details = []
+    for error in errors if isinstance(errors, list) else []:
+        if isinstance(error, dict):
+            what = " ".join(str(error[k]) for k in ("resource", "field") if error.get(k))
+            said = error.get("message") or error.get("code") or ""
+            value = f" {error['value']!r}" if "value" in error else ""
+            details.append(f"{what}{value} {said}".strip())
+        else:
+            details.append(str(error))
+    return f"{message} ({'; '.join(details)})" if details else message

@@ -1,27 +1,370 @@
-"""The jira backend: Jira Cloud or Data Center issues, and Jira Service Management requests."""
+"""The jira backend: Jira Cloud or Data Center issues, and Jira Service Management requests.
 
+Jira facts it relies on:
+- Cloud speaks REST v3 with Basic auth (the account's email and an API token) and takes rich
+  text as Atlassian Document Format (a `doc` of paragraphs and code blocks); Data Center speaks
+  REST v2 with a personal access token (`Authorization: Bearer`) and takes wiki markup, which
+  is why text goes there inside {noformat}.
+- POST /issue takes {fields: project {key}, issuetype {name}, summary (one line, at most 255
+  characters), priority {name}, labels (no spaces), description} and answers 201 {id, key}.
+  Which fields are required depends on the project's screens: a 400 carries {errorMessages,
+  errors: {field: message}}, passed on as a permanent error that names our setting.
+- Cloud's search (POST /rest/api/3/search/jql) is eventually consistent: an issue created a
+  moment ago may not be found for seconds (Atlassian: "the majority within seconds"). The
+  dispatcher keeps the issue key and calls `find` only after an open whose outcome is unknown;
+  `find` then keeps asking for `search_lag` before it answers "none". An issue that takes
+  longer than that to reach the index can still be opened twice: the risk is narrowed, not
+  closed. (`reconcileIssues` makes search consistent only for issue ids one already knows.)
+  The key is carried as the label `probe-key-<hash of the key>`, exact where JQL's `~` is not.
+- Comments (POST /issue/{key}/comment) on a Service Management project are public: with
+  `service_desk` notes go through POST /rest/servicedeskapi/request/{key}/comment
+  {"body", "public": false}, an internal comment the customer does not see.
+- Statuses belong to one of the categories new, indeterminate and done. Resolving or reopening
+  is a transition (GET then POST /issue/{key}/transitions) whose target is in the wanted
+  category; which transitions exist depends on the workflow and on the current status. A
+  transition screen may ask for a resolution (`?expand=transitions.fields`).
+- A GET of an issue that does not exist, or that the caller may not see, is 404; so may be a
+  request whose credentials Jira silently treated as anonymous, so a 404 is trusted only after
+  GET /myself says the credentials work.
+- A 429 comes with Retry-After (seconds) and X-RateLimit-Reset (an ISO time).
+
+status(): category done is "closed"; an assignee or category indeterminate is "acknowledged";
+category new without assignee is "open"; 404 is "gone". probe's own `reopen` prefers a
+transition to category new, so a reopened issue escalates again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import textwrap
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import quote
 
-from probe.secrets import EnvRef
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase
+import aiohttp
+from pydantic import AfterValidator, model_validator
+
+from checks.base import Duration
+from probe.secrets import EnvRef, SecretError
+from probe.tickets import base
+from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.tickets.http import Http, Response
+
+KEY_LABEL = "probe-key-"
+SUMMARY_CHARS = 255
+TEXT_CHARS = 32_000  # Jira's text fields hold 32,767 characters
+RESOLVE_NAMES = ("done", "resolve", "resolved", "resolve issue", "close", "closed", "close issue")
+# our settings, by the Jira field a 400 complains about
+SETTINGS = {"project": "project", "issuetype": "issue_type", "priority": "priorities",
+            "labels": "labels", "resolution": "resolution"}
+
+
+def _label(value: str) -> str:
+    if not value or len(value) > 255 or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a Jira label: 1 to 255 characters, no spaces")
+    return value
+
+
+Label = Annotated[str, AfterValidator(_label)]
 
 
 class Route(RouteBase):
     backend: Literal["jira"]
     url: BaseUrl
-    email: str
-    token: EnvRef | None = None
+    deployment: Literal["cloud", "data-center"] = "cloud"
+    email: str | None = None  # Cloud: the account the API token belongs to
+    token: EnvRef | None = None  # Cloud: an API token; Data Center: a personal access token
     token_file: Path | None = None
     project: str
     issue_type: str = "Task"
     service_desk: bool = False  # JSM: notes as internal comments
-    labels: list[str] = ["probe"]
+    labels: list[Label] = ["probe"]
     priorities: PriorityMap[str] = {
         "urgent": "Highest",
         "high": "High",
         "normal": "Medium",
         "low": "Low",
     }
+    resolve_transition: str | None = None  # a transition (or target status) name; else "done"
+    reopen_transition: str | None = None  # else a transition to category new (or in progress)
+    resolution: str = "Done"  # set when the resolving transition's screen asks for one
+    search_lag: Duration = 10.0  # how long find() waits for Jira's search to catch up
 
     secrets: ClassVar[dict[str, bool]] = {"token": True}
+
+    @model_validator(mode="after")
+    def _cloud_needs_email(self) -> Route:
+        if self.deployment == "cloud" and not self.email:
+            raise ValueError("Jira Cloud needs email: the account the API token belongs to")
+        return self
+
+
+class Backend(base.Backend[Route]):
+    kind: ClassVar[str] = "jira"
+
+    def __init__(self, name: str, route: Route) -> None:
+        super().__init__(name, route)
+        self._cloud = route.deployment == "cloud"
+        self._api = "/rest/api/3" if self._cloud else "/rest/api/2"
+        self._http = Http(route, route.url, headers={"Accept": "application/json"})
+
+    async def find(self, key: str) -> str | None:
+        label = key_label(key)
+        body = {
+            "jql": f'labels = "{label}" ORDER BY created DESC',
+            "maxResults": 10,
+            "fields": ["labels"],
+        }
+        path = f"{self._api}/search/jql" if self._cloud else f"{self._api}/search"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.route.search_lag
+        pause = 0.25
+        while True:
+            found = (await self._request("POST", path, json_body=body)).json_object()
+            for issue in found.get("issues") or []:
+                labels = (issue.get("fields") or {}).get("labels") or []
+                if issue.get("key") and label in labels:
+                    return str(issue["key"])
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            # Not there yet may only mean not indexed yet.
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, 2.0)
+
+    async def open(self, ticket: base.Ticket) -> str:
+        route = self.route
+        labels = list(dict.fromkeys([*route.labels, key_label(ticket.key),
+                                     readable_label(ticket.key)]))
+        fields = {
+            "project": {"key": route.project},
+            "issuetype": {"name": route.issue_type},
+            "summary": summary(ticket.title),
+            "priority": {"name": route.priorities[ticket.priority]},
+            "labels": labels,
+            "description": self._text(ticket.body[:TEXT_CHARS]),
+        }
+        response = await self._request("POST", f"{self._api}/issue", json_body={"fields": fields})
+        ref = response.json_object().get("key")
+        if not ref:
+            raise TicketError(f"{response.what}: HTTP {response.status} without an issue key")
+        return str(ref)
+
+    async def note(self, ref: str, text: str) -> None:
+        if self.route.service_desk:
+            body: dict[str, Any] = {"body": text, "public": False}
+            await self._request("POST", f"/rest/servicedeskapi/request/{_path(ref)}/comment",
+                                json_body=body)
+        else:
+            body = {"body": self._text(text)}
+            await self._request("POST", f"{self._api}/issue/{_path(ref)}/comment",
+                                json_body=body)
+
+    async def resolve(self, ref: str, text: str) -> None:
+        issue = await self._issue(ref)
+        if issue is None:
+            return  # nothing left to resolve
+        await self.note(ref, text)
+        if _category(issue) != "done":
+            await self._transition(ref, issue, "resolve")
+
+    async def reopen(self, ref: str, text: str) -> None:
+        issue = await self._issue(ref)
+        if issue is None:
+            raise TicketError(f"Jira issue {ref} no longer exists", permanent=True)
+        await self.note(ref, text)
+        if _category(issue) == "done":  # else someone reopened it already
+            await self._transition(ref, issue, "reopen")
+
+    async def status(self, ref: str) -> TicketState:
+        issue = await self._issue(ref)
+        if issue is None:
+            return "gone"
+        category = _category(issue)
+        if category == "done":
+            return "closed"
+        if (issue.get("fields") or {}).get("assignee") or category == "indeterminate":
+            return "acknowledged"
+        return "open"
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (),
+                       **kwargs: Any) -> Response:
+        try:
+            token = self.route.reveal("token")
+        except SecretError as err:
+            raise TicketError(f"jira token: {err}", permanent=True) from None
+        if self._cloud:
+            auth = aiohttp.BasicAuth(self.route.email or "", token).encode()
+        else:
+            auth = f"Bearer {token}"
+        response = await self._http.request(method, path, headers={"Authorization": auth},
+                                             ok=(400, *ok), **kwargs)
+        if response.status == 400:
+            raise TicketError(f"{response.what}: Jira refused it: {refusal(response)}",
+                              permanent=True)
+        return response
+
+    def _text(self, text: str) -> Any:
+        if self._cloud:
+            return adf(text)
+        return "{noformat}\n" + text.replace("{noformat}", "{ noformat}") + "\n{noformat}"
+
+    async def _issue(self, ref: str) -> dict[str, Any] | None:
+        response = await self._request("GET", f"{self._api}/issue/{_path(ref)}",
+                                       params={"fields": "status,assignee"}, ok=(404,))
+        if response.status != 404:
+            return response.json_object()
+        # Jira answers 404 to credentials it took for anonymous too: they must work.
+        await self._request("GET", f"{self._api}/myself")
+        return None
+
+    async def _transition(self, ref: str, issue: dict[str, Any], purpose: str) -> None:
+        path = f"{self._api}/issue/{_path(ref)}/transitions"
+        response = await self._request("GET", path, params={"expand": "transitions.fields"})
+        offered = [t for t in response.json_object().get("transitions") or []
+                   if isinstance(t, dict) and t.get("id")]
+        status = ((issue.get("fields") or {}).get("status") or {}).get("name", "?")
+        chosen = self._choose(offered, purpose, ref, status)
+        body: dict[str, Any] = {"transition": {"id": str(chosen["id"])}}
+        if purpose == "resolve":
+            resolution = self._resolution(chosen)
+            if resolution:
+                body["fields"] = {"resolution": {"name": resolution}}
+        await self._request("POST", path, json_body=body)
+
+    def _choose(self, offered: list[dict[str, Any]], purpose: str, ref: str,
+                status: str) -> dict[str, Any]:
+        setting = f"{purpose}_transition"
+        wanted: str | None = getattr(self.route, setting)
+        listing = ", ".join(f"{t.get('name')} (to {_target(t)[0]}, {_target(t)[1]})"
+                            for t in offered) or "none"
+        where = f"Jira issue {ref} in status {status!r} offers"
+        if wanted:
+            for t in offered:
+                if wanted.casefold() in (str(t.get("name")).casefold(),
+                                         str(_target(t)[0]).casefold()):
+                    return t
+            raise TicketError(f"{where} no transition named {wanted!r} (the route's {setting}); "
+                              f"it offers: {listing}", permanent=True)
+        if purpose == "resolve":
+            done = [t for t in offered if _target(t)[1] == "done"]
+            named = [t for t in done if str(t.get("name")).casefold() in RESOLVE_NAMES
+                     or str(_target(t)[0]).casefold() in RESOLVE_NAMES]
+            if len(done) == 1 or named:
+                return (named or done)[0]
+            problem = ("several transitions to a done status and none plainly resolves it"
+                       if done else "no transition to a done status")
+            raise TicketError(f"{where} {problem}; it offers: {listing}. Set the route's "
+                              f"{setting} to the one that resolves it", permanent=True)
+        for category in ("new", "indeterminate"):
+            for t in offered:
+                if _target(t)[1] == category:
+                    return t
+        raise TicketError(f"{where} no transition back to an open status; it offers: "
+                          f"{listing}. Set the route's {setting}, or on_human_close: new",
+                          permanent=True)
+
+    def _resolution(self, transition: dict[str, Any]) -> str | None:
+        field = (transition.get("fields") or {}).get("resolution")
+        if not isinstance(field, dict):
+            return None
+        allowed = [str(v.get("name")) for v in field.get("allowedValues") or []
+                   if isinstance(v, dict)]
+        wanted = self.route.resolution
+        if wanted in allowed:
+            return wanted
+        if field.get("required"):
+            raise TicketError(
+                f"the transition {transition.get('name')!r} needs a resolution and Jira has "
+                f"none named {wanted!r} (the route's resolution); it has: "
+                f"{', '.join(allowed) or 'none'}", permanent=True)
+        return None
+
+
+def key_label(key: str) -> str:
+    """The label `find` looks for: exact, and free of what labels may not hold."""
+    return KEY_LABEL + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def readable_label(key: str) -> str:
+    """The key as a person would search for it (not unique: `find` uses key_label)."""
+    return ("probe-" + re.sub(r"[^A-Za-z0-9_.+-]+", "-", key).strip("-"))[:255]
+
+
+def summary(title: str) -> str:
+    line = " ".join(title.split()) or "probe"
+    return line if len(line) <= SUMMARY_CHARS else line[: SUMMARY_CHARS - 1] + "…"
+
+
+def adf(text: str) -> dict[str, Any]:
+    """Plain text as an Atlassian Document: a paragraph per block of lines, and the indented
+    lines (the checks, the timeline) in code blocks, which keep their alignment."""
+    content: list[dict[str, Any]] = []
+    for block in re.split(r"\n[ \t]*\n", text.strip("\n")):
+        lines = block.rstrip().split("\n")
+        indented = [line[:1] in (" ", "\t") for line in lines]
+        if not indented[0] and len(lines) > 1 and all(indented[1:]):
+            content.append(_paragraph(lines[:1]))
+            content.append(_code(textwrap.dedent("\n".join(lines[1:]))))
+        elif all(indented):
+            content.append(_code(textwrap.dedent(block)))
+        elif any(lines):
+            content.append(_paragraph(lines))
+    return {"type": "doc", "version": 1, "content": content or [_paragraph([])]}
+
+
+def _paragraph(lines: list[str]) -> dict[str, Any]:
+    nodes: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if i:
+            nodes.append({"type": "hardBreak"})
+        if line:
+            nodes.append({"type": "text", "text": line})
+    return {"type": "paragraph", "content": nodes}
+
+
+def _code(text: str) -> dict[str, Any]:
+    return {"type": "codeBlock", "content": [{"type": "text", "text": text}]}
+
+
+def refusal(response: Response) -> str:
+    """Jira's reasons from a 400, each field's naming the route setting behind it."""
+    try:
+        data = response.json_object()
+    except TicketError:
+        return response.text[:300] or "no reason given"
+    reasons = [str(m) for m in data.get("errorMessages") or []]
+    for field, message in (data.get("errors") or {}).items():
+        if field in SETTINGS:
+            hint = f" (the route's {SETTINGS[field]})"
+        elif field in ("summary", "description"):
+            hint = ""
+        else:
+            hint = " (probe does not set this field: make it optional or give it a default)"
+        reasons.append(f"{field}: {message}{hint}")
+    return "; ".join(reasons) or "no reason given"
+
+
+def _category(issue: dict[str, Any]) -> str | None:
+    status = (issue.get("fields") or {}).get("status") or {}
+    category = (status.get("statusCategory") or {}).get("key")
+    return str(category) if category else None
+
+
+def _target(transition: dict[str, Any]) -> tuple[str, str | None]:
+    to = transition.get("to") or {}
+    category = (to.get("statusCategory") or {}).get("key")
+    return str(to.get("name", "?")), str(category) if category else None
+
+
+def _path(ref: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_]+-\d+|\d+", ref):
+        raise TicketError(f"{ref!r} is not a Jira issue key", permanent=True)
+    return quote(ref, safe="")

@@ -114,6 +114,7 @@ class Dispatcher:
         self._paused: dict[str, float] = {}  # route -> not before (a 429's Retry-After)
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._precounted: dict[int, bool] = {}
 
     # --- set-up --------------------------------------------------------------------------------
 
@@ -213,6 +214,7 @@ class Dispatcher:
                     log.exception("ticket delivery crashed %s", fields(key=row.incident_key))
                     await self._failed(row, TicketError(f"internal error: {err!r}"))
                 else:
+                    self._precounted.pop(row.id, None)
                     self.metrics.latency.labels(row.route, row.action).observe(
                         max(0.0, time.time() - row.created_at))
         finally:
@@ -220,6 +222,8 @@ class Dispatcher:
             self.wake()
 
     async def _failed(self, row: Row, err: TicketError) -> None:
+        # An attempt that may create a ticket was counted before its call (see _count).
+        counted = 0 if self._precounted.pop(row.id, False) else 1
         kind = "permanent" if err.permanent else "transient"
         self.metrics.failures.labels(row.route, row.action, kind).inc()
         now = time.time()
@@ -227,8 +231,8 @@ class Dispatcher:
             log.error("ticket action failed for good %s", fields(
                 route=row.route, action=row.action, key=row.incident_key, error=err.message))
             await self._write(
-                "UPDATE outbox SET status = 'failed', last_error = ?, attempts = attempts + 1"
-                " WHERE id = ?", (err.message, row.id))
+                "UPDATE outbox SET status = 'failed', last_error = ?, attempts = attempts + ?"
+                " WHERE id = ?", (err.message, counted, row.id))
             return
         backoff = min(MAX_BACKOFF, 2.0 ** min(row.attempts, 16)) * random.uniform(0.5, 1.0)
         if err.retry_after is not None:
@@ -239,8 +243,14 @@ class Dispatcher:
             route=row.route, action=row.action, key=row.incident_key, error=err.message,
             retry_in=f"{backoff:.1f}s"))
         await self._write(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-            " WHERE id = ?", (now + backoff, err.message, row.id))
+            "UPDATE outbox SET attempts = attempts + ?, next_attempt_at = ?, last_error = ?"
+            " WHERE id = ?", (counted, now + backoff, err.message, row.id))
+
+    async def _count(self, row: Row) -> None:
+        """Count an attempt before a call that may create a ticket: should probe die during
+        the call, or the call time out, the next attempt asks find() first."""
+        await self._write("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (row.id,))
+        self._precounted[row.id] = True
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         def work(db: sqlite3.Connection) -> None:
@@ -303,8 +313,7 @@ class Dispatcher:
                 follows=follows,
             )
             # Counted before the call: after a crash or a timeout, find() decides.
-            await self._write("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?",
-                              (row.id,))
+            await self._count(row)
             ref = await backend.open(ticket)
         policy_json = json.dumps(row.facts.get("ticket") or {})
 
@@ -377,8 +386,7 @@ class Dispatcher:
             context = self.context(row.facts["group"])
             ticket = render.ticket(row.facts, escalation_key, policy.get("priority", "urgent"),
                                    recent=context.recent)
-            await self._write("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?",
-                              (row.id,))
+            await self._count(row)
             await target.open(ticket)
         await self.backend(row.route).note(
             row.facts["ref"], render.escalated(target_route, row.facts["after"]))
