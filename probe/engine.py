@@ -20,7 +20,7 @@ import fnmatch
 import itertools
 import zoneinfo
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from checks.base import State, format_duration
@@ -144,12 +144,23 @@ class Engine:
         check, st = self.config.get(name), self.checks.get(name)
         if check is None or st is None:
             return []  # a result of a check removed by a reload while it ran
-        self.dirty_checks.add(name)
+        quiet = st.last_state == "up" and st.healthy
         st.last_state, st.last_result_at = state, now
         if state == "unknown":
+            self.dirty_checks.add(name)
             return self._evaluate_children(name, now)
         ok = state == "up"
-        st.history = [*st.history, ok][-check.flapping.window :]
+        history = st.history
+        history.append(ok)
+        dropped = history.pop(0) if len(history) > check.flapping.window else None
+        if quiet and ok and dropped is True and not self.groups[check.group].incident:
+            # The common case, a healthy check still healthy: nothing to decide, and nothing
+            # worth a write (the streak of successes is kept in memory only).
+            st.successes += 1
+            if any(not self.checks[c].healthy for c in self.children.get(name, ())):
+                return self._evaluate_children(name, now)
+            return []
+        self.dirty_checks.add(name)
         if ok:
             st.successes, st.failures = st.successes + 1, 0
             if st.bad and st.successes >= check.success_threshold:
@@ -381,17 +392,24 @@ class Engine:
 
     def take_dirty(self) -> tuple[Changes, Changes]:
         """The states changed since the last call, as JSON-able dicts (None: deleted)."""
-        checks = {n: _dump(self.checks.get(n)) for n in self.dirty_checks}
-        groups = {g: _dump(self.groups.get(g)) for g in self.dirty_groups}
+        checks = {n: _dump_check(self.checks.get(n)) for n in self.dirty_checks}
+        groups = {g: None if g not in self.groups else asdict(self.groups[g])
+                  for g in self.dirty_groups}
         self.dirty_checks, self.dirty_groups = set(), set()
         return checks, groups
 
 
 Changes = dict[str, dict[str, Any] | None]
+_CHECK_FIELDS = tuple(f.name for f in fields(CheckState))
 
 
-def _dump(state: CheckState | GroupState | None) -> dict[str, Any] | None:
-    return None if state is None else asdict(state)
+def _dump_check(state: CheckState | None) -> dict[str, Any] | None:
+    # dataclasses.asdict deep-copies through reflection: too slow for every result.
+    if state is None:
+        return None
+    data = {name: getattr(state, name) for name in _CHECK_FIELDS}
+    data["history"] = list(state.history)
+    return data
 
 
 def restore_check(data: dict[str, Any]) -> CheckState:

@@ -14,6 +14,10 @@ from collections.abc import Awaitable, Callable
 
 from probe.config import Check
 
+# A check due within the slack starts now, with the others due around then: one wake-up for
+# several checks, instead of one each (and uvloop's timers may fire a millisecond early).
+TIMER_SLACK = 0.01
+
 RunCheck = Callable[[Check, float], Awaitable[bool]]  # (check, lag) -> whether it failed
 
 
@@ -42,6 +46,7 @@ class Scheduler:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._failing: set[str] = set()
         self._wake = asyncio.Event()
+        self._sleeping_until = float("inf")  # when serve() wakes up by itself
         self._stopped = False
 
     @property
@@ -68,6 +73,8 @@ class Scheduler:
         self._pushed += 1
         self._generation[name] = self._pushed
         heapq.heappush(self._heap, (due, self._pushed, name))
+        if due < self._sleeping_until:
+            self._wake.set()  # sooner than serve() meant to look again
 
     def run_soon(self, name: str) -> None:
         """Run a check now rather than at its turn (a parent asked for by the engine)."""
@@ -85,14 +92,14 @@ class Scheduler:
             if self._generation.get(name) != generation:
                 heapq.heappop(self._heap)
                 continue
-            delay = due - self._loop.time()
-            if delay > 0:
+            if due > self._loop.time() + TIMER_SLACK:
+                # One timer for the next due check; _push wakes us if an earlier one comes.
                 self._wake.clear()
-                try:
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+                self._sleeping_until = due
+                timer = self._loop.call_at(due, self._wake.set)
+                await self._wake.wait()
+                timer.cancel()
+                self._sleeping_until = float("inf")
                 continue
             heapq.heappop(self._heap)
             check = self._checks[name]
@@ -112,7 +119,7 @@ class Scheduler:
 
     async def _one(self, check: Check, due: float) -> None:
         try:
-            failed = await self._run(check, self._loop.time() - due)
+            failed = await self._run(check, max(0.0, self._loop.time() - due))
         finally:
             self._slots.release()
             self._running.pop(check.name, None)
@@ -126,7 +133,6 @@ class Scheduler:
         now = self._loop.time()
         # Keep the cadence (due + step), unless the run took us past it.
         self._push(check.name, max(due + self._step(current), now))
-        self._wake.set()
 
     async def stop(self) -> None:
         """Start nothing more, and cancel the runs in flight: their results were not decided."""
