@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -116,7 +115,8 @@ class FakeFreshdesk:
         query = request.query.get("query", "")
         match = re.fullmatch(r"\"tag:'([^']*)'\"", query)
         if len(query) > 512 or not match:
-            return _invalid([("query", f"Invalid query or not supported: {query}", "invalid_value")])
+            return _invalid([("query", f"Invalid query or not supported: {query}",
+                              "invalid_value")])
         tag = match.group(1)
         found = [t for i, t in sorted(self.tickets.items())
                  if i in self.indexed and tag in t["tags"]]

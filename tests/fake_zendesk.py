@@ -26,7 +26,8 @@ TOKEN = "zd-api-token-6wH2"
 ME = 90001  # the token's user, an agent
 PRIORITIES = ("urgent", "high", "normal", "low")
 TYPES = ("problem", "incident", "question", "task")
-UPDATE_LIMITED = "Rate limit for ticket updates exceeded, please wait before updating this ticket again"
+UPDATE_LIMITED = ("Rate limit for ticket updates exceeded, please wait before updating this "
+                  "ticket again")
 
 
 @dataclass

@@ -7,17 +7,21 @@ Freshdesk facts it relies on (from Freshdesk's API v2 reference):
   which Freshdesk makes a contact of if it has none, or `requester_id`), group_id,
   responder_id, tags and custom_fields {"cf_...": value}, and answers 201 with the ticket.
   The text is HTML-escaped inside <pre>, so that evidence keeps its lines and columns.
-- POST /tickets/{id}/notes {"body", "private": true} is an internal note; PUT /tickets/{id}
-  {"status": 4} resolves, {"status": 2} reopens. A resolved or closed ticket can be reopened.
+- POST /tickets/{id}/notes {"body", "private": true} is an internal note and changes no status;
+  PUT /tickets/{id} {"status": 4} resolves, {"status": 2} reopens (a resolved or closed ticket
+  can be). A note cannot ride along with the status change, so `resolve` is two calls.
+  Freshdesk has no follow-up link for a new ticket: the body names the one it follows.
 - Finding a ticket by key: the search API (GET /search/tickets?query="...") is built on an
   index that lags "a few minutes" behind, returns 30 results a page and 10 pages at most, and
   does not say how a quote inside a value is escaped. So every ticket also carries a tag made
   from a hash of the key (letters, digits and dashes; Freshdesk's 32-character tag limit), and
   find() first reads the requester's newest tickets from the list endpoint (the database: a
   ticket created a second ago is there, but only tickets of the last 30 days are), and only
-  then searches by that tag, for older tickets. `key_field`, when set, holds the key itself,
-  for humans and as the exact check on what the list returns; the search uses the tag either
-  way, as the docs do not pin down how a custom text field is named in a query.
+  then searches by that tag, for older tickets (listed tickets carry custom_fields and tags as
+  a ticket does; the first search page is read, which is plenty for one key). `key_field`,
+  when set, holds the key itself, for humans and as the exact check on what comes back; the
+  search uses the tag either way, as the docs do not pin down how a custom text field is
+  named in a query.
 - Errors are {"description": "Validation failed", "errors": [{"field", "message", "code"}]};
   the errors say why, so they go into the message. 429 comes with Retry-After.
 
@@ -29,13 +33,13 @@ resolved or closed is "closed"; deleted, spam or unknown is "gone".
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import aiohttp
 from pydantic import model_validator
 
 from probe.secrets import EnvRef, SecretError
@@ -126,13 +130,15 @@ class Backend(base.Backend[Route]):
         ticket = await self._ticket(ref)
         if ticket is None or _binned(ticket):
             return  # nothing left to resolve
-        await self.note(ref, text)
+        # The status first: a retry after a failed note then adds the note alone, not twice
+        # (a private note leaves a resolved ticket resolved).
         if ticket.get("status") not in (RESOLVED, CLOSED):
             await self._set_status(ref, RESOLVED)
+        await self.note(ref, text)
 
     async def reopen(self, ref: str, text: str) -> None:
+        await self._set_status(ref, OPEN)  # first, as in resolve
         await self.note(ref, text)
-        await self._set_status(ref, OPEN)
 
     async def status(self, ref: str) -> TicketState:
         ticket = await self._ticket(ref)
@@ -168,7 +174,7 @@ class Backend(base.Backend[Route]):
             api_key = self.route.reveal("api_key")
         except SecretError as err:
             raise TicketError(f"freshdesk api_key: {err}", permanent=True) from None
-        auth = aiohttp.BasicAuth(api_key, "X").encode()
+        auth = _basic_auth(api_key, "X")
         response = await self._http.request(
             method, path, headers={"Authorization": auth}, ok=ok + REFUSED, **kwargs)
         if response.status in REFUSED and response.status not in ok:
@@ -221,3 +227,8 @@ def _refused(response: Response) -> TicketError:
     reason = ": ".join(words) or helpdesk_message(response.text)
     message = f"{response.what}: HTTP {response.status}" + (f": {reason}" if reason else "")
     return TicketError(message, permanent=True)
+
+
+def _basic_auth(user: str, password: str) -> str:
+    # an Authorization value per request: the secret is read when it is used, never kept
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

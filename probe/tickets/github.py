@@ -154,10 +154,12 @@ class Backend(base.Backend[Route]):
         issue = await self._get(ref)
         if issue is None:
             return  # nothing left to resolve
-        await self.note(ref, text)
+        # Closed first: a retry after a failed comment then finds it closed and only comments,
+        # so no closing note is posted twice.
         if issue.get("state") != "closed":
             change = {"state": "closed", "state_reason": "completed"}
             await self._request("PATCH", self._issue(ref), json_body=change)
+        await self.note(ref, text)
 
     async def reopen(self, ref: str, text: str) -> None:
         await self.note(ref, text)

@@ -101,10 +101,10 @@ class Http:
             ) as response:
                 text = await response.text(errors="replace")
                 result = Response(response.status, response.headers, text, what)
+        except TimeoutError:  # first: a TimeoutError is an OSError too
+            raise TicketError(f"{what}: no answer within {self._route.timeout:g}s") from None
         except (aiohttp.ClientError, OSError) as err:
             raise TicketError(f"{what}: {_describe(err)}") from err
-        except TimeoutError:
-            raise TicketError(f"{what}: no answer within {self._route.timeout:g}s") from None
         if 200 <= result.status < 300 or result.status in ok:
             return result
         raise _error(result)

@@ -36,6 +36,7 @@ transition to category new, so a reopened issue escalates again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import re
 import textwrap
@@ -43,7 +44,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import quote
 
-import aiohttp
 from pydantic import AfterValidator, model_validator
 
 from checks.base import Duration
@@ -200,10 +200,7 @@ class Backend(base.Backend[Route]):
             token = self.route.reveal("token")
         except SecretError as err:
             raise TicketError(f"jira token: {err}", permanent=True) from None
-        if self._cloud:
-            auth = aiohttp.BasicAuth(self.route.email or "", token).encode()
-        else:
-            auth = f"Bearer {token}"
+        auth = basic_auth(self.route.email or "", token) if self._cloud else f"Bearer {token}"
         response = await self._http.request(method, path, headers={"Authorization": auth},
                                              ok=(400, *ok), **kwargs)
         if response.status == 400:
@@ -368,3 +365,8 @@ def _path(ref: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_]+-\d+|\d+", ref):
         raise TicketError(f"{ref!r} is not a Jira issue key", permanent=True)
     return quote(ref, safe="")
+
+
+def basic_auth(user: str, secret: str) -> str:
+    """An Authorization header for HTTP Basic (RFC 7617, UTF-8)."""
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()

@@ -27,12 +27,11 @@ without assigned_to is "open"; 404 is "gone".
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-
-import aiohttp
 
 from probe.secrets import EnvRef, SecretError
 from probe.tickets import base
@@ -174,7 +173,7 @@ class Backend(base.Backend[Route]):
             password = self.route.reveal("password")
         except SecretError as err:
             raise TicketError(f"servicenow password: {err}", permanent=True) from None
-        auth = aiohttp.BasicAuth(self.route.username, password).encode()
+        auth = basic_auth(self.route.username, password)
         # reference fields as plain sys_ids rather than {link, value}
         params = {**(params or {}), "sysparm_exclude_reference_link": "true"}
         return await self._http.request(method, path, params=params,
@@ -183,12 +182,12 @@ class Backend(base.Backend[Route]):
     async def _incident(self, ref: str) -> dict[str, Any] | None:
         response = await self._request("GET", f"{TABLE}/{_sys_id(ref)}",
                                        params={"sysparm_fields": FIELDS}, ok=(404,))
-        return None if response.status == 404 else _record(response)
+        return None if response.status == 404 else _incident_of(response)
 
     async def _update(self, ref: str, change: dict[str, str]) -> dict[str, Any]:
         response = await self._request("PATCH", f"{TABLE}/{_sys_id(ref)}", json_body=change,
                                        params={"sysparm_fields": FIELDS})
-        return _record(response)
+        return _incident_of(response)
 
     async def _reference(self, table: str, field: str, value: str, setting: str) -> str:
         """The sys_id of the record a route setting names."""
@@ -234,6 +233,12 @@ def _record(response: Response) -> dict[str, Any]:
     return result
 
 
+def _incident_of(response: Response) -> dict[str, Any]:
+    incident = _record(response)
+    incident["state"] = str(incident.get("state", ""))  # a choice value: "1", not 1
+    return incident
+
+
 def _sys_id(ref: str) -> str:
     if not SYS_ID.fullmatch(ref):
         raise TicketError(f"{ref!r} is not a ServiceNow sys_id", permanent=True)
@@ -251,3 +256,8 @@ def _state(incident: dict[str, Any]) -> str:
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def basic_auth(user: str, secret: str) -> str:
+    """An Authorization header for HTTP Basic (RFC 7617, UTF-8)."""
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()

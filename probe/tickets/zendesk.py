@@ -25,7 +25,8 @@ tickets", "Rate limits" and "native system ticket rules" pages):
   reopen then fails for good with a message that says to use on_human_close: new, and a new
   ticket is created as a follow-up of the closed one (`via_followup_source_id`).
 - Errors are {"error", "description", "details": {field: [{"description"}]}}; the details are
-  what says why, so they go into the message.
+  what says why, so they go into the message. 409 means another update of the ticket was
+  under way at the same moment (a human's, a trigger's): it is retried.
 
 status(): new is "open"; pending or on-hold is "acknowledged" (a human set it: probe never
 does); open is "acknowledged" when someone other than the route's own `assignee_id` is assigned
@@ -36,12 +37,11 @@ nothing, and a ticket probe reopens is "open" with no new owner); solved or clos
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-
-import aiohttp
 
 from probe.secrets import EnvRef, SecretError
 from probe.tickets import base
@@ -50,6 +50,7 @@ from probe.tickets.http import Http, Response, helpdesk_message
 
 CLOSED = ("solved", "closed")
 REFUSED = (400, 404, 409, 422)  # answered with Zendesk's own reasons, see _refused
+CONFLICT = 409  # two updates of one ticket at once: Zendesk asks for a retry
 
 
 class Route(RouteBase):
@@ -167,13 +168,13 @@ class Backend(base.Backend[Route]):
             token = self.route.reveal("token")
         except SecretError as err:
             raise TicketError(f"zendesk token: {err}", permanent=True) from None
-        auth = aiohttp.BasicAuth(f"{self.route.email}/token", token).encode()
+        auth = _basic_auth(f"{self.route.email}/token", token)
         response = await self._http.request(
             method, path, headers={"Authorization": auth, **(headers or {})},
             ok=ok + REFUSED, **kwargs,
         )
         if response.status in REFUSED and response.status not in ok:
-            raise _refused(response)
+            raise _refused(response, permanent=response.status != CONFLICT)
         return response
 
     async def _ticket(self, ref: str) -> dict[str, Any] | None:
@@ -205,8 +206,8 @@ def ticket_path(ref: str) -> str:
     return f"/tickets/{ref}.json"
 
 
-def _refused(response: Response) -> TicketError:
-    """A permanent error with Zendesk's reasons: its `error` alone ("RecordInvalid") says
+def _refused(response: Response, *, permanent: bool) -> TicketError:
+    """An error with Zendesk's reasons: its `error` alone ("RecordInvalid") says
     little, the description and the per-field details say why."""
     try:
         data = json.loads(response.text)
@@ -227,4 +228,9 @@ def _refused(response: Response) -> TicketError:
                         words.append(str(said))
     reason = ": ".join(words) or helpdesk_message(response.text)
     message = f"{response.what}: HTTP {response.status}" + (f": {reason}" if reason else "")
-    return TicketError(message, permanent=True)
+    return TicketError(message, permanent=permanent)
+
+
+def _basic_auth(user: str, password: str) -> str:
+    # an Authorization value per request: the secret is read when it is used, never kept
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -1,0 +1,133 @@
+"""`python -m bench`: start the targets on loopback, run the scenarios, print the tables and
+write the figures as JSON. `--smoke` runs every scenario briefly, for CI."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import report, rt, scenarios, targets
+from bench.proc import Processes, Unavailable
+
+HERE = Path(__file__).resolve().parent
+SCENARIOS = ("kinds", "scale", "tickets")
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true",
+                        help="every scenario briefly, one repetition (~2 minutes); for CI")
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json",
+                        help="where the JSON goes (default bench/results/latest.json)")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help=f"scenarios to run, comma-separated ({','.join(SCENARIOS)})")
+    parser.add_argument("--kinds", default=",".join(scenarios.KINDS),
+                        help="check kinds of the kinds scenario")
+    parser.add_argument("--reps", type=int, help="repetitions of the kinds scenario (3)")
+    parser.add_argument("--checks", type=int,
+                        help="checks per kind and repetition in the kinds scenario (3000)")
+    parser.add_argument("--sizes", help="numbers of checks of the scale scenario "
+                        "(100,1000,10000)")
+    parser.add_argument("--duration", type=float,
+                        help="measured seconds of each scale run (180)")
+    parser.add_argument("--incidents", type=int, help="incidents per helpdesk (100)")
+    parser.add_argument("--no-rt", action="store_true", help="leave Request Tracker out")
+    parser.add_argument("--cpu", type=int, default=1 if (os.cpu_count() or 1) > 1 else 0,
+                        help="the core the daemon is pinned to in the scale scenario (1)")
+    args = parser.parse_args(argv)
+    full = not args.smoke
+    args.reps = args.reps or (3 if full else 1)
+    args.checks = args.checks or (3000 if full else 300)
+    args.sizes = [int(s) for s in (args.sizes or ("100,1000,10000" if full else "300")).split(",")]
+    args.duration = args.duration or (180.0 if full else 20.0)
+    args.incidents = args.incidents or (100 if full else 10)
+    args.only = [s for s in args.only.split(",") if s]
+    unknown = set(args.only) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(sorted(unknown))}")
+    return args
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # the same clean-up as Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    results: dict[str, Any] = {
+        "mode": "smoke" if args.smoke else "full",
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": report.machine(), "skipped": [], "errors": [],
+    }
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    def attempt(name: str, work: Any) -> None:
+        say(f"{name}...")
+        started = time.monotonic()
+        try:
+            work()
+        except Unavailable as why:
+            results["skipped"].append(f"{name}: {why}")
+            say(f"skipped {name}: {why}")
+        except Exception as err:
+            results["errors"].append(f"{name}: {err}")
+            traceback.print_exc()
+        say(f"{name}: {time.monotonic() - started:.0f}s")
+
+    with Processes() as processes, tempfile.TemporaryDirectory(prefix="probe-bench-") as tmp:
+        directory = Path(tmp)
+        try:
+            where = targets.start(processes, directory / "targets")
+        except Unavailable as why:
+            say(f"skipped every scenario: {why}")
+            return 0
+        bench = scenarios.Bench(processes, directory, where, say)
+        if "kinds" in args.only:
+            attempt("kinds", lambda: results.update(kinds=scenarios.kinds(
+                bench, count=args.checks, checks=100 if args.smoke else 200, reps=args.reps,
+                which=args.kinds.split(","))))
+        if "scale" in args.only:
+            attempt("scale", lambda: results.update(scale=scenarios.scale(
+                bench, sizes=args.sizes, duration=args.duration, cpu=args.cpu)))
+        if "tickets" in args.only:
+            results["tickets"] = []
+            rate = 2.0  # incidents per second: a busy outage, not a stampede
+
+            def local() -> None:
+                results["tickets"].append(scenarios.tickets(
+                    bench, backend="local", incidents=args.incidents, rate=rate))
+
+            def request_tracker() -> None:
+                peer = rt.start(processes)
+                results["rt_create"] = scenarios.rt_create(peer, args.incidents)
+                results["tickets"].append(scenarios.tickets(
+                    bench, backend="rt", incidents=args.incidents, rate=rate, rt_peer=peer))
+
+            attempt("tickets (local)", local)
+            if not args.no_rt:
+                attempt("tickets (Request Tracker)", request_tracker)
+    report.write(results, args.output)
+    say("")
+    say(report.tables(results))
+    say(f"\nfigures written to {args.output}")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: every process the benchmark started is stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,126 @@
+"""The figures as tables for a person, and as JSON for the record; the machine they came from,
+and the targets of issue 6 they are held against."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+RATIO_TARGET = {"http": 0.5, "tcp": 0.5, "dns": 0.5, "icmp": 0.5, "tls": 0.9, "https": 0.8}
+SCALE_TARGET = {"checks": 10_000, "lag_p99_ms": 50.0, "missed": 0, "rss_max_mb": 150.0}
+TICKET_MARGIN_MS = 100.0  # time to ticket in RT: below RT's own create latency + this
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    memory = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory = int(line.split()[1]) * 1024
+    return {
+        "nproc": os.cpu_count(), "cpu_model": model, "memory_gib": round(memory / 2**30, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+    }
+
+
+def verdict(ok: bool) -> str:
+    return "meets" if ok else "ABOVE"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _spread(s: dict[str, float], fmt: str = ".3f") -> str:
+    return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
+
+
+def _ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1f}"
+
+
+def tables(results: dict[str, Any]) -> str:
+    out = []
+    m = results["machine"]
+    out.append(f"machine: {m['nproc']} x {m['cpu_model']}, {m['memory_gib']} GiB, "
+               f"Linux {m['kernel']}, Python {m['python']}; mode {results['mode']}")
+    if results.get("kinds"):
+        rows = []
+        for r in results["kinds"]:
+            limit = RATIO_TARGET[r["kind"]]
+            rows.append([r["kind"], _spread(r["probe_cpu_ms"]), _spread(r["blackbox_cpu_ms"]),
+                         _spread(r["ratio"], ".2f"), f"≤ {limit}",
+                         verdict(r["ratio"]["median"] <= limit)])
+        first = results["kinds"][0]
+        out += ["", f"CPU per check, {first['probes']} checks at concurrency "
+                f"{first['concurrency']}, median (min-max) of {first['repetitions']}:",
+                _table(["kind", "probe CPU-ms/check", "blackbox CPU-ms/probe",
+                        "probe/blackbox", "target", ""], rows)]
+    if results.get("scale"):
+        rows = []
+        for r in results["scale"]:
+            ok: bool = (r["lag_within_50ms"] >= 0.99 and r["missed"] == 0 and r["skipped"] == 0
+                  and r["rss_max_mb"] <= SCALE_TARGET["rss_max_mb"])
+            rows.append([
+                str(r["checks"]), f"{r['window_s']:.0f}s",
+                f"{_ms(r['lag_p50_ms'])}/{_ms(r['lag_p99_ms'])}/≤{r['lag_max_bucket_ms']:g}",
+                f"{r['lag_within_50ms']:.2%}",
+                f"{_ms(r['db_lag_p50_ms'])}/{_ms(r['db_lag_p99_ms'])}/{_ms(r['db_lag_max_ms'])}",
+                f"{r['runs']}/{r['runs_expected']}", str(r["skipped"]), str(r["missed"]),
+                f"{r['cpu_share']:.1%}", f"{r['cpu_ms_per_check']:.2f}",
+                f"{r['rss_max_mb']:.0f}", f"{r['scrape_s']:.2f}", verdict(ok),
+            ])
+        out += ["", "Scale, 10 s interval, one core (lag in ms: p50/p99/max):",
+                _table(["checks", "window", "lag (histogram)", "≤ 50 ms", "lag (state DB)",
+                        "runs/expected", "skipped", "missed", "CPU", "CPU-ms/check",
+                        "RSS MB", "scrape s", ""], rows)]
+    if results.get("tickets"):
+        create = results.get("rt_create")
+        rows = []
+        for r in results["tickets"]:
+            target = ""
+            if r["backend"] == "rt" and create:
+                limit = create["p99_ms"] + TICKET_MARGIN_MS
+                target = f"p99 < {limit:.0f} {verdict(r['p99_ms'] < limit)}"
+            rows.append([r["backend"], f"{r['delivered']}/{r['incidents']}",
+                         f"{r['rate_per_s']:.1f}/s", _ms(r["p50_ms"]), _ms(r["p99_ms"]),
+                         _ms(r["max_ms"]), target])
+        if create:
+            rows.append([f"RT create ({create['creates']}, direct)", "", "",
+                         _ms(create["p50_ms"]), _ms(create["p99_ms"]), _ms(create["max_ms"]), ""])
+        out += ["", "Time to ticket (ms, from the deciding result to the helpdesk's answer):",
+                _table(["backend", "tickets", "incidents", "p50", "p99", "max", "target"],
+                       rows)]
+    for line in results.get("skipped", []):
+        out.append(f"skipped: {line}")
+    for line in results.get("errors", []):
+        out.append(f"error: {line}")
+    return "\n".join(out)
+
+
+def _plain(value: Any) -> Any:
+    """NaN (a figure that could not be had) as null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_plain(results), indent=2, default=str) + "\n")
