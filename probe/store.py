@@ -96,6 +96,11 @@ MIGRATIONS: list[str] = [
         text TEXT NOT NULL
     );
     """,
+    """
+    -- Set before a call that may create a ticket, cleared when the helpdesk answered that it
+    -- did not: while set, the next attempt asks find() first.
+    ALTER TABLE outbox ADD COLUMN unknown_outcome INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

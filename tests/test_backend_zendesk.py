@@ -476,3 +476,18 @@ async def test_a_ticket_a_human_closes_during_the_outage(
     else:
         await until("the open ticket to be solved", lambda: all(
             t["status"] in ("solved", "closed") for t in zendesk.tickets.values()))
+
+
+async def test_a_closed_ticket_that_cannot_be_reopened_gets_a_follow_up_instead(
+    zendesk: FakeZendesk, target: Target, run: Run, tmp_path: Path
+) -> None:
+    """on_human_close: reopen, but Zendesk refuses to reopen a closed ticket: probe opens a
+    follow-up once, instead of asking again at every poll."""
+    await run(config(zendesk, target, tmp_path, "reopen"))
+    target.down = True
+    (first,) = await until("the ticket", lambda: list(zendesk.tickets))
+    zendesk.human(first, status="closed", assignee_id=777)
+    second = await until("a follow-up", lambda: [t for t in zendesk.tickets if t != first])
+    assert zendesk.tickets[second[0]]["via"]["source"]["from"] == {"ticket_id": first}
+    await asyncio.sleep(1.5)  # several polls: no second follow-up, no more reopen attempts
+    assert len(zendesk.tickets) == 2

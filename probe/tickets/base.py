@@ -71,12 +71,20 @@ class TicketError(Exception):
     not before `retry_after` seconds when the helpdesk said so."""
 
     def __init__(
-        self, message: str, *, permanent: bool = False, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        retry_after: float | None = None,
+        refused: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.permanent = permanent
         self.retry_after = retry_after
+        # The helpdesk answered that it did not do it (a 4xx, a 503): nothing was created,
+        # so a retried open need not ask find() first.
+        self.refused = refused
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,14 +132,17 @@ def _error(response: Response) -> TicketError:
     if 300 <= status < 400:
         location = response.headers.get("Location", "?")
         return TicketError(f"{message} (redirected to {location}: check the route's url)",
-                           permanent=True)
+                           permanent=True, refused=True)
     # A 403 is a rate limit when the quota is spent or the server says when to retry (GitHub's
     # primary and secondary limits); any other 403 is a refusal.
     limited = response.headers.get("X-RateLimit-Remaining") == "0" or bool(
         response.headers.get("Retry-After"))
     if status in TRANSIENT or status >= 500 or (status == 403 and limited):
-        return TicketError(message, retry_after=wait)
-    return TicketError(message, permanent=True)
+        # A 503, a 429, a 408 or a rate-limit 403 says the work was not done; a 500, 502 or
+        # 504 may come after it was.
+        refused = status in TRANSIENT or status in (403, 503)
+        return TicketError(message, retry_after=wait, refused=refused)
+    return TicketError(message, permanent=True, refused=True)
 
 
 def helpdesk_message(text: str) -> str:

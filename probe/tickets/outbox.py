@@ -57,6 +57,7 @@ class Row:
     created_at: float
     facts: dict[str, Any]
     attempts: int
+    unknown_outcome: bool
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,8 @@ class Dispatcher:
     async def _failed(self, row: Row, err: TicketError) -> None:
         # An attempt that may create a ticket was counted before its call (see _count).
         counted = 0 if self._precounted.pop(row.id, False) else 1
+        if err.refused:
+            await self._write("UPDATE outbox SET unknown_outcome = 0 WHERE id = ?", (row.id,))
         kind = "permanent" if err.permanent else "transient"
         self.metrics.failures.labels(row.route, row.action, kind).inc()
         now = time.time()
@@ -249,7 +252,8 @@ class Dispatcher:
     async def _count(self, row: Row) -> None:
         """Count an attempt before a call that may create a ticket: should probe die during
         the call, or the call time out, the next attempt asks find() first."""
-        await self._write("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (row.id,))
+        await self._write("UPDATE outbox SET attempts = attempts + 1, unknown_outcome = 1"
+                          " WHERE id = ?", (row.id,))
         self._precounted[row.id] = True
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> None:
@@ -270,9 +274,7 @@ class Dispatcher:
                 row.facts)), new_state="resolved")
             await self._done(row)
         elif row.action == "reopen":
-            await self._each_open_ticket(row, lambda b, ref: b.reopen(ref, render.reopened(
-                row.facts)))
-            await self._done(row)
+            await self._reopen(row)
         elif row.action == "new-ticket":
             await self._open(row, ticket_key=row.facts["ticket_key"],
                              follows=row.facts["follows"])
@@ -280,6 +282,23 @@ class Dispatcher:
             await self._escalate(row)
         else:
             raise TicketError(f"unknown action {row.action!r}", permanent=True)
+
+    async def _reopen(self, row: Row) -> None:
+        tickets = await asyncio.to_thread(
+            self.store.query, "SELECT ticket_key, route, ref FROM tickets WHERE incident_key = ?"
+            " AND state = 'open'", (row.incident_key,))
+        for ticket_key, route, ref in tickets:
+            try:
+                await self.backend(route).reopen(ref, render.reopened(row.facts))
+            except TicketError as err:
+                if not err.permanent:
+                    raise
+                # Some helpdesks cannot reopen (a Zendesk ticket closed for good, a
+                # ServiceNow incident in Closed): a new ticket that refers to it instead.
+                log.warning("ticket cannot be reopened: opening a new one %s", fields(
+                    route=route, ref=ref, error=err.message))
+                await self._replace(ticket_key, row.incident_key, route, ref, row.facts)
+        await self._done(row)
 
     async def _open(self, row: Row, *, ticket_key: str, follows: str | None) -> None:
         existing = await asyncio.to_thread(self.store.query,
@@ -296,7 +315,7 @@ class Dispatcher:
             await self._done(row)
             return
         ref = None
-        if row.attempts > 0:
+        if row.unknown_outcome:
             ref = await backend.find(ticket_key)
             if ref is not None:
                 log.info("ticket found after an unknown outcome %s", fields(
@@ -380,7 +399,7 @@ class Dispatcher:
         ticket_key = row.facts["ticket_key"]
         target = self.backend(target_route)
         escalation_key = f"{ticket_key}/escalation"
-        ref = await target.find(escalation_key) if row.attempts > 0 else None
+        ref = await target.find(escalation_key) if row.unknown_outcome else None
         if ref is None:
             policy = row.facts.get("ticket") or {}
             context = self.context(row.facts["group"])
@@ -513,6 +532,12 @@ class Dispatcher:
         if choice == "reopen":
             await self._enqueue(incident_key, "reopen", route, facts)
             return
+        await self._replace(ticket_key, incident_key, route, ref, facts)
+
+    async def _replace(
+        self, ticket_key: str, incident_key: str, route: str, ref: str, facts: Mapping[str, Any]
+    ) -> None:
+        """Leave a ticket that is closed for good, and open one that refers to it."""
         count = await asyncio.to_thread(
             self.store.query, "SELECT COUNT(*) FROM tickets WHERE incident_key = ?",
             (incident_key,))
@@ -576,12 +601,12 @@ def _heads(db: sqlite3.Connection) -> _Heads:
 
 def _load(db: sqlite3.Connection, row_id: int) -> Row | None:
     found = db.execute(
-        "SELECT id, incident_key, action, route, created_at, payload, attempts FROM outbox"
-        " WHERE id = ? AND status = 'pending'", (row_id,)).fetchone()
+        "SELECT id, incident_key, action, route, created_at, payload, attempts, unknown_outcome"
+        " FROM outbox WHERE id = ? AND status = 'pending'", (row_id,)).fetchone()
     if found is None:
         return None
-    row_id, key, action, route, created, payload, attempts = found
-    return Row(row_id, key, action, route, created, json.loads(payload), attempts)
+    row_id, key, action, route, created, payload, attempts, unknown = found
+    return Row(row_id, key, action, route, created, json.loads(payload), attempts, bool(unknown))
 
 
 def failed_actions(store: Store) -> list[tuple[Any, ...]]:
