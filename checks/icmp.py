@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -206,11 +207,32 @@ async def _exchange(sock: Any, address: str, spec: IcmpSpec, end: float, window:
     return echoes
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _recvfrom(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[bytes, Any]:
+    """loop.sock_recvfrom, which uvloop does not implement: wait for the socket to be
+    readable, then read it without blocking."""
+    while True:
+        try:
+            return sock.recvfrom(4096)
+        except (BlockingIOError, InterruptedError):
+            pass
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _settle, readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(sock.fileno())
+
+
 async def _receive(sock: Any, address: str, echoes: _Echoes, settled: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     target = ipaddress.ip_address(address)
     while True:
-        packet, source = await loop.sock_recvfrom(sock.sock, 4096)
+        packet, source = await _recvfrom(loop, sock.sock)
         received = time.perf_counter()
         # icmplib's own receive() matches the id and sequence but never looks at the sender, so
         # a reply from another host (a raw socket sees every ICMP packet) would count: parse

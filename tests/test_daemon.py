@@ -275,6 +275,10 @@ async def test_health_readiness_and_promtool(
     assert probe.get("/-/healthy") == "Healthy\n"
     await probe.wait("every check's first result",
                      lambda: all(c["state"] for c in probe.status()["checks"]))
+    # every kind runs on the daemon's own event loop (uvloop) as it does under `probe check`
+    states = {c["name"]: (c["state"], c["reason"]) for c in probe.status()["checks"]}
+    assert states["ping"] == ("up", "")
+    assert states["cert"][0] == "down"
     text = probe.get("/metrics")
     for expected in (
         'probe_http_duration_seconds{check="web",kind="http",phase="processing",service="shop"}',

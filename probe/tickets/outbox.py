@@ -43,6 +43,7 @@ log = logging.getLogger("probe.tickets")
 MAX_BACKOFF = 300.0
 CONCURRENCY = 32
 RECONCILE_EVERY = 10  # polls
+STATE_RETRY = 5.0  # seconds between tries while the state database refuses writes
 
 
 GroupHealth = tuple[str, str | None]  # ("open", key) | ("failing"|"healthy"|"unknown", None)
@@ -116,6 +117,7 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._tasks: set[asyncio.Task[None]] = set()
         self._precounted: dict[int, bool] = {}
+        self._state_pause = 0.0  # no deliveries before this: the state database refused
 
     # --- set-up --------------------------------------------------------------------------------
 
@@ -157,7 +159,10 @@ class Dispatcher:
             log.warning("reconciling tickets takes long: delivering anyway")
         while True:
             self._wake.clear()
-            wait = await self._dispatch_due()
+            try:
+                wait = await self._dispatch_due()
+            except sqlite3.Error as err:
+                wait = self._state_failed(err)
             try:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
@@ -167,6 +172,8 @@ class Dispatcher:
     async def _dispatch_due(self) -> float:
         """Start the deliveries that are due; return how long to sleep at most."""
         now = time.time()
+        if now < self._state_pause:
+            return self._state_pause - now
         heads = await asyncio.to_thread(self.store.run, _heads)
         self.metrics.depth.set(heads.pending)
         wait = 5.0
@@ -211,6 +218,8 @@ class Dispatcher:
                     await self._perform(row)
                 except TicketError as err:
                     await self._failed(row, err)
+                except sqlite3.Error:
+                    raise  # the state database, not the helpdesk: see below
                 except Exception as err:  # a bug must not lose the action: keep retrying
                     log.exception("ticket delivery crashed %s", fields(key=row.incident_key))
                     await self._failed(row, TicketError(f"internal error: {err!r}"))
@@ -218,9 +227,20 @@ class Dispatcher:
                     self._precounted.pop(row.id, None)
                     self.metrics.latency.labels(row.route, row.action).observe(
                         max(0.0, time.time() - row.created_at))
+        except sqlite3.Error as err:
+            self._state_failed(err)
         finally:
             self._busy.discard(head.incident_key)
             self.wake()
+
+    def _state_failed(self, err: sqlite3.Error) -> float:
+        """The state database refuses (read-only, full): deliver nothing until it takes
+        writes again, since a delivery that cannot be recorded would be made twice."""
+        if time.time() >= self._state_pause:
+            log.error("ticket delivery paused: the state database cannot be written %s",
+                      fields(error=err))
+        self._state_pause = time.time() + STATE_RETRY
+        return STATE_RETRY
 
     async def _failed(self, row: Row, err: TicketError) -> None:
         # An attempt that may create a ticket was counted before its call (see _count).

@@ -1,0 +1,239 @@
+"""Faults of the network, made for real: the targets and the daemon run in a network namespace
+the test creates, and the test degrades it with nftables rules inside it (random loss, a
+blackhole, refusal), takes its link down and up, or puts a slow server in the path. Each fault
+must give the expected check results, incidents and tickets — and no false ticket when the loss
+stays under the configured threshold. Tickets are counted in the local backend's tables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.reliability import record
+from tests.test_tickets_local import Helpdesk
+
+REPO = Path(__file__).resolve().parents[1]
+PORT = 8080  # inside the namespace: the fast target; PORT + 1 answers after 300ms
+
+
+class Lab:
+    """A network namespace with its own loopback, the targets, and a probe daemon in it."""
+
+    def __init__(self, name: str, directory: Path) -> None:
+        self.name, self.directory = name, directory
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def run(self, *command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.name, *command], input=stdin,
+                              capture_output=True, text=True, timeout=60, check=False,
+                              cwd=REPO)
+
+    def start(self, *command: str, log: str) -> subprocess.Popen[bytes]:
+        with (self.directory / log).open("ab") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", self.name, *command],
+                                    stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        self.procs.append(proc)
+        return proc
+
+    def nft(self, rules: str) -> None:
+        """Replace the namespace's filter with `rules` (nft syntax, in an input chain)."""
+        script = ("table inet lab\ndelete table inet lab\n"
+                  "table inet lab {\n chain input {\n  type filter hook input priority 0;\n"
+                  f"  {rules}\n }}\n}}\n")
+        done = self.run("nft", "-f", "-", stdin=script)
+        assert done.returncode == 0, done.stderr
+
+    def clear(self) -> None:
+        self.nft("")
+
+    def check(self, config: Path, name: str) -> dict[str, Any]:
+        """`probe check --json` inside the namespace: one result, as an operator sees it."""
+        done = self.run(sys.executable, "-m", "probe", "check", "--config", str(config),
+                        "--json", name)
+        assert done.returncode in (0, 1), done.stderr
+        (result,) = json.loads(done.stdout)
+        return dict(result)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    if os.geteuid() != 0 or shutil.which("nft") is None:
+        pytest.skip("needs root and nftables (Debian package nftables) for network namespaces")
+    name = f"probe-fault-{uuid.uuid4().hex[:8]}"
+    if subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode:
+        pytest.skip("ip netns add is not permitted here")
+    lab = Lab(name, tmp_path)
+    try:
+        assert lab.run("ip", "link", "set", "lo", "up").returncode == 0
+        lab.clear()
+        server = lab.start(sys.executable, "-m", "tests.labserver", str(PORT), "0.3",
+                           log="targets.log")
+        for _ in range(100):
+            if "ready" in (tmp_path / "targets.log").read_text():
+                break
+            assert server.poll() is None, (tmp_path / "targets.log").read_text()
+            subprocess.run(["sleep", "0.05"], check=True)
+        yield lab
+    finally:
+        for proc in lab.procs:
+            proc.kill()
+            proc.wait(10)
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def config(lab: Lab, checks: str) -> Path:
+    path = lab.directory / "probe.yaml"
+    path.write_text(f"""
+agent: {{name: lab, state_dir: {lab.directory}/state, listen: "127.0.0.1:9469"}}
+defaults:
+  interval: 300ms
+  retry_interval: 200ms
+  timeout: 250ms
+  failure_threshold: 3
+  success_threshold: 2
+ticketing:
+  routes:
+    desk: {{backend: local}}
+checks:
+{checks}
+""")
+    return path
+
+
+WEB = f"""
+  - name: web
+    service: shop
+    http: {{url: "http://127.0.0.1:{PORT}/health"}}
+  - name: web-port
+    service: shop
+    tcp: {{host: 127.0.0.1, port: {PORT}}}
+"""
+
+
+@pytest.fixture
+async def daemon(lab: Lab) -> AsyncIterator[Callable[[str], Helpdesk]]:
+    def start(checks: str) -> Helpdesk:
+        lab.start(sys.executable, "-m", "probe", "run", "--config", str(config(lab, checks)),
+                  log="probe.log")
+        return Helpdesk(lab.directory / "state" / "probe.sqlite3")
+
+    yield start
+
+
+async def until(what: str, condition: Callable[[], Any], lab: Lab, timeout: float = 20) -> Any:
+    for _ in range(int(timeout / 0.1)):
+        value = condition()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}\n"
+                         + (lab.directory / "probe.log").read_text()[-3000:])
+
+
+def runs(desk: Helpdesk, check: str) -> int:
+    return int(desk.rows("SELECT COUNT(*) FROM results WHERE check_name = ?", (check,))[0][0]
+               if desk.rows("SELECT 1 FROM results LIMIT 1") else 0)
+
+
+async def fault_opens_one_ticket_and_resolves(
+    lab: Lab, desk: Helpdesk, fault: Callable[[], None], name: str, reason: str,
+) -> None:
+    await until("the first results", lambda: runs(desk, "web") >= 2, lab)
+    fault()
+    (ticket,) = await until("the ticket", desk.tickets, lab)
+    assert ticket[1] == "lab/shop/1"
+    ((body,),) = desk.rows("SELECT body FROM local_tickets")
+    assert reason in body, body
+    lab.run("ip", "link", "set", "lo", "up")
+    lab.clear()
+    await until("the resolve", lambda: desk.tickets()[0][3] == "resolved", lab)
+    tickets = desk.tickets()
+    record("network faults (nftables, link, latency)", name, expected=1, found=len(tickets),
+           duplicated=max(0, len(tickets) - 1), outcome=f"one ticket ({reason}), resolved")
+    assert len(tickets) == 1
+
+
+async def test_a_blackholed_target_times_out_into_one_ticket(lab: Lab, daemon: Any) -> None:
+    desk = daemon(WEB)
+    assert lab.check(lab.directory / "probe.yaml", "web")["state"] == "up"
+    lab.nft(f"tcp dport {PORT} drop")
+    result = lab.check(lab.directory / "probe.yaml", "web-port")
+    assert (result["state"], result["reason"]) == ("down", "timed out after 250ms during connect")
+    lab.clear()
+    await fault_opens_one_ticket_and_resolves(
+        lab, desk, lambda: lab.nft(f"tcp dport {PORT} drop"), "blackhole (nft drop)",
+        "timed out after 250ms")
+
+
+async def test_a_refusing_target_gives_connection_refused(lab: Lab, daemon: Any) -> None:
+    desk = daemon(WEB)
+    await fault_opens_one_ticket_and_resolves(
+        lab, desk, lambda: lab.nft(f"tcp dport {PORT} reject with tcp reset"),
+        "refusal (nft reject)", "connection refused")
+
+
+async def test_a_link_taken_down_and_up(lab: Lab, daemon: Any) -> None:
+    desk = daemon(WEB)
+    await fault_opens_one_ticket_and_resolves(
+        lab, desk, lambda: lab.run("ip", "link", "set", "lo", "down"), "link down, then up",
+        "DOWN")
+
+
+async def test_a_slow_path_breaks_max_latency(lab: Lab, daemon: Any) -> None:
+    desk = daemon(f"""
+  - name: web
+    service: shop
+    timeout: 1s
+    interval: 1s
+    http: {{url: "http://127.0.0.1:{PORT + 1}/health", max_latency: 100ms}}
+""")
+    (ticket,) = await until("the ticket", desk.tickets, lab)
+    ((body,),) = desk.rows("SELECT body FROM local_tickets")
+    assert "took 3" in body and "(max 100ms)" in body
+    record("network faults (nftables, link, latency)", "latency 300ms (slow server)",
+           expected=1, found=len(desk.tickets()), outcome="one ticket: took ~300ms (max 100ms)")
+
+
+PING = """
+  - name: gateway
+    interval: 500ms
+    timeout: 500ms
+    icmp: {host: 127.0.0.1, count: 10, interval: 10ms, max_loss: 50%}
+"""
+
+
+async def test_loss_under_the_threshold_opens_no_ticket(lab: Lab, daemon: Any) -> None:
+    lab.nft("icmp type echo-request numgen random mod 100 < 20 drop")
+    losses = [lab.check(lab.directory / "probe.yaml" if False else config(lab, PING),
+                        "gateway")["evidence"]["loss"] for _ in range(5)]
+    assert any(0 < loss <= 0.5 for loss in losses), losses  # the rule bites, but under 50%
+    desk = daemon(PING)
+    await until("twenty checks", lambda: runs(desk, "gateway") >= 20, lab)
+    down = desk.rows("SELECT COUNT(*) FROM results WHERE state = 'down'")[0][0]
+    assert desk.tickets() == []
+    record("network faults (nftables, link, latency)", "20% random loss, max_loss 50%",
+           tried=runs(desk, "gateway"), expected=0, found=0, outcome=f"no ticket ({down} of "
+           f"{runs(desk, 'gateway')} checks over the threshold, never 3 in a row)")
+
+
+async def test_loss_over_the_threshold_opens_one_ticket(lab: Lab, daemon: Any) -> None:
+    desk = daemon(PING)
+    await until("a first result", lambda: runs(desk, "gateway") >= 1, lab)
+    lab.nft("icmp type echo-request numgen random mod 100 < 90 drop")
+    (ticket,) = await until("the ticket", desk.tickets, lab)
+    ((body,),) = desk.rows("SELECT body FROM local_tickets")
+    assert "packet loss" in body and "(max 50%)" in body
+    lab.clear()
+    await until("the resolve", lambda: desk.tickets()[0][3] == "resolved", lab)
+    record("network faults (nftables, link, latency)", "90% random loss, max_loss 50%",
+           expected=1, found=len(desk.tickets()), outcome="one ticket, resolved")
