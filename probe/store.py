@@ -144,6 +144,12 @@ class Store:
         self._lock = threading.Lock()
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
+            _writable(state_dir)
+        except OSError as err:
+            raise StoreError(
+                f"cannot write the state directory {state_dir}: {err.strerror or err}"
+            ) from err
+        try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -252,6 +258,13 @@ class Store:
         """Run `work` with the connection, under the store's lock (for the outbox)."""
         with self._lock:
             return work(self._db)
+
+
+def _writable(directory: Path) -> None:
+    """SQLite says only "unable to open database file": ask the file system, which says why."""
+    probe_file = directory / ".probe-write-test"
+    probe_file.write_bytes(b"")
+    probe_file.unlink()
 
 
 def _upsert(db: sqlite3.Connection, table: str, changes: Changes) -> None:
