@@ -17,6 +17,7 @@ from checks import execute
 from checks.base import Result, format_duration
 from probe import __version__
 from probe.config import Check, Config, ConfigError, load
+from probe.secrets import collect, known
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 T = TypeVar("T")
@@ -166,13 +167,15 @@ def _load(path: Path) -> Config | None:
 
 def _check(config: Config, names: list[str], *, as_json: bool) -> int:
     checks = config.effective_checks()
-    known = {c.name for c in checks}
-    unknown = [n for n in names if n not in known]
+    names_known = {c.name for c in checks}
+    unknown = [n for n in names if n not in names_known]
     if unknown:
         print(f"no check is named {', '.join(map(repr, unknown))}", file=sys.stderr)
         return EXIT_CONFIG
     chosen = [c for c in checks if not names or c.name in names]
-    results = asyncio.run(_run_all(chosen, config.agent.max_concurrency))
+    known.add(collect(config))  # what a target echoes of a token is not printed back
+    results = [known.redact_result(r)
+               for r in asyncio.run(_run_all(chosen, config.agent.max_concurrency))]
     if as_json:
         rows = [{"name": c.name, **r.as_dict()} for c, r in zip(chosen, results, strict=True)]
         print(json.dumps(rows, indent=2))

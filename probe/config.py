@@ -30,6 +30,7 @@ from pydantic import (
 
 from checks import KINDS
 from checks.base import Duration, Percent, ReadableFile, Spec, StrictModel, format_duration
+from probe.secrets import SENSITIVE_NAME
 from probe.tickets import AnyRoute
 from probe.tickets.base import Priority, RouteBase
 from probe.yamlpos import KeyPath, Position, YamlError, load_with_positions, show_path
@@ -380,12 +381,12 @@ def _merge(files: list[Path]) -> tuple[dict[str, Any], dict[KeyPath, Position], 
             continue
         for key, value in data.items():
             key_pos = pos[(key,)]
-            if key in _LIST_SECTIONS and isinstance(value, list) and key in merged:
+            list_section = key in _LIST_SECTIONS and isinstance(value, list)
+            if list_section and isinstance(merged.get(key), list):  # not `checks: 5` before
                 offset = len(merged[key])
-                if isinstance(merged[key], list):
-                    merged[key].extend(value)
-                    positions.update(_shift(pos, key, offset))
-                    continue
+                merged[key].extend(value)
+                positions.update(_shift(pos, key, offset))
+                continue
             if key == "ticketing" and isinstance(value, dict) and key in merged:
                 routes = value.get("routes")
                 known = merged[key].get("routes") if isinstance(merged[key], dict) else None
@@ -505,7 +506,7 @@ def _message(error: Any, key: str | int | None) -> str:
 
 
 def _show(value: Any, key: str | int | None) -> str:
-    if key in _SECRET_KEYS:
+    if key in _SECRET_KEYS or (isinstance(key, str) and SENSITIVE_NAME.search(key)):
         return ""
     if isinstance(value, dict | list):
         return "a mapping" if isinstance(value, dict) else "a list"
@@ -583,6 +584,9 @@ def _cross_checks(
                                      f"no check has service {service!r}"))
     if config is not None:
         issues += _timing_checks(config, positions)
+        from probe.webconfig import config_issues  # it builds on this module's types
+
+        issues += config_issues(config.agent.web_config)
     return issues
 
 
@@ -629,22 +633,29 @@ def _timing_checks(config: Config, positions: dict[KeyPath, Position]) -> list[C
 
 
 def _cycles(deps: dict[str, list[str]]) -> list[list[str]]:
-    """Each dependency cycle once, as the path that closes it (a -> b -> a)."""
+    """Each dependency cycle once, as the path that closes it (a -> b -> a).
+
+    A depth-first walk with its own stack: a chain of a thousand dependencies must not
+    exhaust Python's."""
     cycles: list[list[str]] = []
     state: dict[str, int] = {}  # 1 visiting, 2 done
-
-    def visit(node: str, trail: list[str]) -> None:
-        state[node] = 1
-        for parent in deps.get(node, []):
-            if parent not in deps:
+    for root in deps:
+        if root in state:
+            continue
+        state[root] = 1
+        trail = [root]
+        parents = [iter(deps[root])]
+        while parents:
+            parent = next(parents[-1], None)
+            if parent is None:
+                state[trail.pop()] = 2
+                parents.pop()
+            elif parent not in deps:
                 continue
-            if state.get(parent) == 1:
+            elif state.get(parent) == 1:
                 cycles.append([*trail[trail.index(parent):], parent])
             elif parent not in state:
-                visit(parent, [*trail, parent])
-        state[node] = 2
-
-    for node in deps:
-        if node not in state:
-            visit(node, [node])
+                state[parent] = 1
+                trail.append(parent)
+                parents.append(iter(deps[parent]))
     return cycles

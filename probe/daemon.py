@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -16,12 +17,13 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from checks import execute
 from checks.base import Result
-from probe import sdnotify
+from probe import sdnotify, webconfig
 from probe.config import Check, Config, ConfigError, load
 from probe.engine import Engine, Transition, restore_check, restore_group
 from probe.log import fields
 from probe.metrics import Metrics, View
 from probe.scheduler import Scheduler
+from probe.secrets import collect, known
 from probe.store import Batch, Store, StoreError
 from probe.tickets.outbox import Context, Dispatcher, OutboxMetrics
 
@@ -29,6 +31,8 @@ log = logging.getLogger("probe")
 
 FLUSH_EVERY = 0.2  # seconds between state writes: batched, never on the check's path
 TICK_EVERY = 1.0  # seconds between engine ticks (maintenance ends, notes due)
+MAX_PENDING_RESULTS = 20_000  # results kept in memory while the state cannot be written
+STATE_RETRY = 10.0  # seconds between attempts to open the state database at start
 
 
 class Daemon:
@@ -60,6 +64,7 @@ class Daemon:
         self.state_writable = True
         self.stopping = asyncio.Event()
         self._scheduler: Scheduler | None = None
+        self.guard: webconfig.Guard | None = None
 
     def _view(self) -> View:
         return View(self.checks, self.results, self.engine)
@@ -91,7 +96,9 @@ class Daemon:
         self.metrics.schedule_lag.observe(lag)
         self.metrics.in_flight.inc()
         try:
-            result = await execute(check.spec, timeout=check.timeout)
+            # A result may echo a secret (a redirect to a URL with a token, a body that
+            # repeats a header): its reason and evidence reach logs, status and tickets.
+            result = known.redact_result(await execute(check.spec, timeout=check.timeout))
         finally:
             self.metrics.in_flight.dec()
         if self.checks.get(check.name) is not check and check.name not in self.checks:
@@ -117,6 +124,7 @@ class Daemon:
         self.pending.checks.update(checks)
         self.pending.groups.update(groups)
         for transition in transitions:
+            transition.facts.update(known.redact_data(transition.facts))  # a URL's token
             if transition.kind == "open":
                 transition.facts["ticket"] = self._policy(transition.group)
             self.pending.transitions.append((transition, self._route(transition.group)))
@@ -187,6 +195,9 @@ class Daemon:
             await asyncio.to_thread(self.store.write, batch)
         except StoreError as err:
             batch.merge(self.pending)
+            # Decisions and states are kept whatever it costs; the history of results is
+            # only history: while the disk refuses, keep its newest part, not all of it.
+            del batch.results[:-MAX_PENDING_RESULTS]
             self.pending = batch
             self.metrics.state_errors.inc()
             self.metrics.state_ok.set(0)
@@ -235,6 +246,7 @@ class Daemon:
             if self._scheduler is not None:
                 self._scheduler.update(list(self.checks.values()))
             self.dispatcher.update_routes(config.routes)
+            self._secure(config)
             self.dispatcher.poll_interval = config.ticketing.poll_interval
             self.metrics.reload_ok.set(1)
             self.metrics.reload_time.set(time.time())
@@ -243,6 +255,32 @@ class Daemon:
         finally:
             sdnotify.notify("READY=1", f"STATUS={self._status_line()}")
 
+    def _secure(self, config: Config) -> webconfig.Guard:
+        """At start and on each reload: learn the configuration's secret values (so that logs,
+        status and tickets never show them), apply the web configuration, and warn of what is
+        left open."""
+        known.add(collect(config))
+        known.install()
+        path = config.agent.web_config
+        try:
+            web = webconfig.load(path) if path is not None else None
+            if self.guard is None:
+                self.guard = webconfig.Guard(web)
+            else:
+                for note in self.guard.update(web):
+                    log.warning(note)
+        except (ConfigError, webconfig.TlsFileError) as err:
+            if self.guard is not None:  # a reload: the file changed after it was validated
+                log.error("web_config not reloaded %s", fields(error=err))
+                return self.guard
+            log.error("cannot start %s", fields(error=err))
+            raise SystemExit(2) from None
+        for note in (web.notes() if web else []):
+            log.info(note)
+        for warning in security_warnings(config, web):
+            log.warning(warning)
+        return self.guard
+
     def _status_line(self) -> str:
         open_incidents = sum(1 for g in self.engine.groups.values() if g.incident)
         return f"{len(self.checks)} checks, {open_incidents} open incidents"
@@ -250,6 +288,7 @@ class Daemon:
     async def serve(self) -> None:
         from probe.web import serve_http  # the web module imports the daemon's types
 
+        guard = self._secure(self.config)  # before any check runs or the endpoint answers
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
@@ -261,7 +300,14 @@ class Daemon:
             on_skip=lambda check: self.metrics.skipped.inc(),
         )
         scheduler.update(list(self.checks.values()))
-        runner = await serve_http(self, self.config.agent.listen)
+        # A full collection walks every live object: with 10,000 checks a pause of a quarter
+        # second, which makes a thousand checks late. What start-up built lives as long as the
+        # daemon: take it out of the collector's walks, and walk the old generation rarely
+        # (young garbage, like the cycles a timeout leaves, is still collected young).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 1000)
+        runner = await serve_http(self, self.config.agent.listen, guard)
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
         tasks = [asyncio.create_task(c) for c in (
@@ -275,6 +321,7 @@ class Daemon:
         sdnotify.notify("READY=1", f"STATUS={self._status_line()}")
         log.info("probe started %s", fields(agent=self.config.agent.name,
                                            listen=self.config.agent.listen,
+                                           web_config=self.config.agent.web_config,
                                            summary=self.config.summary()))
         await self.stopping.wait()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -294,10 +341,43 @@ class Daemon:
         self.store.close()
 
 
+def security_warnings(config: Config, web: webconfig.WebConfig | None) -> list[str]:
+    """What an operator should hear at start: an endpoint open to the network, a helpdesk
+    whose certificate is not verified."""
+    warnings = [webconfig.exposure_warning(config.agent.listen, web)]
+    warnings += [f"route {name} does not verify the helpdesk's TLS certificate"
+                 for name, route in config.routes.items()
+                 if not route.tls_verify and route.backend != "local"]
+    return [w for w in warnings if w]
+
+
 async def run(config_path: Path, config: Config) -> None:
-    try:
-        daemon = Daemon(config_path, config)
-    except StoreError as err:
-        log.error("cannot start %s", fields(error=err))
-        raise SystemExit(1) from None
+    """Start, and wait for the state database if it cannot be opened yet (a read-only or
+    missing state directory): retrying here beats a restart loop under systemd, and no
+    decision can be taken safely without the state."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    said = False
+    while True:
+        try:
+            daemon = Daemon(config_path, config)
+            break
+        except StoreError as err:
+            if not said:
+                log.error("cannot open the state, retrying every %ss %s", STATE_RETRY,
+                          fields(error=err))
+                said = True
+            sdnotify.notify(f"STATUS=waiting for the state database: {err}")
+        try:
+            async with asyncio.timeout(STATE_RETRY):
+                await stop.wait()
+            return
+        except TimeoutError:
+            pass
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    if said:
+        log.warning("state database opened: starting")
     await daemon.serve()

@@ -145,6 +145,7 @@ class Engine:
         if check is None or st is None:
             return []  # a result of a check removed by a reload while it ran
         quiet = st.last_state == "up" and st.healthy
+        still_down = st.last_state == "down" and st.bad and not st.flapping
         st.last_state, st.last_result_at = state, now
         if state == "unknown":
             self.dirty_checks.add(name)
@@ -159,6 +160,13 @@ class Engine:
             st.successes += 1
             if any(not self.checks[c].healthy for c in self.children.get(name, ())):
                 return self._evaluate_children(name, now)
+            return []
+        if (still_down and not ok and dropped is False and reason == st.last_reason
+                and self.groups[check.group].incident):
+            # The other common case, an outage going on as it was: counted, not written;
+            # the next note or a restart takes the counts as they are then.
+            st.failures += 1
+            st.failed_checks += 1
             return []
         self.dirty_checks.add(name)
         if ok:

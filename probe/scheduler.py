@@ -37,7 +37,9 @@ class Scheduler:
     ) -> None:
         self._run = run
         self._on_skip = on_skip
-        self._slots = asyncio.Semaphore(max_concurrency)
+        # Slots as a plain count: asyncio.Semaphore.locked() walks its waiters on every acquire.
+        self._free = max_concurrency
+        self._slot_freed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._checks: dict[str, Check] = {}
         self._heap: list[tuple[float, int, str]] = []
@@ -108,10 +110,12 @@ class Scheduler:
                 self._on_skip(check)
                 self._push(name, due + self._step(check))
                 continue
-            await self._slots.acquire()
+            while self._free == 0 and not self._stopped:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
             if self._stopped:
-                self._slots.release()
                 break
+            self._free -= 1
             self._running[name] = asyncio.create_task(self._one(check, due), name=name)
 
     def _step(self, check: Check) -> float:
@@ -121,7 +125,8 @@ class Scheduler:
         try:
             failed = await self._run(check, max(0.0, self._loop.time() - due))
         finally:
-            self._slots.release()
+            self._free += 1
+            self._slot_freed.set()
             self._running.pop(check.name, None)
         current = self._checks.get(check.name)
         if current is None or self._stopped:

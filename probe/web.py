@@ -1,5 +1,8 @@
 """The HTTP endpoint: /metrics for Prometheus, /-/healthy, /-/ready and POST /-/reload as
-Prometheus and blackbox_exporter have them, and /api/status, which `probe status` prints."""
+Prometheus and blackbox_exporter have them, and /api/status, which `probe status` prints.
+
+TLS, basic auth and response headers come from `agent.web_config` (probe.webconfig's Guard);
+what the endpoint answers has every known secret redacted."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from probe import __version__
+from probe.secrets import known
+from probe.webconfig import Guard
 
 if TYPE_CHECKING:
     from probe.daemon import Daemon
@@ -16,8 +21,10 @@ if TYPE_CHECKING:
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 
 
-async def serve_http(daemon: Daemon, listen: str) -> web.AppRunner:
-    app = web.Application()
+async def serve_http(daemon: Daemon, listen: str, guard: Guard | None = None) -> web.AppRunner:
+    guard = guard or Guard(None)
+    app = web.Application(middlewares=[guard.middleware])
+    app.on_response_prepare.append(guard.add_headers)
     app[DAEMON] = daemon
     app.router.add_get("/metrics", make_aiohttp_handler(daemon.registry))
     app.router.add_get("/-/healthy", healthy)
@@ -27,7 +34,7 @@ async def serve_http(daemon: Daemon, listen: str) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, _, port = listen.rpartition(":")
-    await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    await web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=guard.ssl_context).start()
     return runner
 
 
@@ -47,12 +54,14 @@ async def ready(request: web.Request) -> web.Response:
 async def reload(request: web.Request) -> web.Response:
     errors = await request.app[DAEMON].reload()
     if errors:
-        return web.Response(status=500, text="\n".join(["reload refused:", *errors]) + "\n")
+        text = "\n".join(["reload refused:", *errors]) + "\n"
+        return web.Response(status=500, text=known.redact(text))
     return web.Response(text="Reloaded\n")
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(snapshot(request.app[DAEMON]))
+    # Failed ticket actions carry the helpdesk's words, which may echo a credential.
+    return web.json_response(known.redact_data(snapshot(request.app[DAEMON])))
 
 
 def snapshot(daemon: Daemon) -> dict[str, Any]:

@@ -1,7 +1,13 @@
 """YAML loading that remembers where each key stood, so an error can name file and line.
 
 `load_with_positions(path)` returns the plain data (dicts, lists, scalars) and a map from each
-key path (`("checks", 3, "http", "url")`) to the file and line it came from.
+key path (`("checks", 3, "http", "url")`) to the file and line it came from. Keys are strings
+(a key written `1` or `yes` is the string "1" or "yes", as the schema names every key).
+
+It is safe against hostile files: only plain YAML types are built (never a Python object), an
+alias is expanded at most to MAX_NODES values in all (a "billion laughs" document is refused,
+not expanded), an alias inside its own anchor and nesting deeper than Python can follow are
+errors, and every problem is a YamlError with the line it was found on.
 """
 
 from __future__ import annotations
@@ -13,6 +19,13 @@ import yaml
 
 KeyPath = tuple[str | int, ...]
 Position = tuple[str, int]  # file, 1-based line
+
+# Far more values than any real configuration holds; few enough to build in well under a second.
+MAX_NODES = 100_000
+_PLAIN_TAGS: dict[type[yaml.Node], str] = {
+    yaml.MappingNode: "tag:yaml.org,2002:map",
+    yaml.SequenceNode: "tag:yaml.org,2002:seq",
+}
 
 
 class YamlError(Exception):
@@ -29,50 +42,94 @@ def load_with_positions(path: Path) -> tuple[Any, dict[KeyPath, Position]]:
         raise YamlError(file, 0, f"cannot read: {err.strerror or err}") from None
     except UnicodeDecodeError:
         raise YamlError(file, 0, "is not UTF-8 text") from None
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
-        positions: dict[KeyPath, Position] = {}
-        data = _build(loader, node, (), file, positions) if node is not None else None
+        builder = _Builder(loader, file)
+        data = builder.build(node, ()) if node is not None else None
+    except yaml.reader.ReaderError as err:  # a control character, raised before any parsing
+        line = text.count("\n", 0, err.position) + 1
+        raise YamlError(file, line, f"invalid YAML: character #x{err.character:04x} is not "
+                        "allowed (is this a text file?)") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else 0
         raise YamlError(file, line, f"invalid YAML: {err.problem or err.context}") from None
     except yaml.YAMLError as err:
         raise YamlError(file, 0, f"invalid YAML: {err}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        line = loader.get_mark().line + 1 if loader else 0
+        raise YamlError(file, line, "invalid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
-    return data, positions
+        if loader is not None:
+            loader.dispose()
+    return data, builder.positions
 
 
-def _build(
-    loader: yaml.SafeLoader,
-    node: yaml.Node,
-    path: KeyPath,
-    file: str,
-    positions: dict[KeyPath, Position],
-) -> Any:
-    positions.setdefault(path, (file, node.start_mark.line + 1))
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves `<<:` merge keys
-        result: dict[Any, Any] = {}
+class _Builder:
+    """Builds the data of one document. A node reached through several aliases is built once
+    per alias (each place gets its own position), so the values built are counted."""
+
+    def __init__(self, loader: yaml.SafeLoader, file: str) -> None:
+        self.loader = loader
+        self.file = file
+        self.positions: dict[KeyPath, Position] = {}
+        self.built = 0
+        self.inside: set[int] = set()  # the collections being built, to catch an alias loop
+
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        line = node.start_mark.line + 1
+        self.positions.setdefault(path, (self.file, line))
+        self.built += 1
+        if self.built > MAX_NODES:
+            raise YamlError(self.file, line, f"invalid YAML: more than {MAX_NODES} values "
+                            "(an alias expanding too far?)")
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        if node.tag != _PLAIN_TAGS.get(type(node)):
+            raise YamlError(self.file, line, f"{show_path(path)}: the tag {_tag(node)} is not "
+                            "allowed here")
+        if id(node) in self.inside:
+            raise YamlError(self.file, line, f"{show_path(path)}: an alias refers to a value "
+                            "that contains it")
+        self.inside.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self.mapping(node, path)
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        finally:
+            self.inside.discard(id(node))
+
+    def mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
+        self.loader.flatten_mapping(node)  # resolves `<<:` merge keys
+        result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str | int | float | bool):
-                raise YamlError(file, line, f"{show_path(path)}: a key must be a plain value")
-            if key in result:
-                where = show_path((*path, str(key)))
-                raise YamlError(file, line, f"{where}: duplicate key")
-            child = (*path, str(key))
-            positions[child] = (file, line)
-            result[key] = _build(loader, value_node, child, file, positions)
+                raise YamlError(self.file, line, f"{show_path(path)}: a key must be a plain value")
+            name = key if isinstance(key, str) else str(key_node.value)  # as written
+            if name in result:
+                raise YamlError(self.file, line, f"{show_path((*path, name))}: duplicate key")
+            child = (*path, name)
+            self.positions[child] = (self.file, line)
+            result[name] = self.build(value_node, child)
         return result
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _build(loader, item, (*path, i), file, positions) for i, item in enumerate(node.value)
-        ]
-    return loader.construct_object(node, deep=True)
+
+    def scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (ValueError, LookupError, AttributeError, TypeError):
+            # PyYAML's constructors fail this way on a value their tag cannot take (!!int x,
+            # 2026-02-30, a number of more than 4300 digits).
+            shown = repr(node.value) if len(node.value) <= 40 else repr(node.value[:37] + "...")
+            raise YamlError(self.file, node.start_mark.line + 1,
+                            f"{show_path(path)}: {shown} is not a valid {_tag(node)}") from None
+
+
+def _tag(node: yaml.Node) -> str:
+    return node.tag.replace("tag:yaml.org,2002:", "!!")
 
 
 def show_path(path: KeyPath) -> str:
@@ -81,4 +138,3 @@ def show_path(path: KeyPath) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
     return out or "(top level)"
-

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from tests.certs import CertFactory
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_left_behind() -> Iterator[None]:
+    """Kill every `probe run` a test started and did not stop itself."""
+    from tests.test_daemon import Probe
+
+    yield
+    while Probe.started:
+        proc = Probe.started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 @pytest.fixture(scope="session")

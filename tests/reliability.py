@@ -72,7 +72,7 @@ def render(results: Path) -> str:
                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in items:
             def show(v: Any) -> str:
-                return "–" if v is None else str(v)
+                return "-" if v is None else str(v)
             out.append(f"| {r['fault']} | {r['tried']} | {show(r['expected'])} | "
                        f"{show(r['found'])} | {r['lost']} | {r['duplicated']} | {r['false']} | "
                        f"{r['crashes']} | {r['outcome']} |")

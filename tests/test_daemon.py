@@ -58,6 +58,10 @@ async def target() -> AsyncIterator[Target]:
 class Probe:
     """One `probe run` process and ways to look at it."""
 
+    # Every process any test started: killed after each test (conftest), so that a failed
+    # test, or one that forgets, leaves no daemon running.
+    started: list[subprocess.Popen[bytes]] = []
+
     def __init__(self, config: Path, port: int, state: Path) -> None:
         self.config, self.port, self.state = config, port, state
         self.proc: subprocess.Popen[bytes] | None = None
@@ -69,6 +73,7 @@ class Probe:
                 [sys.executable, "-m", "probe", "run", "--config", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT,
             )
+        Probe.started.append(self.proc)
 
     def get(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:

@@ -197,7 +197,7 @@ async def test_a_slow_path_breaks_max_latency(lab: Lab, daemon: Any) -> None:
     interval: 1s
     http: {{url: "http://127.0.0.1:{PORT + 1}/health", max_latency: 100ms}}
 """)
-    (ticket,) = await until("the ticket", desk.tickets, lab)
+    (_ticket,) = await until("the ticket", desk.tickets, lab)
     ((body,),) = desk.rows("SELECT body FROM local_tickets")
     assert "took 3" in body and "(max 100ms)" in body
     record("network faults (nftables, link, latency)", "latency 300ms (slow server)",
@@ -230,10 +230,55 @@ async def test_loss_over_the_threshold_opens_one_ticket(lab: Lab, daemon: Any) -
     desk = daemon(PING)
     await until("a first result", lambda: runs(desk, "gateway") >= 1, lab)
     lab.nft("icmp type echo-request numgen random mod 100 < 90 drop")
-    (ticket,) = await until("the ticket", desk.tickets, lab)
+    (_ticket,) = await until("the ticket", desk.tickets, lab)
     ((body,),) = desk.rows("SELECT body FROM local_tickets")
     assert "packet loss" in body and "(max 50%)" in body
     lab.clear()
     await until("the resolve", lambda: desk.tickets()[0][3] == "resolved", lab)
     record("network faults (nftables, link, latency)", "90% random loss, max_loss 50%",
            expected=1, found=len(desk.tickets()), outcome="one ticket, resolved")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def test_ten_thousand_targets_timing_out_at_once_starve_nothing(lab: Lab) -> None:
+    many = int(os.environ.get("PROBE_FAULT_TIMEOUTS", "10000"))
+    lab.nft("tcp dport 9 drop")  # every one of them: a SYN into the void
+    blackholed = "".join(
+        f"  - {{name: void{i}, interval: 10s, timeout: 1s, ticket: {{enabled: false}}, "
+        f"tcp: {{host: 127.0.0.1, port: 9}}}}\n" for i in range(many))
+    canary = f"""  - name: canary
+    interval: 1s
+    timeout: 1s
+    http: {{url: "http://127.0.0.1:{PORT}/health"}}
+"""
+    path = config(lab, canary + blackholed)
+    path.write_text(path.read_text().replace("listen: \"127.0.0.1:9469\"}",
+                                             "listen: \"127.0.0.1:9469\", max_concurrency: 2000}"))
+    proc = lab.start(sys.executable, "-m", "probe", "run", "--config", str(path), log="probe.log")
+    desk = Helpdesk(lab.directory / "state" / "probe.sqlite3")
+    await until("the daemon's first results", lambda: runs(desk, "canary") >= 1, lab, 60)
+    peak = 0
+    canary_before = runs(desk, "canary")
+    for _ in range(25):
+        await asyncio.sleep(1)
+        peak = max(peak, rss_bytes(proc.pid))
+    canary_runs = runs(desk, "canary") - canary_before
+    timed_out = desk.rows("SELECT COUNT(DISTINCT check_name) FROM results WHERE check_name "
+                          "LIKE 'void%' AND reason LIKE 'timed out%'")[0][0]
+    canary_down = desk.rows("SELECT COUNT(*) FROM results WHERE check_name = 'canary' AND "
+                            "state != 'up'")[0][0]
+    record("load faults", f"{many} targets timing out at once (nft drop), one healthy canary",
+           tried=many, expected=0, found=len(desk.tickets()),
+           outcome=f"every target ran and timed out ({timed_out}); the canary ran {canary_runs}"
+                   f" times in 25s, {canary_down} not up; peak RSS {peak // 2**20} MiB")
+    assert timed_out == many  # every check got its turn: none starved
+    assert canary_runs >= 15  # the healthy check kept its 1s interval, near enough
+    assert canary_down == 0
+    assert peak < 400 * 2**20
+    assert proc.poll() is None

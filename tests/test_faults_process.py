@@ -22,6 +22,7 @@ from tests.httpserver import serve_app
 from tests.reliability import record
 from tests.rtpeer import KEY_FIELD, RtApi, RtPeer, rt_api_fixture, rt_peer_fixture  # noqa: F401
 from tests.test_daemon import Probe, free_port
+from tests.test_tickets_local import Helpdesk
 from tests.test_tickets_rt import Proxy
 
 KILLS = int(os.environ.get("PROBE_FAULT_KILLS", "50"))
@@ -188,3 +189,51 @@ async def test_a_long_helpdesk_outage_delivers_everything_once_in_order(
     assert refused[503] and refused[429]
     probe.signal(signal.SIGTERM)
 
+
+
+async def test_a_reload_storm_during_incidents_keeps_everything_and_the_last_good_config(
+    tmp_path: Path, targets: Targets
+) -> None:
+    port = free_port()
+    config = tmp_path / "probe.yaml"
+    route = "    desk: {backend: local}"
+    write_config(config, "storm", tmp_path / "state", port, route, targets)
+    good = config.read_text()
+    probe = Probe(config, port, tmp_path / "state")
+    probe.start()
+    targets.down["a"] = True
+    await probe.wait("the incident", lambda: len(probe.status()["incidents"]) == 1)
+    (incident,) = probe.status()["incidents"]
+    broken = good + "  - {name: x, tcp: {host: h, port: 0}}\n"
+    variants = []
+    for i in range(40):
+        if i % 3 == 1:
+            text = broken
+        else:
+            extra = "".join(f"  - {{name: extra{j}, tcp: {{host: 127.0.0.1, port: "
+                            f"{targets.port}}}}}\n" for j in range(i % 4))
+            text = good + extra
+        variants.append(text)
+        config.write_text(text)
+        probe.signal(signal.SIGHUP)
+        await asyncio.sleep(0.03)
+    last_good = next(v for v in reversed(variants) if v != broken)
+    config.write_text(broken)  # a broken file written last: the last *valid* one must win
+    probe.signal(signal.SIGHUP)
+    await asyncio.sleep(1.5)
+    names = [c["name"] for c in probe.status()["checks"]]
+    expected = ["a", "b", "c"] + [f"extra{j}" for j in range(last_good.count("name: extra"))]
+    assert names == expected
+    assert probe.metric("probe_config_last_reload_successful") == 0  # the broken one, refused
+    assert probe.status()["incidents"] == [incident]  # the same incident, not lost or reopened
+    targets.down["a"] = False
+    await probe.wait("the resolve", lambda: not probe.status()["incidents"])
+    desk = Helpdesk(tmp_path / "state" / "probe.sqlite3")
+    await probe.wait("the ticket's resolve", lambda: bool(desk.tickets())
+                     and desk.tickets()[0][3] == "resolved")
+    record("process faults", "reload storm: 41 SIGHUPs, every third file broken",
+           tried=41, expected=1, found=len(desk.tickets()),
+           outcome="the last valid configuration won; the open incident kept, one ticket")
+    assert len(desk.tickets()) == 1
+    assert probe.proc is not None and probe.proc.poll() is None
+    probe.signal(signal.SIGTERM)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator
 
 from checks.base import Duration, ReadableFile
-from probe.secrets import Secrets
+from probe.secrets import Secrets, known
 
 Priority = Literal["urgent", "high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("urgent", "high", "normal", "low")
@@ -28,10 +28,10 @@ V = TypeVar("V")
 
 def _url(value: str) -> str:
     parts = urlsplit(value)
+    if parts.username or parts.password:  # first: the message must not echo them
+        raise ValueError("credentials do not belong in the URL: use the route's secret keys")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{value!r} is not an http:// or https:// URL")
-    if parts.username or parts.password:
-        raise ValueError("credentials do not belong in the URL: use the route's secret keys")
     return value
 
 
@@ -78,6 +78,9 @@ class TicketError(Exception):
         retry_after: float | None = None,
         refused: bool = False,
     ) -> None:
+        # What a helpdesk echoes back (a token in a 400's body, say) is stored and printed:
+        # the known secrets are taken out here, where every message passes.
+        message = known.redact(message)
         super().__init__(message)
         self.message = message
         self.permanent = permanent

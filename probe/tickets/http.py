@@ -7,6 +7,11 @@ timeout, and the translation of whatever comes back into a response or a TicketE
 - other 4xx are permanent, with the helpdesk's own message;
 - `Retry-After` (seconds or an HTTP date) and rate-limit reset headers (epoch seconds, ISO
   8601, or seconds to wait) become `retry_after`.
+
+A body is read up to MAX_BODY bytes (decompressed) and decoded leniently whatever its charset
+says. JSON nested deeper than Python's parser can follow is a TicketError from
+`Response.json()`; an error body the backend reads itself (a status in `ok`) that nests deeper
+than MAX_DEPTH is answered as if it were not in `ok`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from probe.tickets.base import RouteBase, TicketError, ssl_context
 
 TRANSIENT = {408, 425, 429}
 MAX_ERROR_TEXT = 300
+MAX_BODY = 16 * 1024 * 1024  # a hundred GitHub issues of 65536 characters fit, with room
+MAX_DEPTH = 100  # no helpdesk's JSON nests a tenth as deep
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class Response:
     def json(self) -> Any:
         try:
             return json.loads(self.text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
             raise TicketError(
                 f"{self.what}: HTTP {self.status} with a body that is not JSON: "
                 f"{_excerpt(self.text)!r}"
@@ -99,19 +108,50 @@ class Http:
                 method, url, json=json_body, data=data, params=params, headers=headers,
                 allow_redirects=False,
             ) as response:
-                text = await response.text(errors="replace")
+                text = _decode(await _read(response, what), response.charset)
                 result = Response(response.status, response.headers, text, what)
         except TimeoutError:  # first: a TimeoutError is an OSError too
             raise TicketError(f"{what}: no answer within {self._route.timeout:g}s") from None
         except (aiohttp.ClientError, OSError) as err:
             raise TicketError(f"{what}: {_describe(err)}") from err
-        if 200 <= result.status < 300 or result.status in ok:
-            return result
+        if 200 <= result.status < 300:
+            return result  # Response.json() refuses a body nested too deep
+        if result.status in ok and _depth(text) <= MAX_DEPTH:
+            return result  # the backend reads the helpdesk's reasons from it
         raise _error(result)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _read(response: aiohttp.ClientResponse, what: str) -> bytes:
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise TicketError(f"{what}: HTTP {response.status} with a body larger than "
+                              f"{MAX_BODY // (1024 * 1024)} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(body: bytes, charset: str | None) -> str:
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except (LookupError, ValueError):  # no such codec, or one that is no text encoding ("hex")
+        return body.decode("utf-8", errors="replace")
+
+
+def _depth(text: str) -> int:
+    """How deep the JSON in `text` nests (brackets inside strings do not count)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return 0  # cannot be deeper than its brackets; the common case, at C speed
+    depth = deepest = 0
+    for bracket in _NOT_BRACKETS.sub("", _STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _describe(err: BaseException) -> str:
@@ -150,7 +190,7 @@ def helpdesk_message(text: str) -> str:
     else the start of the text."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return _excerpt(text)
     if isinstance(data, dict):
         for key in ("message", "error", "description", "errorMessages", "errors", "details"):

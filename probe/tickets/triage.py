@@ -22,6 +22,7 @@ from checks.icmp import IcmpSpec
 from checks.tcp import TcpSpec
 from checks.tls import TlsSpec
 from probe.config import Check
+from probe.secrets import known
 
 EXTRA_PORTS = (80, 443, 22)
 
@@ -57,7 +58,7 @@ async def gather(checks: Sequence[Check], deadline: float = 5.0) -> list[tuple[s
             jobs.append((f"TLS {host}", asyncio.create_task(_tls(host, deadline))))
         jobs.append((f"ICMP {host}", asyncio.create_task(_icmp(host, deadline))))
     for spec in http_specs:
-        jobs.append((f"HTTP {spec.url}", asyncio.create_task(_http(spec, deadline))))
+        jobs.append((f"HTTP {known.redact(spec.url)}", asyncio.create_task(_http(spec, deadline))))
     if not jobs:
         return []
     await asyncio.wait([task for _, task in jobs], timeout=deadline + 1)
@@ -74,7 +75,8 @@ async def gather(checks: Sequence[Check], deadline: float = 5.0) -> list[tuple[s
 
 
 async def _run(spec: Spec, timeout: float) -> Result:
-    return await execute(spec, timeout=timeout)
+    # What a target answers may echo a token from its URL: the note is shown to people.
+    return known.redact_result(await execute(spec, timeout=timeout))
 
 
 async def _dns(host: str, timeout: float) -> str:
