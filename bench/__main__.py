@@ -7,6 +7,7 @@ import argparse
 import datetime as dt
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import report, rt, scenarios, targets
+from bench import daemon, report, rt, scenarios, targets
 from bench.proc import Processes, Unavailable
 
 HERE = Path(__file__).resolve().parent
@@ -39,8 +40,12 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         "(100,1000,10000)")
     parser.add_argument("--duration", type=float,
                         help="measured seconds of each scale run (180)")
+    parser.add_argument("--mix", default=",".join(f"{k}={v}" for k, v in scenarios.MIX.items()),
+                        help="kinds of the scale scenario, kind=share (%(default)s)")
     parser.add_argument("--incidents", type=int, help="incidents per helpdesk (100)")
     parser.add_argument("--no-rt", action="store_true", help="leave Request Tracker out")
+    parser.add_argument("--rev", help="run the probe of this git revision (git archive) "
+                        "instead of the working tree's")
     parser.add_argument("--cpu", type=int, default=1 if (os.cpu_count() or 1) > 1 else 0,
                         help="the core the daemon is pinned to in the scale scenario (1)")
     args = parser.parse_args(argv)
@@ -51,10 +56,36 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (180.0 if full else 20.0)
     args.incidents = args.incidents or (100 if full else 10)
     args.only = [s for s in args.only.split(",") if s]
+    try:
+        args.mix = {k: float(v) for k, _, v in (p.partition("=") for p in args.mix.split(","))}
+    except ValueError:
+        parser.error(f"--mix: not kind=share,...: {args.mix}")
+    if set(args.mix) - set(scenarios.KINDS):
+        parser.error(f"--mix: kinds are {', '.join(scenarios.KINDS)}")
     unknown = set(args.only) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}")
     return args
+
+
+def _git(*argv: str) -> str:
+    done = subprocess.run(["git", *argv], cwd=daemon.REPO, capture_output=True, check=False)
+    return done.stdout.decode(errors="replace").strip()
+
+
+def source(rev: str | None, directory: Path) -> tuple[Path, str]:
+    """Where the probe under test comes from, and what it is (a commit, dirty or not)."""
+    if rev is None:
+        dirty = " with changes" if _git("status", "--porcelain", "--", "probe", "checks") else ""
+        return daemon.REPO, f"working tree at {_git('rev-parse', '--short', 'HEAD')}{dirty}"
+    commit = _git("rev-parse", "--short", "--verify", f"{rev}^{{commit}}")
+    if not commit:
+        raise SystemExit(f"--rev {rev}: not a revision of {daemon.REPO}")
+    directory.mkdir()
+    archive = subprocess.run(["git", "archive", commit, "probe", "checks"], cwd=daemon.REPO,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    return directory, commit
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -64,6 +95,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     results: dict[str, Any] = {
         "mode": "smoke" if args.smoke else "full",
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -93,27 +125,33 @@ def main(argv: list[str] | None = None) -> int:
         except Unavailable as why:
             say(f"skipped every scenario: {why}")
             return 0
-        bench = scenarios.Bench(processes, directory, where, say)
+        code, results["probe"] = source(args.rev, directory / "source")
+        say(f"probe: {results['probe']}")
+        bench = scenarios.Bench(processes, directory, where, say, code)
         if "kinds" in args.only:
-            attempt("kinds", lambda: results.update(kinds=scenarios.kinds(
-                bench, count=args.checks, checks=100 if args.smoke else 200, reps=args.reps,
-                which=args.kinds.split(","))))
+            results["kinds"] = []
+            attempt("kinds", lambda: scenarios.kinds(
+                bench, results["kinds"], count=args.checks, checks=100 if args.smoke else 200,
+                reps=args.reps, which=args.kinds.split(",")))
         if "scale" in args.only:
-            attempt("scale", lambda: results.update(scale=scenarios.scale(
-                bench, sizes=args.sizes, duration=args.duration, cpu=args.cpu)))
+            results["scale"] = []
+            attempt("scale", lambda: scenarios.scale(
+                bench, results["scale"], sizes=args.sizes, duration=args.duration, cpu=args.cpu,
+                shares=args.mix))
         if "tickets" in args.only:
             results["tickets"] = []
-            rate = 2.0  # incidents per second: a busy outage, not a stampede
 
             def local() -> None:
                 results["tickets"].append(scenarios.tickets(
-                    bench, backend="local", incidents=args.incidents, rate=rate))
+                    bench, backend="local", incidents=args.incidents, rate=2.0))
 
             def request_tracker() -> None:
                 peer = rt.start(processes)
                 results["rt_create"] = scenarios.rt_create(peer, args.incidents)
+                # RT (two Starlet workers on SQLite) takes about two requests a second, and each
+                # incident costs two (the create, the triage note): faster, tickets queue in RT.
                 results["tickets"].append(scenarios.tickets(
-                    bench, backend="rt", incidents=args.incidents, rate=rate, rt_peer=peer))
+                    bench, backend="rt", incidents=args.incidents, rate=0.5, rt_peer=peer))
 
             attempt("tickets (local)", local)
             if not args.no_rt:

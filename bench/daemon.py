@@ -57,10 +57,10 @@ class Daemon:
     state_dir: Path
 
     def scrape(self) -> Scrape:
-        started = time.monotonic()
+        sent = time.time()
         with urllib.request.urlopen(self.url + "/metrics", timeout=120) as response:
             text = response.read().decode()
-        took = time.monotonic() - started
+        at = time.time()
         buckets: list[tuple[float, float]] = []
         count = skipped = 0.0
         for line in text.splitlines():
@@ -71,7 +71,7 @@ class Daemon:
                 count = float(line.rsplit(" ", 1)[1])
             elif line.startswith(SKIPPED + " "):
                 skipped = float(line.rsplit(" ", 1)[1])
-        return Scrape(time.time(), took, buckets, count, skipped)
+        return Scrape(at, at - sent, buckets, count, skipped)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         """Read the state database (WAL: readable while the daemon writes)."""
@@ -92,9 +92,35 @@ def start(
     agent: dict[str, Any] | None = None,
     ticketing: dict[str, Any] | None = None,
     cpus: set[int] | None = None,
+    source: Path = REPO,
 ) -> Daemon:
-    """Start `probe run` on `checks` and wait until it is ready."""
+    """Start `probe run` on `checks` and wait until it is ready. `source` holds the probe and
+    checks packages to run (`python -m` takes them from its working directory)."""
     directory.mkdir(parents=True, exist_ok=True)
+    for _ in range(5):
+        try:
+            return _start(processes, directory, checks, defaults=defaults, agent=agent,
+                          ticketing=ticketing, cpus=cpus, source=source)
+        except PortTaken:
+            continue  # another process took the free port first: another one
+    raise RuntimeError("probe found no free port in 5 tries")
+
+
+class PortTaken(Exception):
+    pass
+
+
+def _start(
+    processes: Processes,
+    directory: Path,
+    checks: Sequence[dict[str, Any]],
+    *,
+    defaults: dict[str, Any],
+    agent: dict[str, Any] | None,
+    ticketing: dict[str, Any] | None,
+    cpus: set[int] | None,
+    source: Path,
+) -> Daemon:
     port = free_port()
     config: dict[str, Any] = {
         "agent": {
@@ -112,10 +138,16 @@ def start(
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     process = processes.start(
         "probe", [sys.executable, "-m", "probe", "run", "--config", str(path)],
-        log=directory / "probe.log", cpus=cpus, cwd=REPO,
+        log=directory / "probe.log", cpus=cpus, cwd=source,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/-/ready", process, timeout=120)
+    try:
+        wait_http(url + "/-/ready", process, timeout=60)
+    except RuntimeError:
+        if not process.alive() and "address already in use" in process.tail(20):
+            processes.stop(process)
+            raise PortTaken from None
+        raise
     return Daemon(process, url, directory / "state")
 
 

@@ -141,7 +141,7 @@ class Processes:
         cwd: Path | None = None,
         stop_signal: int = signal.SIGTERM,
     ) -> Process:
-        with log.open("ab") as out:
+        with log.open("wb") as out:
             popen = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=env, cwd=cwd, start_new_session=True,  # Ctrl-C reaches the benchmark only
@@ -193,7 +193,8 @@ def wait_http(url: str, process: Process, timeout: float = 30.0,
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{process.name} did not answer {url} in {timeout:.0f}s")
+            raise RuntimeError(f"{process.name} did not answer {url} in {timeout:.0f}s: "
+                               f"{process.tail()}")
         time.sleep(0.1)
 
 

@@ -1,8 +1,8 @@
 """`python -m bench.profile KIND`: where the daemon's time goes. Runs the kinds scenario's
 daemon (200 checks of KIND every second, max_concurrency 50) against the benchmark's targets,
 samples it with py-spy (`pip install py-spy`) after start-up, and prints the functions with the
-most samples of their own, and with the most in total. The collapsed stacks are kept
-(bench/results/profile-KIND.txt) for a flame graph (`py-spy` or inferno read them).
+most samples of their own, and probe's functions with the most in total (with what they call).
+The collapsed stacks are kept (bench/results/profile-KIND.txt) for a flame graph.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def summary(collapsed: str, top: int) -> str:
                   if " (" in f else f for f in stack.split(";")]
         own[frames[-1]] += n
         for frame in set(frames):
-            total[frame] += n
+            if "(probe/" in frame or "(checks/" in frame:
+                total[frame] += n
     lines = [f"{samples} samples"]
-    for title, counter in (("own", own), ("total", total)):
+    for title, counter in (("own", own), ("total (probe's own functions)", total)):
         lines.append(f"\ntop {top} by {title} samples:")
         lines += [f"{n / samples:7.1%}  {frame}" for frame, n in counter.most_common(top)]
     return "\n".join(lines)

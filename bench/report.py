@@ -55,19 +55,22 @@ def tables(results: dict[str, Any]) -> str:
     out = []
     m = results["machine"]
     out.append(f"machine: {m['nproc']} x {m['cpu_model']}, {m['memory_gib']} GiB, "
-               f"Linux {m['kernel']}, Python {m['python']}; mode {results['mode']}")
+               f"Linux {m['kernel']}, Python {m['python']}; mode {results['mode']}; "
+               f"probe: {results.get('probe', '?')}")
     if results.get("kinds"):
         rows = []
         for r in results["kinds"]:
             limit = RATIO_TARGET[r["kind"]]
             rows.append([r["kind"], _spread(r["probe_cpu_ms"]), _spread(r["blackbox_cpu_ms"]),
                          _spread(r["ratio"], ".2f"), f"≤ {limit}",
-                         verdict(r["ratio"]["median"] <= limit)])
+                         verdict(r["ratio"]["median"] <= limit),
+                         str(r["probe_not_up"]), str(r["blackbox_failures"])])
         first = results["kinds"][0]
         out += ["", f"CPU per check, {first['probes']} checks at concurrency "
                 f"{first['concurrency']}, median (min-max) of {first['repetitions']}:",
                 _table(["kind", "probe CPU-ms/check", "blackbox CPU-ms/probe",
-                        "probe/blackbox", "target", ""], rows)]
+                        "probe/blackbox", "target", "", "probe not up", "blackbox failed"],
+                       rows)]
     if results.get("scale"):
         rows = []
         for r in results["scale"]:
@@ -78,13 +81,16 @@ def tables(results: dict[str, Any]) -> str:
                 f"{_ms(r['lag_p50_ms'])}/{_ms(r['lag_p99_ms'])}/≤{r['lag_max_bucket_ms']:g}",
                 f"{r['lag_within_50ms']:.2%}",
                 f"{_ms(r['db_lag_p50_ms'])}/{_ms(r['db_lag_p99_ms'])}/{_ms(r['db_lag_max_ms'])}",
+                f"{_ms(r['quiet_lag_p99_ms'])}/{_ms(r['quiet_lag_max_ms'])}",
                 f"{r['runs']}/{r['runs_expected']}", str(r["skipped"]), str(r["missed"]),
+                str(r["not_up"]),
                 f"{r['cpu_share']:.1%}", f"{r['cpu_ms_per_check']:.2f}",
                 f"{r['rss_max_mb']:.0f}", f"{r['scrape_s']:.2f}", verdict(ok),
             ])
         out += ["", "Scale, 10 s interval, one core (lag in ms: p50/p99/max):",
                 _table(["checks", "window", "lag (histogram)", "≤ 50 ms", "lag (state DB)",
-                        "runs/expected", "skipped", "missed", "CPU", "CPU-ms/check",
+                        "p99/max but scrape",
+                        "runs/expected", "skipped", "missed", "not up", "CPU", "CPU-ms/check",
                         "RSS MB", "scrape s", ""], rows)]
     if results.get("tickets"):
         create = results.get("rt_create")

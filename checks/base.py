@@ -10,7 +10,9 @@ never count as a failure of the target.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
+import math
 import re
 import socket
 import time
@@ -155,6 +157,8 @@ def parse_duration(value: object) -> float:
         pos = match.end()
     if pos != len(text) or not text:
         raise ValueError(f"{value!r} is not a duration (like 250ms, 30s, 5m, 1h, 1d)")
+    if not math.isfinite(total):  # 400 digits make an infinite float, which nothing can wait
+        raise ValueError(f"{text[:20]}... is too long a duration")
     return total
 
 
@@ -204,7 +208,11 @@ IpFamily = Literal["auto", "ipv4", "ipv6"]
 
 
 def _readable_file(value: Path) -> Path:
-    if not value.is_file():
+    try:
+        readable = value.is_file()
+    except OSError:  # is_file() passes some on, a name too long (ENAMETOOLONG) for one
+        readable = False
+    if not readable:
         raise ValueError(f"{str(value)!r} is not a readable file")
     return value
 
@@ -240,20 +248,29 @@ class Spec(StrictModel):
 _FAMILIES = {"auto": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
 
+@functools.lru_cache(maxsize=16384)
+def _literal(host: str) -> tuple[str, int] | None:
+    """An address literal in its canonical form, and its IP version; None for a name.
+    Cached: parsing an address costs more than the rest of a tcp check's Python."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return str(address), address.version
+
+
 async def resolve(host: str, family: IpFamily = "auto") -> list[str]:
     """The addresses of `host`, IPv6 first where both exist (as blackbox_exporter prefers).
 
     An address literal is returned as it is, without a lookup. Raises `OSError` (a
     `socket.gaierror`) when the name does not resolve.
     """
-    try:
-        literal = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    else:
-        if (family, literal.version) in (("ipv4", 6), ("ipv6", 4)):
+    literal = _literal(host)
+    if literal is not None:
+        address, version = literal
+        if (family, version) in (("ipv4", 6), ("ipv6", 4)):
             raise OSError(f"{host} is not an {family} address")
-        return [str(literal)]
+        return [address]
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, None, family=_FAMILIES[family], type=socket.SOCK_STREAM
     )

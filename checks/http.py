@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import functools
 import re
@@ -67,13 +68,13 @@ class HttpSpec(Spec):
     @classmethod
     def _url(cls, value: str) -> str:
         parts = urlsplit(value)
+        if parts.password is not None:
+            # Never echo it: the value is a secret, and the error is printed.
+            raise ValueError("a password in the URL is an inline secret: it is not allowed")
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"{value!r} is not an http:// or https:// URL")
         if not parts.hostname:
             raise ValueError(f"{value!r} has no host")
-        if parts.password is not None:
-            # Never echo it: the value is a secret, and the error is printed.
-            raise ValueError("a password in the URL is an inline secret: it is not allowed")
         try:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
@@ -219,10 +220,17 @@ async def _follow(spec: HttpSpec, probe: Probe) -> _Response:
             return response
         if redirects >= spec.max_redirects:
             raise _Failed(f"too many redirects ({spec.max_redirects})")
-        url = urljoin(url, location)
-        parts = urlsplit(url)
+        try:
+            url = urljoin(url, location)
+            parts = urlsplit(url)
+        except ValueError:  # "http://[::1", say
+            raise _Failed(f"redirected to {location!r}, which is not a valid URL") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _Failed(f"redirected to {location!r}, which is not an http(s) URL")
+        try:
+            _ascii_host(parts.hostname)
+        except _Failed:  # the target's doing, not the spec's: down, not unknown
+            raise _Failed(f"redirected to {location!r}, whose host name is not valid") from None
         redirects += 1
         # What browsers and Go do: a 303, or a 301/302 answering a POST, is followed by a GET.
         if (response.status == 303 and method != "HEAD") or (
@@ -344,9 +352,11 @@ async def _start_tls(spec: HttpSpec, probe: Probe, writer: asyncio.StreamWriter,
         if version:
             probe.evidence["tls_version"] = tls_version_name(version)
         der = tls.getpeercert(binary_form=True)
-        if der:
-            cert = x509.load_der_x509_certificate(der)
-            probe.evidence["cert_not_after"] = cert.not_valid_after_utc.isoformat()
+        # A certificate OpenSSL took but cryptography cannot parse costs only the evidence.
+        with contextlib.suppress(ValueError):
+            cert = x509.load_der_x509_certificate(der) if der else None
+            if cert is not None:
+                probe.evidence["cert_not_after"] = cert.not_valid_after_utc.isoformat()
 
 
 def _client_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
@@ -468,7 +478,8 @@ def _content_length(headers: dict[str, str]) -> int | None:
         return None
     values = {v.strip() for v in value.split(",")}
     text = values.pop()
-    if values or not (text.isascii() and text.isdigit()):
+    # More than 19 digits is no length a body has, and past 4300 int() refuses to read them.
+    if values or not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise _Failed(f"malformed HTTP response: Content-Length {value!r}")
     return int(text)
 
@@ -521,7 +532,10 @@ async def _read_chunked(reader: asyncio.StreamReader, cap: int) -> tuple[bytes, 
                 data += await reader.readexactly(room)
                 return bytes(data), True
             data += await reader.readexactly(size)
-            if await reader.readline() not in (b"\r\n", b"\n"):
+            end = await reader.readline()
+            if not end:
+                raise asyncio.IncompleteReadError(end, 2)
+            if end not in (b"\r\n", b"\n"):
                 raise _Failed("invalid chunked encoding: a chunk is longer than its size")
     except asyncio.IncompleteReadError as err:
         raise _Failed("invalid chunked encoding: the body ended in the middle of a chunk") from err

@@ -93,7 +93,10 @@ async def _fetch_chain(
             _, writer = await open_first(probe, [probe.evidence["address"]], spec.port)
             unverified = client_context(None, verify=False, check_hostname=False)
             tls = await handshake(probe, writer, unverified, server_name)
-        chain = [x509.load_der_x509_certificate(der) for der in _peer_chain(tls)]
+        try:
+            chain = [x509.load_der_x509_certificate(der) for der in _peer_chain(tls)]
+        except ValueError as err:
+            raise CheckFailed("the server sent a certificate that cannot be parsed") from err
         cipher = tls.cipher()
         probe.evidence["tls_version"] = tls_version_name(tls.version())
         probe.evidence["cipher"] = cipher[0] if cipher else None
@@ -136,16 +139,24 @@ def _problem(
         ):
             return "certificate is self-signed"
         if rejected.verify_code in _UNKNOWN_ISSUER:
-            return f"certificate issued by an unknown CA: {chain[-1].issuer.rfc4514_string()}"
+            issuer = _printable(chain[-1].issuer.rfc4514_string())
+            return f"certificate issued by an unknown CA: {issuer}"
         return f"certificate is not trusted: {rejected.verify_message}"
     name = (spec.server_name or spec.host).strip("[]")
     if spec.verify_hostname and not _matches(name, _names(leaf)):
         names = _names(leaf)
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        shown = ", ".join(map(_printable, names[:3]))
+        shown += f" and {len(names) - 3} more" if len(names) > 3 else ""
         return f"certificate is for {shown or 'no host name'}, not {name}"
     if not_after - now < dt.timedelta(days=spec.min_days_left):
         return f"certificate expires in {_span(not_after - now)} ({not_after.date()})"
     return None
+
+
+def _printable(text: str) -> str:
+    """Text the server chose (a name in its certificate) as it may stand in a one-line reason:
+    a line break or a NUL escaped, not obeyed."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _span(delta: dt.timedelta) -> str:
@@ -162,6 +173,10 @@ def _names(cert: x509.Certificate) -> list[str]:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    except x509.DuplicateExtension as err:  # parsed when first asked for, not with the rest
+        raise CheckFailed(f"certificate has the {_oid_name(err.oid)} extension twice") from err
+    except ValueError as err:
+        raise CheckFailed("certificate has an extension that cannot be parsed") from err
     return [
         *sans.get_values_for_type(x509.DNSName),
         *(str(ip) for ip in sans.get_values_for_type(x509.IPAddress)),
@@ -190,6 +205,7 @@ def _describe(chain: list[x509.Certificate]) -> dict[str, Any]:
     now = dt.datetime.now(dt.UTC)
     key_type, key_size = _key(leaf)
     serial = leaf.serial_number
+    size = (serial.bit_length() + (8 if serial < 0 else 7)) // 8  # RFC 5280 forbids < 0; some do
     return {
         "subject": leaf.subject.rfc4514_string(),
         "issuer": leaf.issuer.rfc4514_string(),
@@ -199,10 +215,15 @@ def _describe(chain: list[x509.Certificate]) -> dict[str, Any]:
         "days_left": round((leaf.not_valid_after_utc - now).total_seconds() / 86400, 2),
         "key_type": key_type,
         "key_size": key_size,
-        "serial": serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big").hex(":").upper(),
+        "serial": serial.to_bytes(max(1, size), "big", signed=serial < 0).hex(":").upper(),
         "sha256_fingerprint": leaf.fingerprint(hashes.SHA256()).hex(":").upper(),
         "chain_length": len(chain),
     }
+
+
+def _oid_name(oid: x509.ObjectIdentifier) -> str:
+    name = getattr(oid, "_name", None)  # cryptography's name for the OIDs it knows
+    return name if isinstance(name, str) and name != "Unknown OID" else oid.dotted_string
 
 
 def _iso(moment: dt.datetime) -> str:

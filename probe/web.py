@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from probe import __version__
+from probe.metrics import exposition
 from probe.secrets import known
 from probe.webconfig import Guard
 
@@ -26,7 +27,7 @@ async def serve_http(daemon: Daemon, listen: str, guard: Guard | None = None) ->
     app = web.Application(middlewares=[guard.middleware])
     app.on_response_prepare.append(guard.add_headers)
     app[DAEMON] = daemon
-    app.router.add_get("/metrics", make_aiohttp_handler(daemon.registry))
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)
@@ -36,6 +37,11 @@ async def serve_http(daemon: Daemon, listen: str, guard: Guard | None = None) ->
     host, _, port = listen.rpartition(":")
     await web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=guard.ssl_context).start()
     return runner
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await exposition(request.app[DAEMON].metrics)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthy(request: web.Request) -> web.Response:

@@ -136,7 +136,18 @@ class CertFactory:
         cert = builder.sign(signer.key if signer else key, hashes.SHA256())
         return self._write(cert, key, hosts[0].replace(":", "_"))
 
-    def make_intermediate(self, common_name: str, issuer: Issued | None = None) -> Issued:
+    def save(self, cert: x509.Certificate, key: PrivateKey, stem: str) -> Issued:
+        """Write a certificate made elsewhere (by hand, to be odd) with its key."""
+        return self._write(cert, key, stem)
+
+    def make_intermediate(
+        self,
+        common_name: str,
+        issuer: Issued | None = None,
+        *,
+        path_length: int | None = 0,
+        not_after: dt.datetime | None = None,
+    ) -> Issued:
         """A CA certificate signed by `issuer` (the test CA by default), with the key usage and
         key identifiers that strict verifiers (Python 3.13's X509_STRICT) insist on."""
         signer = issuer or self.ca
@@ -149,8 +160,9 @@ class CertFactory:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=1825))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .not_valid_after(not_after or now + dt.timedelta(days=1825))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length),
+                           critical=True)
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True, content_commitment=False, key_encipherment=False,

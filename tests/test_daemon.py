@@ -286,7 +286,7 @@ async def test_health_readiness_and_promtool(
     assert states["cert"][0] == "down"
     text = probe.get("/metrics")
     for expected in (
-        'probe_http_duration_seconds{check="web",kind="http",phase="processing",service="shop"}',
+        'probe_http_duration_seconds{check="web",kind="http",service="shop",phase="processing"}',
         'probe_http_status_code{check="web",kind="http",service="shop"} 200.0',
         "probe_check_schedule_lag_seconds_bucket",
         "probe_build_info{",
