@@ -147,7 +147,7 @@ def runs(desk: Helpdesk, check: str) -> int:
 
 
 async def fault_opens_one_ticket_and_resolves(
-    lab: Lab, desk: Helpdesk, fault: Callable[[], None], name: str, reason: str,
+    lab: Lab, desk: Helpdesk, fault: Callable[[], object], name: str, reason: str,
 ) -> None:
     await until("the first results", lambda: runs(desk, "web") >= 2, lab)
     fault()
