@@ -2,8 +2,9 @@
 docs/reliability.md.
 
 Tests call `record(...)`; when PROBE_RELIABILITY_OUT names a file, each call appends a JSON
-line to it. `python -m tests.reliability RESULTS.jsonl docs/reliability.md` turns the lines
-into the report; `scripts/reliability` runs the suite and does both.
+line to it. `python -m tests.reliability RESULTS.jsonl JUNIT.xml docs/reliability.md` turns
+the lines, and pytest's JUnit report of the hostile-input tests, into the report;
+`scripts/reliability` runs the suite and does both.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import platform
 import sys
 import time
-from collections import defaultdict
+import xml.etree.ElementTree as ET
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,42 @@ def record(
         f.write(json.dumps(line) + "\n")
 
 
-def render(results: Path) -> str:
+HOSTILE = {
+    "test_config_fuzz": "configuration files (hypothesis fuzzing, alias bombs, junk)",
+    "test_hostile_targets": "targets that misbehave (DNS, HTTP, TLS, TCP)",
+    "test_hostile_helpdesks": "helpdesk answers that break their API (every backend)",
+    "test_security": "secrets planted and echoed back; the authenticated endpoint",
+}
+
+
+def _hostile(junit: Path) -> list[str]:
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        module = case.get("classname", "").split(".")[-1]
+        if module not in HOSTILE:
+            continue
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error"):
+                outcome = "failed"
+            elif child.tag == "skipped":
+                outcome = "known" if "xfail" in (child.get("type") or "") else "skipped"
+        counts[module][outcome] += 1
+    out = ["", "## Hostile input", "",
+           "| input | cases | handled | known crash, caught by the outbox | failed |",
+           "| --- | ---: | ---: | ---: | ---: |"]
+    for module, title in HOSTILE.items():
+        c = counts.get(module, Counter())
+        out.append(f"| {title} | {sum(c.values())} | {c['passed']} | {c['known']} | "
+                   f"{c['failed']} |")
+    out += ["", "A known crash is an exception other than TicketError in a backend's parser "
+            "(a JSON value of the wrong type). The dispatcher catches it, logs it and retries "
+            "the action like a transient error, so no ticket is lost; the tests list each one "
+            "(tests/test_hostile_helpdesks.py, KNOWN_CRASHES) so that a new one fails."]
+    return out
+
+
+def render(results: Path, junit: Path | None = None) -> str:
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     by_area: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -76,10 +113,12 @@ def render(results: Path) -> str:
             out.append(f"| {r['fault']} | {r['tried']} | {show(r['expected'])} | "
                        f"{show(r['found'])} | {r['lost']} | {r['duplicated']} | {r['false']} | "
                        f"{r['crashes']} | {r['outcome']} |")
+    if junit is not None and junit.exists():
+        out += _hostile(junit)
     return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
-    source, target = Path(sys.argv[1]), Path(sys.argv[2])
-    target.write_text(render(source), encoding="utf-8")
+    source, junit, target = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    target.write_text(render(source, junit), encoding="utf-8")
     print(f"wrote {target}")

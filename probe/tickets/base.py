@@ -10,15 +10,21 @@ recover the ticket after a crash) and the reference it returned for later calls.
 from __future__ import annotations
 
 import abc
+import functools
+import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
 
 from checks.base import Duration, ReadableFile
+from probe.log import fields
 from probe.secrets import Secrets, known
+
+log = logging.getLogger("probe.tickets")
 
 Priority = Literal["urgent", "high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("urgent", "high", "normal", "low")
@@ -115,6 +121,12 @@ class Backend(abc.ABC, Generic[R]):
         self.name = name
         self.route = route
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for method in _CALLS:
+            if method in cls.__dict__:
+                setattr(cls, method, _only_ticket_errors(cls.__dict__[method]))
+
     @abc.abstractmethod
     async def find(self, key: str) -> str | None:
         """The reference of the newest ticket carrying `key`, open or not; None if none."""
@@ -147,6 +159,29 @@ class Backend(abc.ABC, Generic[R]):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+_CALLS = ("find", "open", "note", "resolve", "reopen", "status", "open_tickets")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _only_ticket_errors(call: F) -> F:
+    """Hold every backend to its promise, whatever its parser meets: an answer of the wrong
+    shape (a list where an object was promised, a null id) is a transient TicketError, logged
+    with where it broke, never an AttributeError escaping into the dispatcher."""
+
+    @functools.wraps(call)
+    async def guarded(self: Backend[Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await call(self, *args, **kwargs)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:
+            log.warning("unexpected answer from the helpdesk %s", fields(
+                route=self.name, call=call.__name__, error=f"{type(err).__name__}: {err}"),
+                exc_info=True)
+            raise TicketError(f"{self.kind} {call.__name__}: the helpdesk's answer is not of "
+                              f"the shape its API promises ({type(err).__name__}: {err})") from err
+
+    return guarded  # type: ignore[return-value]
 
 
 def ssl_context(route: RouteBase) -> ssl.SSLContext | bool:
