@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.certs import CertFactory
+from tests.test_daemon import target  # noqa: F401 - the flaky HTTP target every daemon test uses
 
 
 @pytest.fixture(autouse=True)

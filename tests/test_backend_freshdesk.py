@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from probe.config import load
 from probe.daemon import Daemon
 from probe.tickets.base import Ticket, TicketError
 from probe.tickets.freshdesk import Backend, key_tag
 from tests.fake_freshdesk import DAY, KEY_FIELD, REQUESTER_EMAIL, FakeFreshdesk, serve_freshdesk
-from tests.httpserver import closed_port, serve_app
+from tests.httpserver import closed_port
 from tests.test_daemon import Target, free_port
 from tests.test_tickets_local import until
 
@@ -341,16 +340,6 @@ async def test_an_unreachable_freshdesk_is_a_transient_error(make_backend: MakeB
 # --- the daemon, filing its tickets in Freshdesk ----------------------------------------------
 
 Run = Callable[[str], Awaitable[Daemon]]
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    t = Target()
-    app = web.Application()
-    app.router.add_get("/health", t.handle)
-    async with serve_app(app) as port:
-        t.port = port
-        yield t
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from tests import fake_github
 from tests.fake_github import REPOSITORY, TOKEN, FakeGitHub
 from tests.openapi import INSTALL_GITHUB, Request, github_description, load
 from tests.test_daemon import Target
-from tests.test_tickets_local import Run, run, target, until  # noqa: F401
+from tests.test_tickets_local import Run, run, until  # noqa: F401
 
 KEY = "probe-eu-1/shop/3"
 TICKET = Ticket(
@@ -457,7 +457,7 @@ checks:
 """
 
 
-def daemon_config(github: FakeGitHub, target: Target, token_file: Path, policy: str = "",  # noqa: F811
+def daemon_config(github: FakeGitHub, target: Target, token_file: Path, policy: str = "",
                   timeout: str = "2s") -> str:
     return DAEMON.format(url=github.url, repository=REPOSITORY, token=token_file,
                          port=target.port, policy=policy, timeout=timeout)

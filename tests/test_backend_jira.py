@@ -18,7 +18,7 @@ from probe.tickets.base import Ticket, TicketError
 from probe.tickets.jira import Backend, Route, key_label
 from tests.fake_jira import EMAIL, PAT, TOKEN, FakeJira, reset_in, serve_jira
 from tests.test_daemon import Target
-from tests.test_tickets_local import Run, run, target, until  # noqa: F401
+from tests.test_tickets_local import Run, run, until  # noqa: F401
 
 KEY = "probe-eu-1/shop/3"
 BODY = """shop is DOWN: connection refused from shop.example.com:443

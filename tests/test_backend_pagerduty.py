@@ -19,7 +19,7 @@ from probe.tickets.pagerduty import Backend, Route
 from tests import fake_pagerduty
 from tests.fake_pagerduty import API_TOKEN, ROUTING_KEY, USER_EMAIL, FakePagerDuty
 from tests.test_daemon import Target
-from tests.test_tickets_local import Helpdesk, Run, run, target, until  # noqa: F401
+from tests.test_tickets_local import Helpdesk, Run, run, until  # noqa: F401
 
 KEY = "probe-eu-1/shop/3"
 TICKET = Ticket(
@@ -396,7 +396,7 @@ checks:
 """
 
 
-def daemon_config(pagerduty: FakePagerDuty, target: Target, secrets: dict[str, Path],  # noqa: F811
+def daemon_config(pagerduty: FakePagerDuty, target: Target, secrets: dict[str, Path],
                   policy: str = "") -> str:
     return DAEMON.format(url=pagerduty.url, routing_key=secrets["routing_key_file"],
                          api_token=secrets["api_token_file"], email=USER_EMAIL,

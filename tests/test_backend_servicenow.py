@@ -18,7 +18,7 @@ from probe.tickets.base import Ticket, TicketError
 from probe.tickets.servicenow import Backend, Route
 from tests.fake_servicenow import PASSWORD, USERNAME, FakeServiceNow, serve_servicenow
 from tests.test_daemon import Target
-from tests.test_tickets_local import Run, run, target, until  # noqa: F401
+from tests.test_tickets_local import Run, run, until  # noqa: F401
 
 KEY = "probe-eu-1/shop/3"
 BODY = "shop is DOWN: connection refused\n\nprobe key: probe-eu-1/shop/3"

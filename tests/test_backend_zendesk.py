@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from probe.config import load
 from probe.daemon import Daemon
 from probe.tickets.base import Ticket, TicketError
 from probe.tickets.zendesk import Backend
 from tests.fake_zendesk import EMAIL, ME, UPDATE_LIMITED, FakeZendesk, serve_zendesk
-from tests.httpserver import closed_port, serve_app
+from tests.httpserver import closed_port
 from tests.test_daemon import Target, free_port
 from tests.test_tickets_local import until
 
@@ -360,16 +359,6 @@ async def test_an_unreachable_zendesk_is_a_transient_error(make_backend: MakeBac
 # --- the daemon, filing its tickets in Zendesk ------------------------------------------------
 
 Run = Callable[[str], Awaitable[Daemon]]
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    t = Target()
-    app = web.Application()
-    app.router.add_get("/health", t.handle)
-    async with serve_app(app) as port:
-        t.port = port
-        yield t
 
 
 @pytest.fixture

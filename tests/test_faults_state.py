@@ -16,25 +16,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from tests.httpserver import serve_app
 from tests.reliability import record
 from tests.test_daemon import Probe, Target, free_port
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    t = Target()
-    app = web.Application()
-    app.router.add_get("/health", t.handle)
-    async with serve_app(app) as port:
-        t.port = port
-        yield t
 
 
 class Jailed(Probe):

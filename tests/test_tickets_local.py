@@ -22,16 +22,6 @@ from tests.httpserver import serve_app
 from tests.test_daemon import Target, free_port
 
 
-@pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    t = Target()
-    app = web.Application()
-    app.router.add_get("/health", t.handle)
-    async with serve_app(app) as port:
-        t.port = port
-        yield t
-
-
 class Helpdesk:
     """The local backend's tables, read as a helpdesk agent would see them."""
 

@@ -17,19 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.httpserver import serve_app
 from tests.rtpeer import KEY_FIELD, RtApi, RtPeer, rt_api_fixture, rt_peer_fixture  # noqa: F401
 from tests.test_daemon import Probe, Target, free_port
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    t = Target()
-    app = web.Application()
-    app.router.add_get("/health", t.handle)
-    async with serve_app(app) as port:
-        t.port = port
-        yield t
 
 
 class Proxy:
