@@ -223,6 +223,18 @@ def _port(value: int) -> int:
     return value
 
 
+def host_port(example: str) -> AfterValidator:
+    """A `host:port` setting; `example` is what the error shows the user."""
+
+    def check(value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not host:port (like {example})")
+        return value
+
+    return AfterValidator(check)
+
+
 ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
 Port = Annotated[int, AfterValidator(_port)]
 

@@ -29,7 +29,15 @@ from pydantic import (
 )
 
 from checks import KINDS
-from checks.base import Duration, Percent, ReadableFile, Spec, StrictModel, format_duration
+from checks.base import (
+    Duration,
+    Percent,
+    ReadableFile,
+    Spec,
+    StrictModel,
+    format_duration,
+    host_port,
+)
 from probe.secrets import SENSITIVE_NAME
 from probe.tickets import AnyRoute
 from probe.tickets.base import Priority, RouteBase
@@ -43,13 +51,6 @@ def _name(value: str) -> str:
         raise ValueError(
             f"{value!r} is not a valid name (letters, digits, '_', '.', '-'; no spaces)"
         )
-    return value
-
-
-def _listen(value: str) -> str:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not host:port (like 127.0.0.1:9469)")
     return value
 
 
@@ -67,7 +68,7 @@ Threshold = Annotated[int, Field(ge=1, le=1000)]
 class Agent(StrictModel):
     name: str = Field(default_factory=socket.gethostname)
     state_dir: Path = Path("/var/lib/probe")
-    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:9469"
+    listen: Annotated[str, host_port("127.0.0.1:9469")] = "127.0.0.1:9469"
     web_config: ReadableFile | None = None
     max_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 200
     history: Annotated[int, Field(ge=1, le=10_000)] = 50  # results kept per check

@@ -34,7 +34,7 @@ from typing import Annotated, ClassVar, Literal
 import aiosmtplib
 from pydantic import AfterValidator, Field, model_validator
 
-from checks.base import describe_os_error
+from checks.base import describe_os_error, host_port
 from probe.secrets import EnvRef, SecretError
 from probe.tickets import base
 from probe.tickets.base import Priority, RouteBase, Ticket, TicketError, TicketState
@@ -58,19 +58,12 @@ def _address(value: str) -> str:
     return value
 
 
-def _host_port(value: str) -> str:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not host:port (like smtp.example.net:587)")
-    return value
-
-
 Address = Annotated[str, AfterValidator(_address)]
 
 
 class Route(RouteBase):
     backend: Literal["email"]
-    smtp: Annotated[str, AfterValidator(_host_port)]
+    smtp: Annotated[str, host_port("smtp.example.net:587")]
     starttls: bool = True
     tls: bool = False  # implicit TLS from the first byte (port 465)
     username: str | None = None
