@@ -7,20 +7,18 @@ from __future__ import annotations
 import asyncio
 import html
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from probe.config import load
-from probe.daemon import Daemon
 from probe.tickets.base import Ticket, TicketError
 from probe.tickets.freshdesk import Backend, key_tag
 from tests.fake_freshdesk import DAY, KEY_FIELD, REQUESTER_EMAIL, FakeFreshdesk, serve_freshdesk
 from tests.httpserver import closed_port
-from tests.test_daemon import Target, free_port
-from tests.test_tickets_local import until
+from tests.test_daemon import Target
+from tests.test_tickets_local import Run, run, until  # noqa: F401 - the daemon in the test's loop
 
 KEY = "probe-eu-1/shop/3"
 MakeBackend = Callable[..., Backend]
@@ -339,30 +337,6 @@ async def test_an_unreachable_freshdesk_is_a_transient_error(make_backend: MakeB
 
 # --- the daemon, filing its tickets in Freshdesk ----------------------------------------------
 
-Run = Callable[[str], Awaitable[Daemon]]
-
-
-@pytest.fixture
-async def run(tmp_path: Path) -> AsyncIterator[Run]:
-    """The daemon in this test's event loop, with `body` as the rest of its configuration."""
-    daemons: list[tuple[Daemon, asyncio.Task[None]]] = []
-
-    async def start(body: str) -> Daemon:
-        config = tmp_path / "probe.yaml"
-        config.write_text(f"""
-agent: {{name: t, state_dir: {tmp_path}/state, listen: "127.0.0.1:{free_port()}"}}
-{body}
-""")
-        daemon = Daemon(config, load(config))
-        daemons.append((daemon, asyncio.create_task(daemon.serve())))
-        return daemon
-
-    yield start
-    for daemon, task in daemons:
-        daemon.stopping.set()
-        await asyncio.wait_for(task, 10)
-
-
 FAST = """
 defaults:
   interval: 200ms
@@ -396,10 +370,10 @@ def config(freshdesk: FakeFreshdesk, target: Target, tmp_path: Path, policy: str
 
 
 async def test_the_daemon_files_one_ticket_informs_it_and_resolves_it(
-    freshdesk: FakeFreshdesk, target: Target, run: Run, tmp_path: Path
+    freshdesk: FakeFreshdesk, target: Target, run: Run, tmp_path: Path  # noqa: F811
 ) -> None:
     freshdesk.stall_creates = 1  # the first create is made, but its answer comes too late
-    daemon = await run(config(freshdesk, target, tmp_path))
+    daemon, _ = await run(config(freshdesk, target, tmp_path))
     await until("a first result", lambda: "web" in daemon.results)
     target.down = True
 
@@ -422,9 +396,9 @@ async def test_the_daemon_files_one_ticket_informs_it_and_resolves_it(
 
 @pytest.mark.parametrize("policy", ["reopen", "new", "leave"])
 async def test_a_ticket_a_human_closes_during_the_outage(
-    freshdesk: FakeFreshdesk, target: Target, run: Run, tmp_path: Path, policy: str
+    freshdesk: FakeFreshdesk, target: Target, run: Run, tmp_path: Path, policy: str  # noqa: F811
 ) -> None:
-    daemon = await run(config(freshdesk, target, tmp_path, policy))
+    daemon, _ = await run(config(freshdesk, target, tmp_path, policy))
     target.down = True
     (first,) = await until("the ticket", lambda: list(freshdesk.tickets))
     freshdesk.human(first, status=5)
