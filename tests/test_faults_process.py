@@ -145,22 +145,30 @@ async def test_a_long_helpdesk_outage_delivers_everything_once_in_order(
       key_field: {KEY_FIELD}
       timeout: 500ms""", targets)
         probe = Probe(config, port, tmp_path / "state")
+
+        def answered(status: int) -> int:
+            return sum(1 for _, _, s in proxy.seen if s == status)
+
         probe.start()
         await probe.wait("the daemon", lambda: bool(probe.status()["checks"][0]["state"]))
         await proxy.stop()  # connection refused while the first incident opens
         targets.down["a"] = True
         await probe.wait("incident a", lambda: len(probe.status()["incidents"]) == 1)
         await asyncio.sleep(1.5)
+        # Each way of being down lasts until probe has met it, not for a fixed time: the
+        # dispatcher's backoff decides when it knocks again.
         proxy.mode = "refuse503"
         await proxy.start(proxy.port)
         targets.down["b"] = True
-        await asyncio.sleep(1.5)
+        await probe.wait("503s", lambda: answered(503) >= 2, 30)
         proxy.mode = "limit429"
         targets.down["a"] = False
-        await asyncio.sleep(1.5)
+        await probe.wait("429s", lambda: answered(429) >= 2, 30)
         proxy.mode = "slow"  # past the route's timeout; RT does the work, probe never hears
         targets.down["c"] = True
-        await asyncio.sleep(3)
+        slow_from = len(proxy.seen)
+        await probe.wait("a slow answer", lambda: len(proxy.seen) > slow_from, 30)
+        await asyncio.sleep(1)
         proxy.mode = "forward"
         for name in targets.down:
             targets.down[name] = False
