@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import errno
 import functools
 import re
@@ -352,11 +351,18 @@ async def _start_tls(spec: HttpSpec, probe: Probe, writer: asyncio.StreamWriter,
         if version:
             probe.evidence["tls_version"] = tls_version_name(version)
         der = tls.getpeercert(binary_form=True)
-        # A certificate OpenSSL took but cryptography cannot parse costs only the evidence.
-        with contextlib.suppress(ValueError):
-            cert = x509.load_der_x509_certificate(der) if der else None
-            if cert is not None:
-                probe.evidence["cert_not_after"] = cert.not_valid_after_utc.isoformat()
+        not_after = _not_after(der) if der else None
+        if not_after is not None:
+            probe.evidence["cert_not_after"] = not_after
+
+
+@functools.lru_cache(maxsize=1024)
+def _not_after(der: bytes) -> str | None:
+    """Parsed once per certificate: a server sends the same one every time."""
+    try:
+        return x509.load_der_x509_certificate(der).not_valid_after_utc.isoformat()
+    except ValueError:  # a certificate OpenSSL took but cryptography cannot parse
+        return None
 
 
 def _client_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:

@@ -65,6 +65,9 @@ class Daemon:
         self.state_writable = True
         self.stopping = asyncio.Event()
         self._scheduler: Scheduler | None = None
+        # Read when scraped, rather than counted up and down (two locked updates) per check.
+        self.metrics.in_flight.set_function(
+            lambda: self._scheduler.in_flight if self._scheduler is not None else 0)
         self.guard: webconfig.Guard | None = None
 
     def _view(self) -> View:
@@ -95,13 +98,9 @@ class Daemon:
 
     async def _run_check(self, check: Check, lag: float) -> bool:
         self.metrics.schedule_lag.observe(lag)
-        self.metrics.in_flight.inc()
-        try:
-            # A result may echo a secret (a redirect to a URL with a token, a body that
-            # repeats a header): its reason and evidence reach logs, status and tickets.
-            result = known.redact_result(await execute(check.spec, timeout=check.timeout))
-        finally:
-            self.metrics.in_flight.dec()
+        # A result may echo a secret (a redirect to a URL with a token, a body that repeats a
+        # header): its reason and evidence reach logs, status and tickets.
+        result = known.redact_result(await execute(check.spec, timeout=check.timeout))
         if self.checks.get(check.name) is not check and check.name not in self.checks:
             return False  # removed by a reload while it ran
         self.results[check.name] = result

@@ -154,9 +154,10 @@ class Engine:
         history = st.history
         history.append(ok)
         dropped = history.pop(0) if len(history) > check.flapping.window else None
-        if quiet and ok and dropped is True and not self.groups[check.group].incident:
+        if quiet and ok and dropped is not False and not self.groups[check.group].incident:
             # The common case, a healthy check still healthy: nothing to decide, and nothing
-            # worth a write (the streak of successes is kept in memory only).
+            # worth a write (the streak of successes is kept in memory only). A success in,
+            # and a success or nothing out, cannot make a steady check flap.
             st.successes += 1
             if any(not self.checks[c].healthy for c in self.children.get(name, ())):
                 return self._evaluate_children(name, now)

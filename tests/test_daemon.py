@@ -303,6 +303,24 @@ async def test_health_readiness_and_promtool(
     assert (lint.returncode, lint.stdout, lint.stderr) == (0, "", "")
 
 
+async def test_metrics_count_the_checks_running_right_now(
+    make_probe: Callable[[str], Probe]
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts, and never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    probe = make_probe(f"""
+checks:
+  - {{name: hangs, timeout: 2s, interval: 2s, http: {{url: "http://127.0.0.1:{port}/"}}}}
+""")
+    probe.start()
+    await probe.wait("the hanging check to be counted",
+                     lambda: "probe_checks_in_flight 1.0" in probe.get("/metrics"))
+    server.close()
+
+
 def _post(url: str) -> str:
     request = urllib.request.Request(url, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
