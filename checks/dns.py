@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import secrets
 import socket
+from dataclasses import dataclass
 from typing import ClassVar, Literal, cast
 
 import dns._asyncbackend  # the socket types: dns.asyncbackend does not re-export them
@@ -39,6 +41,7 @@ RecordType = Literal["A", "AAAA", "CNAME", "MX", "TXT", "NS", "SOA", "SRV", "CAA
 Rcode = Literal["NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "FORMERR", "NOTIMP", "YXDOMAIN"]
 
 
+@functools.lru_cache(maxsize=4096)  # each run reads its servers
 def parse_server(value: str) -> tuple[str, int]:
     """`192.0.2.53`, `192.0.2.53:5353`, `2001:db8::53`, `[2001:db8::53]:5353` to (address, port)."""
     text = value.strip()
@@ -114,6 +117,7 @@ class DnsSpec(Spec):
         return self
 
 
+@functools.lru_cache(maxsize=4096)  # each run compares with them
 def normalise_expected(rdtype: str, text: str) -> str:
     """An expected answer as written in the config, spelled the way `normalise` spells answers.
 
@@ -176,22 +180,34 @@ def system_servers() -> tuple[tuple[str, int], ...]:
     return tuple(servers)
 
 
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What the check judges in a server's answer."""
+
+    rcode: str
+    authoritative: bool
+    answers: tuple[str, ...] = ()
+    ttl: int | None = None  # None: no answer section to take it from
+    cname_chain: tuple[str, ...] = ()
+    broken_chain: str = ""  # why the answers of a NOERROR could not be followed
+
+
 async def run(spec: DnsSpec, *, timeout: float) -> Result:
     probe = Probe(spec.kind, spec.target, PHASES)
     try:
         servers = spec.servers or list(system_servers())
     except (dns.resolver.NoResolverConfiguration, OSError, ValueError) as err:
         return probe.unknown(f"no system name server to ask (/etc/resolv.conf): {_sentence(err)}")
-    query = dns.message.make_query(spec.name, spec.type)
+    qid = secrets.randbits(16)  # unpredictable, so that a forged answer has to guess it
     failures: dict[str, str] = {}
-    response: dns.message.Message | None = None
+    reply: _Reply | None = None
     timed_out = False
     try:
         async with asyncio.timeout(timeout):
             for host, port in servers:
                 probe.evidence["server"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 try:
-                    response = await _ask(probe, query, host, port, spec.transport)
+                    reply = await _ask(probe, spec, qid, host, port)
                     break
                 except (OSError, EOFError, dns.exception.DNSException) as err:
                     failures[probe.evidence["server"]] = _describe(err)
@@ -201,38 +217,96 @@ async def run(spec: DnsSpec, *, timeout: float) -> Result:
         probe.evidence["failed_servers"] = failures
     if timed_out:
         return probe.timed_out(timeout)
-    if response is None:
+    if reply is None:
         return probe.down(list(failures.values())[-1])
-    return _judge(probe, spec, response)
+    return _judge(probe, spec, reply)
 
 
-async def _ask(
-    probe: Probe, query: dns.message.Message, host: str, port: int, transport: str
-) -> dns.message.Message:
+async def _ask(probe: Probe, spec: DnsSpec, qid: int, host: str, port: int) -> _Reply:
     """Our query to one server over `transport`; a truncated UDP answer is asked again over TCP.
 
-    The sockets are ours so that UDP is connected (the kernel then reports an ICMP port
-    unreachable as ConnectionRefusedError instead of leaving us to time out) and so that the
-    TCP connect is timed as its own phase.
+    The TCP socket is ours so that its connect is timed as its own phase.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    probe.evidence["transport"] = transport
+    probe.evidence["transport"] = spec.transport
     probe.evidence["tcp_fallback"] = False
-    if transport == "udp":
+    if spec.transport == "udp":
         with probe.phase("request"):
-            async with await _socket(family, socket.SOCK_DGRAM, host, port) as udp:
-                try:
-                    return await dns.asyncquery.udp(
-                        query, host, port=port, sock=udp, raise_on_truncation=True
-                    )
-                except dns.message.Truncated:
-                    probe.evidence["transport"] = "tcp"
-                    probe.evidence["tcp_fallback"] = True
+            try:
+                return await _udp(spec.name, spec.type, qid, family, host, port)
+            except dns.message.Truncated:
+                probe.evidence["transport"] = "tcp"
+                probe.evidence["tcp_fallback"] = True
+    query = dns.message.make_query(spec.name, spec.type, id=qid)
     with probe.phase("connect"):
         stream = await _socket(family, socket.SOCK_STREAM, host, port)
     async with stream:
         with probe.phase("request"):
-            return await dns.asyncquery.tcp(query, host, port=port, sock=stream)
+            return _summarise(await dns.asyncquery.tcp(query, host, port=port, sock=stream))
+
+
+async def _udp(name: str, rdtype: str, qid: int, family: int, host: str, port: int) -> _Reply:
+    """One datagram out and the first one back, as `dns.asyncquery.udp` does, at a fraction of
+    its cost. The socket is connected so that the kernel reports an ICMP port unreachable as
+    ConnectionRefusedError instead of leaving us to time out, and passes us only the server's
+    datagrams.
+    """
+    wire = qid.to_bytes(2, "big") + _query(name, rdtype)[1][2:]
+    loop = asyncio.get_running_loop()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect((host, port))
+        await loop.sock_sendall(sock, wire)
+        answer = await loop.sock_recv(sock, 65535)
+    # Read with the id zeroed, so that the same answer to another query is read only once.
+    # Answers over 512 bytes are not kept: we do not offer EDNS, so no sane server sends one.
+    read = _read if len(answer) <= 512 else _read.__wrapped__
+    reply = read(name, rdtype, b"\0\0" + answer[2:])
+    if answer[:2] != wire[:2]:  # after reading, as dnspython: junk is malformed, not foreign
+        raise dns.query.BadResponse
+    return reply
+
+
+@functools.lru_cache(maxsize=4096)
+def _query(name: str, rdtype: str) -> tuple[dns.message.Message, bytes]:
+    """Our query for a name and type with id 0, and its wire form, built once: building them
+    costs more than the rest of a UDP exchange."""
+    query = dns.message.make_query(name, rdtype, id=0)
+    return query, query.to_wire()
+
+
+@functools.lru_cache(maxsize=4096)
+def _read(name: str, rdtype: str, answer: bytes) -> _Reply:
+    """An answer (with id 0) to our query for `name` and `rdtype`, read once: dnspython takes
+    several times longer to parse one than the rest of a check, and a server mostly sends the
+    same bytes again. Raises dnspython's errors for a malformed answer, BadResponse for one
+    that does not answer our question, and Truncated."""
+    response = dns.message.from_wire(answer, raise_on_truncation=True)
+    if not _query(name, rdtype)[0].is_response(response):
+        raise dns.query.BadResponse
+    return _summarise(response)
+
+
+def _summarise(response: dns.message.Message) -> _Reply:
+    rcode = dns.rcode.to_text(response.rcode())
+    authoritative = bool(response.flags & dns.flags.AA)
+    if rcode != "NOERROR":
+        return _Reply(rcode, authoritative)
+    try:
+        # dnspython parses the answer to a QUERY as a QueryMessage
+        chain = cast(dns.message.QueryMessage, response).resolve_chaining()
+    except dns.exception.DNSException as err:
+        return _Reply(rcode, authoritative, broken_chain=f"malformed DNS answer: {_sentence(err)}")
+    names = []
+    if chain.cnames:
+        names = [chain.cnames[0].name, *(next(iter(c)).target for c in chain.cnames)]
+    return _Reply(
+        rcode,
+        authoritative,
+        answers=tuple(normalise(rdata) for rdata in chain.answer or ()),
+        ttl=chain.minimum_ttl if chain.answer is not None else None,
+        cname_chain=tuple(_name_text(n) for n in names),
+    )
 
 
 async def _socket(family: int, kind: int, host: str, port: int) -> dns._asyncbackend.Socket:
@@ -260,28 +334,23 @@ def _describe(err: Exception) -> str:
     return f"malformed DNS answer: {_MALFORMED.get(type(err)) or _sentence(err)}"
 
 
-def _judge(probe: Probe, spec: DnsSpec, response: dns.message.Message) -> Result:
-    rcode = dns.rcode.to_text(response.rcode())
-    probe.evidence["rcode"] = rcode
-    probe.evidence["authoritative"] = bool(response.flags & dns.flags.AA)
+def _judge(probe: Probe, spec: DnsSpec, reply: _Reply) -> Result:
+    probe.evidence["rcode"] = reply.rcode
+    probe.evidence["authoritative"] = reply.authoritative
     probe.evidence["answers"] = []
-    if rcode != spec.expect_rcode:
+    if reply.rcode != spec.expect_rcode:
         if spec.expect_rcode == "NOERROR":
-            return probe.down(rcode)
-        return probe.down(f"{rcode} (expected {spec.expect_rcode})")
-    if rcode == "NOERROR":
-        try:
-            # dnspython parses the answer to a QUERY as a QueryMessage
-            chain = cast(dns.message.QueryMessage, response).resolve_chaining()
-        except dns.exception.DNSException as err:
-            return probe.down(f"malformed DNS answer: {_sentence(err)}")
-        answers = [normalise(rdata) for rdata in chain.answer or ()]
+            return probe.down(reply.rcode)
+        return probe.down(f"{reply.rcode} (expected {spec.expect_rcode})")
+    if reply.rcode == "NOERROR":
+        if reply.broken_chain:
+            return probe.down(reply.broken_chain)
+        answers = list(reply.answers)
         probe.evidence["answers"] = answers
-        if chain.answer is not None:
-            probe.evidence["ttl"] = chain.minimum_ttl
-        if chain.cnames:
-            names = [chain.cnames[0].name, *(next(iter(c)).target for c in chain.cnames)]
-            probe.evidence["cname_chain"] = [_name_text(n) for n in names]
+        if reply.ttl is not None:
+            probe.evidence["ttl"] = reply.ttl
+        if reply.cname_chain:
+            probe.evidence["cname_chain"] = list(reply.cname_chain)
         reason = _compare(spec, answers)
         if reason:
             return probe.down(reason)

@@ -288,6 +288,57 @@ async def test_it_reports_an_answer_slower_than_max_latency() -> None:
     assert result.evidence["answers"] == [WWW_V4]
 
 
+async def test_it_gives_every_query_an_id_of_its_own() -> None:
+    ids: list[bytes] = []
+
+    def answer(query: bytes) -> bytes:
+        ids.append(query[:2])
+        return _answer(query)
+
+    async with udp_server(answer) as server:
+        for _ in range(20):
+            assert (await check(server)).state == "up"
+    assert len(set(ids)) >= 18  # random 16-bit ids: two alike among 20 happens, three do not
+
+
+async def test_it_refuses_an_answer_it_saw_before_replayed_under_its_old_id() -> None:
+    first: list[bytes] = []
+
+    def replay(query: bytes) -> bytes:
+        first.append(first[0] if first else _answer(query))
+        return first[-1]
+
+    async with udp_server(replay) as server:
+        answered = await check(server)
+        replayed = await check(server)
+    assert answered.state == "up", answered.reason
+    assert replayed.state == "down"
+    assert replayed.reason == "malformed DNS answer: not an answer to our question"
+
+
+async def test_it_reads_the_same_answer_alike_when_asked_again(dns_server: DnsServer) -> None:
+    results = [await check(dns_server.address, name=f"alias.{ZONE}") for _ in range(3)]
+    assert [r.state for r in results] == ["up"] * 3
+    assert all(r.evidence == results[0].evidence for r in results)
+    assert results[0].evidence["cname_chain"] == [f"alias.{ZONE}", f"www.{ZONE}"]
+
+
+async def test_it_reads_an_answer_over_512_bytes_that_is_not_truncated() -> None:
+    addresses = [f"203.0.113.{n}" for n in range(1, 51)]  # 50 records: 800 bytes and more
+
+    def many(query: bytes) -> bytes:
+        response = dns.message.make_response(dns.message.from_wire(query))
+        name = response.question[0].name
+        response.answer.append(dns.rrset.from_text_list(name, 60, "IN", "A", addresses))
+        return response.to_wire()
+
+    async with udp_server(many) as server:
+        result = await check(server, expect=addresses, expect_exact=True)
+    assert result.state == "up", result.reason
+    assert result.evidence["transport"] == "udp"
+    assert len(result.evidence["answers"]) == 50
+
+
 # --- configuration -------------------------------------------------------------------------
 
 
