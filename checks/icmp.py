@@ -3,29 +3,28 @@
 It also owns the choice of socket. Raw ICMP sockets when the process may open them (root, or
 CAP_NET_RAW); else the kernel's unprivileged ping sockets, which `net.ipv4.ping_group_range`
 grants to groups; when neither is allowed the check cannot run at all, which is "unknown" and
-never a failure of the target.
+never a failure of the target. The checks of an event loop share their sockets (`_Pinger`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import errno
+import functools
 import ipaddress
 import os
+import secrets
 import socket
+import struct
 import time
+import weakref
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from icmplib import (
-    ICMPError,
-    ICMPRequest,
-    ICMPSocketError,
-    ICMPv4Socket,
-    ICMPv6Socket,
-    SocketPermissionError,
-)
-from icmplib.utils import unique_identifier
+from icmplib import ICMPError, ICMPReply
 from pydantic import field_validator
 
 from checks.base import (
@@ -48,7 +47,6 @@ PHASES = ("resolve", "setup", "rtt")
 _REPLY_WAIT = 1.0
 # Stop listening this much before the timeout, so that what was measured is returned.
 _MARGIN = 0.05
-_ECHO_REPLY = {4: 0, 6: 129}
 
 
 class IcmpSpec(Spec):
@@ -85,42 +83,52 @@ class IcmpSpec(Spec):
 async def run(spec: IcmpSpec, *, timeout: float) -> Result:
     probe = Probe(IcmpSpec.kind, spec.target, PHASES)
     deadline = asyncio.get_running_loop().time() + timeout
+    # Only a name lookup needs a timeout: the echoes keep to the deadline by themselves (see
+    # _exchange), and a timeout is a tenth of the CPU of a check of loopback.
+    bound: contextlib.AbstractAsyncContextManager[object] = (
+        contextlib.nullcontext() if _is_address(spec.host) else asyncio.timeout_at(deadline)
+    )
     try:
-        async with asyncio.timeout_at(deadline):
-            with probe.phase("resolve"):
-                try:
-                    address = (await resolve(spec.host, spec.ip_family))[0]
-                except OSError as err:
-                    return probe.down(describe_os_error(err))
-            probe.evidence["address"] = address
-
-            with probe.phase("setup"):
-                try:
-                    privileged = _icmp_mode()
-                    if privileged is None:
-                        return probe.unknown(_not_permitted())
-                    socket_class = ICMPv6Socket if ":" in address else ICMPv4Socket
-                    sock = socket_class(privileged=privileged)
-                except SocketPermissionError:
-                    return probe.unknown(_not_permitted())
-                except ICMPSocketError as err:
-                    return probe.unknown(f"could not open an ICMP socket: {_describe(err)}")
-            probe.evidence["privileged"] = privileged
-
-            # The rtt phase holds the average round trip, not the time spent; this only names
-            # the phase in a timeout reason.
-            probe.current = "rtt"
-            window = min(_REPLY_WAIT, timeout / 2)
-            with sock:
-                sock.blocking = False
-                echoes = await _exchange(sock, address, spec, deadline - _MARGIN, window)
+        with probe.phase("resolve"):
+            async with bound:
+                address = (await resolve(spec.host, spec.ip_family))[0]
     except TimeoutError:
         return probe.timed_out(timeout)
+    except OSError as err:
+        return probe.down(describe_os_error(err))
+    probe.evidence["address"] = address
 
+    with probe.phase("setup"):
+        try:
+            privileged = _icmp_mode()
+            if privileged is None:
+                return probe.unknown(_not_permitted())
+            pinger = _pinger(socket.AF_INET6 if ":" in address else socket.AF_INET, privileged)
+        except PermissionError:
+            return probe.unknown(_not_permitted())
+        except OSError as err:
+            return probe.unknown(f"could not open an ICMP socket: {describe_os_error(err)}")
+    probe.evidence["privileged"] = privileged
+
+    # The rtt phase holds the average round trip, not the time spent; this only names the
+    # phase in a timeout reason.
+    probe.current = "rtt"
+    window = min(_REPLY_WAIT, timeout / 2)
+    echoes = await _exchange(pinger, address, spec, deadline - _MARGIN, window)
     if echoes.failure is None and not echoes.settled() and echoes.waited < window:
         # Resolving took nearly all the time: the first echo never had a fair chance.
         return probe.timed_out(timeout)
     return _judge(probe, spec, echoes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_address(host: str) -> bool:
+    """Whether `resolve` takes `host` as it is, without a lookup (as checks.base has it)."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 # --- the socket mode -----------------------------------------------------------------------
@@ -137,9 +145,10 @@ def _icmp_mode() -> bool | None:
     global _privileged
     if _privileged is None:
         for privileged in (True, False):
+            kind = socket.SOCK_RAW if privileged else socket.SOCK_DGRAM
             try:
-                ICMPv4Socket(privileged=privileged).close()
-            except SocketPermissionError:
+                socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP).close()
+            except PermissionError:
                 continue
             _privileged = privileged
             break
@@ -153,108 +162,287 @@ def _not_permitted() -> str:
     )
 
 
+# --- the shared sockets --------------------------------------------------------------------
+
+_ECHO_REQUEST = {socket.AF_INET: 8, socket.AF_INET6: 128}
+_ECHO_REPLY = {socket.AF_INET: 0, socket.AF_INET6: 129}
+# A raw socket is handed every ICMP packet of the host. The kernel drops for it all but echo
+# replies and the errors that quote an echo back (IPv4 unreachable, source quench, redirect,
+# time exceeded, parameter problem; every ICMPv6 type below 128): a set bit blocks its type.
+_ICMP_FILTER = ~(1 << 0 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 11 | 1 << 12) & 0xFFFFFFFF
+_ICMP6_FILTER = (0, 0, 0, 0, 0xFFFFFFFF & ~(1 << 129 - 128), 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
+_SOL_RAW, _SO_ICMP_FILTER, _SO_ICMP6_FILTER = 255, 1, 1  # linux/icmp.h, linux/icmpv6.h
+_SO_ATTACH_FILTER, _SO_RCVBUFFORCE = 26, 33  # asm-generic/socket.h
+# The socket itself is gone (closed beneath us): any other error on sending is about the
+# destination (no route, a firewall, ...), and the socket serves the other checks on.
+_BROKEN = (errno.EBADF, errno.ENOTSOCK)
+# Replies wait in the receive buffer until the loop gets to read them, a burst of them when
+# many checks start at once: ask for room for thousands (SO_RCVBUFFORCE needs CAP_NET_ADMIN,
+# SO_RCVBUF is capped by net.core.rmem_max), and give a socket no more checks than its buffer
+# holds replies for, counting what a reply may take there from a real network interface.
+_RCVBUF, _REPLY_TRUESIZE = 8 << 20, 2048
+# ... nor more than 655, so that their echoes (100 at most each) never wrap the 16-bit
+# sequence numbers.
+_MOST_CHECKS = 0xFFFF // 100
+
+
+class _Pinger:
+    """An ICMP socket of one family and mode, shared by the checks of an event loop.
+
+    A socket per check would cost its own syscalls, and as raw sockets each see every ICMP
+    packet of the host, N checks at once would wake N times per packet. Echoes are told apart
+    by their sequence number: a raw socket's identifier is random, a ping socket's is the
+    kernel's (which hands it only the replies with it).
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, family: socket.AddressFamily, privileged: bool
+    ) -> None:
+        kind = socket.SOCK_RAW if privileged else socket.SOCK_DGRAM
+        proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
+        self.sock = socket.socket(family, kind, proto)
+        try:
+            self.sock.setblocking(False)
+            if privileged:
+                self.ident = secrets.randbits(16)
+                if family == socket.AF_INET:
+                    self.sock.setsockopt(_SOL_RAW, _SO_ICMP_FILTER, struct.pack("I", _ICMP_FILTER))
+                else:
+                    filters = struct.pack("8I", *_ICMP6_FILTER)
+                    self.sock.setsockopt(socket.IPPROTO_ICMPV6, _SO_ICMP6_FILTER, filters)
+                _attach_filter(self.sock, self.ident, _ECHO_REPLY[family])
+            else:
+                self.sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+                self.ident = self.sock.getsockname()[1]
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
+            except PermissionError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+            rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        except OSError:
+            self.sock.close()
+            raise
+        self.room = min(rcvbuf // _REPLY_TRUESIZE, _MOST_CHECKS)
+        self.users = 0  # the checks that hold it
+        self.loop = loop
+        self.key = (family, privileged)
+        self.version = 4 if family == socket.AF_INET else 6
+        # Only an IPv4 raw socket is handed the IP header; an IPv6 one never is.
+        self.ip_header = privileged and family == socket.AF_INET
+        self.request = _ECHO_REQUEST[family]
+        self.reply = _ECHO_REPLY[family]
+        self.pending: dict[int, tuple[_Echoes, int]] = {}  # sequence -> the echo it is
+        self.sequence = 0
+        self.buffer = bytearray(1024)  # headers are all we read: a longer packet is cut
+        loop.add_reader(self.sock.fileno(), self._read)
+        # The loop may be dropped (tests make one each) with no word to us: close with it.
+        self._finalizer = weakref.finalize(loop, self.sock.close)
+
+    def send(self, echoes: _Echoes, index: int, payload_size: int) -> None:
+        """Send echo `index` of a check; raises OSError when it cannot go out."""
+        sequence = self.sequence
+        while sequence in self.pending:
+            sequence = (sequence + 1) & 0xFFFF
+        self.sequence = (sequence + 1) & 0xFFFF
+        # The payload is zeros, so the checksum (which the kernel computes itself for all but
+        # an IPv4 raw socket) is the header's alone.
+        total = (self.request << 8) + self.ident + sequence
+        checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+        header = struct.pack("!BBHHH", self.request, 0, checksum, self.ident, sequence)
+        try:
+            self.sock.sendto(header + bytes(payload_size), (echoes.address, 0))
+        except OSError as err:
+            if err.errno in _BROKEN:
+                self.close()
+            raise
+        echoes.sent[index] = time.perf_counter()
+        echoes.wire.append(sequence)
+        self.pending[sequence] = (echoes, index)
+
+    def release(self, echoes: _Echoes) -> None:
+        """The check is done with the socket, whose late replies to it are now ignored."""
+        for sequence in echoes.wire:
+            if self.pending.get(sequence, (None,))[0] is echoes:
+                del self.pending[sequence]
+        self.users -= 1
+        pool = self._pool()
+        if not self.users and pool and pool[0] is not self:
+            self.close()  # a burst is over: the first socket of the pool is enough again
+
+    def close(self) -> None:
+        """Put the socket out of use: the next check opens a fresh one."""
+        pool = self._pool()
+        if self in pool:
+            pool.remove(self)
+        if self._finalizer.alive and not self.loop.is_closed():
+            self.loop.remove_reader(self.sock.fileno())
+        self._finalizer()
+
+    def _pool(self) -> list[_Pinger]:
+        return _pingers.get(self.loop, {}).get(self.key, [])
+
+    def _read(self) -> None:
+        while True:
+            try:
+                size, source = self.sock.recvfrom_into(self.buffer)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()
+                return
+            self._take(size, source[0], time.perf_counter())
+
+    def _take(self, size: int, source: str, received: float) -> None:
+        packet = self.buffer
+        start = (packet[0] & 0x0F) * 4 if self.ip_header else 0
+        if size < start + 8:
+            return
+        kind = packet[start]
+        if kind == self.reply:
+            ident, sequence = struct.unpack_from("!HH", packet, start + 4)
+        elif kind != self.request:
+            # An ICMP error quotes the IP header and the first 8 bytes of what it is about.
+            quoted = start + 8
+            if size < quoted + 1:
+                return
+            echo = quoted + ((packet[quoted] & 0x0F) * 4 if self.version == 4 else 40)
+            if size < echo + 8 or packet[echo] != self.request:
+                return
+            ident, sequence = struct.unpack_from("!HH", packet, echo + 4)
+        else:
+            return  # our own request, looped back to a raw socket
+        if ident != self.ident or sequence not in self.pending:
+            return
+        echoes, index = self.pending[sequence]
+        if kind == self.reply:
+            # A raw socket sees every host's replies: one from another host does not count.
+            if source != echoes.address and not _same_host(source, echoes.address):
+                return
+            echoes.rtts[index] = received - echoes.sent[index]
+        else:  # unreachable, TTL exceeded: said by a router, about our echo
+            said = _icmp_error(self.version, kind, packet[start + 1])
+            echoes.errors[index] = f"{said} (from {source})"
+        del self.pending[sequence]
+        if echoes.waiter is not None and echoes.settled():
+            _settle(echoes.waiter)
+
+
+_Pools = dict[tuple[socket.AddressFamily, bool], list[_Pinger]]  # by family and mode
+_pingers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pools]
+_pingers = weakref.WeakKeyDictionary()
+
+
+def _pinger(family: socket.AddressFamily, privileged: bool) -> _Pinger:
+    """A shared socket of this loop, family and mode with room for one more check, opened on
+    first use (another joins the first for a burst of checks); the check gives it back with
+    `release`.
+
+    Per loop, because its reader is registered with one. A socket belongs to the network
+    namespace it was opened in; a loop runs in one thread, which keeps its namespace.
+    """
+    loop = asyncio.get_running_loop()
+    pools = _pingers.get(loop)
+    if pools is None:
+        pools = _pingers[loop] = {}
+    pool = pools.setdefault((family, privileged), [])
+    for pinger in pool:
+        if pinger.users < pinger.room:
+            break
+    else:
+        pinger = _Pinger(loop, family, privileged)
+        pool.append(pinger)
+    pinger.users += 1
+    return pinger
+
+
+def _attach_filter(sock: socket.socket, ident: int, reply: int) -> None:
+    """Have the kernel drop the echo replies to other sockets, as ping(8) does: a raw socket is
+    handed them all, which would wake us (and fill our buffer) for every ping on the host."""
+    code = [
+        (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): past the IP header
+        (0x50, 0, 0, 0),  # ldb [x+0]: the type
+        (0x15, 0, 2, reply),  # an echo reply? else accept
+        (0x48, 0, 0, 4),  # ldh [x+4]: the identifier
+        (0x15, 0, 1, ident),  # ours? accept, else drop
+        (0x06, 0, 0, 0xFFFFFFFF),
+        (0x06, 0, 0, 0),
+    ]
+    if sock.family == socket.AF_INET6:
+        code = code[1:]  # handed no IP header: x stays 0
+    program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in code))
+    fprog = struct.pack("HL", len(code), ctypes.addressof(program))
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+
+
+def _same_host(source: str, address: str) -> bool:
+    """The addresses compared as addresses (`::ffff:7f00:1` is `::ffff:127.0.0.1`), their
+    IPv6 scopes left out: a link-local reply comes back without one."""
+    return ipaddress.ip_address(source.split("%")[0]) == ipaddress.ip_address(address.split("%")[0])
+
+
+def _icmp_error(version: int, kind: int, code: int) -> str:
+    """What an ICMP error says, in icmplib's words (its tables know every type and code)."""
+    reply = ICMPReply(None, version, 0, 0, kind, code, 0, 0.0)
+    try:
+        reply.raise_for_status()
+    except ICMPError as err:
+        return _describe(err)
+    raise AssertionError(f"ICMP type {kind} is not an error")
+
+
 # --- the echoes ----------------------------------------------------------------------------
 
 
 @dataclass
 class _Echoes:
-    ident: int = -1
-    sent: dict[int, float] = field(default_factory=dict)  # sequence -> when it left
-    rtts: dict[int, float] = field(default_factory=dict)  # sequence -> round trip
-    errors: dict[int, str] = field(default_factory=dict)  # sequence -> ICMP error about it
+    address: str
+    sent: dict[int, float] = field(default_factory=dict)  # index -> when it left
+    rtts: dict[int, float] = field(default_factory=dict)  # index -> round trip
+    errors: dict[int, str] = field(default_factory=dict)  # index -> ICMP error about it
     failure: str | None = None  # sending failed (no route, ...): no more echoes went out
     waited: float = 0.0  # how long the first echo was given to come back
+    wire: list[int] = field(default_factory=list)  # the sequence numbers they went out with
+    waiter: asyncio.Future[None] | None = None  # done when every echo sent is settled
 
     def settled(self) -> bool:
         return len(self.rtts) + len(self.errors) == len(self.sent)
 
 
-async def _exchange(sock: Any, address: str, spec: IcmpSpec, end: float, window: float) -> _Echoes:
+async def _exchange(
+    pinger: _Pinger, address: str, spec: IcmpSpec, end: float, window: float
+) -> _Echoes:
     """Send the echoes `interval` apart and collect the replies until all are in or `end`."""
     loop = asyncio.get_running_loop()
-    echoes = _Echoes()
-    settled = asyncio.Event()
-    receiving = asyncio.create_task(_receive(sock, address, echoes, settled))
+    echoes = _Echoes(address)
     first = loop.time()
     try:
-        ident = unique_identifier()
-        for sequence in range(spec.count):
-            at = first + sequence * spec.interval
-            if sequence and at + window > end:
-                break
-            await asyncio.sleep(at - loop.time())
-            request = ICMPRequest(address, ident, sequence, payload_size=spec.payload_size)
+        for index in range(spec.count):
+            if index:
+                at = first + index * spec.interval
+                if at + window > end:
+                    break
+                await asyncio.sleep(at - loop.time())
             try:
-                sock.send(request)
-            except ICMPSocketError as err:
-                echoes.failure = _describe(err)
+                pinger.send(echoes, index, spec.payload_size)
+            except OSError as err:
+                echoes.failure = describe_os_error(err)
                 break
-            echoes.sent[sequence] = time.perf_counter()
-            echoes.ident = request.id  # a ping socket's kernel picks its own
         if not echoes.settled() and echoes.failure is None:
-            settled.clear()
+            echoes.waiter = loop.create_future()
+            timer = loop.call_at(end, _settle, echoes.waiter)
             try:
-                async with asyncio.timeout_at(end):
-                    await settled.wait()
-            except TimeoutError:
-                pass
+                await echoes.waiter
+            finally:
+                timer.cancel()
     finally:
-        receiving.cancel()
-        await asyncio.wait([receiving])
+        pinger.release(echoes)
         echoes.waited = loop.time() - first
-    if not receiving.cancelled():
-        receiving.result()  # a bug in the receiver surfaces here
     return echoes
 
 
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-async def _recvfrom(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[bytes, Any]:
-    """loop.sock_recvfrom, which uvloop does not implement: wait for the socket to be
-    readable, then read it without blocking."""
-    while True:
-        try:
-            return sock.recvfrom(4096)
-        except (BlockingIOError, InterruptedError):
-            pass
-        readable: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(sock.fileno(), _settle, readable)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(sock.fileno())
-
-
-async def _receive(sock: Any, address: str, echoes: _Echoes, settled: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    target = ipaddress.ip_address(address)
-    while True:
-        packet, source = await _recvfrom(loop, sock.sock)
-        received = time.perf_counter()
-        # icmplib's own receive() matches the id and sequence but never looks at the sender, so
-        # a reply from another host (a raw socket sees every ICMP packet) would count: parse
-        # here, where the sender is known.
-        reply = sock._parse_reply(packet, source[0], received)
-        if reply is None or reply.id != echoes.ident:
-            continue
-        sequence = reply.sequence
-        if sequence not in echoes.sent or sequence in echoes.rtts or sequence in echoes.errors:
-            continue
-        try:
-            reply.raise_for_status()
-        except ICMPError as err:  # unreachable, TTL exceeded: said by a router, about our echo
-            echoes.errors[sequence] = f"{_describe(err)} (from {source[0]})"
-        else:
-            if reply.type != _ECHO_REPLY[target.version]:
-                continue  # our own request, looped back to a raw socket
-            if ipaddress.ip_address(source[0].split("%")[0]) != target:
-                continue
-            echoes.rtts[sequence] = received - echoes.sent[sequence]
-        if echoes.settled():
-            settled.set()
 
 
 def _judge(probe: Probe, spec: IcmpSpec, echoes: _Echoes) -> Result:

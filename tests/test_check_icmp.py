@@ -68,6 +68,25 @@ def spec(**fields: Any) -> IcmpSpec:
     return IcmpSpec.model_validate(fields)
 
 
+def icmp_sockets() -> dict[str, int]:
+    """The ICMP sockets of this process: their descriptors, by socket inode."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=int(name))
+        except OSError:  # not a socket
+            continue
+        try:
+            if sock.proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6) and sock.family in (
+                socket.AF_INET,
+                socket.AF_INET6,
+            ):
+                found[os.readlink(f"/proc/self/fd/{name}")] = int(name)
+        finally:
+            sock.detach()
+    return found
+
+
 def assert_phases(result: Result | dict[str, Any]) -> None:
     phases = result.phases if isinstance(result, Result) else result["phases"]
     assert set(phases) == set(PHASES)
@@ -121,6 +140,36 @@ async def test_it_sends_only_the_echoes_that_fit_in_the_timeout() -> None:
     assert 1 <= result.evidence["sent"] < 10
     assert result.evidence["received"] == result.evidence["sent"]
     assert result.duration < 5
+
+
+@may_ping
+async def test_checks_at_once_share_one_socket_and_each_counts_its_own_replies() -> None:
+    before = icmp_sockets()
+    hosts = ("127.0.0.1", "127.0.0.2")
+    checks = [run(spec(host=hosts[i % 2], count=2, interval="20ms"), timeout=5) for i in range(100)]
+    results = await asyncio.gather(*checks)
+
+    seen = {(r.state, r.evidence["address"], r.evidence["received"]) for r in results}
+    assert seen == {("up", "127.0.0.1", 2), ("up", "127.0.0.2", 2)}
+    assert len(set(icmp_sockets()) - set(before)) == 1
+
+
+@may_ping
+async def test_the_next_check_opens_a_fresh_socket_when_the_shared_one_breaks() -> None:
+    before = icmp_sockets()
+    assert (await run(spec(host="127.0.0.1", count=1), timeout=5)).state == "up"
+    (shared,) = set(icmp_sockets()) - set(before)
+    # As if a bug elsewhere closed our descriptor and the number went to another file.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, icmp_sockets()[shared])
+    os.close(null)
+
+    broken = await run(spec(host="127.0.0.1", count=1), timeout=5)
+    result = await run(spec(host="127.0.0.1", count=1), timeout=5)
+
+    assert (broken.state, broken.reason) == ("down", "socket operation on non-socket")
+    assert (result.state, result.reason) == ("up", "")
+    assert len(set(icmp_sockets()) - set(before)) == 1  # the fresh one
 
 
 async def test_it_reports_an_address_of_the_other_family() -> None:
