@@ -98,15 +98,20 @@ class Metrics:
         build.labels(__version__, platform.python_version()).set(1)
 
 
-async def exposition(metrics: Metrics) -> bytes:
-    """Everything /metrics serves: the per-check series, then the registry's own."""
-    return (await render_checks(metrics.view())).encode() + generate_latest(metrics.registry)
+async def exposition(metrics: Metrics) -> list[bytes | bytearray]:
+    """Everything /metrics serves, as chunks to send one after the other: the per-check
+    series, family by family, then the registry's own."""
+    return [*(await render_checks(metrics.view())), generate_latest(metrics.registry)]
 
 
-async def render_checks(view: View) -> str:
-    """The per-check and per-incident series, in the text format. Built check by check with a
-    pause every few hundred checks: with 10,000 checks a scrape is a quarter of a million
-    lines, which must not hold the event loop (and the checks' start times) for its length."""
+async def render_checks(view: View) -> list[bytearray]:
+    """The per-check and per-incident series, in the text format, one chunk per family.
+
+    Built check by check with a pause every few hundred checks: with 10,000 checks a scrape is
+    a quarter of a million lines, which must not hold the event loop (and the checks' start
+    times) for its length. Each line goes into its family's buffer as soon as it is made, so
+    that a scrape never holds a quarter of a million strings (memory a long-running process
+    would keep)."""
     families = _Families()
     engine = view.engine
     for i, (name, check) in enumerate(list(view.checks.items())):
@@ -137,7 +142,7 @@ async def render_checks(view: View) -> str:
             if gs.incident is not None:
                 families.gauge("probe_incident_opened_timestamp_seconds",
                                "When the open incident opened", labels, gs.incident.opened_at)
-    return families.text()
+    return families.chunks()
 
 
 def _escape(value: str) -> str:
@@ -161,27 +166,22 @@ class _Families:
     """Gauge families as text lines, in the order first seen."""
 
     def __init__(self) -> None:
-        self._lines: dict[str, list[str]] = {}
-        self._help: dict[str, str] = {}
+        self._chunks: dict[str, bytearray] = {}
 
     def gauge(
         self, name: str, doc: str, labels: str, value: float,
         *, extra: dict[str, str] | None = None,
     ) -> None:
-        lines = self._lines.get(name)
-        if lines is None:
-            lines = self._lines[name] = []
-            self._help[name] = doc
+        chunk = self._chunks.get(name)
+        if chunk is None:
+            chunk = self._chunks[name] = bytearray(
+                f"# HELP {name} {doc}\n# TYPE {name} gauge\n".encode())
         if extra:
             labels = f"{labels},{_label_text(**extra)}"
-        lines.append(f"{name}{{{labels}}} {float(value)!r}\n")
+        chunk += f"{name}{{{labels}}} {float(value)!r}\n".encode()
 
-    def text(self) -> str:
-        out = []
-        for name, lines in self._lines.items():
-            out.append(f"# HELP {name} {self._help[name]}\n# TYPE {name} gauge\n")
-            out.append("".join(lines))
-        return "".join(out)
+    def chunks(self) -> list[bytearray]:
+        return list(self._chunks.values())
 
     def result(self, labels: str, check: Check, result: Result) -> None:
         ev = result.evidence

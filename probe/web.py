@@ -39,9 +39,15 @@ async def serve_http(daemon: Daemon, listen: str, guard: Guard | None = None) ->
     return runner
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body = await exposition(request.app[DAEMON].metrics)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+async def metrics(request: web.Request) -> web.StreamResponse:
+    chunks = await exposition(request.app[DAEMON].metrics)
+    response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
+    response.content_length = sum(len(chunk) for chunk in chunks)
+    await response.prepare(request)
+    for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def healthy(request: web.Request) -> web.Response:
