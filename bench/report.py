@@ -88,8 +88,8 @@ def tables(results: dict[str, Any]) -> str:
                 f"{r['rss_max_mb']:.0f}", f"{r['scrape_s']:.2f}", verdict(ok),
             ])
         out += ["", "Scale, 10 s interval, one core (lag in ms: p50/p99/max):",
-                _table(["checks", "window", "lag (histogram)", "≤ 50 ms", "lag (state DB)",
-                        "p99/max but scrape",
+                _table(["checks", "window", "lag (histogram)", "≤ 50 ms", "start spread (DB)",
+                        "spread p99/max but scrape",
                         "runs/expected", "skipped", "missed", "not up", "CPU", "CPU-ms/check",
                         "RSS MB", "scrape s", ""], rows)]
     if results.get("tickets"):

@@ -21,6 +21,7 @@ from typing import Any
 from bench import blackbox, daemon, rt
 from bench.proc import Processes
 from bench.targets import Targets
+from probe import scheduler
 
 KINDS = ("http", "https", "tcp", "tls", "dns", "icmp")
 CONCURRENCY = 50
@@ -200,9 +201,11 @@ def _scale_one(bench: Bench, checks: list[dict[str, Any]], *, duration: float,
 
 def _runs_from_db(probe: daemon.Daemon, since: float,
                   until: float) -> tuple[list[tuple[float, float]], int]:
-    """From each check's run history: (due time, lag) of each run in the window, relative to
-    the check's least late run (the cadence is due + interval, so run k is due at first + k *
-    interval), and the runs missed (gaps of more than 1.5 intervals)."""
+    """From each check's run history: (due time, spread) of each run in the window, how much
+    later than the check's earliest run it started (the cadence is due + interval, so run k
+    is due at first + k * interval), and the runs missed (gaps of more than 1.5 intervals).
+    The scheduler starts checks due within 50 ms together, early, so the spread holds that
+    too: it bounds the lag from above (the histogram has the lag itself)."""
     starts: dict[str, list[float]] = {}
     for name, at in probe.query("SELECT check_name, at FROM results ORDER BY check_name, seq"):
         starts.setdefault(name, []).append(at)
@@ -225,9 +228,10 @@ def _runs_from_db(probe: daemon.Daemon, since: float,
 def tickets(bench: Bench, *, backend: str, incidents: int, rate: float,
             rt_peer: rt.Rt | None = None) -> dict[str, Any]:
     """`incidents` tcp checks at closed ports, each its own incident on its first failure,
-    their first runs spread at `rate` per second; time to ticket = the open's delivered_at -
-    created_at (the deciding result's time) in the outbox."""
+    their first runs evenly spaced at `rate` per second; time to ticket = the open's
+    delivered_at - created_at (the deciding result's time) in the outbox."""
     interval = max(5.0, incidents / rate)
+    names = _evenly_spread(incidents, interval)
     with ExitStack() as stack:
         closed = []
         for _ in range(incidents):
@@ -235,8 +239,8 @@ def tickets(bench: Bench, *, backend: str, incidents: int, rate: float,
             sock = stack.enter_context(socket.socket())
             sock.bind(("127.0.0.1", 0))
             closed.append(sock.getsockname()[1])
-        checks = [{"name": f"closed-{n:04d}", "tcp": {"host": "127.0.0.1", "port": port}}
-                  for n, port in enumerate(closed)]
+        checks = [{"name": name, "tcp": {"host": "127.0.0.1", "port": port}}
+                  for name, port in zip(names, closed, strict=True)]
         if backend == "rt":
             assert rt_peer is not None
             token_file = bench.directory / "rt-token"
@@ -271,6 +275,21 @@ def tickets(bench: Bench, *, backend: str, incidents: int, rate: float,
         "p50_ms": percentile(seconds, 0.5) * 1000, "p99_ms": percentile(seconds, 0.99) * 1000,
         "max_ms": max(seconds, default=math.nan) * 1000,
     }
+
+
+def _evenly_spread(count: int, interval: float) -> list[str]:
+    """Check names whose start offsets (the scheduler spreads a check by a hash of its name)
+    fall into `count` evenly spaced slots of the interval: incidents at the stated rate, not
+    in the clusters a hash makes, which would measure the helpdesk's queue, not probe."""
+    slot = interval / count
+    names = []
+    for n in range(count):
+        for j in itertools.count():
+            name = f"closed-{n:04d}-{j}"
+            if 0 <= scheduler.spread(name, interval) - n * slot < slot / 10:
+                names.append(name)
+                break
+    return names
 
 
 def rt_create(rt_peer: rt.Rt, count: int) -> dict[str, Any]:
