@@ -311,7 +311,7 @@ def test_a_leaf_with_broken_extensions_is_a_reason_not_a_crash(
     # OpenSSL will not serve such a leaf (it refuses to load it), so no peer here can present
     # one; servers on other TLS stacks can. This reads it as the check does after a handshake.
     with pytest.raises(CheckFailed) as caught:
-        tls_check._describe([make(certs).cert])
+        tls_check._describe((make(certs).cert,))
     assert caught.value.reason == reason
 
 
