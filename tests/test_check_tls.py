@@ -241,3 +241,35 @@ async def test_it_is_down_when_slower_than_max_latency(certs: CertFactory) -> No
     assert result.state == "down"
     assert result.reason.startswith("took ")
     assert result.reason.endswith(" (max 100ms)")
+
+
+async def test_a_chain_is_judged_again_as_soon_as_the_server_changes_it(
+    certs: CertFactory,
+) -> None:
+    # Once a chain was accepted, probe does not have OpenSSL judge the same bytes again for a
+    # while: a check is then one connection, as before, and a new chain is still judged at once.
+    trusted = certs.issue(("localhost",)).server_context()
+    self_signed = certs.issue(("localhost",), self_signed=True).server_context()
+    serving = {"now": trusted}
+    handshakes: list[str | None] = []
+
+    def pick(tls: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
+        handshakes.append(name)
+        tls.context = serving["now"]
+
+    front = certs.issue(("localhost",)).server_context()
+    front.sni_callback = pick
+    states = []
+    async with serve(tls=front) as port:
+        for now in (trusted, trusted, trusted, self_signed, self_signed, trusted, trusted):
+            serving["now"] = now
+            before = len(handshakes)
+            result = await check(port, server_name="localhost", ca_file=certs.ca.cert_file)
+            states.append((result.state, result.reason, len(handshakes) - before))
+    assert [(state, reason) for state, reason, _ in states] == [
+        ("up", ""), ("up", ""), ("up", ""),
+        ("down", "certificate is self-signed"), ("down", "certificate is self-signed"),
+        ("up", ""), ("up", ""),
+    ]
+    assert [n for *_, n in states][:3] == [1, 1, 1]  # an unchanged, accepted chain: one each
+    assert states[-1][2] == 1
