@@ -17,7 +17,6 @@ import datetime as dt
 import functools
 import ipaddress
 import ssl
-import time
 from typing import Any, ClassVar
 
 from cryptography import x509
@@ -80,78 +79,35 @@ async def run(spec: TlsSpec, *, timeout: float) -> Result:
 async def _fetch_chain(
     spec: TlsSpec, probe: Probe
 ) -> tuple[list[x509.Certificate], ssl.SSLCertVerificationError | None]:
-    """The certificates the server sent, leaf first, and OpenSSL's verdict if it rejected them.
-
-    OpenSSL judges a chain in a verifying handshake. When this target's chain was accepted a
-    moment ago, the handshake does not judge it again: the same bytes, the same trust store
-    and every certificate still in its validity period get the same verdict, and judging is a
-    sixth of a handshake's CPU. A chain that differs is judged by a second handshake.
-    """
+    """The certificates the server sent, leaf first, and OpenSSL's verdict if it rejected them."""
     server_name = spec.server_name or spec.host
     context = client_context(spec.ca_file, verify=spec.verify, check_hostname=False)
-    unverified = client_context(None, verify=False, check_hostname=False)
     addresses = await resolve_host(probe, spec.host, spec.ip_family)
-    target = (spec.host, spec.port, server_name, context)
-    known = _accepted.get(target)
     rejected = None
-    if known is not None and time.monotonic() < known[1]:
-        ders = await _handshake(probe, addresses, spec.port, unverified, server_name)
-        if ders == known[0] and _in_validity(_read(ders)[0]):
-            return _evidence(probe, ders), None
-        addresses = [probe.evidence["address"]]
+    _, writer = await open_first(probe, addresses, spec.port)
     try:
-        ders = await _handshake(probe, addresses, spec.port, context, server_name)
-    except ssl.SSLCertVerificationError as err:
-        rejected = err
-        _accepted.pop(target, None)
-        ders = await _handshake(probe, [probe.evidence["address"]], spec.port, unverified,
-                                server_name)
-    else:
-        if context is not unverified and ders:
-            if len(_accepted) >= _MOST_ACCEPTED:
-                _accepted.clear()  # more targets than that: judged every time
-            _accepted[target] = (ders, time.monotonic() + _ACCEPTED_FOR)
-    return _evidence(probe, ders), rejected
-
-
-def _evidence(probe: Probe, ders: tuple[bytes, ...]) -> list[x509.Certificate]:
+        try:
+            tls = await handshake(probe, writer, context, server_name)
+        except ssl.SSLCertVerificationError as err:
+            rejected = err
+            writer.close()
+            _, writer = await open_first(probe, [probe.evidence["address"]], spec.port)
+            unverified = client_context(None, verify=False, check_hostname=False)
+            tls = await handshake(probe, writer, unverified, server_name)
+        ders = tuple(_peer_chain(tls))
+        cipher = tls.cipher()
+        probe.evidence["tls_version"] = tls_version_name(tls.version())
+        probe.evidence["cipher"] = cipher[0] if cipher else None
+    finally:
+        # Nothing was said over the connection: drop it rather than wait for the server's
+        # answer to a close_notify (a round trip, and a wake-up, for nothing).
+        writer.transport.abort()
     if not ders:
         raise CheckFailed("the server sent no certificate")
     chain, described = _read(ders)
     leaf_days = (chain[0].not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds() / 86400
     probe.evidence.update(described, sans=list(described["sans"]), days_left=round(leaf_days, 2))
-    return list(chain)
-
-
-async def _handshake(
-    probe: Probe, addresses: list[str], port: int, context: ssl.SSLContext, server_name: str
-) -> tuple[bytes, ...]:
-    """A fresh connection and handshake; the chain the server sent (DER, leaf first)."""
-    _, writer = await open_first(probe, addresses, port)
-    try:
-        tls = await handshake(probe, writer, context, server_name)
-        cipher = tls.cipher()
-        probe.evidence["tls_version"] = tls_version_name(tls.version())
-        probe.evidence["cipher"] = cipher[0] if cipher else None
-        return tuple(_peer_chain(tls))
-    finally:
-        # Nothing was said over the connection: drop it rather than wait for the server's
-        # answer to a close_notify (a round trip, and a wake-up, for nothing).
-        writer.transport.abort()
-
-
-# The chain OpenSSL last accepted from a target (host, port, server name, and the context, which
-# is the trust store), and until when that verdict is taken again: bounded, so that a change in
-# the trust store's own certificates (a root that expires, a system store updated) is seen
-# within minutes.
-_ACCEPTED_FOR = 600.0
-_MOST_ACCEPTED = 4096
-_accepted: dict[tuple[str, int, str, ssl.SSLContext], tuple[tuple[bytes, ...], float]] = {}
-
-
-def _in_validity(chain: tuple[x509.Certificate, ...]) -> bool:
-    now = dt.datetime.now(dt.UTC)
-    return all(c.not_valid_before_utc <= now <= c.not_valid_after_utc for c in chain)
+    return list(chain), rejected
 
 
 @functools.lru_cache(maxsize=1024)

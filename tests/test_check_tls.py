@@ -246,8 +246,8 @@ async def test_it_is_down_when_slower_than_max_latency(certs: CertFactory) -> No
 async def test_a_chain_is_judged_again_as_soon_as_the_server_changes_it(
     certs: CertFactory,
 ) -> None:
-    # Once a chain was accepted, probe does not have OpenSSL judge the same bytes again for a
-    # while: a check is then one connection, as before, and a new chain is still judged at once.
+    # A server that switches certificates between two checks: each check judges what it got,
+    # with one connection while the chain is accepted.
     trusted = certs.issue(("localhost",)).server_context()
     self_signed = certs.issue(("localhost",), self_signed=True).server_context()
     serving = {"now": trusted}
