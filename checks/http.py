@@ -284,9 +284,12 @@ async def _fetch(
     except OSError as err:
         raise _Failed(f"{describe_os_error(err)} during {stage}") from err
     finally:
-        # Closing politely sends TLS close_notify; a connection left mid-response (a capped
-        # body, an error) is aborted so the server stops sending at once.
-        if clean:
+        # A connection left mid-response (a capped body, an error) is aborted so that the
+        # server stops sending at once. So is a TLS one with the response whole: closing it
+        # politely waits for the server's answer to our close_notify, a round trip and a
+        # wake-up that cost 8 % of an https check's CPU (the response's length, or the
+        # server's close, already said where it ends).
+        if clean and not https:
             writer.close()
         else:
             writer.transport.abort()
