@@ -400,6 +400,7 @@ class _Echoes:
     rtts: dict[int, float] = field(default_factory=dict)  # index -> round trip
     errors: dict[int, str] = field(default_factory=dict)  # index -> ICMP error about it
     failure: str | None = None  # sending failed (no route, ...): no more echoes went out
+    ours: bool = False  # the failure was our socket's, not the target's
     waited: float = 0.0  # how long the first echo was given to come back
     wire: list[int] = field(default_factory=list)  # the sequence numbers they went out with
     waiter: asyncio.Future[None] | None = None  # done when every echo sent is settled
@@ -426,6 +427,8 @@ async def _exchange(
                 pinger.send(echoes, index, spec.payload_size)
             except OSError as err:
                 echoes.failure = describe_os_error(err)
+                # Our own socket gone, not the target: the check could not run.
+                echoes.ours = err.errno in _BROKEN
                 break
         if not echoes.settled() and echoes.failure is None:
             echoes.waiter = loop.create_future()
@@ -464,6 +467,8 @@ def _judge(probe: Probe, spec: IcmpSpec, echoes: _Echoes) -> Result:
         icmp_errors=sorted(set(echoes.errors.values())),
     )
     if echoes.failure is not None:
+        if echoes.ours:
+            return probe.unknown(f"the ICMP socket broke ({echoes.failure}): a new one is opened")
         return probe.down(echoes.failure)
     if not rtts:
         said = f": {next(iter(echoes.errors.values()))}" if echoes.errors else ""

@@ -167,7 +167,8 @@ async def test_the_next_check_opens_a_fresh_socket_when_the_shared_one_breaks() 
     broken = await run(spec(host="127.0.0.1", count=1), timeout=5)
     result = await run(spec(host="127.0.0.1", count=1), timeout=5)
 
-    assert (broken.state, broken.reason) == ("down", "socket operation on non-socket")
+    assert (broken.state, broken.reason) == (
+        "unknown", "the ICMP socket broke (socket operation on non-socket): a new one is opened")
     assert (result.state, result.reason) == ("up", "")
     assert len(set(icmp_sockets()) - set(before)) == 1  # the fresh one
 
