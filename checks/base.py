@@ -271,6 +271,11 @@ def _literal(host: str) -> tuple[str, int] | None:
     return str(address), address.version
 
 
+def is_address(host: str) -> bool:
+    """Whether `resolve` takes `host` as it is, without a lookup."""
+    return _literal(host) is not None
+
+
 async def resolve(host: str, family: IpFamily = "auto") -> list[str]:
     """The addresses of `host`, IPv6 first where both exist (as blackbox_exporter prefers).
 

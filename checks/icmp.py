@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import ctypes
 import errno
-import functools
 import ipaddress
 import os
 import secrets
@@ -36,6 +35,7 @@ from checks.base import (
     Spec,
     describe_os_error,
     format_duration,
+    is_address,
     resolve,
 )
 
@@ -86,7 +86,7 @@ async def run(spec: IcmpSpec, *, timeout: float) -> Result:
     # Only a name lookup needs a timeout: the echoes keep to the deadline by themselves (see
     # _exchange), and a timeout is a tenth of the CPU of a check of loopback.
     bound: contextlib.AbstractAsyncContextManager[object] = (
-        contextlib.nullcontext() if _is_address(spec.host) else asyncio.timeout_at(deadline)
+        contextlib.nullcontext() if is_address(spec.host) else asyncio.timeout_at(deadline)
     )
     try:
         with probe.phase("resolve"):
@@ -119,16 +119,6 @@ async def run(spec: IcmpSpec, *, timeout: float) -> Result:
         # Resolving took nearly all the time: the first echo never had a fair chance.
         return probe.timed_out(timeout)
     return _judge(probe, spec, echoes)
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_address(host: str) -> bool:
-    """Whether `resolve` takes `host` as it is, without a lookup (as checks.base has it)."""
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 # --- the socket mode -----------------------------------------------------------------------
