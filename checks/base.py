@@ -13,6 +13,7 @@ import asyncio
 import functools
 import ipaddress
 import math
+import os
 import re
 import socket
 import time
@@ -27,7 +28,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
 )
 
 State = Literal["up", "down", "unknown"]
@@ -253,6 +256,87 @@ class Spec(StrictModel):
     @property
     def target(self) -> str:
         raise NotImplementedError
+
+
+# --- request headers that may carry credentials -----------------------------------------
+
+# Names of headers (and query parameters) whose values are credentials.
+SENSITIVE_NAME = re.compile(
+    r"authorization|cookie|token|secret|key|passw|pwd|credential|signature|^sig$|session|auth",
+    re.IGNORECASE,
+)
+ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+class HeaderUnavailable(Exception):
+    """A header's value, named by `env:NAME` or `headers_file`, cannot be read now."""
+
+
+class HeaderSettings(StrictModel):
+    """`headers` to send, and `headers_file` for values kept in files. A value may be
+    `env:NAME`; a credential (a header with a sensitive name, Authorization or X-Api-Key say)
+    must come from the environment or a file, as every other secret does."""
+
+    headers: dict[str, str] = {}
+    headers_file: dict[str, Path] = {}  # header name: the file that holds its value
+
+    @field_validator("headers")
+    @classmethod
+    def _inline(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            _header_name(name)
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"the value of header {name!r} contains a line break")
+            if SENSITIVE_NAME.search(name) and not ENV_REF.fullmatch(text):
+                raise ValueError(
+                    f"header {name!r} carries a credential, which may not be inline: write "
+                    f"env:NAME, or put it in a file and set headers_file: {{{name}: PATH}}"
+                )
+        return value
+
+    @field_validator("headers_file")
+    @classmethod
+    def _files(cls, value: dict[str, Path], info: ValidationInfo) -> dict[str, Path]:
+        inline = {name.lower() for name in info.data.get("headers") or {}}
+        for name in value:
+            _header_name(name)
+            if name.lower() in inline:
+                raise ValueError(f"header {name!r} is set in both headers and headers_file")
+        return value
+
+    def header_values(self) -> dict[str, str]:
+        return header_values(self.headers, self.headers_file)
+
+
+def _header_name(name: str) -> None:
+    if not _HEADER_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid header name")
+
+
+def header_values(headers: Mapping[str, str], files: Mapping[str, Path]) -> dict[str, str]:
+    """The headers to send, `env:NAME` values and files read now (a rotated credential is
+    used from the next request on). Raises `HeaderUnavailable`, never echoing a value."""
+    values: dict[str, str] = {}
+    for name, text in headers.items():
+        ref = ENV_REF.fullmatch(text)
+        if ref is None:
+            values[name] = text
+        elif (value := os.environ.get(ref[1])) is not None:
+            values[name] = value
+        else:
+            raise HeaderUnavailable(f"environment variable {ref[1]} (header {name}) is not set")
+    for name, path in files.items():
+        try:
+            values[name] = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+            raise HeaderUnavailable(
+                f"headers_file: cannot read {path} (header {name}): {why}") from None
+    for name, value in values.items():
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise HeaderUnavailable(f"the value of header {name} contains a line break")
+    return values
 
 
 # --- helpers the kinds share ---------------------------------------------------------------

@@ -24,7 +24,10 @@ from cryptography import x509
 from pydantic import field_validator
 
 from checks.base import (
+    SENSITIVE_NAME,
     Duration,
+    HeaderSettings,
+    HeaderUnavailable,
     IpFamily,
     Probe,
     ReadableFile,
@@ -38,15 +41,13 @@ from checks.base import (
 )
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-class HttpSpec(Spec):
+class HttpSpec(Spec, HeaderSettings):
     kind: ClassVar[str] = "http"
 
     url: str
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
-    headers: dict[str, str] = {}
     body: str | None = None
     expect_status: list[int | str] = ["2xx"]
     body_contains: str | None = None
@@ -78,16 +79,6 @@ class HttpSpec(Spec):
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
             raise ValueError(f"{value!r} has an invalid port") from None
-        return value
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
-            if not _TOKEN.fullmatch(name):
-                raise ValueError(f"{name!r} is not a valid header name")
-            if "\r" in text or "\n" in text:
-                raise ValueError(f"the value of header {name!r} contains a line break")
         return value
 
     @field_validator("expect_status")
@@ -209,11 +200,16 @@ def _judge(spec: HttpSpec, response: _Response, elapsed: float) -> str:
 async def _follow(spec: HttpSpec, probe: Probe) -> _Response:
     """The response at the end of the redirects, phases summed over all of them."""
     url, method, body = spec.url, spec.method, spec.body
+    try:
+        headers = spec.header_values()
+    except HeaderUnavailable as err:
+        raise _Failed(str(err), "unknown") from None
+    origin = _origin(urlsplit(url))
     redirects = 0
     while True:
         probe.evidence["url"] = _redact(url)
         probe.evidence["redirects"] = redirects
-        response = await _fetch(spec, probe, url, method, body)
+        response = await _fetch(spec, probe, url, method, body, headers)
         location = response.headers.get("location")
         if not (spec.follow_redirects and location and response.status in REDIRECT_STATUSES):
             return response
@@ -231,6 +227,9 @@ async def _follow(spec: HttpSpec, probe: Probe) -> _Response:
         except _Failed:  # the target's doing, not the spec's: down, not unknown
             raise _Failed(f"redirected to {location!r}, whose host name is not valid") from None
         redirects += 1
+        if _origin(parts) != origin:
+            # What curl and browsers do: credentials go to the origin they were set for only.
+            headers = {n: v for n, v in headers.items() if not SENSITIVE_NAME.search(n)}
         # What browsers and Go do: a 303, or a 301/302 answering a POST, is followed by a GET.
         if (response.status == 303 and method != "HEAD") or (
             response.status in (301, 302) and method == "POST"
@@ -238,8 +237,21 @@ async def _follow(spec: HttpSpec, probe: Probe) -> _Response:
             method, body = "GET", None
 
 
+def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # _fetch says so
+        port = None
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
 async def _fetch(
-    spec: HttpSpec, probe: Probe, url: str, method: str, body: str | None
+    spec: HttpSpec,
+    probe: Probe,
+    url: str,
+    method: str,
+    body: str | None,
+    request_headers: dict[str, str],
 ) -> _Response:
     """One request on a fresh connection: a pooled one would hide an outage."""
     for key in _HOP_EVIDENCE:
@@ -262,7 +274,7 @@ async def _fetch(
             await _start_tls(spec, probe, writer, host)
         stage = "processing"
         with probe.phase("processing"):
-            writer.write(_request(parts, host, port, method, spec.headers, body))
+            writer.write(_request(parts, host, port, method, request_headers, body))
             await writer.drain()
             status, version, headers = await _read_head(reader)
         probe.evidence["status_code"] = status

@@ -31,6 +31,7 @@ from pydantic import (
 
 from checks import KINDS
 from checks.base import (
+    SENSITIVE_NAME,
     Duration,
     Percent,
     ReadableFile,
@@ -39,7 +40,6 @@ from checks.base import (
     format_duration,
     host_port,
 )
-from probe.secrets import SENSITIVE_NAME
 from probe.tickets import AnyRoute
 from probe.tickets.base import Priority, RouteBase
 from probe.yamlpos import KeyPath, Position, YamlError, load_with_positions, show_path

@@ -28,16 +28,20 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from pydantic import AfterValidator, ValidationInfo, model_validator
 
-from checks.base import Result, StrictModel
+from checks.base import (
+    ENV_REF,
+    SENSITIVE_NAME,
+    HeaderUnavailable,
+    Result,
+    StrictModel,
+    header_values,
+)
 
 if TYPE_CHECKING:
     from probe.config import Config
 
-_ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
-
-
 def _env_ref(value: str, info: ValidationInfo) -> str:
-    if not _ENV_REF.fullmatch(value):
+    if not ENV_REF.fullmatch(value):
         raise ValueError(
             f"inline secrets are not allowed: write env:NAME, or put it in a file and set "
             f"{info.field_name}_file"
@@ -96,11 +100,6 @@ REDACTED = "<redacted>"
 # words and numbers, and the patterns below still catch them where credentials stand.
 MIN_SECRET_LENGTH = 6
 
-# Names of headers and query parameters whose values are credentials.
-SENSITIVE_NAME = re.compile(
-    r"authorization|cookie|token|secret|key|passw|pwd|credential|signature|^sig$|session|auth",
-    re.IGNORECASE,
-)
 _AUTH_SCHEME = re.compile(r"(?:Bearer|Basic|Token|token|Digest|ApiKey)\s+(\S+)")
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # https://user:password@host
@@ -207,7 +206,8 @@ known = Redactor()
 def collect(config: Config) -> set[str]:
     """The secret values a configuration holds: each route's secrets (those that can be read
     now), the values of headers with a sensitive name (Authorization, Cookie, *token*, *key*,
-    *secret*, *password*) in routes and http checks, with the credential after its scheme word,
+    *secret*, *password*) in routes and http checks, read from the environment or their
+    `headers_file`, with the credential after its scheme word,
     and sensitive query parameters of the URLs they call."""
     found: set[str] = set()
     for route in config.routes.values():
@@ -223,12 +223,17 @@ def collect(config: Config) -> set[str]:
 
 
 def _from_settings(model: Any) -> Iterator[str]:
-    headers = getattr(model, "headers", None)
-    if isinstance(headers, dict):
-        for name, value in headers.items():
-            if isinstance(value, str) and SENSITIVE_NAME.search(name):
-                yield value
-                yield from _AUTH_SCHEME.findall(value)
+    headers = getattr(model, "headers", None) or {}
+    files = getattr(model, "headers_file", None) or {}
+    for name in (*headers, *files):
+        if SENSITIVE_NAME.search(name):
+            # One that cannot be read now fails the request that needs it, and says so.
+            with contextlib.suppress(HeaderUnavailable):
+                one = header_values({name: headers[name]} if name in headers else {},
+                                    {name: files[name]} if name in files else {})
+                for value in one.values():
+                    yield value
+                    yield from _AUTH_SCHEME.findall(value)
     for field in ("url", "api_url"):
         url = getattr(model, field, None)
         if isinstance(url, str):

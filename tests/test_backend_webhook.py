@@ -217,6 +217,48 @@ async def test_without_a_secret_it_sends_no_signature_and_adds_the_routes_header
     assert sent.headers["X-Tenant"] == "ops"
 
 
+async def test_a_credential_header_comes_from_a_file_read_for_each_request(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = tmp_path / "hook-token"
+    token.write_text("Bearer first-token\n")
+    monkeypatch.setenv("PROBE_TEST_TENANT_KEY", "tenant-key-from-env")
+    hook = backend(receiver.url(), headers={"X-Tenant-Key": "env:PROBE_TEST_TENANT_KEY"},
+                   headers_file={"Authorization": str(token)})
+    try:
+        await hook.open(TICKET)
+        token.write_text("Bearer rotated-token\n")
+        await hook.note(KEY, "still down")
+    finally:
+        await hook.close()
+
+    assert [d.headers["Authorization"] for d in receiver.deliveries] == [
+        "Bearer first-token", "Bearer rotated-token"]
+    assert {d.headers["X-Tenant-Key"] for d in receiver.deliveries} == {"tenant-key-from-env"}
+
+
+async def test_a_credential_header_that_cannot_be_read_is_a_permanent_error_that_names_it(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    hook = backend(receiver.url(), headers_file={"Authorization": str(tmp_path / "missing")})
+    try:
+        with pytest.raises(TicketError) as caught:
+            await hook.open(TICKET)
+    finally:
+        await hook.close()
+
+    assert caught.value.permanent
+    assert caught.value.message == (
+        f"webhook headers_file: cannot read {tmp_path}/missing (header Authorization): "
+        "No such file or directory")
+    assert receiver.deliveries == []
+
+
+def test_a_credential_header_may_not_be_inline() -> None:
+    with pytest.raises(ValueError, match="header 'Authorization' carries a credential"):
+        backend("http://127.0.0.1:9/hook", headers={"Authorization": "Bearer s3cretvalue"})
+
+
 async def test_a_wrong_secret_is_a_permanent_error_with_the_receivers_words(
     receiver: Receiver, tmp_path: Path
 ) -> None:

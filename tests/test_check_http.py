@@ -8,6 +8,7 @@ import datetime as dt
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -52,6 +53,9 @@ def make_app(seen: list[dict[str, Any]]) -> web.Application:
     async def loop(request: web.Request) -> web.Response:
         raise web.HTTPFound("/loop")
 
+    async def away(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["to"])
+
     async def see_other(request: web.Request) -> web.Response:
         raise web.HTTPSeeOther("/echo")
 
@@ -85,6 +89,7 @@ def make_app(seen: list[dict[str, Any]]) -> web.Application:
     app.router.add_get("/slow", slow)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/loop", loop)
+    app.router.add_get("/away", away)
     app.router.add_post("/see-other", see_other)
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/chunked", chunked)
@@ -422,6 +427,83 @@ async def test_it_is_unknown_when_the_address_contradicts_the_ip_family() -> Non
 
     assert result.state == "unknown"
     assert result.reason == "127.0.0.1 is not an ipv6 address"
+
+
+# --- credentials in headers ------------------------------------------------------------------
+
+
+async def test_header_values_come_from_the_environment_and_files_read_at_each_check(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROBE_TEST_AUTH", "Bearer from-the-environment")
+    key = tmp_path / "api-key"
+    key.write_text("first-key\n")
+    spec: dict[str, Any] = {
+        "url": f"{site.url}/echo",
+        "headers": {"Authorization": "env:PROBE_TEST_AUTH", "X-Team": "ops"},
+        "headers_file": {"X-Api-Key": key},
+    }
+
+    first = await check(**spec)
+    key.write_text("rotated-key\n")
+    second = await check(**spec)
+
+    assert (first.state, second.state) == ("up", "up")
+    sent = [request["headers"] for request in site.seen]
+    assert [h["Authorization"] for h in sent] == ["Bearer from-the-environment"] * 2
+    assert [h["X-Api-Key"] for h in sent] == ["first-key", "rotated-key"]
+    assert [h["X-Team"] for h in sent] == ["ops", "ops"]
+
+
+async def test_a_header_that_cannot_be_read_makes_the_check_unknown(
+    site: Site, tmp_path: Path
+) -> None:
+    unset = await check(url=f"{site.url}/echo", headers={"Authorization": "env:PROBE_TEST_UNSET"})
+    gone = await check(url=f"{site.url}/echo", headers_file={"X-Api-Key": tmp_path / "gone"})
+
+    assert (unset.state, unset.reason) == (
+        "unknown", "environment variable PROBE_TEST_UNSET (header Authorization) is not set")
+    assert (gone.state, gone.reason) == (
+        "unknown",
+        f"headers_file: cannot read {tmp_path}/gone (header X-Api-Key): No such file or directory")
+    assert site.seen == []  # nothing went out without its credential
+
+
+def test_its_spec_refuses_an_inline_credential_without_showing_it() -> None:
+    for name in ("Authorization", "X-Api-Key", "Cookie", "Private-Token"):
+        with pytest.raises(ValidationError) as caught:
+            HttpSpec(url="http://127.0.0.1/", headers={name: "s3cretvalue"})
+        (error,) = caught.value.errors()
+        assert error["loc"] == ("headers",)
+        assert error["msg"] == (
+            f"Value error, header {name!r} carries a credential, which may not be inline: write "
+            f"env:NAME, or put it in a file and set headers_file: {{{name}: PATH}}")
+    HttpSpec(url="http://127.0.0.1/", headers={"Accept": "text/plain"})  # not a credential
+
+
+def test_its_spec_refuses_a_header_set_both_inline_and_from_a_file(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="header 'x-team' is set in both headers and"):
+        HttpSpec(url="http://127.0.0.1/", headers={"X-Team": "ops"},
+                 headers_file={"x-team": tmp_path / "team"})
+
+
+async def test_credentials_go_to_the_origin_they_were_set_for_only(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROBE_TEST_AUTH", "Bearer for-this-site-only")
+    headers = {"Authorization": "env:PROBE_TEST_AUTH", "X-Team": "ops"}
+    other_seen: list[dict[str, Any]] = []
+    async with serve_app(make_app(other_seen)) as other_port:
+        elsewhere = await check(url=f"{site.url}/away?to=http://127.0.0.1:{other_port}/echo",
+                                headers=headers)
+        here = await check(url=f"{site.url}/away?to=/echo", headers=headers)
+
+    assert (elsewhere.state, here.state) == ("up", "up")
+    [other] = other_seen
+    assert other["headers"]["X-Team"] == "ops"
+    assert "Authorization" not in other["headers"]
+    [same] = site.seen
+    assert same["headers"]["Authorization"] == "Bearer for-this-site-only"
 
 
 def test_its_spec_refuses_a_header_that_would_break_the_request() -> None:

@@ -48,10 +48,12 @@ def test_validate_prints_every_error_and_exits_1() -> None:
     ]
 
 
-def test_an_inline_secret_is_refused_and_never_printed() -> None:
-    result = probe("validate", "--config", str(CONFIGS / "bad" / "inline_secret.yaml"))
+@pytest.mark.parametrize(("name", "says"), [("inline_secret", "inline secrets are not allowed"),
+                                           ("inline_header_credential", "may not be inline")])
+def test_an_inline_secret_is_refused_and_never_printed(name: str, says: str) -> None:
+    result = probe("validate", "--config", str(CONFIGS / "bad" / f"{name}.yaml"))
     assert result.returncode == 1
-    assert "inline secrets are not allowed" in result.stderr
+    assert says in result.stderr
     assert "s3cr3t" not in result.stderr + result.stdout
 
 

@@ -656,7 +656,9 @@ def leaky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leaky]:
     peers = Peers()
     target_port, helpdesk_port = peers.serve(target), peers.serve(helpdesk)
     (directory / "hook-secret").write_text(TOKEN_IN_FILE + "\n")
-    auth = f'headers: {{Authorization: "Bearer {TOKEN_IN_HEADER}"}}'
+    # A credential header comes from the environment (the checks) or a file (the webhook).
+    (directory / "hook-auth").write_text(f"Bearer {TOKEN_IN_HEADER}\n")
+    auth = "headers: {Authorization: env:PROBE_TEST_AUTH}"
     base = f"http://127.0.0.1:{target_port}"
     probe = make_probe(directory, f"""
 defaults:
@@ -672,7 +674,7 @@ ticketing:
       backend: webhook
       url: "http://127.0.0.1:{helpdesk_port}/hook"
       secret_file: {directory}/hook-secret
-      {auth}
+      headers_file: {{Authorization: {directory}/hook-auth}}
     hook2:
       backend: webhook
       url: "http://127.0.0.1:{helpdesk_port}/hook2"
@@ -683,7 +685,8 @@ checks:
   - {{name: web-keyed, service: shop, http: {{url: "{base}/health?api_key={TOKEN_IN_URL}"}}}}
   - {{name: api, ticket: {{route: hook}}, http: {{url: "{base}/health", {auth}}}}}
   - {{name: api2, ticket: {{route: hook2}}, http: {{url: "{base}/health", {auth}}}}}
-""", env={"PROBE_TEST_SIGNING_SECRET": TOKEN_IN_ENV}, log_level="debug")
+""", env={"PROBE_TEST_SIGNING_SECRET": TOKEN_IN_ENV,
+          "PROBE_TEST_AUTH": f"Bearer {TOKEN_IN_HEADER}"}, log_level="debug")
     run = Leaky(probe, target_saw, helpdesk_saw)
     try:
         probe.start()

@@ -21,7 +21,9 @@ Each `open`, `note`, `resolve` and `reopen` is one POST of a JSON object to the 
 Every key is always present. Headers: `Content-Type: application/json`, `X-Probe-Event`
 (the action), `X-Probe-Key`, `Idempotency-Key` (the `id`), and, when the route has a secret,
 `X-Probe-Signature-256: sha256=<hex HMAC-SHA256(secret, raw body)>` as GitHub signs its hooks.
-The route's own `headers` are sent too. A webhook has no ticket ids: the reference is the key.
+The route's own `headers` are sent too, read again for each request: a value may be
+`env:NAME`, or come from the file `headers_file` names, and a credential (Authorization, a
+key or token) must. A webhook has no ticket ids: the reference is the key.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from probe.secrets import EnvRef, SecretError
+from checks.base import SENSITIVE_NAME, HeaderSettings, HeaderUnavailable
+from probe.secrets import EnvRef, SecretError, known
 from probe.tickets import base
 from probe.tickets.base import EndpointUrl, RouteBase, Ticket, TicketError, TicketState
 from probe.tickets.http import Http
@@ -43,12 +46,11 @@ VERSION = 1
 Action = Literal["open", "note", "resolve", "reopen"]
 
 
-class Route(RouteBase):
+class Route(RouteBase, HeaderSettings):
     backend: Literal["webhook"]
     url: EndpointUrl
     secret: EnvRef | None = None  # HMAC-SHA256 signature of each body
     secret_file: Path | None = None
-    headers: dict[str, str] = {}
 
     secrets: ClassVar[dict[str, bool]] = {"secret": False}
 
@@ -63,7 +65,7 @@ class Backend(base.Backend[Route]):
         parts = urlsplit(route.url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._path = route.url[len(self._origin) :] or "/"
-        self._http = Http(route, self._origin, headers=route.headers)
+        self._http = Http(route, self._origin)
 
     async def find(self, key: str) -> str | None:
         return None
@@ -118,7 +120,13 @@ class Backend(base.Backend[Route]):
             **fields,
         }
         body = json.dumps(payload, ensure_ascii=False).encode()
+        try:
+            extra = self.route.header_values()
+        except HeaderUnavailable as err:
+            raise TicketError(f"webhook {err}", permanent=True) from None
+        known.add(v for n, v in extra.items() if SENSITIVE_NAME.search(n))
         headers = {
+            **extra,
             "Content-Type": "application/json",
             "X-Probe-Event": action,
             "X-Probe-Key": key,
