@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import getpass
 import json
 import logging
+import os
+import ssl
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -48,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--config", "-c", type=Path, help="the daemon's configuration")
     where.add_argument("--url", help="the daemon's address, like http://127.0.0.1:9469")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument("--user", help="for an endpoint with basic_auth_users: the user name "
+                                       "(the password from PROBE_PASSWORD, or asked for)")
 
     tickets = commands.add_parser("tickets", help="the local backend's tickets")
     tickets.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
@@ -75,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.setup("error")
         return asyncio.run(run_demo(args.listen))
     if args.command == "status" and args.url:
-        return _status(args.url, as_json=args.json)
+        return _status(args.url, None, as_json=args.json, user=args.user)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "schema":
         print(json.dumps(Config.model_json_schema(by_alias=True), indent=2))
@@ -95,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_loop(daemon.run(args.config, config))
         return EXIT_OK
     if args.command == "status":
-        return _status(f"http://{config.agent.listen}", as_json=args.json)
+        return _status(*_endpoint(config), as_json=args.json, user=args.user)
     if args.command == "tickets":
         from probe.tickets.admin import tickets_command
 
@@ -118,10 +125,45 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def _status(url: str, *, as_json: bool) -> int:
+def _endpoint(config: Config) -> tuple[str, ssl.SSLContext | None]:
+    """The daemon's own address, and for an endpoint behind TLS a context that trusts exactly
+    the certificate its web_config serves (whose names need not include the listen address)."""
+    listen = config.agent.listen
+    if config.agent.web_config is None:
+        return f"http://{listen}", None
+    from probe import webconfig
+
+    tls = webconfig.load(config.agent.web_config).tls_server_config  # load() validated it
+    if tls is None:
+        return f"http://{listen}", None
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/api/status", timeout=10) as response:
+        context = ssl.create_default_context(cafile=str(tls.cert_file))
+    except (OSError, ssl.SSLError):
+        context = ssl.create_default_context()  # unreadable here: the system's CAs, then
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the served leaf itself is trusted
+    return f"https://{listen}", context
+
+
+def _status(url: str, context: ssl.SSLContext | None, *, as_json: bool, user: str | None) -> int:
+    request = urllib.request.Request(f"{url.rstrip('/')}/api/status")
+    if user is not None:
+        password = os.environ.get("PROBE_PASSWORD")
+        if password is None:
+            password = getpass.getpass(f"password of {user} at {url}: ")
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {pair}")
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
             data = json.load(response)
+    except urllib.error.HTTPError as err:
+        why = f"HTTP {err.code}"
+        if err.code == 401:
+            why = ("the user name or password is wrong" if user else
+                   "it asks for a user name and password (basic_auth_users in its web_config): "
+                   "give --user NAME, and the password in PROBE_PASSWORD or when asked")
+        print(f"cannot read the status from {url}: {why}", file=sys.stderr)
+        return EXIT_CONFIG
     except (OSError, ValueError) as err:
         print(f"cannot read the status from {url}: {err}", file=sys.stderr)
         return EXIT_CONFIG

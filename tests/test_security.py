@@ -401,6 +401,30 @@ async def test_the_configured_headers_are_on_every_response(
         assert headers["Strict-Transport-Security"] == "max-age=31536000"
 
 
+def probe_status(probe: Probe, *args: str, password: str | None = None) -> tuple[int, str]:
+    env = {k: v for k, v in probe.env.items() if k != "PROBE_PASSWORD"}
+    if password is not None:
+        env["PROBE_PASSWORD"] = password
+    done = subprocess.run(
+        [sys.executable, "-m", "probe", "status", "--config", str(probe.config), *args],
+        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_probe_status_speaks_tls_and_basic_auth_to_its_own_daemon(secured: Probe) -> None:
+    assert probe_status(secured, "--user", "prometheus", password=PASSWORD) == (
+        0, "NAME  KIND  STATE  FAILS  FLAGS  REASON\n\nno open incidents\n")
+    code, said = probe_status(secured)
+    assert code == 2
+    assert said == (
+        f"cannot read the status from https://127.0.0.1:{secured.port}: it asks for a user name "
+        "and password (basic_auth_users in its web_config): give --user NAME, and the password "
+        "in PROBE_PASSWORD or when asked\n")
+    assert probe_status(secured, "--user", "prometheus", password="wrong") == (
+        2, f"cannot read the status from https://127.0.0.1:{secured.port}: "
+           "the user name or password is wrong\n")
+
+
 async def test_plain_http_to_the_tls_port_gets_nothing(secured: Probe) -> None:
     with pytest.raises(aiohttp.ClientError):
         await fetch(url(secured, "/metrics", scheme="http"),
