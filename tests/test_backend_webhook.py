@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,9 @@ def secret_file(tmp_path: Path) -> Path:
     return path
 
 
-def backend(url: str, **settings: Any) -> Backend:
-    route = Route.model_validate({"backend": "webhook", "url": url, "timeout": "3s", **settings})
+def backend(url: str | None, **settings: Any) -> Backend:
+    route = Route.model_validate({"backend": "webhook", "timeout": "3s", **settings,
+                                  **({"url": url} if url is not None else {})})
     return Backend("hook", route)
 
 
@@ -347,6 +349,75 @@ async def test_nothing_listening_is_a_transient_error() -> None:
 
     assert not caught.value.permanent
     assert "cannot connect" in caught.value.message
+
+
+async def test_a_url_that_holds_a_secret_comes_from_a_file_or_the_environment(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url_file = tmp_path / "hook-url"
+    url_file.write_text(receiver.url("/services/T0/B0/first-token") + "\n")
+    monkeypatch.setenv("PROBE_TEST_HOOK_URL", receiver.url("/services/T0/B0/env-token"))
+    from_file = backend(None, url_file=str(url_file))
+    from_env = backend("env:PROBE_TEST_HOOK_URL")
+    try:
+        await from_file.open(TICKET)
+        url_file.write_text(receiver.url("/services/T0/B0/rotated-token"))
+        await from_file.note(KEY, "still down")
+        await from_env.open(TICKET)
+    finally:
+        await from_file.close()
+        await from_env.close()
+
+    assert [d.path for d in receiver.deliveries] == [
+        "/services/T0/B0/first-token", "/services/T0/B0/rotated-token",
+        "/services/T0/B0/env-token"]
+
+
+async def test_what_is_said_of_a_secret_url_does_not_show_it(tmp_path: Path) -> None:
+    url_file = tmp_path / "hook-url"
+    url_file.write_text(f"http://127.0.0.1:{closed_port()}/services/T0/B0/s3cretpathtoken")
+    hook = backend(None, url_file=str(url_file))
+    try:
+        with pytest.raises(TicketError) as caught:
+            await hook.open(TICKET)
+    finally:
+        await hook.close()
+
+    assert not caught.value.permanent
+    assert caught.value.message.startswith("POST <redacted>: cannot connect")
+    assert "s3cret" not in caught.value.message
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "webhook url_file: cannot read {file}"),
+    ("not a url s3cretvalue", "webhook url_file {file} does not hold an http:// or https:// URL"),
+])
+async def test_a_url_file_without_a_url_is_a_permanent_error_that_does_not_echo_it(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    url_file = tmp_path / "hook-url"
+    if content is not None:
+        url_file.write_text(content)
+    hook = backend(None, url_file=str(url_file))
+    try:
+        with pytest.raises(TicketError) as caught:
+            await hook.open(TICKET)
+    finally:
+        await hook.close()
+
+    assert caught.value.permanent
+    assert caught.value.message == message.format(file=url_file)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({}, "needs url (or url_file, or url: env:NAME)"),
+    ({"url": "https://hooks.example.net/x", "url_file": "/run/x"},
+     "set url or url_file, not both"),
+    ({"url": "env:not a name"}, "'env:not a name' is not an http:// or https:// URL"),
+])
+def test_a_route_needs_exactly_one_url(settings: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Route.model_validate({"backend": "webhook", **settings})
 
 
 async def test_a_webhook_cannot_be_asked_about_its_tickets() -> None:

@@ -32,7 +32,7 @@ PRIORITIES: tuple[Priority, ...] = ("urgent", "high", "normal", "low")
 V = TypeVar("V")
 
 
-def _url(value: str) -> str:
+def endpoint_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.username or parts.password:  # first: the message must not echo them
         raise ValueError("credentials do not belong in the URL: use the route's secret keys")
@@ -42,7 +42,7 @@ def _url(value: str) -> str:
 
 
 def _base_url(value: str) -> str:
-    return _url(value).rstrip("/")
+    return endpoint_url(value).rstrip("/")
 
 
 def _all_priorities(value: dict[Priority, V]) -> dict[Priority, V]:
@@ -53,7 +53,6 @@ def _all_priorities(value: dict[Priority, V]) -> dict[Priority, V]:
 
 
 BaseUrl = Annotated[str, AfterValidator(_base_url)]  # an API's base: paths are appended
-EndpointUrl = Annotated[str, AfterValidator(_url)]  # used exactly as written (a webhook)
 PriorityMap = Annotated[dict[Priority, V], AfterValidator(_all_priorities)]
 
 

@@ -32,27 +32,66 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from checks.base import SENSITIVE_NAME, HeaderSettings, HeaderUnavailable
+from pydantic import AfterValidator, model_validator
+
+from checks.base import ENV_REF, SENSITIVE_NAME, HeaderSettings, HeaderUnavailable
 from probe.secrets import EnvRef, SecretError, known
 from probe.tickets import base
-from probe.tickets.base import EndpointUrl, RouteBase, Ticket, TicketError, TicketState
+from probe.tickets.base import RouteBase, Ticket, TicketError, TicketState, endpoint_url
 from probe.tickets.http import Http
 
 VERSION = 1
 Action = Literal["open", "note", "resolve", "reopen"]
 
 
+def _url_or_ref(value: str) -> str:
+    return value if ENV_REF.fullmatch(value) else endpoint_url(value)
+
+
 class Route(RouteBase, HeaderSettings):
     backend: Literal["webhook"]
-    url: EndpointUrl
+    # A URL that holds a secret (Slack's, Teams', a token in the path) belongs in url_file or
+    # the environment: read at each request, never logged.
+    url: Annotated[str, AfterValidator(_url_or_ref)] | None = None
+    url_file: Path | None = None
     secret: EnvRef | None = None  # HMAC-SHA256 signature of each body
     secret_file: Path | None = None
 
     secrets: ClassVar[dict[str, bool]] = {"secret": False}
+
+    @model_validator(mode="after")
+    def _one_url(self) -> Route:
+        if self.url is not None and self.url_file is not None:
+            raise ValueError("set url or url_file, not both")
+        if self.url is None and self.url_file is None:
+            raise ValueError("needs url (or url_file, or url: env:NAME)")
+        return self
+
+    def endpoint(self) -> tuple[str, bool]:
+        """The URL to post to, and whether it is a secret. Raises SecretError."""
+        if self.url is not None and not ENV_REF.fullmatch(self.url):
+            return self.url, False
+        if self.url is not None:
+            where, value = self.url, os.environ.get(self.url.removeprefix("env:"))
+            if value is None:
+                raise SecretError(f"url: environment variable {self.url[4:]} is not set")
+        else:
+            assert self.url_file is not None
+            where = f"url_file {self.url_file}"
+            try:
+                value = self.url_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                raise SecretError(f"url_file: cannot read {self.url_file}") from None
+        known.add([value])
+        try:
+            return endpoint_url(value), True
+        except ValueError:
+            raise SecretError(f"{where} does not hold an http:// or https:// URL") from None
 
 
 class Backend(base.Backend[Route]):
@@ -61,11 +100,7 @@ class Backend(base.Backend[Route]):
 
     def __init__(self, name: str, route: Route) -> None:
         super().__init__(name, route)
-        # Split so that error messages read "POST /hooks/probe: HTTP 503".
-        parts = urlsplit(route.url)
-        self._origin = f"{parts.scheme}://{parts.netloc}"
-        self._path = route.url[len(self._origin) :] or "/"
-        self._http = Http(route, self._origin)
+        self._http = Http(route, "")  # for the origin of the first URL read
 
     async def find(self, key: str) -> str | None:
         return None
@@ -138,7 +173,20 @@ class Backend(base.Backend[Route]):
             except SecretError as err:
                 raise TicketError(f"webhook secret: {err}", permanent=True) from None
             headers["X-Probe-Signature-256"] = signature(secret, body)
-        await self._http.request("POST", self._path, data=body, headers=headers)
+        try:
+            url, url_is_secret = self.route.endpoint()
+        except SecretError as err:
+            raise TicketError(f"webhook {err}", permanent=True) from None
+        # Split so that error messages read "POST /hooks/probe: HTTP 503".
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        path = url[len(origin) :] or "/"
+        if url_is_secret:  # then its path is one too: Slack's and Teams' URLs end in their token
+            known.add([path])
+        if self._http.base_url != origin:  # a URL file rewritten for another host
+            await self._http.close()
+            self._http = Http(self.route, origin)
+        await self._http.request("POST", path, data=body, headers=headers)
 
 
 def idempotency_id(key: str, action: str, fields: dict[str, Any]) -> str:
