@@ -103,6 +103,9 @@ MISBEHAVIOURS: tuple[Misbehaviour, ...] = (
     Misbehaviour("json-nested-100000-deep", body=b"[" * 100_000 + b"]" * 100_000),
     Misbehaviour("json-nested-100000-deep-with-422", status=422, expect="any",
                  body=b'{"errors": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    Misbehaviour("422-with-10000-errors", status=422, expect="any",
+                 body=_json({"message": "Validation Failed", "errors": [
+                     {"resource": "Issue", "field": "title", "message": "x" * 50}] * 10_000})),
     Misbehaviour("400-with-wrong-types", status=400, body=_json(_shaped("flat", 42)),
                  expect="any"),
     Misbehaviour("422-with-wrong-types", status=422, body=_json(_shaped("flat", [1])),

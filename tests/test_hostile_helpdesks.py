@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from probe.tickets import HELPDESKS
-from probe.tickets.base import Backend, Ticket, TicketError
+from probe.tickets.base import MAX_MESSAGE, Backend, Ticket, TicketError
 from tests.hostile_helpdesk import (
     FIELDS,
     INNER,
@@ -133,6 +133,7 @@ async def test_a_broken_promise_is_a_ticket_error_or_nothing(
         await CALLS[call](desk, REFS[desk.kind])
     except TicketError as err:
         assert err.message
+        assert len(err.message) <= MAX_MESSAGE  # it is stored, logged and printed
         if misbehaviour.expect == "transient":
             assert not err.permanent, err.message
     except Exception as err:

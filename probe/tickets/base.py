@@ -70,6 +70,9 @@ R = TypeVar("R", bound=RouteBase)
 TicketState = Literal["open", "acknowledged", "closed", "gone"]
 
 
+MAX_MESSAGE = 1000  # what a TicketError keeps of its message: it is stored, logged and printed
+
+
 class TicketError(Exception):
     """A helpdesk call failed. `permanent` errors (a 4xx other than 408/429, a missing field)
     will fail again however often they are retried; the others are retried without end,
@@ -86,6 +89,8 @@ class TicketError(Exception):
         # What a helpdesk echoes back (a token in a 400's body, say) is stored and printed:
         # the known secrets are taken out here, where every message passes.
         message = known.redact(message)
+        if len(message) > MAX_MESSAGE:  # a helpdesk's list of 10,000 errors, say
+            message = message[: MAX_MESSAGE - 3] + "..."
         super().__init__(message)
         self.message = message
         self.permanent = permanent
