@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    ConfigDict,
     Field,
     ValidationError,
     create_model,
@@ -260,6 +261,9 @@ def _merged(default: StrictModel, override: StrictModel | None) -> Any:
 
 
 class Config(StrictModel):
+    # Top-level keys starting with x- are skipped when loading: a place for YAML anchors.
+    model_config = ConfigDict(json_schema_extra={"patternProperties": {"^x-": {}}})
+
     agent: Agent = Agent()
     defaults: Defaults = Defaults()
     ticketing: Ticketing = Ticketing()
@@ -390,6 +394,8 @@ def _merge(files: list[Path]) -> tuple[dict[str, Any], dict[KeyPath, Position], 
             issues.append(ConfigIssue(str(file), 1, "", "the top level must be a mapping of keys"))
             continue
         for key, value in data.items():
+            if isinstance(key, str) and key.startswith("x-"):
+                continue  # a place for YAML anchors (`x-web: &web {...}`), as in Compose files
             key_pos = pos[(key,)]
             list_section = key in _LIST_SECTIONS and isinstance(value, list)
             if list_section and isinstance(merged.get(key), list):  # not `checks: 5` before

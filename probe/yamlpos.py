@@ -81,6 +81,7 @@ class _Builder:
         self.seen: set[int] = set()
         self.expanded = 0
         self.inside: set[int] = set()  # the collections being built, to catch an alias loop
+        self.merged: dict[int, int] = {}  # per mapping: how many of its pairs came from `<<:`
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         line = node.start_mark.line + 1
@@ -109,16 +110,33 @@ class _Builder:
             self.inside.discard(id(node))
 
     def mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
-        self.loader.flatten_mapping(node)  # resolves `<<:` merge keys
+        if id(node) not in self.merged:
+            # `<<:` merge keys: flattening puts the merged pairs first, the mapping's own after,
+            # and a later pair overrides an earlier one (YAML's merge: the mapping's own keys
+            # win, then the first map merged). Only two of its own keys are a duplicate.
+            merges = [value for key, value in node.value if key.tag == "tag:yaml.org,2002:merge"]
+            for merged_node in merges:
+                parts = merged_node.value if isinstance(merged_node, yaml.SequenceNode) else []
+                if any(id(n) in self.inside for n in (merged_node, *parts)):
+                    raise YamlError(self.file, merged_node.start_mark.line + 1,
+                                    f"{show_path(path)}: a merge refers to a value that "
+                                    "contains it")
+            own = len(node.value) - len(merges)
+            self.loader.flatten_mapping(node)
+            self.merged[id(node)] = len(node.value) - own
+        merged = self.merged[id(node)]
         result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
+        own_keys: set[str] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
             line = key_node.start_mark.line + 1
             key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str | int | float | bool):
                 raise YamlError(self.file, line, f"{show_path(path)}: a key must be a plain value")
             name = key if isinstance(key, str) else str(key_node.value)  # as written
-            if name in result:
-                raise YamlError(self.file, line, f"{show_path((*path, name))}: duplicate key")
+            if index >= merged:
+                if name in own_keys:
+                    raise YamlError(self.file, line, f"{show_path((*path, name))}: duplicate key")
+                own_keys.add(name)
             child = (*path, name)
             self.positions[child] = (self.file, line)
             result[name] = self.build(value_node, child)

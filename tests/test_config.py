@@ -132,6 +132,61 @@ def test_the_only_route_is_every_check_s_route(tmp_path: Path) -> None:
     assert check.ticket.route == "desk"
 
 
+TEMPLATED = """\
+x-web: &web                   # x- keys are skipped: a place for templates
+  interval: 30s
+  failure_threshold: 3
+  ticket: {priority: high}
+x-fast: &fast {interval: 5s, retry_interval: 1s, timeout: 1s}
+checks:
+  - &shop
+    name: shop
+    <<: *web
+    interval: 10s             # its own key wins over the merged one
+    http: {url: "http://127.0.0.1:1/"}
+  - <<: [*fast, *web]         # the first map merged wins
+    name: cart
+    http: {url: "http://127.0.0.1:2/"}
+  - <<: *shop                 # a check copied, its name its own
+    name: shop-copy
+  - <<: *shop
+    name: shop-again
+"""
+
+
+def test_yaml_merge_keys_and_x_templates_are_overridden_by_the_checks_own_keys(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "p.yaml").write_text(TEMPLATED)
+    checks = {c.name: c for c in load(tmp_path / "p.yaml").effective_checks()}
+    got = {n: (c.interval, c.retry_interval, c.failure_threshold, c.ticket.priority)
+           for n, c in checks.items()}
+    assert got == {
+        "shop": (10, 10, 3, "high"),
+        "cart": (5, 1, 3, "high"),
+        "shop-copy": (10, 10, 3, "high"),
+        "shop-again": (10, 10, 3, "high"),
+    }
+
+
+def test_a_key_twice_in_a_checks_own_keys_is_still_an_error_with_a_merge(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(TEMPLATED.replace(
+        "    name: cart\n", "    name: cart\n    name: basket\n"))
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path / "p.yaml")
+    assert [str(i) for i in caught.value.issues] == [
+        f"{tmp_path / 'p.yaml'}:14: checks[1].name: duplicate key"]
+
+
+def test_an_error_in_an_overriding_key_names_its_own_line(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(TEMPLATED.replace("interval: 10s ", "interval: 10  "))
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path / "p.yaml")
+    # the copies carry the same value, from the same line
+    assert [(i.line, i.path) for i in caught.value.issues] == [
+        (10, "checks[0].interval"), (10, "checks[2].interval"), (10, "checks[3].interval")]
+
+
 def test_secrets_are_read_from_env_or_file_when_needed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
