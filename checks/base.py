@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+import re2  # type: ignore[import-untyped]
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -256,6 +257,28 @@ class Spec(StrictModel):
     @property
     def target(self) -> str:
         raise NotImplementedError
+
+
+# --- regular expressions from the configuration --------------------------------------------
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # its own error goes into our message, not to stderr
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_regex(pattern: str, *, multiline: bool = False) -> Any:
+    """A pattern from the configuration, in RE2's syntax, which blackbox_exporter's Go regexps
+    share: matching takes time linear in the text, so no body or banner a target sends can
+    hold the daemon in a backtracking pattern. Raises ValueError, in words."""
+    try:
+        return re2.compile(("(?m)" if multiline else "") + pattern, _RE2_OPTIONS)
+    except re2.error as err:
+        said = err.args[0] if err.args else err
+        why = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+        raise ValueError(
+            f"{pattern!r} is not a valid regular expression: {why} (RE2 syntax, as in "
+            "blackbox_exporter: no backreferences or lookaround)"
+        ) from None
 
 
 # --- request headers that may carry credentials -----------------------------------------

@@ -34,6 +34,7 @@ from checks.base import (
     Result,
     Spec,
     State,
+    compile_regex,
     describe_os_error,
     format_duration,
     resolve,
@@ -98,10 +99,7 @@ class HttpSpec(Spec, HeaderSettings):
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as err:
-                raise ValueError(f"{value!r} is not a valid regular expression: {err}") from None
+            compile_regex(value)
         return value
 
     @field_validator("max_body_bytes", "max_redirects")
@@ -188,9 +186,7 @@ def _judge(spec: HttpSpec, response: _Response, elapsed: float) -> str:
     within = f" (in the first {len(response.body)} bytes read)" if response.truncated else ""
     if spec.body_contains is not None and spec.body_contains.encode() not in response.body:
         return f"body does not contain {spec.body_contains!r}{within}"
-    if spec.body_regex is not None and not re.search(
-        spec.body_regex, response.body.decode("utf-8", "replace")
-    ):
+    if spec.body_regex is not None and not compile_regex(spec.body_regex).search(response.body):
         return f"body does not match /{spec.body_regex}/{within}"
     if spec.max_latency is not None and elapsed > spec.max_latency:
         return f"took {format_duration(elapsed)} (max {format_duration(spec.max_latency)})"

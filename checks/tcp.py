@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import socket
 import ssl
 from pathlib import Path
@@ -26,6 +25,7 @@ from checks.base import (
     Result,
     Spec,
     State,
+    compile_regex,
     describe_os_error,
     format_duration,
     resolve,
@@ -60,10 +60,7 @@ class TcpSpec(Spec):
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as err:
-                raise ValueError(f"{value!r} is not a valid regular expression: {err}") from None
+            compile_regex(value, multiline=True)
         return value
 
 
@@ -108,7 +105,7 @@ async def _exchange(
         if spec.expect is None:
             return
         # MULTILINE: an expected greeting may follow other lines (an SMTP banner's continuation).
-        pattern = re.compile(spec.expect, re.MULTILINE)
+        pattern = compile_regex(spec.expect, multiline=True)
         data, text = b"", ""
         while len(data) < _MAX_READ:
             chunk = await reader.read(_MAX_READ - len(data))
@@ -117,7 +114,7 @@ async def _exchange(
             data += chunk
             text = data.decode(errors="replace")
             probe.evidence["banner"] = text[:200]
-            if pattern.search(text):
+            if pattern.search(data):
                 return
     except ssl.SSLError as err:
         raise CheckFailed(f"TLS failed: {describe_ssl_error(err)}") from err

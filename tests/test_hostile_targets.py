@@ -193,6 +193,15 @@ async def test_it_stops_a_slowloris_response_at_its_timeout(parts: list[bytes], 
     assert (result.state, result.reason) == ("down", f"timed out after 1s during {phase}")
 
 
+async def test_a_body_made_to_backtrack_is_judged_in_linear_time() -> None:
+    # Python's re tries 2^n ways to split n a's before it sees the "!": this body would hold
+    # the event loop, and every other check with it, for longer than the universe has existed.
+    body = b"a" * 100_000 + b"!"
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    result = await http(responding(head + body), body_regex="^(a|aa)+$")
+    assert (result.state, result.reason) == ("down", "body does not match /^(a|aa)+$/")
+
+
 async def test_it_gives_up_on_a_redirect_loop_after_max_redirects() -> None:
     result = await http(responding(redirect(b"/again")), max_redirects=3)
     assert (result.state, result.reason) == ("down", "too many redirects (3)")
@@ -442,6 +451,12 @@ async def test_it_shows_a_banner_of_invalid_utf8_and_still_matches_what_follows(
     assert result.reason == "expected /^SSH-/ but got '\ufffd\ufffd\ufffd(\ufffd\\r\\n'"
     result = await tcp(banner(junk + b"\r\nSSH-2.0-x\r\n"), expect="^SSH-")
     assert result.state == "up", result.reason
+
+
+async def test_a_banner_made_to_backtrack_is_judged_in_linear_time() -> None:
+    result = await tcp(banner(b"a" * 30_000 + b"!", hang_up=True), expect="^(a+)+$")
+    assert result.state == "down"
+    assert result.reason == "expected /^(a+)+$/ but got '" + "a" * 80 + "...'"
 
 
 async def test_it_stops_a_banner_sent_a_byte_at_a_time_at_its_timeout() -> None:
