@@ -96,6 +96,16 @@ def backend(url: str | None, **settings: Any) -> Backend:
     return Backend("hook", route)
 
 
+async def open_fails(hook: Backend) -> TicketError:
+    """What opening a ticket raises; the backend is closed after."""
+    try:
+        with pytest.raises(TicketError) as caught:
+            await hook.open(TICKET)
+    finally:
+        await hook.close()
+    return caught.value
+
+
 async def test_open_posts_the_documented_payload_signed_with_the_secret(
     receiver: Receiver, secret_file: Path
 ) -> None:
@@ -243,14 +253,10 @@ async def test_a_credential_header_that_cannot_be_read_is_a_permanent_error_that
     receiver: Receiver, tmp_path: Path
 ) -> None:
     hook = backend(receiver.url(), headers_file={"Authorization": str(tmp_path / "missing")})
-    try:
-        with pytest.raises(TicketError) as caught:
-            await hook.open(TICKET)
-    finally:
-        await hook.close()
+    error = await open_fails(hook)
 
-    assert caught.value.permanent
-    assert caught.value.message == (
+    assert error.permanent
+    assert error.message == (
         f"webhook headers_file: cannot read {tmp_path}/missing (header Authorization): "
         "No such file or directory")
     assert receiver.deliveries == []
@@ -267,15 +273,11 @@ async def test_a_wrong_secret_is_a_permanent_error_with_the_receivers_words(
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-secret")
     hook = backend(receiver.url(), secret_file=str(wrong))
-    try:
-        with pytest.raises(TicketError) as caught:
-            await hook.open(TICKET)
-    finally:
-        await hook.close()
+    error = await open_fails(hook)
 
-    assert caught.value.permanent
-    assert "HTTP 401" in caught.value.message
-    assert "signature does not match" in caught.value.message
+    assert error.permanent
+    assert "HTTP 401" in error.message
+    assert "signature does not match" in error.message
     assert receiver.deliveries == []
 
 
@@ -283,14 +285,10 @@ async def test_an_unreadable_secret_file_is_a_permanent_error_that_names_it(
     receiver: Receiver, tmp_path: Path
 ) -> None:
     hook = backend(receiver.url(), secret_file=str(tmp_path / "missing"))
-    try:
-        with pytest.raises(TicketError) as caught:
-            await hook.open(TICKET)
-    finally:
-        await hook.close()
+    error = await open_fails(hook)
 
-    assert caught.value.permanent
-    assert "secret_file: cannot read" in caught.value.message
+    assert error.permanent
+    assert "secret_file: cannot read" in error.message
 
 
 @pytest.mark.parametrize(
@@ -315,15 +313,11 @@ async def test_an_html_500_page_is_a_transient_error_with_a_short_message(
     receiver: Receiver,
 ) -> None:
     hook = backend(receiver.url("/status/500"))
-    try:
-        with pytest.raises(TicketError) as caught:
-            await hook.open(TICKET)
-    finally:
-        await hook.close()
+    error = await open_fails(hook)
 
-    assert not caught.value.permanent
-    assert caught.value.message.startswith("POST /status/500: HTTP 500")
-    assert "\n" not in caught.value.message
+    assert not error.permanent
+    assert error.message.startswith("POST /status/500: HTTP 500")
+    assert "\n" not in error.message
 
 
 async def test_a_receiver_that_closes_the_connection_is_a_transient_error() -> None:
@@ -341,14 +335,10 @@ async def test_a_receiver_that_closes_the_connection_is_a_transient_error() -> N
 
 async def test_nothing_listening_is_a_transient_error() -> None:
     hook = backend(f"http://127.0.0.1:{closed_port()}/hooks/probe")
-    try:
-        with pytest.raises(TicketError) as caught:
-            await hook.open(TICKET)
-    finally:
-        await hook.close()
+    error = await open_fails(hook)
 
-    assert not caught.value.permanent
-    assert "cannot connect" in caught.value.message
+    assert not error.permanent
+    assert "cannot connect" in error.message
 
 
 async def test_a_url_that_holds_a_secret_comes_from_a_file_or_the_environment(
@@ -377,15 +367,11 @@ async def test_what_is_said_of_a_secret_url_does_not_show_it(tmp_path: Path) -> 
     url_file = tmp_path / "hook-url"
     url_file.write_text(f"http://127.0.0.1:{closed_port()}/services/T0/B0/s3cretpathtoken")
     hook = backend(None, url_file=str(url_file))
-    try:
-        with pytest.raises(TicketError) as caught:
-            await hook.open(TICKET)
-    finally:
-        await hook.close()
+    error = await open_fails(hook)
 
-    assert not caught.value.permanent
-    assert caught.value.message.startswith("POST <redacted>: cannot connect")
-    assert "s3cret" not in caught.value.message
+    assert not error.permanent
+    assert error.message.startswith("POST <redacted>: cannot connect")
+    assert "s3cret" not in error.message
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -399,14 +385,10 @@ async def test_a_url_file_without_a_url_is_a_permanent_error_that_does_not_echo_
     if content is not None:
         url_file.write_text(content)
     hook = backend(None, url_file=str(url_file))
-    try:
-        with pytest.raises(TicketError) as caught:
-            await hook.open(TICKET)
-    finally:
-        await hook.close()
+    error = await open_fails(hook)
 
-    assert caught.value.permanent
-    assert caught.value.message == message.format(file=url_file)
+    assert error.permanent
+    assert error.message == message.format(file=url_file)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
