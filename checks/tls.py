@@ -73,6 +73,11 @@ async def run(spec: TlsSpec, *, timeout: float) -> Result:
     problem = _problem(spec, chain, rejected)
     if problem:
         return probe.down(problem)
+    expiry = _expiry(spec, chain[0])
+    if expiry:
+        # The target still works: a ticket may say so, and take a lower priority than an outage.
+        probe.evidence["expiring"] = True
+        return probe.down(expiry)
     return too_slow(probe, spec.max_latency) or probe.up()
 
 
@@ -138,7 +143,8 @@ def _peer_chain(tls: ssl.SSLObject) -> list[bytes]:
 def _problem(
     spec: TlsSpec, chain: list[x509.Certificate], rejected: ssl.SSLCertVerificationError | None
 ) -> str | None:
-    """The first thing wrong with the certificate, in the order a human would fix them."""
+    """The first thing wrong with the certificate, in the order a human would fix them; that
+    it expires soon comes after all of them (`_expiry`)."""
     leaf = chain[0]
     now = dt.datetime.now(dt.UTC)
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
@@ -161,8 +167,14 @@ def _problem(
         shown = ", ".join(map(_printable, names[:3]))
         shown += f" and {len(names) - 3} more" if len(names) > 3 else ""
         return f"certificate is for {shown or 'no host name'}, not {name}"
-    if not_after - now < dt.timedelta(days=spec.min_days_left):
-        return f"certificate expires in {_span(not_after - now)} ({not_after.date()})"
+    return None
+
+
+def _expiry(spec: TlsSpec, leaf: x509.Certificate) -> str | None:
+    """That a certificate, good otherwise, expires within `min_days_left`."""
+    left = leaf.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    if left < dt.timedelta(days=spec.min_days_left):
+        return f"certificate expires in {_span(left)} ({leaf.not_valid_after_utc.date()})"
     return None
 
 

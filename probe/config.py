@@ -97,6 +97,8 @@ class TicketPolicy(StrictModel):
     enabled: bool = True
     route: Name | None = None  # the only route when there is one
     priority: Priority = "urgent"
+    # for a certificate that expires within min_days_left but still serves: not an outage yet
+    expiry_priority: Priority = "normal"
     update_interval: PositiveDuration = 3600.0
     escalate_after: PositiveDuration | None = 3600.0
     on_human_close: Literal["reopen", "new", "leave"] = "reopen"

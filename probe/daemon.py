@@ -140,8 +140,13 @@ class Daemon:
             return {}
         lead = members[0]
         policy = lead.ticket
+        failing = [self.results[m.name] for m in members
+                   if m.name in self.results and self.results[m.name].state == "down"]
+        # Only certificates about to expire, still serving: a warning, not an outage.
+        expiring = bool(failing) and all(r.evidence.get("expiring") for r in failing)
         return {
-            "priority": policy.priority,
+            "priority": policy.expiry_priority if expiring else policy.priority,
+            "expiring": expiring,
             "escalate_after": policy.escalate_after,
             "on_human_close": policy.on_human_close,
             "title_template": policy.title_template,

@@ -6,6 +6,7 @@ tables) are read directly, not through probe's own view of them."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import sqlite3
 import sys
 import time
@@ -18,8 +19,10 @@ from aiohttp import web
 
 from probe.config import load
 from probe.daemon import Daemon
+from tests.certs import CertFactory
 from tests.httpserver import serve_app
 from tests.test_daemon import Target, free_port
+from tests.tlsserver import serve
 
 
 class Helpdesk:
@@ -142,6 +145,45 @@ async def test_one_ticket_opens_informs_and_closes_itself(target: Target, run: R
     assert text.startswith(f"Recovered: web (http http://127.0.0.1:{target.port}/health) OK.")
     assert "failed checks." in text and "Down from " in text
     assert len(desk.tickets()) == 1
+
+
+CERTIFICATES = """
+defaults:
+  interval: 1s
+  retry_interval: 100ms
+  timeout: 1s
+  failure_threshold: 2
+  ticket: {{update_interval: 1h}}
+ticketing:
+  routes:
+    desk: {{backend: local}}
+checks:
+  - name: {name}
+    tls: {{host: 127.0.0.1, port: {port}, ca_file: {ca}, min_days_left: 14}}
+"""
+
+
+@pytest.mark.parametrize(("days", "priority", "title"), [
+    (5, "normal", "EXPIRING — certificate expires in 5 days"),
+    (-2, "urgent", "DOWN — certificate expired 2 days ago"),
+], ids=["expiring", "expired"])
+async def test_a_certificate_about_to_expire_is_a_warning_and_an_expired_one_an_outage(
+    certs: CertFactory, run: Run, days: int, priority: str, title: str
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    leaf = certs.issue(("127.0.0.1",), not_before=now - dt.timedelta(days=60),
+                       not_after=now + dt.timedelta(days=days, hours=1))
+    async with serve(tls=leaf.server_context()) as port:
+        await run(CERTIFICATES.format(name="shop-cert", port=port, ca=certs.ca.cert_file))
+        desk = Helpdesk(run.directory / "state" / "probe.sqlite3")
+        ((_, key, got_priority, status, got_title),) = await until("the ticket", desk.tickets)
+        ((body,),) = desk.rows("SELECT body FROM local_tickets")
+
+    assert (key, got_priority, status) == ("t/shop-cert/1", priority, "new")
+    assert got_title.startswith(f"[probe] shop-cert {title}")
+    assert got_title.endswith(f"from 127.0.0.1:{port}")
+    expected = "needs a new certificate" if priority == "normal" else "is DOWN"
+    assert body.startswith(f"shop-cert {expected}: certificate ")
 
 
 @pytest.mark.parametrize("policy", ["reopen", "new", "leave"])

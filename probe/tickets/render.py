@@ -59,8 +59,15 @@ def title(facts: Facts, key: str, template: str | None = None) -> str:
     values = fields(facts, key)
     if template:
         return string.Template(template).safe_substitute(values)
-    state = "FLAPPING" if str(facts.get("why", "")).startswith("flapping") else "DOWN"
-    return f"[probe] {values['group']} {state} — {values['reason']} from {values['target']}"
+    return f"[probe] {values['group']} {_state(facts)} — {values['reason']} from {values['target']}"
+
+
+def _state(facts: Facts) -> str:
+    if str(facts.get("why", "")).startswith("flapping"):
+        return "FLAPPING"
+    if (facts.get("ticket") or {}).get("expiring"):
+        return "EXPIRING"  # the certificate still serves: not an outage yet
+    return "DOWN"
 
 
 def ticket(
@@ -122,7 +129,9 @@ def _body(
     link_rows = [(label.capitalize(), url) for label, url in links.items() if url]
     if follows:
         link_rows.append(("Follows", f"ticket {follows}, closed while the outage went on"))
-    headline = f"{v['group']} is DOWN: {v['reason']} from {v['target']}"
+    headline = (f"{v['group']} needs a new certificate: {v['reason']} from {v['target']}"
+                if _state(facts) == "EXPIRING" else
+                f"{v['group']} is DOWN: {v['reason']} from {v['target']}")
 
     text = [headline, ""]
     text += [f"{label + ':':<11} {value}" for label, value in rows]
