@@ -49,12 +49,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
 
     status = commands.add_parser("status", help="what a running daemon sees now")
-    where = status.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", "-c", type=Path, help="the daemon's configuration")
-    where.add_argument("--url", help="the daemon's address, like http://127.0.0.1:9469")
+    _daemon_address(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
-    status.add_argument("--user", help="for an endpoint with basic_auth_users: the user name "
-                                       "(the password from PROBE_PASSWORD, or asked for)")
+
+    maint = commands.add_parser("maintenance",
+                                help="maintenance windows of a running daemon: list, add, end")
+    _daemon_address(maint)
+    maint.add_argument("action", nargs="?", default="list", choices=["list", "add", "end"])
+    maint.add_argument("id", nargs="?", type=int, help="the window to end")
+    maint.add_argument("--check", action="append", default=[], dest="checks",
+                       help="a check name or glob pattern (repeat for more)")
+    maint.add_argument("--service", action="append", default=[], dest="services",
+                       help="a service (repeat for more)")
+    maint.add_argument("--for", dest="duration", help="how long from now, like 2h")
+    maint.add_argument("--until", dest="end", help="when it ends, like 2026-12-01T04:00:00Z")
+    maint.add_argument("--reason", default="", help="why: shown in status and the log")
 
     tickets = commands.add_parser("tickets", help="the local backend's tickets")
     tickets.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
@@ -81,8 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         log.setup("error")
         return asyncio.run(run_demo(args.listen))
-    if args.command == "status" and args.url:
-        return _status(args.url, None, as_json=args.json, user=args.user)
+    if args.command in ("status", "maintenance") and args.url:
+        return _remote(args, args.url, None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "schema":
         print(json.dumps(Config.model_json_schema(by_alias=True), indent=2))
@@ -101,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.setup(config.agent.log_level)
         run_loop(daemon.run(args.config, config))
         return EXIT_OK
-    if args.command == "status":
-        return _status(*_endpoint(config), as_json=args.json, user=args.user)
+    if args.command in ("status", "maintenance"):
+        return _remote(args, *_endpoint(config))
     if args.command == "tickets":
         from probe.tickets.admin import tickets_command
 
@@ -145,28 +154,114 @@ def _endpoint(config: Config) -> tuple[str, ssl.SSLContext | None]:
     return f"https://{listen}", context
 
 
-def _status(url: str, context: ssl.SSLContext | None, *, as_json: bool, user: str | None) -> int:
-    request = urllib.request.Request(f"{url.rstrip('/')}/api/status")
-    if user is not None:
-        password = os.environ.get("PROBE_PASSWORD")
-        if password is None:
-            password = getpass.getpass(f"password of {user} at {url}: ")
-        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {pair}")
-    try:
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:
-            data = json.load(response)
-    except urllib.error.HTTPError as err:
-        why = f"HTTP {err.code}"
+def _daemon_address(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", "-c", type=Path, help="the daemon's configuration")
+    where.add_argument("--url", help="the daemon's address, like http://127.0.0.1:9469")
+    parser.add_argument("--user", help="for an endpoint with basic_auth_users: the user name "
+                                       "(the password from PROBE_PASSWORD, or asked for)")
+
+
+class _Refused(Exception):
+    """The daemon said no (`unreachable` false), or could not be asked: in words."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+class _Daemon:
+    """The running daemon's HTTP API, over TLS and basic auth when its web_config asks."""
+
+    def __init__(self, url: str, context: ssl.SSLContext | None, user: str | None) -> None:
+        self.url, self.context, self.user = url.rstrip("/"), context, user
+        self._auth: str | None = None
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            self.url + path, method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={} if body is None else {"Content-Type": "application/json"})
+        if self.user is not None:
+            request.add_header("Authorization", self._credentials(self.user))
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=self.context) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as err:
+            raise _Refused(self._why(err)) from None
+        except (OSError, ValueError) as err:
+            raise _Refused(str(err), unreachable=True) from None
+
+    def _credentials(self, user: str) -> str:
+        if self._auth is None:
+            password = os.environ.get("PROBE_PASSWORD")
+            if password is None:
+                password = getpass.getpass(f"password of {user} at {self.url}: ")
+            self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        return self._auth
+
+    def _why(self, err: urllib.error.HTTPError) -> str:
         if err.code == 401:
-            why = ("the user name or password is wrong" if user else
-                   "it asks for a user name and password (basic_auth_users in its web_config): "
-                   "give --user NAME, and the password in PROBE_PASSWORD or when asked")
-        print(f"cannot read the status from {url}: {why}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (OSError, ValueError) as err:
-        print(f"cannot read the status from {url}: {err}", file=sys.stderr)
-        return EXIT_CONFIG
+            return ("the user name or password is wrong" if self.user else
+                    "it asks for a user name and password (basic_auth_users in its web_config): "
+                    "give --user NAME, and the password in PROBE_PASSWORD or when asked")
+        try:
+            said = json.load(err).get("error")
+        except (ValueError, AttributeError, OSError):
+            said = None
+        return str(said) if said else f"HTTP {err.code}"
+
+
+def _remote(args: argparse.Namespace, url: str, context: ssl.SSLContext | None) -> int:
+    daemon = _Daemon(url, context, args.user)
+    if args.command == "status":
+        try:
+            return _status(daemon.call("GET", "/api/status"), as_json=args.json)
+        except _Refused as err:
+            print(f"cannot read the status from {url}: {err}", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        return _maintenance(daemon, args)
+    except _Refused as err:
+        if err.unreachable:
+            print(f"maintenance {args.action}: cannot reach {url}: {err}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"maintenance {args.action}: {url} says: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _maintenance(daemon: _Daemon, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        request = {"checks": args.checks, "services": args.services, "reason": args.reason}
+        request.update({k: v for k in ("duration", "end") if (v := getattr(args, k))})
+        added = daemon.call("POST", "/api/maintenance", request)
+        print(f"maintenance {added['id']} set until {added['end']}: {_scope(added)}")
+        return EXIT_OK
+    if args.action == "end":
+        if args.id is None:
+            print("maintenance end: which window? give its ID (probe maintenance list)",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        daemon.call("DELETE", f"/api/maintenance/{args.id}")
+        print(f"maintenance {args.id} ended")
+        return EXIT_OK
+    rows = [("ID", "ACTIVE", "WHEN", "FOR", "REASON")]
+    for w in daemon.call("GET", "/api/maintenance")["windows"]:
+        when = (f"{w['start']} to {w['end']}" if w["start"] else
+                f"{','.join(w['weekdays'])} at {w['at']} for {w['duration']} ({w['timezone']})")
+        rows.append((str(w["id"] or "config"), "yes" if w["active"] else "no", when,
+                     _scope(w), w["reason"] or "-"))
+    print(_columns(rows))
+    return EXIT_OK
+
+
+def _scope(window: dict[str, Any]) -> str:
+    parts = [f"checks {', '.join(window['checks'])}" if window["checks"] else "",
+             f"services {', '.join(window['services'])}" if window["services"] else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def _status(data: dict[str, Any], *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(data, indent=2))
         return EXIT_OK

@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import logging
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
+from pydantic import ValidationError
 
 from checks import execute
-from checks.base import Result
+from checks.base import Result, parse_duration
 from probe import sdnotify, webconfig
-from probe.config import Check, Config, ConfigError, load
-from probe.engine import Engine, Transition, restore_check, restore_group
+from probe.config import Check, Config, ConfigError, Maintenance, load
+from probe.engine import Engine, Transition, restore_check, restore_group, window_matches
 from probe.log import fields
 from probe.metrics import Metrics, View
 from probe.scheduler import Scheduler
@@ -47,10 +50,14 @@ class Daemon:
         self.metrics = Metrics(self.registry, self._view)
         self.store = Store(config.agent.state_dir, history=config.agent.history)
         snapshot = self.store.load()
+        # Windows set at run time (probe maintenance): kept apart from the configuration's,
+        # which a reload replaces.
+        self.adhoc = {n: Maintenance.model_validate(d)
+                      for n, d in self.store.windows(time.time()).items()}
         self.engine = Engine(
             config.agent.name,
             list(self.checks.values()),
-            config.maintenance,
+            self.windows(),
             check_states={n: restore_check(s) for n, s in snapshot.checks.items()},
             group_states={g: restore_group(s) for g, s in snapshot.groups.items()},
         )
@@ -247,7 +254,7 @@ class Daemon:
                 if name not in self.checks:
                     del self.results[name]
             self._decided(self.engine.reconfigure(list(self.checks.values()),
-                                                  config.maintenance, time.time()))
+                                                  self.windows(), time.time()))
             if self._scheduler is not None:
                 self._scheduler.update(list(self.checks.values()))
             self.dispatcher.update_routes(config.routes)
@@ -259,6 +266,64 @@ class Daemon:
             return []
         finally:
             sdnotify.notify("READY=1", f"STATUS={self._status_line()}")
+
+    # --- maintenance set at run time ----------------------------------------------------------
+
+    def windows(self) -> list[Maintenance]:
+        return [*self.config.maintenance, *self.adhoc.values()]
+
+    def add_window(self, request: dict[str, Any]) -> tuple[int, Maintenance]:
+        """A one-off window from now: `checks` and/or `services`, `reason`, and `duration` (or
+        `end`). Raises ValueError in words (a window that matches no check is refused), and
+        StoreError when it cannot be recorded."""
+        if not isinstance(request, dict):
+            raise ValueError("expected a JSON object")
+        unknown = set(request) - {"checks", "services", "reason", "duration", "end"}
+        if unknown:
+            raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
+        if ("duration" in request) == ("end" in request):
+            raise ValueError("give duration (like 2h) or end, one of them")
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        end: Any = request.get("end")
+        if "duration" in request:
+            try:
+                end = (now + dt.timedelta(seconds=parse_duration(request["duration"]))).isoformat()
+            except ValueError as err:
+                raise ValueError(f"duration: {err}") from None
+        data: dict[str, Any] = {k: request[k] for k in ("checks", "services", "reason")
+                                if k in request}
+        data.update(start=now.isoformat(), end=end)
+        try:
+            window = Maintenance.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            raise ValueError(f"{where + ': ' if where else ''}{first['msg']}".replace(
+                "Value error, ", "")) from None
+        if not any(window_matches(window, c) for c in self.checks.values()):
+            raise ValueError("names no check or service that probe runs")
+        assert window.end is not None
+        number = self.store.add_window(window.model_dump(mode="json"), window.end.timestamp())
+        self.adhoc[number] = window
+        self._maintenance_changed()
+        log.warning("maintenance set %s", fields(id=number, checks=window.checks,
+                                                 services=window.services, until=end,
+                                                 reason=window.reason))
+        return number, window
+
+    def end_window(self, number: int) -> bool:
+        """Raises StoreError, and leaves the window on, when that cannot be recorded."""
+        if number not in self.adhoc:
+            return False
+        self.store.end_window(number)
+        del self.adhoc[number]
+        self._maintenance_changed()
+        log.warning("maintenance ended %s", fields(id=number))
+        return True
+
+    def _maintenance_changed(self) -> None:
+        self._decided(self.engine.reconfigure(list(self.checks.values()), self.windows(),
+                                              time.time()))
 
     def _secure(self, config: Config) -> webconfig.Guard:
         """At start and on each reload: learn the configuration's secret values (so that logs,
@@ -299,7 +364,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         self._decided(self.engine.reconfigure(list(self.checks.values()),
-                                              self.config.maintenance, time.time()))
+                                              self.windows(), time.time()))
         scheduler = self._scheduler = Scheduler(
             self._run_check, self.config.agent.max_concurrency,
             on_skip=lambda check: self.metrics.skipped.inc(),

@@ -101,6 +101,15 @@ MIGRATIONS: list[str] = [
     -- did not: while set, the next attempt asks find() first.
     ALTER TABLE outbox ADD COLUMN unknown_outcome INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    -- Maintenance windows set while the daemon runs (probe maintenance, /api/maintenance):
+    -- one-off, kept across restarts; `data` is the window as the configuration writes one.
+    CREATE TABLE maintenance (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        data TEXT NOT NULL,
+        ends_at REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -248,6 +257,31 @@ class Store:
              "evidence": json.loads(evidence)}
             for at, state, duration, reason, evidence in rows
         ]
+
+    def windows(self, since: float) -> dict[int, dict[str, Any]]:
+        """The maintenance windows set at run time that end after `since`; older ones go."""
+        with self._lock:
+            self._db.execute("DELETE FROM maintenance WHERE ends_at <= ?", (since,))
+            rows = self._db.execute("SELECT id, data FROM maintenance ORDER BY id").fetchall()
+        return {number: json.loads(data) for number, data in rows}
+
+    def add_window(self, data: dict[str, Any], ends_at: float) -> int:
+        """Raises StoreError: a window that is not stored would not outlive a restart."""
+        with self._lock:
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO maintenance (data, ends_at) VALUES (?, ?)",
+                    (json.dumps(data), ends_at))
+            except sqlite3.Error as err:
+                raise StoreError(f"cannot write the state database {self.path}: {err}") from err
+        return int(cursor.lastrowid or 0)
+
+    def end_window(self, number: int) -> None:
+        with self._lock:
+            try:
+                self._db.execute("DELETE FROM maintenance WHERE id = ?", (number,))
+            except sqlite3.Error as err:
+                raise StoreError(f"cannot write the state database {self.path}: {err}") from err
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read-only access for status pages and tests."""

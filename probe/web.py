@@ -1,19 +1,25 @@
 """The HTTP endpoint: /metrics for Prometheus, /-/healthy, /-/ready and POST /-/reload as
-Prometheus and blackbox_exporter have them, and /api/status, which `probe status` prints.
+Prometheus and blackbox_exporter have them, /api/status, which `probe status` prints, and
+/api/maintenance (GET the windows, POST one from now, DELETE /api/maintenance/ID to end it
+early), which `probe maintenance` drives.
 
 TLS, basic auth and response headers come from `agent.web_config` (probe.webconfig's Guard);
 what the endpoint answers has every known secret redacted."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from probe import __version__
+from probe.config import Maintenance
+from probe.engine import window_active
 from probe.metrics import exposition
 from probe.secrets import known
+from probe.store import StoreError
 from probe.webconfig import Guard
 
 if TYPE_CHECKING:
@@ -32,6 +38,9 @@ async def serve_http(daemon: Daemon, listen: str, guard: Guard | None = None) ->
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/api/status", status)
+    app.router.add_get("/api/maintenance", maintenance)
+    app.router.add_post("/api/maintenance", add_maintenance)
+    app.router.add_delete("/api/maintenance/{id:[0-9]+}", end_maintenance)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, _, port = listen.rpartition(":")
@@ -74,6 +83,40 @@ async def reload(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     # Failed ticket actions carry the helpdesk's words, which may echo a credential.
     return web.json_response(known.redact_data(snapshot(request.app[DAEMON])))
+
+
+async def maintenance(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    now = time.time()
+    windows: list[tuple[int | None, Maintenance]] = [(None, w) for w in daemon.config.maintenance]
+    windows += daemon.adhoc.items()
+    return web.json_response({"windows": [
+        {"id": number, "set_by": "configuration" if number is None else "api",
+         "active": window_active(window, now), **window.model_dump(mode="json")}
+        for number, window in windows
+    ]})
+
+
+async def add_maintenance(request: web.Request) -> web.Response:
+    try:
+        number, window = request.app[DAEMON].add_window(await request.json())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        return web.json_response({"error": str(err)}, status=400)
+    except StoreError as err:
+        return web.json_response({"error": str(err)}, status=503)
+    return web.json_response({"id": number, **window.model_dump(mode="json")}, status=201)
+
+
+async def end_maintenance(request: web.Request) -> web.Response:
+    number = int(request.match_info["id"])
+    try:
+        ended = request.app[DAEMON].end_window(number)
+    except StoreError as err:
+        return web.json_response({"error": str(err)}, status=503)
+    if not ended:
+        return web.json_response({"error": f"no maintenance window {number} set at run time"},
+                                 status=404)
+    return web.json_response({"ended": number})
 
 
 def snapshot(daemon: Daemon) -> dict[str, Any]:

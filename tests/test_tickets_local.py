@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -280,6 +281,99 @@ maintenance:
     assert desk.tickets() == []
     assert daemon.engine.checks["web"].in_maintenance
     await until("the ticket after the window", desk.tickets, timeout=10)
+
+
+async def api(daemon: Daemon, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    url = f"http://{daemon.config.agent.listen}{path}"
+    async with aiohttp.ClientSession() as session, session.request(
+        method, url, json=body, timeout=aiohttp.ClientTimeout(total=10)
+    ) as response:
+        return response.status, await response.json()
+
+
+async def test_maintenance_set_at_run_time_holds_the_ticket_until_it_is_ended(
+    target: Target, run: Run
+) -> None:
+    daemon, desk = await run(FAST.format(port=target.port))
+    await until("the endpoint", lambda: daemon.ready)
+    status, window = await api(daemon, "POST", "/api/maintenance",
+                               {"services": ["shop"], "duration": "1h", "reason": "db upgrade"})
+    assert status == 201, window
+    target.down = True
+    await until("failures past the threshold", lambda: daemon.engine.checks["web"].failures > 4)
+    assert desk.tickets() == []
+    _, listed = await api(daemon, "GET", "/api/maintenance")
+    assert [(w["id"], w["set_by"], w["active"], w["services"], w["reason"])
+            for w in listed["windows"]] == [(window["id"], "api", True, ["shop"], "db upgrade")]
+
+    assert await api(daemon, "DELETE", f"/api/maintenance/{window['id']}") == (
+        200, {"ended": window["id"]})
+    await until("the ticket once it ended", desk.tickets, timeout=5)
+    assert (await api(daemon, "GET", "/api/maintenance"))[1] == {"windows": []}
+
+
+async def test_maintenance_set_at_run_time_outlives_a_restart(target: Target, run: Run) -> None:
+    daemon, _desk = await run(FAST.format(port=target.port))
+    await until("a first result", lambda: "web" in daemon.results)
+    _, window = await api(daemon, "POST", "/api/maintenance",
+                          {"checks": ["we*"], "end": "2099-01-01T00:00:00Z"})
+    await run.stop(daemon)
+    again, desk = await run(FAST.format(port=target.port))
+    target.down = True
+    await until("failures past the threshold", lambda: again.engine.checks["web"].failures > 4)
+    assert desk.tickets() == []
+    _, listed = await api(again, "GET", "/api/maintenance")
+    assert [(w["id"], w["checks"], w["end"]) for w in listed["windows"]] == [
+        (window["id"], ["we*"], "2099-01-01T00:00:00Z")]
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ({"services": ["cart"], "duration": "1h"}, "names no check or service that probe runs"),
+    ({"services": ["shop"]}, "give duration (like 2h) or end, one of them"),
+    ({"services": ["shop"], "duration": "2"},
+     "duration: '2' is not a duration (like 250ms, 30s, 5m, 1h, 1d)"),
+    ({"duration": "1h"}, "names no checks and no services"),
+    ({"services": ["shop"], "end": "2020-01-01T00:00:00Z"}, "end is not after start"),
+    ({"services": ["shop"], "duration": "1h", "silence": True}, "unknown key 'silence'"),
+    (["shop"], "expected a JSON object"),
+])
+async def test_a_maintenance_request_that_cannot_be_taken_says_why(
+    target: Target, run: Run, body: Any, error: str
+) -> None:
+    daemon, _desk = await run(FAST.format(port=target.port))
+    await until("a first result", lambda: "web" in daemon.results)
+    assert await api(daemon, "POST", "/api/maintenance", body) == (400, {"error": error})
+    assert await api(daemon, "DELETE", "/api/maintenance/7") == (
+        404, {"error": "no maintenance window 7 set at run time"})
+
+
+async def test_probe_maintenance_adds_lists_and_ends_windows(target: Target, run: Run) -> None:
+    daemon, _desk = await run(FAST.format(port=target.port))
+    await until("a first result", lambda: "web" in daemon.results)
+
+    async def probe(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "probe", "maintenance", "--config",
+            str(run.directory / "probe.yaml"), *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out.decode()
+
+    code, said = await probe("add", "--service", "shop", "--for", "2h", "--reason", "db upgrade")
+    assert code == 0, said
+    assert said.startswith("maintenance 1 set until ") and said.endswith(": services shop\n")
+    code, said = await probe("list")
+    assert code == 0
+    header, row = said.splitlines()
+    assert header.split() == ["ID", "ACTIVE", "WHEN", "FOR", "REASON"]
+    assert row.startswith("1   yes ") and row.endswith("services shop  db upgrade")
+    assert await probe("end", "1") == (0, "maintenance 1 ended\n")
+    assert await probe("end", "1") == (
+        1, f"maintenance end: http://{daemon.config.agent.listen} says: "
+           "no maintenance window 1 set at run time\n")
+    assert await probe("add", "--service", "cart", "--for", "1h") == (
+        1, f"maintenance add: http://{daemon.config.agent.listen} says: "
+           "names no check or service that probe runs\n")
 
 
 async def test_a_flapping_target_gets_one_ticket(target: Target, run: Run) -> None:
