@@ -98,6 +98,10 @@ async def maintenance(request: web.Request) -> web.Response:
 
 
 async def add_maintenance(request: web.Request) -> web.Response:
+    if request.content_type != "application/json":
+        # What a browser sends cross-site without asking first is never JSON: a page the
+        # operator visits cannot silence probe.
+        return web.json_response({"error": "send the window as application/json"}, status=415)
     try:
         number, window = request.app[DAEMON].add_window(await request.json())
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError

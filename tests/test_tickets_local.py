@@ -347,6 +347,22 @@ async def test_a_maintenance_request_that_cannot_be_taken_says_why(
         404, {"error": "no maintenance window 7 set at run time"})
 
 
+async def test_a_maintenance_window_is_not_taken_from_a_form_or_plain_text(
+    target: Target, run: Run
+) -> None:
+    # What a web page can make a browser send to 127.0.0.1 without a CORS preflight.
+    daemon, _desk = await run(FAST.format(port=target.port))
+    await until("a first result", lambda: "web" in daemon.results)
+    url = f"http://{daemon.config.agent.listen}/api/maintenance"
+    body = '{"services": ["shop"], "duration": "1h"}'
+    async with aiohttp.ClientSession() as session:
+        for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+            async with session.post(url, data=body,
+                                    headers={"Content-Type": content_type}) as response:
+                assert response.status == 415
+    assert daemon.adhoc == {}
+
+
 async def test_probe_maintenance_adds_lists_and_ends_windows(target: Target, run: Run) -> None:
     daemon, _desk = await run(FAST.format(port=target.port))
     await until("a first result", lambda: "web" in daemon.results)
