@@ -89,7 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from probe.demo import demo as run_demo
 
         log.setup("error")
-        return asyncio.run(run_demo(args.listen))
+        try:
+            return asyncio.run(run_demo(args.listen))
+        except ConfigError as err:  # a --listen that is not host:port
+            print("\n".join(f"probe demo --listen: {i.message}" for i in err.issues),
+                  file=sys.stderr)
+            return EXIT_CONFIG
     if args.command in ("status", "maintenance") and args.url:
         return _remote(args, args.url, None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
