@@ -1,8 +1,10 @@
 """When each check runs: every `interval`, every `retry_interval` while its last result was a
 failure, start times spread over the interval, at most `max_concurrency` in flight.
 
-One heap of due times drives every check; a run is a task of its own, so a slow or hanging
-target holds one slot (until its timeout) and never delays any other check.
+Heaps of due times drive the checks, one for healthy checks and one for failing checks'
+retries; when every slot is taken, a retry that is due goes before healthy checks, since a
+ticket is being decided on it. A run is a task of its own, so a slow or hanging target holds
+one slot (until its timeout) and never delays any other check.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ class Scheduler:
         self._slot_freed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._checks: dict[str, Check] = {}
+        # Due times of healthy checks, and of failing ones (their retries): when slots are
+        # short, a due retry goes first, since a ticket is being decided on it.
         self._heap: list[tuple[float, int, str]] = []
+        self._retries: list[tuple[float, int, str]] = []
         self._generation: dict[str, int] = {}  # a heap entry of an older generation is stale
         self._pushed = 0
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -77,7 +82,8 @@ class Scheduler:
     def _push(self, name: str, due: float) -> None:
         self._pushed += 1
         self._generation[name] = self._pushed
-        heapq.heappush(self._heap, (due, self._pushed, name))
+        heap = self._retries if name in self._failing else self._heap
+        heapq.heappush(heap, (due, self._pushed, name))
         if due < self._sleeping_until:
             self._wake.set()  # sooner than serve() meant to look again
 
@@ -87,15 +93,23 @@ class Scheduler:
             self._push(name, self._loop.time())
             self._wake.set()
 
+    def _next(self) -> list[tuple[float, int, str]] | None:
+        """The heap whose head goes next: a due retry's, else the earlier head's."""
+        if self._retries and (not self._heap or self._retries[0][0] <= max(
+                self._heap[0][0], self._loop.time())):
+            return self._retries
+        return self._heap or None
+
     async def serve(self) -> None:
         while not self._stopped:
-            if not self._heap:
+            heap = self._next()
+            if heap is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            due, generation, name = self._heap[0]
+            due, generation, name = heap[0]
             if self._generation.get(name) != generation:
-                heapq.heappop(self._heap)
+                heapq.heappop(heap)
                 continue
             if due > self._loop.time() + min(TIMER_SLACK, self._checks[name].interval / 20):
                 # One timer for the next due check; _push wakes us if an earlier one comes.
@@ -106,18 +120,19 @@ class Scheduler:
                 timer.cancel()
                 self._sleeping_until = float("inf")
                 continue
-            heapq.heappop(self._heap)
             check = self._checks[name]
             if name in self._running:
                 # Still running (a retry_interval shorter than the timeout): skip this turn.
+                heapq.heappop(heap)
                 self._on_skip(check)
                 self._push(name, due + self._step(check))
                 continue
-            while self._free == 0 and not self._stopped:
+            if self._free == 0:
+                # Wait for a slot, then choose again: a retry may have fallen due meanwhile.
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
-            if self._stopped:
-                break
+                continue
+            heapq.heappop(heap)
             self._free -= 1
             self._running[name] = asyncio.create_task(self._one(check, due), name=name)
 

@@ -116,3 +116,28 @@ def test_start_times_are_spread_over_the_interval() -> None:
     per_second = Counter(int(o) for o in offsets)
     assert max(per_second.values()) < 150
     assert spread("web", 10.0) == spread("web", 10.0)  # a restart keeps the phase
+
+
+async def test_under_overload_a_failing_checks_retries_go_before_healthy_checks() -> None:
+    # One slot, and twenty healthy checks that need twice the time there is: every check is
+    # late. The failing one is where a ticket is being decided: its retries must not wait in
+    # line behind checks that are fine.
+    runs: Counter[str] = Counter()
+
+    async def run(check: Check, lag: float) -> bool:
+        runs[check.name] += 1
+        await asyncio.sleep(0.05)
+        return check.name == "failing"
+
+    scheduler = Scheduler(run, 1)
+    healthy = "\n".join(f"  - {{name: ok{i}, tcp: {{host: h, port: {i + 10}}}}}"
+                        for i in range(20))
+    scheduler.update(checks(f"""
+defaults: {{interval: 500ms, retry_interval: 100ms, timeout: 100ms}}
+checks:
+  - {{name: failing, tcp: {{host: h, port: 1}}}}
+{healthy}
+"""))
+    await run_for(scheduler, 2.0)
+    # In line with the others it would run about once a second; first, about every 150 ms.
+    assert runs["failing"] >= 8, runs
