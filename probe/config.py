@@ -523,6 +523,15 @@ def _message(error: Any, key: str | int | None) -> str:
     return f"{text}, got {shown}" if shown else text
 
 
+def error_text(err: ValidationError) -> str:
+    """The first problem of a model validated outside a file (a maintenance window sent to the
+    API), as `key.path: message` in the words configuration errors use."""
+    first = err.errors()[0]
+    path = tuple(first["loc"])
+    text = _message(first, path[-1] if path else None)
+    return f"{show_path(path)}: {text}" if path else text
+
+
 def _show(value: Any, key: str | int | None) -> str:
     if key in _SECRET_KEYS or (isinstance(key, str) and SENSITIVE_NAME.search(key)):
         return ""

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from checks import execute
 from checks.base import Result, parse_duration
 from probe import sdnotify, webconfig
-from probe.config import Check, Config, ConfigError, Maintenance, load
+from probe.config import Check, Config, ConfigError, Maintenance, error_text, load
 from probe.engine import Engine, Transition, restore_check, restore_group, window_matches
 from probe.log import fields
 from probe.metrics import Metrics, View
@@ -296,10 +296,7 @@ class Daemon:
         try:
             window = Maintenance.model_validate(data)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(map(str, first["loc"]))
-            raise ValueError(f"{where + ': ' if where else ''}{first['msg']}".replace(
-                "Value error, ", "")) from None
+            raise ValueError(error_text(err)) from None
         if not any(window_matches(window, c) for c in self.checks.values()):
             raise ValueError("names no check or service that probe runs")
         assert window.end is not None
