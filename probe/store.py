@@ -10,10 +10,11 @@ was never decided.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,9 +195,16 @@ class Store:
 
     def write(self, batch: Batch) -> None:
         """Write a batch in one transaction; raises StoreError and writes nothing on failure."""
+        with self._writing():
+            self._transaction(batch)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, for a write: an SQLite error (read-only, full)
+        rolls back what was begun and becomes a StoreError."""
         with self._lock:
             try:
-                self._transaction(batch)
+                yield self._db
             except sqlite3.Error as err:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -267,21 +275,14 @@ class Store:
 
     def add_window(self, data: dict[str, Any], ends_at: float) -> int:
         """Raises StoreError: a window that is not stored would not outlive a restart."""
-        with self._lock:
-            try:
-                cursor = self._db.execute(
-                    "INSERT INTO maintenance (data, ends_at) VALUES (?, ?)",
-                    (json.dumps(data), ends_at))
-            except sqlite3.Error as err:
-                raise StoreError(f"cannot write the state database {self.path}: {err}") from err
+        with self._writing() as db:
+            cursor = db.execute("INSERT INTO maintenance (data, ends_at) VALUES (?, ?)",
+                                (json.dumps(data), ends_at))
         return int(cursor.lastrowid or 0)
 
     def end_window(self, number: int) -> None:
-        with self._lock:
-            try:
-                self._db.execute("DELETE FROM maintenance WHERE id = ?", (number,))
-            except sqlite3.Error as err:
-                raise StoreError(f"cannot write the state database {self.path}: {err}") from err
+        with self._writing() as db:
+            db.execute("DELETE FROM maintenance WHERE id = ?", (number,))
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read-only access for status pages and tests."""
