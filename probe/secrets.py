@@ -85,8 +85,9 @@ class Secrets(StrictModel):
         elif file is not None:
             try:
                 value = file.read_text(encoding="utf-8").strip()
-            except OSError as err:
-                raise SecretError(f"{name}_file: cannot read {file}: {err.strerror}") from None
+            except (OSError, UnicodeDecodeError) as err:
+                why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+                raise SecretError(f"{name}_file: cannot read {file}: {why}") from None
         else:
             raise SecretError(f"{name} is not configured")
         known.add([value])  # a rotated file's new value is redacted from the first use

@@ -375,7 +375,7 @@ async def test_what_is_said_of_a_secret_url_does_not_show_it(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (None, "webhook url_file: cannot read {file}"),
+    (None, "webhook url_file: cannot read {file}: No such file or directory"),
     ("not a url s3cretvalue", "webhook url_file {file} does not hold an http:// or https:// URL"),
 ])
 async def test_a_url_file_without_a_url_is_a_permanent_error_that_does_not_echo_it(

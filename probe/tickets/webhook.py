@@ -32,7 +32,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -76,21 +75,11 @@ class Route(RouteBase, HeaderSettings):
         """The URL to post to, and whether it is a secret. Raises SecretError."""
         if self.url is not None and not ENV_REF.fullmatch(self.url):
             return self.url, False
-        if self.url is not None:
-            where, value = self.url, os.environ.get(self.url.removeprefix("env:"))
-            if value is None:
-                raise SecretError(f"url: environment variable {self.url[4:]} is not set")
-        else:
-            assert self.url_file is not None
-            where = f"url_file {self.url_file}"
-            try:
-                value = self.url_file.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError):
-                raise SecretError(f"url_file: cannot read {self.url_file}") from None
-        known.add([value])
+        value = self.reveal("url")  # from the environment or url_file, like any secret
         try:
             return endpoint_url(value), True
         except ValueError:
+            where = self.url if self.url is not None else f"url_file {self.url_file}"
             raise SecretError(f"{where} does not hold an http:// or https:// URL") from None
 
 
