@@ -13,6 +13,7 @@ with the line it was found on.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ Position = tuple[str, int]  # file, 1-based line
 # to build in well under a second. Values written out in the file are not counted: a
 # configuration of 10,000 checks has some 150,000 of them.
 MAX_EXPANDED = 100_000
+_MERGE = "tag:yaml.org,2002:merge"
 _PLAIN_TAGS: dict[type[yaml.Node], str] = {
     yaml.MappingNode: "tag:yaml.org,2002:map",
     yaml.SequenceNode: "tag:yaml.org,2002:seq",
@@ -81,7 +83,6 @@ class _Builder:
         self.seen: set[int] = set()
         self.expanded = 0
         self.inside: set[int] = set()  # the collections being built, to catch an alias loop
-        self.merged: dict[int, int] = {}  # per mapping: how many of its pairs came from `<<:`
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         line = node.start_mark.line + 1
@@ -110,37 +111,59 @@ class _Builder:
             self.inside.discard(id(node))
 
     def mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
-        if id(node) not in self.merged:
-            # `<<:` merge keys: flattening puts the merged pairs first, the mapping's own after,
-            # and a later pair overrides an earlier one (YAML's merge: the mapping's own keys
-            # win, then the first map merged). Only two of its own keys are a duplicate.
-            merges = [value for key, value in node.value if key.tag == "tag:yaml.org,2002:merge"]
-            for merged_node in merges:
-                parts = merged_node.value if isinstance(merged_node, yaml.SequenceNode) else []
-                if any(id(n) in self.inside for n in (merged_node, *parts)):
-                    raise YamlError(self.file, merged_node.start_mark.line + 1,
-                                    f"{show_path(path)}: a merge refers to a value that "
-                                    "contains it")
-            own = len(node.value) - len(merges)
-            self.loader.flatten_mapping(node)
-            self.merged[id(node)] = len(node.value) - own
-        merged = self.merged[id(node)]
         result: dict[str, Any] = {}
         own_keys: set[str] = set()
-        for index, (key_node, value_node) in enumerate(node.value):
+        for key_node, value_node, own in self.pairs(node, path):
             line = key_node.start_mark.line + 1
-            key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
-            if not isinstance(key, str | int | float | bool):
-                raise YamlError(self.file, line, f"{show_path(path)}: a key must be a plain value")
-            name = key if isinstance(key, str) else str(key_node.value)  # as written
-            if index >= merged:
+            name = self.key(key_node, path)
+            if own:
                 if name in own_keys:
                     raise YamlError(self.file, line, f"{show_path((*path, name))}: duplicate key")
                 own_keys.add(name)
+            elif name in result:
+                continue  # merged, and overridden by the mapping's own key or an earlier map
             child = (*path, name)
             self.positions[child] = (self.file, line)
             result[name] = self.build(value_node, child)
         return result
+
+    def pairs(self, node: yaml.MappingNode, path: KeyPath,
+              ) -> Iterator[tuple[yaml.Node, yaml.Node, bool]]:
+        """The mapping's own pairs first (`own` true), then those of the maps merged into it
+        with `<<:`, in merge order: YAML's merge type says the mapping's own keys win, then the
+        first map merged. probe does the merge itself rather than through PyYAML's
+        flatten_mapping, whose order changed in PyYAML 6.0.4 (yaml/pyyaml#953): the meaning of a
+        configuration must not depend on the library's release."""
+        merges: list[yaml.Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merges.append(value_node)
+            else:
+                yield key_node, value_node, True
+        for merge in merges:
+            maps = merge.value if isinstance(merge, yaml.SequenceNode) else [merge]
+            for merged in maps:
+                line = merged.start_mark.line + 1
+                if not isinstance(merged, yaml.MappingNode) or merged.tag != _PLAIN_TAGS[
+                        yaml.MappingNode]:
+                    raise YamlError(self.file, line, f"{show_path(path)}: a merge (<<) takes a "
+                                    "mapping or a list of mappings")
+                if id(merged) in self.inside or id(merge) in self.inside:
+                    raise YamlError(self.file, line, f"{show_path(path)}: a merge refers to a "
+                                    "value that contains it")
+                self.inside.add(id(merged))
+                try:
+                    for key_node, value_node, _ in self.pairs(merged, path):
+                        yield key_node, value_node, False
+                finally:
+                    self.inside.discard(id(merged))
+
+    def key(self, node: yaml.Node, path: KeyPath) -> str:
+        key = self.scalar(node, path) if isinstance(node, yaml.ScalarNode) else None
+        if not isinstance(key, str | int | float | bool):
+            raise YamlError(self.file, node.start_mark.line + 1,
+                            f"{show_path(path)}: a key must be a plain value")
+        return key if isinstance(key, str) else str(node.value)  # as written
 
     def scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:
         try:
