@@ -34,6 +34,7 @@ import pytest
 from checks import execute
 from checks.base import Result
 from checks.icmp import PHASES, IcmpSpec, run
+from tests.proc import module_command
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_PERMITTED = (
@@ -216,7 +217,7 @@ class Namespace:
             ]
         if not cap_net_raw:
             command += ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"]
-        command += [sys.executable, "-m", "tests.test_check_icmp", "check", json.dumps(fields)]
+        command += [*module_command("tests.test_check_icmp"), "check", json.dumps(fields)]
         command += [str(timeout), "nxdomain" if nxdomain else "-"]
         child = subprocess.run(
             command, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 20, check=False
@@ -241,7 +242,7 @@ class Namespace:
             "delays": delays or {},
             "unreachable": unreachable,
         }
-        command = ["ip", "netns", "exec", self.name, sys.executable, "-m", "tests.test_check_icmp"]
+        command = ["ip", "netns", "exec", self.name, *module_command("tests.test_check_icmp")]
         with subprocess.Popen(
             [*command, "respond", json.dumps(how)], cwd=ROOT, stdout=subprocess.PIPE, text=True
         ) as peer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from checks.base import format_duration, parse_duration, parse_percent
 from probe.config import ConfigError, load
 from probe.secrets import SecretError
+from tests.proc import PROBE
 
 HERE = Path(__file__).parent
 CONFIGS = HERE / "configs"
@@ -21,7 +21,7 @@ BAD = sorted((CONFIGS / "bad").glob("*.yaml"))
 
 def probe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "probe", *args], capture_output=True, text=True, timeout=60, env=env
+        [*PROBE, *args], capture_output=True, text=True, timeout=60, env=env
     )
 
 

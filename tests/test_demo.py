@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
+from tests.proc import PROBE
 from tests.test_daemon import free_port
 
 
 def test_the_demo_shows_a_ticket_open_be_informed_and_close_itself() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "probe", "demo", "--listen", f"127.0.0.1:{free_port()}"],
+        [*PROBE, "demo", "--listen", f"127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -27,7 +27,7 @@ def test_the_demo_shows_a_ticket_open_be_informed_and_close_itself() -> None:
 
 
 def test_the_demo_says_what_is_wrong_with_its_listen_address() -> None:
-    done = subprocess.run([sys.executable, "-m", "probe", "demo", "--listen", "nohost"],
+    done = subprocess.run([*PROBE, "demo", "--listen", "nohost"],
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (
         2, "probe demo --listen: 'nohost' is not host:port (like 127.0.0.1:9469)\n")

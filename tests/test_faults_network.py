@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.proc import PROBE, module_command
 from tests.reliability import record
 from tests.test_tickets_local import Helpdesk
 
@@ -58,7 +58,7 @@ class Lab:
 
     def check(self, config: Path, name: str) -> dict[str, Any]:
         """`probe check --json` inside the namespace: one result, as an operator sees it."""
-        done = self.run(sys.executable, "-m", "probe", "check", "--config", str(config),
+        done = self.run(*PROBE, "check", "--config", str(config),
                         "--json", name)
         assert done.returncode in (0, 1), done.stderr
         (result,) = json.loads(done.stdout)
@@ -76,7 +76,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     try:
         assert lab.run("ip", "link", "set", "lo", "up").returncode == 0
         lab.clear()
-        server = lab.start(sys.executable, "-m", "tests.labserver", str(PORT), "0.3",
+        server = lab.start(*module_command("tests.labserver"), str(PORT), "0.3",
                            log="targets.log")
         for _ in range(100):
             if "ready" in (tmp_path / "targets.log").read_text():
@@ -123,7 +123,7 @@ WEB = f"""
 @pytest.fixture
 async def daemon(lab: Lab) -> AsyncIterator[Callable[[str], Helpdesk]]:
     def start(checks: str) -> Helpdesk:
-        lab.start(sys.executable, "-m", "probe", "run", "--config", str(config(lab, checks)),
+        lab.start(*PROBE, "run", "--config", str(config(lab, checks)),
                   log="probe.log")
         return Helpdesk(lab.directory / "state" / "probe.sqlite3")
 
@@ -262,7 +262,7 @@ async def test_ten_thousand_targets_timing_out_at_once_starve_nothing(lab: Lab) 
     path = config(lab, canary + blackholed)
     path.write_text(path.read_text().replace("listen: \"127.0.0.1:9469\"}",
                                              "listen: \"127.0.0.1:9469\", max_concurrency: 2000}"))
-    proc = lab.start(sys.executable, "-m", "probe", "run", "--config", str(path), log="probe.log")
+    proc = lab.start(*PROBE, "run", "--config", str(path), log="probe.log")
     desk = Helpdesk(lab.directory / "state" / "probe.sqlite3")
     await until("the daemon's first results", lambda: runs(desk, "canary") >= 1, lab, 60)
     peak = 0

@@ -15,11 +15,11 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.proc import PROBE
 from tests.reliability import record
 from tests.test_daemon import Probe, Target, free_port
 
@@ -33,7 +33,7 @@ class Jailed(Probe):
         self.state.mkdir(parents=True, exist_ok=True)
         ro = f" && mount -o remount,ro {self.state}" if self.read_only else ""
         script = (f"mount -t tmpfs -o size=4m tmpfs {self.state}{ro} && "
-                  f"exec {sys.executable} -m probe run --config {self.config}")
+                  f"exec {PROBE[0]} run --config {self.config}")
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -46,7 +46,7 @@ class Jailed(Probe):
                               capture_output=True, text=True, timeout=60, check=False)
 
     def tickets(self) -> list[str]:
-        done = self.inside(sys.executable, "-m", "probe", "tickets", "--config",
+        done = self.inside(*PROBE, "tickets", "--config",
                            str(self.config))
         return [line for line in done.stdout.splitlines() if line.startswith("#")]
 

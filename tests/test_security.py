@@ -18,7 +18,6 @@ import socket
 import sqlite3
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -36,6 +35,7 @@ from probe.config import ConfigError, load
 from probe.secrets import Redactor, redact
 from probe.webconfig import WebConfig, exposure_warning
 from tests.certs import CertFactory, Issued
+from tests.proc import PROBE
 
 DATA = Path(__file__).parent / "webconfig"
 
@@ -97,7 +97,7 @@ class Probe:
     def start(self) -> Probe:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "probe", "run", "--config", str(self.config)],
+                [*PROBE, "run", "--config", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
         self.wait("the daemon to start", lambda: "probe started" in self.log_text())
@@ -120,7 +120,7 @@ class Probe:
 
     def command(self, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "probe", *args, "--config", str(self.config)],
+            [*PROBE, *args, "--config", str(self.config)],
             capture_output=True, text=True, env=self.env, timeout=60,
         )
         return done.stdout + done.stderr
@@ -271,7 +271,7 @@ def test_a_password_in_clear_is_not_echoed_back(tmp_path: Path) -> None:
 
 def test_probe_validate_prints_the_web_config_errors(tmp_path: Path) -> None:
     config = main_config(tmp_path, DATA / "versions-reversed.yml")
-    done = subprocess.run([sys.executable, "-m", "probe", "validate", "--config", str(config)],
+    done = subprocess.run([*PROBE, "validate", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
@@ -406,7 +406,7 @@ def probe_status(probe: Probe, *args: str, password: str | None = None) -> tuple
     if password is not None:
         env["PROBE_PASSWORD"] = password
     done = subprocess.run(
-        [sys.executable, "-m", "probe", "status", "--config", str(probe.config), *args],
+        [*PROBE, "status", "--config", str(probe.config), *args],
         capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
     return done.returncode, done.stdout + done.stderr
 
@@ -802,7 +802,7 @@ checks:
   - name: web
     http: {{url: "ftp://probe:{TOKEN_IN_ENV}@example.net/"}}
 """)
-    done = subprocess.run([sys.executable, "-m", "probe", "validate", "--config", str(config)],
+    done = subprocess.run([*PROBE, "validate", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert_no_secret(done.stderr)

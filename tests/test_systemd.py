@@ -58,7 +58,7 @@ def test_systemd_finds_nothing_wrong_with_the_unit(tmp_path: Path) -> None:
     # stands in for /usr/local/bin/probe.
     probe = Path(sys.executable).with_name("probe")
     if not probe.exists():
-        pytest.skip(f"no probe command next to {sys.executable}: run `pip install -e .` first")
+        pytest.skip(f"no probe command next to {sys.executable}: run scripts/test")
     unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/probe", str(probe)))
     # Other units on this machine, pulled in through multi-user.target, may print warnings of

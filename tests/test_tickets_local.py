@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import sqlite3
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from probe.config import load
 from probe.daemon import Daemon
 from tests.certs import CertFactory
 from tests.httpserver import serve_app
+from tests.proc import PROBE
 from tests.test_daemon import Target, free_port
 from tests.tlsserver import serve
 
@@ -369,7 +369,7 @@ async def test_probe_maintenance_adds_lists_and_ends_windows(target: Target, run
 
     async def probe(*args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "probe", "maintenance", "--config",
+            *PROBE, "maintenance", "--config",
             str(run.directory / "probe.yaml"), *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
@@ -501,7 +501,7 @@ async def test_a_permanent_refusal_is_kept_visible_and_can_be_retried(
     status = await asyncio.to_thread(_status, daemon)
     assert status["ticket_actions_failed"][0]["error"] == error
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "probe", "tickets", "--config", str(tmp_path / "probe.yaml"),
+        *PROBE, "tickets", "--config", str(tmp_path / "probe.yaml"),
         "retry", stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     assert out.decode().startswith("1 failed actions queued again")

@@ -1,0 +1,20 @@
+"""How the tests start probe, and programs of their own, as separate processes: always the probe
+installed in this virtualenv (the wheel, as users run it), never the checkout's source tree."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# The console script pip installed beside this Python: what `probe` is for a user.
+PROBE = (str(Path(sys.executable).with_name("probe")),)
+
+
+def module_command(name: str) -> list[str]:
+    """`python -m NAME` for a module of tests/: the checkout goes last on the module path, after
+    the installed probe (`-P` keeps the working directory off it), as the suite's own imports
+    do (pytest's --import-mode=append)."""
+    code = (f"import runpy, sys; sys.path.append({str(REPO)!r}); "
+            f"runpy.run_module({name!r}, run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-P", "-c", code]
