@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from checks import execute
 from checks.base import Result, format_duration
-from probe import __version__
+from probe import control, version
 from probe.config import Check, Config, ConfigError, load
 from probe.secrets import collect, known
 
@@ -32,11 +32,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="probe", description="Health checks that open, update and close helpdesk tickets."
     )
-    parser.add_argument("--version", action="version", version=f"probe {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="probe's version, and those of Python, OpenSSL and its libraries")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="check a configuration and summarise it")
     validate.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+    validate.add_argument("--print", action="store_true", dest="print_effective",
+                          help="print the effective configuration as YAML: templates expanded, "
+                               "defaults written into each check, secrets as their references")
 
     commands.add_parser("schema", help="print the configuration's JSON Schema")
 
@@ -47,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run = commands.add_parser("run", help="run the daemon")
     run.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+
+    reload = commands.add_parser("reload", help="validate the files, have the running daemon "
+                                                "read them, and wait until it has")
+    reload.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+    reload.add_argument("--pid", type=int, help="the daemon's process (systemd: $MAINPID); "
+                                                "default: the one its state directory names")
 
     status = commands.add_parser("status", help="what a running daemon sees now")
     _daemon_address(status)
@@ -102,9 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(Config.model_json_schema(by_alias=True), indent=2))
         return EXIT_OK
     config = _load(args.config)
+    if args.command == "reload":  # a file refused here is a failed reload, as validate's 1
+        return EXIT_FAILED if config is None else _reload(config, args.pid)
     if args.command == "validate":
         if config is None:
             return EXIT_FAILED
+        if args.print_effective:
+            from probe.effective import effective_yaml, source_files
+
+            print(effective_yaml(config, source_files(args.config)), end="")
+            return EXIT_OK
         print(f"{args.config}: OK: {config.summary()}")
         return EXIT_OK
     if config is None:
@@ -126,6 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(test_ticket(config, args.route))
     return _check(config, args.names, as_json=args.json)
+
+
+class _Version(argparse.Action):
+    """argparse's own version action reflows the text into one paragraph: this keeps the
+    lines."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version.text())
+        parser.exit()
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -294,6 +321,20 @@ def _status(data: dict[str, Any], *, as_json: bool) -> int:
     if not data["state_writable"]:
         print("WARNING: the state database cannot be written")
     return EXIT_FAILED if data["incidents"] else EXIT_OK
+
+
+def _reload(config: Config, pid: int | None) -> int:
+    try:
+        record = control.reload(config.agent.state_dir, pid)
+    except control.ReloadFailed as err:
+        print(f"reload: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not record.ok:
+        print("\n".join(["reload refused, the running configuration stays:", *record.errors]),
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(f"reloaded: process {record.pid} runs the new configuration")
+    return EXIT_OK
 
 
 def _load(path: Path) -> Config | None:

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 
 from checks import execute
 from checks.base import Result, parse_duration
-from probe import sdnotify, webconfig
+from probe import control, sdnotify, webconfig
 from probe.config import Check, Config, ConfigError, Maintenance, error_text, load
 from probe.engine import Engine, Transition, restore_check, restore_group, window_matches
 from probe.log import fields
@@ -76,6 +77,7 @@ class Daemon:
         self.metrics.in_flight.set_function(
             lambda: self._scheduler.in_flight if self._scheduler is not None else 0)
         self.guard: webconfig.Guard | None = None
+        self.reloads = 0
 
     def _view(self) -> View:
         return View(self.checks, self.results, self.engine)
@@ -238,8 +240,10 @@ class Daemon:
     # --- reload and stop ---------------------------------------------------------------------
 
     async def reload(self) -> list[str]:
-        """Re-read the configuration; on errors keep the running one. Returns the errors."""
+        """Re-read the configuration; on errors keep the running one. Returns the errors, which
+        `probe reload` also reads from the daemon's record."""
         sdnotify.notify("RELOADING=1")
+        errors: list[str] = []
         try:
             try:
                 config = await asyncio.to_thread(load, self.config_path)
@@ -247,7 +251,8 @@ class Daemon:
                 self.metrics.reload_ok.set(0)
                 for issue in err.issues:
                     log.error("reload refused %s", fields(error=issue))
-                return [str(i) for i in err.issues]
+                errors = [str(i) for i in err.issues]
+                return errors
             self.config = config
             self.checks = {c.name: c for c in config.effective_checks()}
             for name in list(self.results):
@@ -265,6 +270,9 @@ class Daemon:
             log.info("configuration reloaded %s", fields(summary=config.summary()))
             return []
         finally:
+            self.reloads += 1
+            control.write(self.store.path.parent,
+                          control.Record(os.getpid(), self.reloads, not errors, errors))
             sdnotify.notify("READY=1", f"STATUS={self._status_line()}")
 
     # --- maintenance set at run time ----------------------------------------------------------
@@ -389,6 +397,7 @@ class Daemon:
         if every:
             tasks.append(asyncio.create_task(self._watchdog(every)))
         self.ready = True
+        control.write(self.store.path.parent, control.Record(os.getpid()))
         sdnotify.notify("READY=1", f"STATUS={self._status_line()}")
         log.info("probe started %s", fields(agent=self.config.agent.name,
                                            listen=self.config.agent.listen,
@@ -410,6 +419,7 @@ class Daemon:
             log.error("state not saved at stop: the last decisions will be taken again")
         await self.dispatcher.close()
         self.store.close()
+        control.remove(self.store.path.parent, os.getpid())
 
 
 def security_warnings(config: Config, web: webconfig.WebConfig | None) -> list[str]:

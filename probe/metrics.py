@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from checks import KINDS
 from checks.base import Result
-from probe import __version__
 from probe.config import Check
 from probe.engine import Engine
+from probe.version import components
 
 LABELS = ["check", "kind", "service"]
 PHASE_METRIC = {
@@ -89,13 +89,17 @@ class Metrics:
             registry=registry,
         )
         self.state_ok.set(1)
+        parts = components()
         build = Gauge(
             "probe_build_info",
-            "A metric with a constant '1' value labeled by version and Python version",
-            ["version", "pythonversion"],
+            "A metric with a constant '1' value labeled by probe's version and those of Python, "
+            "OpenSSL and the libraries that talk to targets and helpdesks (probe --version)",
+            ["version", "pythonversion", *(k for k in parts if k not in ("probe", "python"))],
             registry=registry,
         )
-        build.labels(__version__, platform.python_version()).set(1)
+        build.labels(version=parts.pop("probe"),
+                     pythonversion=platform.python_version(),
+                     **{k: v for k, v in parts.items() if k != "python"}).set(1)
 
 
 async def exposition(metrics: Metrics) -> list[bytes | bytearray]:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from tests.httpserver import serve_app
+from tests.proc import PROBE
 
 
 def free_port() -> int:
@@ -70,7 +71,7 @@ class Probe:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "probe", "run", "--config", str(self.config)],
+                [*PROBE, "run", "--config", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         Probe.started.append(self.proc)
@@ -246,6 +247,60 @@ async def test_a_reload_with_a_broken_file_keeps_the_old_configuration(
                      lambda: probe.status()["checks"][1]["state"] == "up")
 
 
+def reload(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PROBE, "reload", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=90, check=False)
+
+
+async def test_probe_reload_returns_once_the_daemon_runs_the_new_files_or_says_why_not(
+    target: Target, make_probe: Callable[[str], Probe]
+) -> None:
+    probe = make_probe(web_check(target))
+    probe.start()
+    await probe.wait("the daemon", lambda: probe.metric("probe_config_last_reload_successful")
+                     == 1)
+    assert probe.proc is not None
+    good = probe.config.read_text()
+    probe.config.write_text(good + f"""  - name: second
+    tcp: {{host: 127.0.0.1, port: {target.port}}}
+""")
+    done = await asyncio.to_thread(reload, probe.config)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, f"reloaded: process {probe.proc.pid} runs the new configuration\n", "")
+    # no wait: when `probe reload` (systemctl reload) returns, the new configuration runs
+    assert [c["name"] for c in probe.status()["checks"]] == ["web", "second"]
+
+    # A broken file is refused before the daemon hears of it, with file, line and key.
+    running = probe.config.read_text()
+    probe.config.write_text(good + "  - name: broken\n    tcp: {host: h, port: 0}\n")
+    done = await asyncio.to_thread(reload, probe.config)
+    assert done.returncode == 1
+    assert f"{probe.config}:17: checks[1].tcp.port: 0 is not a port (1-65535)" in done.stderr
+    assert [c["name"] for c in probe.status()["checks"]] == ["web", "second"]
+
+    # A file that breaks between the check and the daemon's own reading: the daemon's refusal
+    # is the answer (the same state directory, a valid copy validated).
+    valid = probe.config.with_name("valid.yaml")
+    valid.write_text(running)
+    done = await asyncio.to_thread(reload, valid, "--pid", str(probe.proc.pid))
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[:2] == [
+        "reload refused, the running configuration stays:",
+        f"{probe.config}:17: checks[1].tcp.port: 0 is not a port (1-65535)"]
+    assert probe.metric("probe_config_last_reload_successful") == 0
+    assert [c["name"] for c in probe.status()["checks"]] == ["web", "second"]
+
+    probe.signal(signal.SIGTERM)
+    assert probe.proc.wait(10) == 0
+    done = await asyncio.to_thread(reload, valid)
+    assert done.returncode == 2
+    assert done.stderr == (f"reload: probe is not running: {probe.state}/daemon.json does not "
+                           "exist (give --pid PID to signal a daemon that cannot write it)\n")
+    done = await asyncio.to_thread(reload, valid, "--pid", str(probe.proc.pid))
+    assert (done.returncode, done.stderr) == (
+        2, f"reload: probe is not running: no process {probe.proc.pid}\n")
+
+
 async def test_a_check_removed_with_an_open_incident_resolves_and_its_series_go(
     target: Target, make_probe: Callable[[str], Probe]
 ) -> None:
@@ -293,6 +348,17 @@ async def test_health_readiness_and_promtool(
         "process_resident_memory_bytes",
     ):
         assert expected in text
+    # what probe is built from, as `probe --version` says it
+    (build,) = [line for line in text.splitlines() if line.startswith("probe_build_info{")]
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', build))
+    version = (await asyncio.to_thread(
+        subprocess.run, [*PROBE, "--version"], capture_output=True, text=True, timeout=30,
+        check=True)).stdout.splitlines()
+    shown = dict(line.split(None, 1) for line in version[1:])
+    assert labels["version"] == version[0].removeprefix("probe ") == "0.2.0"
+    assert labels["pythonversion"] == shown["python"].split()[0]
+    for name in ("openssl", "uvloop", "aiohttp", "aiosmtplib", "cryptography", "pyyaml"):
+        assert labels[name] == shown[name], name
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (Debian package prometheus)")
@@ -331,7 +397,7 @@ def _post(url: str) -> str:
 def test_status_prints_checks_and_incidents(tmp_path: Path) -> None:
     """`probe status` against a daemon that is not running says so and exits 2."""
     result = subprocess.run(
-        [sys.executable, "-m", "probe", "status", "--url", f"http://127.0.0.1:{free_port()}"],
+        [*PROBE, "status", "--url", f"http://127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=30, env=os.environ.copy(),
     )
     assert result.returncode == 2
