@@ -656,6 +656,12 @@ def _timing_checks(config: Config, positions: dict[KeyPath, Position]) -> list[C
             issues.append(_issue(positions, ("checks", i, "timeout"),
                                  f"timeout {format_duration(check.timeout)} is longer than the "
                                  f"interval {format_duration(check.interval)}"))
+        # each block is valid alone; merged with the defaults' it may not be
+        flapping = check.flapping
+        if flapping.low > flapping.high:
+            issues.append(_issue(positions, ("checks", i, "flapping"),
+                                 f"low {flapping.low * 100:g}% (with the defaults') must not be "
+                                 f"above high {flapping.high * 100:g}%"))
     return issues
 
 

@@ -236,3 +236,22 @@ def test_percentages() -> None:
     for bad in ("20", "120%", 0.2, "abc%"):
         with pytest.raises(ValueError):
             parse_percent(bad)
+
+
+def test_a_checks_flapping_merged_with_the_defaults_must_keep_low_below_high(
+    tmp_path: Path,
+) -> None:
+    # each block alone is valid: the check runs with low 45% and high 40%
+    (tmp_path / "p.yaml").write_text(
+        "defaults: {flapping: {low: 45%, high: 50%}}\n"
+        "ticketing: {routes: {desk: {backend: local}}}\n"
+        "checks:\n"
+        "  - name: a\n"
+        "    flapping: {high: 40%}\n"
+        "    tcp: {host: localhost, port: 1}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path / "p.yaml")
+    assert [str(i) for i in caught.value.issues] == [
+        f"{tmp_path / 'p.yaml'}:5: checks[0].flapping: low 45% (with the defaults') must not be "
+        "above high 40%"]

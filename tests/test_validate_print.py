@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,12 @@ from hypothesis import strategies as st
 from checks.base import format_duration, parse_duration, parse_percent
 from probe.config import load
 from probe.effective import duration_text, percent_text
+from tests.proc import PROBE
 
 HERE = Path(__file__).parent
 EXAMPLE = HERE.parent / "config" / "probe.example.yaml"
 LOCAL = HERE.parent / "config" / "local.yaml"
 CONFD = HERE / "configs" / "confd"
-# The console script pip installed beside this Python: what `probe` is for a user.
-PROBE = str(Path(sys.executable).with_name("probe"))
 
 TEMPLATES = """\
 x-web: &web
@@ -85,7 +83,7 @@ checks:
 
 def probe(*args: str, cwd: Path, env: dict[str, str] | None = None
           ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PROBE, "validate", *args], cwd=cwd, env=env,
+    return subprocess.run([*PROBE, "validate", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
