@@ -202,13 +202,23 @@ class Store:
     def _writing(self) -> Iterator[sqlite3.Connection]:
         """The connection, under the lock, for a write: an SQLite error (read-only, full)
         rolls back what was begun and becomes a StoreError."""
-        with self._lock:
+        with self._lock, self._rolled_back():
             try:
                 yield self._db
             except sqlite3.Error as err:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
                 raise StoreError(f"cannot write the state database {self.path}: {err}") from err
+
+    @contextlib.contextmanager
+    def _rolled_back(self) -> Iterator[None]:
+        """Whatever stops a write half-way (a full disk, or a bug) rolls back what it began:
+        left open on the shared connection, the transaction would take in the next writer's
+        statements and lose them with its own rollback."""
+        try:
+            yield
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _transaction(self, batch: Batch) -> None:
         db = self._db
@@ -290,8 +300,9 @@ class Store:
             return self._db.execute(sql, params).fetchall()
 
     def run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run `work` with the connection, under the store's lock (for the outbox)."""
-        with self._lock:
+        """Run `work` with the connection, under the store's lock (for the outbox); what it
+        began and did not finish is rolled back."""
+        with self._lock, self._rolled_back():
             return work(self._db)
 
 
