@@ -137,7 +137,7 @@ def _start(
     path = directory / "probe.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     process = processes.start(
-        "probe", [sys.executable, "-m", "probe", "run", "--config", str(path)],
+        "probe", [sys.executable, "-P", "-m", "probe", "run", "--config", str(path)],  # installed
         log=directory / "probe.log", cpus=cpus, cwd=source,
     )
     url = f"http://127.0.0.1:{port}"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.proc import Processes, ensure, free_port, wait_port
-from tests.certs import CertFactory
+from tests.harness.certs import CertFactory
 
 DNS_NAME = "www.bench.test"
 DNS_ANSWER = "127.0.0.1"

@@ -1,4 +1,6 @@
-"""Fixtures every test module may use. Peers (servers) live in their own modules under tests/."""
+"""The suite's guards: probe under test is the installed wheel, and no daemon outlives the test
+that started it. The fixtures test modules share, and the peers (servers), are in
+tests/harness/, registered here once."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import pytest
 
 import checks
 import probe
-from tests.certs import CertFactory
-from tests.proc import REPO
-from tests.test_daemon import target  # noqa: F401 - the flaky HTTP target every daemon test uses
+from tests.harness.daemon import ProbeProcess
+from tests.harness.proc import REPO
+
+pytest_plugins = ("tests.harness.fixtures", "tests.harness.rtpeer", "tests.harness.dnsserver")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,16 +35,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def no_daemon_left_behind() -> Iterator[None]:
     """Kill every `probe run` a test started and did not stop itself."""
-    from tests.test_daemon import Probe
-
     yield
-    while Probe.started:
-        proc = Probe.started.pop()
+    while ProbeProcess.started:
+        proc = ProbeProcess.started.pop()
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertFactory:
-    return CertFactory(tmp_path_factory.mktemp("certs"))

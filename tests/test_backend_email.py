@@ -21,8 +21,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from probe.tickets.base import Ticket, TicketError
 from probe.tickets.email import Backend, Route
-from tests.certs import CertFactory
-from tests.httpserver import closed_port, serve_raw, silent
+from tests.harness.certs import CertFactory
+from tests.harness.httpserver import serve_raw, silent
+from tests.harness.ports import closed_port
 
 USER = "probe"
 PASSWORD = "correct horse battery staple"

@@ -1,4 +1,4 @@
-"""The freshdesk backend against a Freshdesk API v2 on loopback (tests/fake_freshdesk.py),
+"""The freshdesk backend against a Freshdesk API v2 on loopback (tests/harness/fake_freshdesk.py),
 checked by reading what that helpdesk holds; then the daemon itself, in the test, filing its
 tickets there for a flaky target."""
 
@@ -15,10 +15,17 @@ import pytest
 
 from probe.tickets.base import Ticket, TicketError
 from probe.tickets.freshdesk import Backend, key_tag
-from tests.fake_freshdesk import DAY, KEY_FIELD, REQUESTER_EMAIL, FakeFreshdesk, serve_freshdesk
-from tests.httpserver import closed_port
-from tests.test_daemon import Target
-from tests.test_tickets_local import Run, run, until  # noqa: F401 - the daemon in the test's loop
+from tests.harness.daemon import Target
+from tests.harness.fake_freshdesk import (
+    DAY,
+    KEY_FIELD,
+    REQUESTER_EMAIL,
+    FakeFreshdesk,
+    serve_freshdesk,
+)
+from tests.harness.inloop import Runner
+from tests.harness.ports import closed_port
+from tests.harness.wait import until
 
 KEY = "probe-eu-1/shop/3"
 MakeBackend = Callable[..., Backend]
@@ -370,7 +377,7 @@ def config(freshdesk: FakeFreshdesk, target: Target, tmp_path: Path, policy: str
 
 
 async def test_the_daemon_files_one_ticket_informs_it_and_resolves_it(
-    freshdesk: FakeFreshdesk, target: Target, run: Run, tmp_path: Path  # noqa: F811
+    freshdesk: FakeFreshdesk, target: Target, run: Runner, tmp_path: Path
 ) -> None:
     freshdesk.stall_creates = 1  # the first create is made, but its answer comes too late
     daemon, _ = await run(config(freshdesk, target, tmp_path))
@@ -396,7 +403,7 @@ async def test_the_daemon_files_one_ticket_informs_it_and_resolves_it(
 
 @pytest.mark.parametrize("policy", ["reopen", "new", "leave"])
 async def test_a_ticket_a_human_closes_during_the_outage(
-    freshdesk: FakeFreshdesk, target: Target, run: Run, tmp_path: Path, policy: str  # noqa: F811
+    freshdesk: FakeFreshdesk, target: Target, run: Runner, tmp_path: Path, policy: str
 ) -> None:
     daemon, _ = await run(config(freshdesk, target, tmp_path, policy))
     target.down = True

@@ -1,5 +1,5 @@
-"""The github backend against a fake GitHub on loopback (tests/fake_github.py) that keeps the
-issues in memory: what GitHub holds after each call, and, at the end of every test, every
+"""The github backend against a fake GitHub on loopback (tests/harness/fake_github.py) that keeps
+the issues in memory: what GitHub holds after each call, and, at the end of every test, every
 request probe sent checked against GitHub's published OpenAPI description (the contract)."""
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import pytest
 
 from probe.tickets.base import Ticket, TicketError
 from probe.tickets.github import Backend, Route, key_label
-from tests import fake_github
-from tests.fake_github import REPOSITORY, TOKEN, FakeGitHub
-from tests.openapi import INSTALL_GITHUB, Request, github_description, load
-from tests.test_daemon import Target
-from tests.test_tickets_local import Run, run, until  # noqa: F401
+from tests.harness import fake_github
+from tests.harness.daemon import Target
+from tests.harness.fake_github import REPOSITORY, TOKEN, FakeGitHub
+from tests.harness.inloop import Runner
+from tests.harness.openapi import INSTALL_GITHUB, Request, github_description, load
+from tests.harness.wait import until
 
 KEY = "probe-eu-1/shop/3"
 TICKET = Ticket(
@@ -464,7 +465,7 @@ def daemon_config(github: FakeGitHub, target: Target, token_file: Path, policy: 
 
 
 async def test_the_daemon_opens_one_issue_informs_it_and_closes_it_after_recovery(
-    github: FakeGitHub, target: Target, run: Run, token_file: Path  # noqa: F811
+    github: FakeGitHub, target: Target, run: Runner, token_file: Path
 ) -> None:
     daemon, _ = await run(daemon_config(github, target, token_file))
     await until("a first result", lambda: "web" in daemon.results)
@@ -492,7 +493,7 @@ async def test_the_daemon_opens_one_issue_informs_it_and_closes_it_after_recover
 
 
 async def test_the_daemon_finds_the_issue_made_by_an_open_that_timed_out(
-    github: FakeGitHub, target: Target, run: Run, token_file: Path  # noqa: F811
+    github: FakeGitHub, target: Target, run: Runner, token_file: Path
 ) -> None:
     github.stall_creates = 1
     daemon, _ = await run(daemon_config(github, target, token_file, timeout="500ms"))
@@ -508,7 +509,7 @@ async def test_the_daemon_finds_the_issue_made_by_an_open_that_timed_out(
 
 @pytest.mark.parametrize("policy", ["reopen", "new", "leave"])
 async def test_an_issue_closed_by_a_human_during_the_outage(
-    github: FakeGitHub, target: Target, run: Run, token_file: Path, policy: str  # noqa: F811
+    github: FakeGitHub, target: Target, run: Runner, token_file: Path, policy: str
 ) -> None:
     daemon, _ = await run(daemon_config(github, target, token_file,
                                         policy=f", on_human_close: {policy}"))

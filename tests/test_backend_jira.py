@@ -1,5 +1,5 @@
-"""The jira backend against a Jira on loopback (tests/fake_jira.py) that speaks the REST API as
-Atlassian documents it, with its traps: a search index that lags behind writes, workflows
+"""The jira backend against a Jira on loopback (tests/harness/fake_jira.py) that speaks the REST
+API as Atlassian documents it, with its traps: a search index that lags behind writes, workflows
 whose transitions differ, fields the project requires, public comments on service desks. What
 counts is what the fake Jira holds afterwards."""
 
@@ -16,9 +16,10 @@ from pydantic import ValidationError
 
 from probe.tickets.base import Ticket, TicketError
 from probe.tickets.jira import Backend, Route, key_label
-from tests.fake_jira import EMAIL, PAT, TOKEN, FakeJira, reset_in, serve_jira
-from tests.test_daemon import Target
-from tests.test_tickets_local import Run, run, until  # noqa: F401
+from tests.harness.daemon import Target
+from tests.harness.fake_jira import EMAIL, PAT, TOKEN, FakeJira, reset_in, serve_jira
+from tests.harness.inloop import Runner
+from tests.harness.wait import until
 
 KEY = "probe-eu-1/shop/3"
 BODY = """shop is DOWN: connection refused from shop.example.com:443
@@ -538,7 +539,7 @@ checks:
 
 
 async def test_the_daemon_opens_one_issue_informs_it_and_resolves_it(
-    jira: FakeJira, target: Target, run: Run, tmp_path: Path  # noqa: F811
+    jira: FakeJira, target: Target, run: Runner, tmp_path: Path
 ) -> None:
     (tmp_path / "token").write_text(TOKEN)
     daemon, _ = await run(config(jira, target, tmp_path / "token"))
@@ -562,7 +563,7 @@ async def test_the_daemon_opens_one_issue_informs_it_and_resolves_it(
 
 
 async def test_the_daemon_does_not_open_twice_when_the_create_call_timed_out(
-    jira: FakeJira, target: Target, run: Run, tmp_path: Path  # noqa: F811
+    jira: FakeJira, target: Target, run: Runner, tmp_path: Path
 ) -> None:
     (tmp_path / "token").write_text(TOKEN)
     jira.index_lag = 0.5
@@ -584,7 +585,7 @@ async def test_the_daemon_does_not_open_twice_when_the_create_call_timed_out(
 
 
 async def test_the_daemon_reopens_an_issue_a_human_closed_during_the_outage(
-    jira: FakeJira, target: Target, run: Run, tmp_path: Path  # noqa: F811
+    jira: FakeJira, target: Target, run: Runner, tmp_path: Path
 ) -> None:
     (tmp_path / "token").write_text(TOKEN)
     daemon, _ = await run(config(jira, target, tmp_path / "token"))  # on_human_close: reopen

@@ -1,4 +1,4 @@
-"""The pagerduty backend against a fake PagerDuty on loopback (tests/fake_pagerduty.py): the
+"""The pagerduty backend against a fake PagerDuty on loopback (tests/harness/fake_pagerduty.py): the
 events it accepted and the incidents and notes it holds after each call; and, through the
 daemon, an incident paged after exactly three failures, and PagerDuty as the escalation
 target of another route."""
@@ -13,13 +13,15 @@ from typing import Any
 
 import pydantic
 import pytest
+import yaml
 
 from probe.tickets.base import Priority, Ticket, TicketError
 from probe.tickets.pagerduty import Backend, Route
-from tests import fake_pagerduty
-from tests.fake_pagerduty import API_TOKEN, ROUTING_KEY, USER_EMAIL, FakePagerDuty
-from tests.test_daemon import Target
-from tests.test_tickets_local import Helpdesk, Run, run, until  # noqa: F401
+from tests.harness import fake_pagerduty
+from tests.harness.daemon import Target
+from tests.harness.fake_pagerduty import API_TOKEN, ROUTING_KEY, USER_EMAIL, FakePagerDuty
+from tests.harness.inloop import Runner
+from tests.harness.wait import until
 
 KEY = "probe-eu-1/shop/3"
 TICKET = Ticket(
@@ -404,7 +406,7 @@ def daemon_config(pagerduty: FakePagerDuty, target: Target, secrets: dict[str, P
 
 
 async def test_the_daemon_pages_once_informs_the_incident_and_resolves_it(
-    pagerduty: FakePagerDuty, target: Target, run: Run, secrets: dict[str, Path]  # noqa: F811
+    pagerduty: FakePagerDuty, target: Target, run: Runner, secrets: dict[str, Path]
 ) -> None:
     daemon, _ = await run(daemon_config(pagerduty, target, secrets))
     await until("a first result", lambda: "web" in daemon.results)
@@ -431,12 +433,14 @@ async def test_the_daemon_pages_once_informs_the_incident_and_resolves_it(
 
 
 async def test_an_untaken_local_ticket_is_escalated_to_pagerduty(
-    pagerduty: FakePagerDuty, target: Target, run: Run, secrets: dict[str, Path]  # noqa: F811
+    pagerduty: FakePagerDuty, target: Target, run: Runner, secrets: dict[str, Path]
 ) -> None:
-    body = daemon_config(pagerduty, target, secrets, ", escalate_after: 500ms").replace(
-        "  routes:\n", "  routes:\n    desk: {backend: local, escalate_to: oncall}\n"
-    ).replace("    http:", "    ticket: {route: desk}\n    http:")
-    _daemon, desk = await run(body)
+    config = yaml.safe_load(daemon_config(pagerduty, target, secrets, ", escalate_after: 500ms"))
+    routes = config["ticketing"]["routes"]
+    config["ticketing"]["routes"] = {"desk": {"backend": "local", "escalate_to": "oncall"},
+                                     **routes}
+    config["checks"][0]["ticket"] = {"route": "desk"}
+    _daemon, desk = await run(config)
     target.down = True
     (incident,) = await until("the page", lambda: pagerduty.with_key("t/shop/1/escalation"))
     (trigger,) = pagerduty.events
@@ -450,7 +454,7 @@ async def test_an_untaken_local_ticket_is_escalated_to_pagerduty(
 
 @pytest.mark.parametrize("policy", ["reopen", "new", "leave"])
 async def test_an_incident_resolved_by_a_human_during_the_outage(
-    pagerduty: FakePagerDuty, target: Target, run: Run, secrets: dict[str, Path],  # noqa: F811
+    pagerduty: FakePagerDuty, target: Target, run: Runner, secrets: dict[str, Path],
     policy: str,
 ) -> None:
     daemon, _ = await run(daemon_config(pagerduty, target, secrets,

@@ -1,4 +1,4 @@
-"""The rt backend against a real Request Tracker 5 on loopback (tests/rtpeer.py), checked by
+"""The rt backend against a real Request Tracker 5 on loopback (tests/harness/rtpeer.py), checked by
 reading RT's REST2 directly."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 from probe.tickets.base import Ticket, TicketError
 from probe.tickets.rt import Backend
-from tests.httpserver import closed_port
-from tests.rtpeer import RtApi, RtPeer, rt_api_fixture, rt_peer_fixture  # noqa: F401
+from tests.harness.ports import closed_port
+from tests.harness.rtpeer import RtApi, RtPeer
 
 MakeBackend = Callable[..., Backend]
 

@@ -1,7 +1,8 @@
-"""The servicenow backend against a ServiceNow instance on loopback (tests/fake_servicenow.py)
-that speaks the Table API as ServiceNow documents it, with its traps: query conditions it
-cannot apply are dropped (matching every row), reference fields take any string, closed
-incidents are read-only. What counts is what the fake instance holds afterwards."""
+"""The servicenow backend against a ServiceNow instance on loopback
+(tests/harness/fake_servicenow.py) that speaks the Table API as ServiceNow documents it, with
+its traps: query conditions it cannot apply are dropped (matching every row), reference fields
+take any string, closed incidents are read-only. What counts is what the fake instance holds
+afterwards."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import pytest
 
 from probe.tickets.base import Ticket, TicketError
 from probe.tickets.servicenow import Backend, Route
-from tests.fake_servicenow import PASSWORD, USERNAME, FakeServiceNow, serve_servicenow
-from tests.test_daemon import Target
-from tests.test_tickets_local import Run, run, until  # noqa: F401
+from tests.harness.daemon import Target
+from tests.harness.fake_servicenow import PASSWORD, USERNAME, FakeServiceNow, serve_servicenow
+from tests.harness.inloop import Runner
+from tests.harness.wait import until
 
 KEY = "probe-eu-1/shop/3"
 BODY = "shop is DOWN: connection refused\n\nprobe key: probe-eu-1/shop/3"
@@ -402,7 +404,7 @@ checks:
 
 
 async def test_the_daemon_opens_one_incident_informs_it_and_resolves_it(
-    snow: FakeServiceNow, target: Target, run: Run, tmp_path: Path  # noqa: F811
+    snow: FakeServiceNow, target: Target, run: Runner, tmp_path: Path
 ) -> None:
     (tmp_path / "password").write_text(PASSWORD)
     daemon, _ = await run(config(snow, target, tmp_path / "password"))
@@ -427,7 +429,7 @@ async def test_the_daemon_opens_one_incident_informs_it_and_resolves_it(
 
 
 async def test_the_daemon_opens_a_new_incident_when_a_human_closed_the_first(
-    snow: FakeServiceNow, target: Target, run: Run, tmp_path: Path  # noqa: F811
+    snow: FakeServiceNow, target: Target, run: Runner, tmp_path: Path
 ) -> None:
     (tmp_path / "password").write_text(PASSWORD)
     daemon, _ = await run(config(snow, target, tmp_path / "password", policy="new"))
@@ -448,7 +450,7 @@ async def test_the_daemon_opens_a_new_incident_when_a_human_closed_the_first(
 
 @pytest.mark.parametrize("policy", ["reopen", "leave"])
 async def test_the_daemon_and_an_incident_a_human_resolved_during_the_outage(
-    snow: FakeServiceNow, target: Target, run: Run, tmp_path: Path, policy: str  # noqa: F811
+    snow: FakeServiceNow, target: Target, run: Runner, tmp_path: Path, policy: str
 ) -> None:
     (tmp_path / "password").write_text(PASSWORD)
     daemon, _ = await run(config(snow, target, tmp_path / "password", policy=policy))

@@ -17,7 +17,8 @@ from aiohttp import web
 
 from probe.tickets.base import Ticket, TicketError
 from probe.tickets.webhook import Backend, Route
-from tests.httpserver import closed_port, replying, serve_app, serve_raw
+from tests.harness.httpserver import replying, serve_app, serve_raw
+from tests.harness.ports import closed_port
 
 SECRET = "s3cret-shared-with-the-receiver"
 KEY = "probe-eu-1/shop/3"

@@ -1,4 +1,4 @@
-"""The zendesk backend against a Zendesk Support API v2 on loopback (tests/fake_zendesk.py),
+"""The zendesk backend against a Zendesk Support API v2 on loopback (tests/harness/fake_zendesk.py),
 checked by reading what that helpdesk holds; then the daemon itself, in the test, filing its
 tickets there for a flaky target."""
 
@@ -14,10 +14,11 @@ import pytest
 
 from probe.tickets.base import Ticket, TicketError
 from probe.tickets.zendesk import Backend
-from tests.fake_zendesk import EMAIL, ME, UPDATE_LIMITED, FakeZendesk, serve_zendesk
-from tests.httpserver import closed_port
-from tests.test_daemon import Target
-from tests.test_tickets_local import Run, run, until  # noqa: F401 - the daemon in the test's loop
+from tests.harness.daemon import Target
+from tests.harness.fake_zendesk import EMAIL, ME, UPDATE_LIMITED, FakeZendesk, serve_zendesk
+from tests.harness.inloop import Runner
+from tests.harness.ports import closed_port
+from tests.harness.wait import until
 
 KEY = "probe-eu-1/shop/3"
 MakeBackend = Callable[..., Backend]
@@ -387,7 +388,7 @@ def config(zendesk: FakeZendesk, target: Target, tmp_path: Path, policy: str = "
 
 
 async def test_the_daemon_files_one_ticket_informs_it_and_solves_it(
-    zendesk: FakeZendesk, target: Target, run: Run, tmp_path: Path  # noqa: F811
+    zendesk: FakeZendesk, target: Target, run: Runner, tmp_path: Path
 ) -> None:
     zendesk.stall_creates = 1  # the first create is made, but its answer comes too late
     daemon, _ = await run(config(zendesk, target, tmp_path))
@@ -411,7 +412,7 @@ async def test_the_daemon_files_one_ticket_informs_it_and_solves_it(
 
 @pytest.mark.parametrize("policy", ["reopen", "new", "leave"])
 async def test_a_ticket_a_human_closes_during_the_outage(
-    zendesk: FakeZendesk, target: Target, run: Run, tmp_path: Path, policy: str  # noqa: F811
+    zendesk: FakeZendesk, target: Target, run: Runner, tmp_path: Path, policy: str
 ) -> None:
     daemon, _ = await run(config(zendesk, target, tmp_path, policy))
     target.down = True
@@ -442,7 +443,7 @@ async def test_a_ticket_a_human_closes_during_the_outage(
 
 
 async def test_a_closed_ticket_that_cannot_be_reopened_gets_a_follow_up_instead(
-    zendesk: FakeZendesk, target: Target, run: Run, tmp_path: Path  # noqa: F811
+    zendesk: FakeZendesk, target: Target, run: Runner, tmp_path: Path
 ) -> None:
     """on_human_close: reopen, but Zendesk refuses to reopen a closed ticket: probe opens a
     follow-up once, instead of asking again at every poll."""

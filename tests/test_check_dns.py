@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from checks.base import Result
 from checks.dns import PHASES, DnsSpec, run
-from tests.dnsserver import (
+from tests.harness.dnsserver import (
     BIG_TXT,
     MULTI_V4,
     SPF,
@@ -23,9 +23,8 @@ from tests.dnsserver import (
     WWW_V6,
     ZONE,
     DnsServer,
-    dns_server_fixture,  # noqa: F401  (the dns_server fixture)
-    free_port,
 )
+from tests.harness.ports import free_port
 
 
 async def check(server: str | list[str], within: float = 2, **spec: Any) -> Result:
@@ -171,7 +170,7 @@ async def test_it_asks_again_over_tcp_when_the_udp_answer_is_truncated(
 async def test_it_falls_through_to_the_next_server_when_one_refuses(
     dns_server: DnsServer,
 ) -> None:
-    closed = f"127.0.0.1:{free_port()}"
+    closed = f"127.0.0.1:{free_port(udp=True)}"
     result = await check([closed, dns_server.address], transport="tcp")
     assert result.state == "up", result.reason
     assert result.evidence["server"] == dns_server.address
@@ -181,7 +180,7 @@ async def test_it_falls_through_to_the_next_server_when_one_refuses(
 async def test_it_falls_through_a_closed_udp_port_to_the_next_server(
     dns_server: DnsServer,
 ) -> None:
-    closed = f"127.0.0.1:{free_port()}"
+    closed = f"127.0.0.1:{free_port(udp=True)}"
     result = await check([closed, dns_server.address], within=3)
     assert result.state == "up", result.reason
     assert result.evidence["server"] == dns_server.address
@@ -192,14 +191,14 @@ async def test_it_falls_through_a_closed_udp_port_to_the_next_server(
 
 
 async def test_it_reports_connection_refused_over_tcp() -> None:
-    result = await check(f"127.0.0.1:{free_port()}", transport="tcp")
+    result = await check(f"127.0.0.1:{free_port(udp=True)}", transport="tcp")
     assert result.state == "down"
     assert result.reason == "connection refused"
 
 
 async def test_it_reports_a_udp_port_nobody_listens_on() -> None:
     # The kernel answers with ICMP port unreachable, unless a firewall drops the query.
-    result = await check(f"127.0.0.1:{free_port()}", within=1)
+    result = await check(f"127.0.0.1:{free_port(udp=True)}", within=1)
     assert result.state == "down"
     assert result.reason in ("connection refused", "timed out after 1s during request")
 

@@ -18,8 +18,9 @@ from pydantic import ValidationError
 
 from checks.base import Result
 from checks.http import PHASES, HttpSpec, run
-from tests.certs import CertFactory
-from tests.httpserver import closed_port, replying, serve_app, serve_raw, silent
+from tests.harness.certs import CertFactory
+from tests.harness.httpserver import replying, serve_app, serve_raw, silent
+from tests.harness.ports import closed_port
 
 BIG = b"x" * (10 * 1024 * 1024)
 

@@ -11,9 +11,9 @@ import pytest
 
 from checks.base import Result
 from checks.tcp import PHASES, TcpSpec, run
-from tests.certs import CertFactory
-from tests.httpserver import closed_port
-from tests.tlsserver import answer, greet, hang_up, serve
+from tests.harness.certs import CertFactory
+from tests.harness.ports import closed_port
+from tests.harness.tlsserver import answer, greet, hang_up, serve
 
 SSH_BANNER = b"SSH-2.0-OpenSSH_9.6p1 Debian-4\r\n"
 HTTP_400 = (

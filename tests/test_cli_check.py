@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.httpserver import closed_port, serve_app
-from tests.proc import PROBE
+from tests.harness.httpserver import serve_app
+from tests.harness.ports import closed_port
+from tests.harness.proc import PROBE
 
 
 async def probe(*args: str) -> tuple[int, str, str]:

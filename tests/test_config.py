@@ -11,7 +11,8 @@ import pytest
 from checks.base import format_duration, parse_duration, parse_percent
 from probe.config import ConfigError, load
 from probe.secrets import SecretError
-from tests.proc import PROBE
+from tests.harness.configs import edited
+from tests.harness.proc import PROBE
 
 HERE = Path(__file__).parent
 CONFIGS = HERE / "configs"
@@ -170,8 +171,8 @@ def test_yaml_merge_keys_and_x_templates_are_overridden_by_the_checks_own_keys(
 
 
 def test_a_key_twice_in_a_checks_own_keys_is_still_an_error_with_a_merge(tmp_path: Path) -> None:
-    (tmp_path / "p.yaml").write_text(TEMPLATED.replace(
-        "    name: cart\n", "    name: cart\n    name: basket\n"))
+    (tmp_path / "p.yaml").write_text(edited(
+        TEMPLATED, "    name: cart\n", "    name: cart\n    name: basket\n"))
     with pytest.raises(ConfigError) as caught:
         load(tmp_path / "p.yaml")
     assert [str(i) for i in caught.value.issues] == [
@@ -179,7 +180,7 @@ def test_a_key_twice_in_a_checks_own_keys_is_still_an_error_with_a_merge(tmp_pat
 
 
 def test_an_error_in_an_overriding_key_names_its_own_line(tmp_path: Path) -> None:
-    (tmp_path / "p.yaml").write_text(TEMPLATED.replace("interval: 10s ", "interval: 10  "))
+    (tmp_path / "p.yaml").write_text(edited(TEMPLATED, "interval: 10s ", "interval: 10  "))
     with pytest.raises(ConfigError) as caught:
         load(tmp_path / "p.yaml")
     # the copies carry the same value, from the same line

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from probe.config import Config, ConfigError, ConfigIssue, load
 from probe.yamlpos import MAX_EXPANDED, YamlError, load_with_positions
-from tests.hostile_yaml import documents, file_bytes, laughs, plain
+from tests.harness.hostile_yaml import documents, file_bytes, laughs, plain
 
 EXAMPLES = int(os.environ.get("PROBE_FUZZ_EXAMPLES", "300"))
 LONG = "PROBE_FUZZ_EXAMPLES" in os.environ  # a longer search explores new examples each time

@@ -5,123 +5,29 @@ successes, survives kill -9 in between, and the metrics endpoint shows each step
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
 import signal
-import socket
-import sqlite3
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from tests.httpserver import serve_app
-from tests.proc import PROBE
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-class Target:
-    """An HTTP target that answers 200, or 503 while `down` is set."""
-
-    def __init__(self) -> None:
-        self.down = False
-        self.port = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if self.down:
-            return web.Response(status=503, text="broken")
-        return web.Response(text="ok")
+from tests.harness.daemon import ProbeProcess, Target
+from tests.harness.ports import free_port
+from tests.harness.proc import PROBE
 
 
 @pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    t = Target()
-    app = web.Application()
-    app.router.add_get("/health", t.handle)
-    async with serve_app(app) as port:
-        t.port = port
-        yield t
+def make_probe(tmp_path: Path) -> Iterator[Callable[[str], ProbeProcess]]:
+    made: list[ProbeProcess] = []
 
-
-class Probe:
-    """One `probe run` process and ways to look at it."""
-
-    # Every process any test started: killed after each test (conftest), so that a failed
-    # test, or one that forgets, leaves no daemon running.
-    started: list[subprocess.Popen[bytes]] = []
-
-    def __init__(self, config: Path, port: int, state: Path) -> None:
-        self.config, self.port, self.state = config, port, state
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = state.parent / "probe.log"
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [*PROBE, "run", "--config", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        Probe.started.append(self.proc)
-
-    def get(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-            body: bytes = r.read()
-        return body.decode()
-
-    def status(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.get("/api/status"))
-        return data
-
-    def metric(self, line_start: str) -> float | None:
-        for line in self.get("/metrics").splitlines():
-            if line.startswith(line_start + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return None
-
-    async def wait(self, what: str, condition: Callable[[], bool], timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
-            try:
-                if condition():
-                    return
-            except OSError:
-                pass  # not listening yet
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}\n{self.log.read_text()}")
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def db(self, sql: str) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(self.state / "probe.sqlite3") as db:
-            return db.execute(sql).fetchall()
-
-
-@pytest.fixture
-def make_probe(tmp_path: Path) -> Iterator[Callable[[str], Probe]]:
-    made: list[Probe] = []
-
-    def make(checks_yaml: str) -> Probe:
+    def make(checks_yaml: str) -> ProbeProcess:
         port = free_port()
         config = tmp_path / "probe.yaml"
         config.write_text(f"""
@@ -135,7 +41,7 @@ defaults:
 ticketing: {{routes: {{local: {{backend: local}}}}}}
 {checks_yaml}
 """)
-        probe = Probe(config, port, tmp_path / "state")
+        probe = ProbeProcess(config, port, tmp_path / "state")
         made.append(probe)
         return probe
 
@@ -155,13 +61,13 @@ checks:
 """
 
 
-def open_incident(probe: Probe) -> dict[str, Any] | None:
+def open_incident(probe: ProbeProcess) -> dict[str, Any] | None:
     incidents = probe.status()["incidents"]
     return incidents[0] if incidents else None
 
 
 async def test_an_incident_opens_after_exactly_the_threshold_and_survives_kill_9(
-    target: Target, make_probe: Callable[[str], Probe]
+    target: Target, make_probe: Callable[[str], ProbeProcess]
 ) -> None:
     probe = make_probe(web_check(target))
     probe.start()
@@ -221,7 +127,7 @@ async def test_an_incident_opens_after_exactly_the_threshold_and_survives_kill_9
 
 
 async def test_a_reload_with_a_broken_file_keeps_the_old_configuration(
-    target: Target, make_probe: Callable[[str], Probe]
+    target: Target, make_probe: Callable[[str], ProbeProcess]
 ) -> None:
     probe = make_probe(web_check(target))
     probe.start()
@@ -253,7 +159,7 @@ def reload(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_probe_reload_returns_once_the_daemon_runs_the_new_files_or_says_why_not(
-    target: Target, make_probe: Callable[[str], Probe]
+    target: Target, make_probe: Callable[[str], ProbeProcess]
 ) -> None:
     probe = make_probe(web_check(target))
     probe.start()
@@ -302,7 +208,7 @@ async def test_probe_reload_returns_once_the_daemon_runs_the_new_files_or_says_w
 
 
 async def test_a_check_removed_with_an_open_incident_resolves_and_its_series_go(
-    target: Target, make_probe: Callable[[str], Probe]
+    target: Target, make_probe: Callable[[str], ProbeProcess]
 ) -> None:
     probe = make_probe(web_check(target) + f"""
   - name: closed
@@ -324,7 +230,7 @@ async def test_a_check_removed_with_an_open_incident_resolves_and_its_series_go(
 
 
 async def test_health_readiness_and_promtool(
-    target: Target, make_probe: Callable[[str], Probe]
+    target: Target, make_probe: Callable[[str], ProbeProcess]
 ) -> None:
     probe = make_probe(web_check(target) + """
   - {name: ping, icmp: {host: 127.0.0.1, interval: 10ms}}
@@ -370,7 +276,7 @@ async def test_health_readiness_and_promtool(
 
 
 async def test_metrics_count_the_checks_running_right_now(
-    make_probe: Callable[[str], Probe]
+    make_probe: Callable[[str], ProbeProcess]
 ) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # accepts, and never answers

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 import subprocess
 
-from tests.proc import PROBE
-from tests.test_daemon import free_port
+from tests.harness.ports import free_port
+from tests.harness.proc import PROBE
 
 
 def test_the_demo_shows_a_ticket_open_be_informed_and_close_itself() -> None:

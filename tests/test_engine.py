@@ -26,13 +26,16 @@ from probe.engine import (
     restore_group,
     window_active,
 )
+from tests.harness.configs import merged
 
 STATES: dict[str, State] = {"D": "down", "U": "up", "?": "unknown"}
 Step = tuple[float, str, str]
 
 
-def make(text: str, agent: str = "probe-test") -> Engine:
-    config = Config.model_validate(yaml.safe_load(text))
+def make(config_yaml: str | dict[str, Any], agent: str = "probe-test") -> Engine:
+    """An engine on a configuration given as YAML text, or as the data it loads to."""
+    data = yaml.safe_load(config_yaml) if isinstance(config_yaml, str) else config_yaml
+    config = Config.model_validate(data)
     return Engine(agent, config.effective_checks(), config.maintenance)
 
 
@@ -182,7 +185,7 @@ def test_flap_ratio_weighs_recent_changes_more(history: str, ratio: float) -> No
 
 
 def test_flapping_can_be_disabled() -> None:
-    engine = make(FLAPPY.replace("window: 21}", "window: 21, enabled: false}"))
+    engine = make(merged(yaml.safe_load(FLAPPY), {"defaults": {"flapping": {"enabled": False}}}))
     assert play(engine, series("web", "U" * 21 + "DU" * 30)) == []
 
 
@@ -338,8 +341,9 @@ def test_a_note_says_whether_the_reason_changed() -> None:
 def test_a_reload_that_changes_thresholds_applies_from_the_next_result() -> None:
     engine = make(ONE)
     assert play(engine, series("web", "DDD")) == [(20, "open", "web")]
-    stricter = Config.model_validate(yaml.safe_load(ONE.replace("success_threshold: 2",
-                                                                 "success_threshold: 4")))
+    data = yaml.safe_load(ONE)
+    data["checks"][0]["success_threshold"] = 4
+    stricter = Config.model_validate(data)
     assert engine.reconfigure(stricter.effective_checks(), [], 25) == []
     assert play(engine, series("web", "UUUU", start=30)) == [(60, "resolve", "web")]
 

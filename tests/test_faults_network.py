@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.proc import PROBE, module_command
+from tests.harness.helpdesk import Helpdesk
+from tests.harness.proc import PROBE, module_command
+from tests.harness.wait import until
 from tests.reliability import record
-from tests.test_tickets_local import Helpdesk
 
 REPO = Path(__file__).resolve().parents[1]
 PORT = 8080  # inside the namespace: the fast target; PORT + 1 answers after 300ms
@@ -56,6 +57,14 @@ class Lab:
     def clear(self) -> None:
         self.nft("")
 
+    async def wait(self, what: str, condition: Callable[[], Any], timeout: float = 20) -> Any:
+        """`until` the condition holds; the end of the daemon's log if it never does."""
+        return await until(what, condition, timeout, context=self.log_tail)
+
+    def log_tail(self) -> str:
+        log = self.directory / "probe.log"
+        return log.read_text()[-3000:] if log.exists() else ""
+
     def check(self, config: Path, name: str) -> dict[str, Any]:
         """`probe check --json` inside the namespace: one result, as an operator sees it."""
         done = self.run(*PROBE, "check", "--config", str(config),
@@ -76,7 +85,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     try:
         assert lab.run("ip", "link", "set", "lo", "up").returncode == 0
         lab.clear()
-        server = lab.start(*module_command("tests.labserver"), str(PORT), "0.3",
+        server = lab.start(*module_command("tests.harness.labserver"), str(PORT), "0.3",
                            log="targets.log")
         for _ in range(100):
             if "ready" in (tmp_path / "targets.log").read_text():
@@ -91,10 +100,11 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
-def config(lab: Lab, checks: str) -> Path:
+def config(lab: Lab, checks: str, max_concurrency: int | None = None) -> Path:
     path = lab.directory / "probe.yaml"
+    concurrency = "" if max_concurrency is None else f", max_concurrency: {max_concurrency}"
     path.write_text(f"""
-agent: {{name: lab, state_dir: {lab.directory}/state, listen: "127.0.0.1:9469"}}
+agent: {{name: lab, state_dir: {lab.directory}/state, listen: "127.0.0.1:9469"{concurrency}}}
 defaults:
   interval: 300ms
   retry_interval: 200ms
@@ -130,16 +140,6 @@ async def daemon(lab: Lab) -> AsyncIterator[Callable[[str], Helpdesk]]:
     yield start
 
 
-async def until(what: str, condition: Callable[[], Any], lab: Lab, timeout: float = 20) -> Any:
-    for _ in range(int(timeout / 0.1)):
-        value = condition()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n"
-                         + (lab.directory / "probe.log").read_text()[-3000:])
-
-
 def runs(desk: Helpdesk, check: str) -> int:
     """How many results the check has had (the results table keeps only the last ones)."""
     found = desk.rows("SELECT MAX(seq) FROM results WHERE check_name = ?", (check,))
@@ -149,15 +149,15 @@ def runs(desk: Helpdesk, check: str) -> int:
 async def fault_opens_one_ticket_and_resolves(
     lab: Lab, desk: Helpdesk, fault: Callable[[], object], name: str, reason: str,
 ) -> None:
-    await until("the first results", lambda: runs(desk, "web") >= 2, lab)
+    await lab.wait("the first results", lambda: runs(desk, "web") >= 2)
     fault()
-    (ticket,) = await until("the ticket", desk.tickets, lab)
+    (ticket,) = await lab.wait("the ticket", desk.tickets)
     assert ticket[1] == "lab/shop/1"
     ((body,),) = desk.rows("SELECT body FROM local_tickets")
     assert reason in body, body
     lab.run("ip", "link", "set", "lo", "up")
     lab.clear()
-    await until("the resolve", lambda: desk.tickets()[0][3] == "resolved", lab)
+    await lab.wait("the resolve", lambda: desk.tickets()[0][3] == "resolved")
     tickets = desk.tickets()
     record("network faults (nftables, link, latency)", name, expected=1, found=len(tickets),
            duplicated=max(0, len(tickets) - 1), outcome=f"one ticket ({reason}), resolved")
@@ -198,7 +198,7 @@ async def test_a_slow_path_breaks_max_latency(lab: Lab, daemon: Any) -> None:
     interval: 1s
     http: {{url: "http://127.0.0.1:{PORT + 1}/health", max_latency: 100ms}}
 """)
-    (_ticket,) = await until("the ticket", desk.tickets, lab)
+    (_ticket,) = await lab.wait("the ticket", desk.tickets)
     ((body,),) = desk.rows("SELECT body FROM local_tickets")
     assert "took 3" in body and "(max 100ms)" in body
     record("network faults (nftables, link, latency)", "latency 300ms (slow server)",
@@ -219,7 +219,7 @@ async def test_loss_under_the_threshold_opens_no_ticket(lab: Lab, daemon: Any) -
                         "gateway")["evidence"]["loss"] for _ in range(5)]
     assert any(0 < loss <= 0.5 for loss in losses), losses  # the rule bites, but under 50%
     desk = daemon(PING)
-    await until("twenty checks", lambda: runs(desk, "gateway") >= 20, lab)
+    await lab.wait("twenty checks", lambda: runs(desk, "gateway") >= 20)
     down = desk.rows("SELECT COUNT(*) FROM results WHERE state = 'down'")[0][0]
     assert desk.tickets() == []
     record("network faults (nftables, link, latency)", "20% random loss, max_loss 50%",
@@ -229,13 +229,13 @@ async def test_loss_under_the_threshold_opens_no_ticket(lab: Lab, daemon: Any) -
 
 async def test_loss_over_the_threshold_opens_one_ticket(lab: Lab, daemon: Any) -> None:
     desk = daemon(PING)
-    await until("a first result", lambda: runs(desk, "gateway") >= 1, lab)
+    await lab.wait("a first result", lambda: runs(desk, "gateway") >= 1)
     lab.nft("icmp type echo-request numgen random mod 100 < 90 drop")
-    (_ticket,) = await until("the ticket", desk.tickets, lab)
+    (_ticket,) = await lab.wait("the ticket", desk.tickets)
     ((body,),) = desk.rows("SELECT body FROM local_tickets")
     assert "packet loss" in body and "(max 50%)" in body
     lab.clear()
-    await until("the resolve", lambda: desk.tickets()[0][3] == "resolved", lab)
+    await lab.wait("the resolve", lambda: desk.tickets()[0][3] == "resolved")
     record("network faults (nftables, link, latency)", "90% random loss, max_loss 50%",
            expected=1, found=len(desk.tickets()), outcome="one ticket, resolved")
 
@@ -259,12 +259,10 @@ async def test_ten_thousand_targets_timing_out_at_once_starve_nothing(lab: Lab) 
     timeout: 1s
     http: {{url: "http://127.0.0.1:{PORT}/health"}}
 """
-    path = config(lab, canary + blackholed)
-    path.write_text(path.read_text().replace("listen: \"127.0.0.1:9469\"}",
-                                             "listen: \"127.0.0.1:9469\", max_concurrency: 2000}"))
+    path = config(lab, canary + blackholed, max_concurrency=2000)
     proc = lab.start(*PROBE, "run", "--config", str(path), log="probe.log")
     desk = Helpdesk(lab.directory / "state" / "probe.sqlite3")
-    await until("the daemon's first results", lambda: runs(desk, "canary") >= 1, lab, 60)
+    await lab.wait("the daemon's first results", lambda: runs(desk, "canary") >= 1, 60)
     peak = 0
     # every one of them fails its way to an incident of its own: ten thousand at once
     for _ in range(60):

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.httpserver import serve_app
+from tests.harness.daemon import ProbeProcess
+from tests.harness.helpdesk import Helpdesk
+from tests.harness.httpserver import serve_app
+from tests.harness.ports import free_port
+from tests.harness.rtpeer import KEY_FIELD, RtApi, RtPeer
+from tests.harness.rtproxy import Proxy
 from tests.reliability import record
-from tests.rtpeer import KEY_FIELD, RtApi, RtPeer, rt_api_fixture, rt_peer_fixture  # noqa: F401
-from tests.test_daemon import Probe, free_port
-from tests.test_tickets_local import Helpdesk
-from tests.test_tickets_rt import Proxy
 
 KILLS = int(os.environ.get("PROBE_FAULT_KILLS", "50"))
 
@@ -99,7 +100,7 @@ async def test_kill_9_at_random_points_loses_and_duplicates_no_ticket(
       url: "{rt_peer.url}"
       token_file: {tmp_path}/token
       key_field: {KEY_FIELD}""", targets)
-    probe = Probe(config, port, tmp_path / "state")
+    probe = ProbeProcess(config, port, tmp_path / "state")
     rng = random.Random(1234)  # the same points every run: a failure can be replayed
     probe.start()
     for _ in range(KILLS):
@@ -144,7 +145,7 @@ async def test_a_long_helpdesk_outage_delivers_everything_once_in_order(
       token_file: {tmp_path}/token
       key_field: {KEY_FIELD}
       timeout: 500ms""", targets)
-        probe = Probe(config, port, tmp_path / "state")
+        probe = ProbeProcess(config, port, tmp_path / "state")
 
         def answered(status: int) -> int:
             return sum(1 for _, _, s in proxy.seen if s == status)
@@ -207,7 +208,7 @@ async def test_a_reload_storm_during_incidents_keeps_everything_and_the_last_goo
     route = "    desk: {backend: local}"
     write_config(config, "storm", tmp_path / "state", port, route, targets)
     good = config.read_text()
-    probe = Probe(config, port, tmp_path / "state")
+    probe = ProbeProcess(config, port, tmp_path / "state")
     probe.start()
     targets.down["a"] = True
     await probe.wait("the incident", lambda: len(probe.status()["incidents"]) == 1)

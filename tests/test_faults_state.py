@@ -19,26 +19,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.proc import PROBE
+from tests.harness.daemon import ProbeProcess, Target
+from tests.harness.ports import free_port
+from tests.harness.proc import PROBE
+from tests.harness.wait import until
 from tests.reliability import record
-from tests.test_daemon import Probe, Target, free_port
 
 
-class Jailed(Probe):
+class Jailed(ProbeProcess):
     """`probe run` with its state directory on a 4 MiB tmpfs in a mount namespace of its own."""
 
     read_only = False
 
-    def start(self) -> None:
+    def start(self) -> Jailed:
         self.state.mkdir(parents=True, exist_ok=True)
         ro = f" && mount -o remount,ro {self.state}" if self.read_only else ""
         script = (f"mount -t tmpfs -o size=4m tmpfs {self.state}{ro} && "
                   f"exec {PROBE[0]} run --config {self.config}")
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                stdout=log, stderr=subprocess.STDOUT)
-        Probe.started.append(self.proc)
+        self.launch(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
+        return self
 
     def inside(self, *command: str) -> subprocess.CompletedProcess[str]:
         assert self.proc is not None
@@ -69,7 +68,7 @@ checks:
     return Jailed(config, port, tmp_path / "state")
 
 
-def ready(probe: Probe) -> int:
+def ready(probe: ProbeProcess) -> int:
     try:
         probe.get("/-/ready")
     except OSError as err:
@@ -98,11 +97,12 @@ async def test_a_full_state_directory_and_its_recovery(jailed: Jailed, target: T
     jailed.inside("rm", f"{jailed.state}/filler")
     await jailed.wait("ready again", lambda: ready(jailed) == 200, 20)
     assert jailed.metric("probe_state_writable") == 1
-    tickets = await _until(lambda: jailed.tickets(), 20)
+    tickets = await until("the ticket", jailed.tickets, 20)
     assert len(tickets) == 1 and "jail/web" not in tickets[0]  # the title, not the key
     target.down = False
     await jailed.wait("the resolve", lambda: not jailed.status()["incidents"])
-    await _until(lambda: [t for t in jailed.tickets() if "resolved" in t], 20)
+    await until("the ticket resolved",
+                lambda: [t for t in jailed.tickets() if "resolved" in t], 20)
     assert len(jailed.tickets()) == 1
     record("process faults", "state directory full, then freed", expected=1,
            found=len(jailed.tickets()),
@@ -116,8 +116,8 @@ async def test_a_read_only_state_directory_at_start_is_waited_for(
     jailed.read_only = True
     target.down = True
     jailed.start()
-    await _until(lambda: ["x"] if "cannot open the state, retrying" in jailed.log.read_text()
-                 else [], 20)
+    await until("the error", lambda: "cannot open the state, retrying" in jailed.log.read_text(),
+                20)
     assert f"cannot write the state directory {jailed.state}: Read-only file system" in (
         jailed.log.read_text())
     await asyncio.sleep(2)
@@ -125,18 +125,9 @@ async def test_a_read_only_state_directory_at_start_is_waited_for(
     assert ready(jailed) != 200
     assert jailed.inside("mount", "-o", "remount,rw", str(jailed.state)).returncode == 0
     await jailed.wait("the daemon", lambda: ready(jailed) == 200, 30)
-    tickets = await _until(lambda: jailed.tickets(), 20)
+    tickets = await until("the ticket", jailed.tickets, 20)
     record("process faults", "state directory read-only at start, then writable",
            expected=1, found=len(tickets),
            outcome="a clear error, retried every 10s without exiting; starts when writable")
     assert len(tickets) == 1
 
-
-async def _until(condition: object, timeout: float) -> list[str]:
-    assert callable(condition)
-    for _ in range(int(timeout / 0.1)):
-        value = condition()
-        if value:
-            return list(value)
-        await asyncio.sleep(0.1)
-    raise AssertionError("timed out")

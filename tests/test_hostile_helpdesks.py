@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from probe.tickets import HELPDESKS
 from probe.tickets.base import MAX_MESSAGE, Backend, Ticket, TicketError
-from tests.hostile_helpdesk import (
+from tests.harness.hostile_helpdesk import (
     FIELDS,
     INNER,
     KEY,

@@ -32,10 +32,10 @@ from checks import tcp as tcp_check
 from checks import tls as tls_check
 from checks.base import Result
 from checks.tcp import CheckFailed
-from tests import hostile_certs
-from tests.certs import CertFactory, Issued
-from tests.httpserver import serve_raw
-from tests.tlsserver import serve
+from tests.harness import hostile_certs
+from tests.harness.certs import CertFactory, Issued
+from tests.harness.httpserver import serve_raw
+from tests.harness.tlsserver import serve
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 MIB = 1024 * 1024

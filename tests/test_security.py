@@ -11,20 +11,14 @@ import base64
 import io
 import json
 import logging
-import os
 import shutil
-import signal
-import socket
-import sqlite3
 import ssl
 import subprocess
 import threading
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import bcrypt
@@ -34,20 +28,15 @@ from aiohttp import web
 from probe.config import ConfigError, load
 from probe.secrets import Redactor, redact
 from probe.webconfig import WebConfig, exposure_warning
-from tests.certs import CertFactory, Issued
-from tests.proc import PROBE
+from tests.harness.certs import CertFactory, Issued
+from tests.harness.daemon import ProbeProcess
+from tests.harness.ports import closed_port, free_port
+from tests.harness.proc import PROBE
 
 DATA = Path(__file__).parent / "webconfig"
 
 
 # --- peers and the daemon ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class Peers:
@@ -81,81 +70,17 @@ class Peers:
         self.loop.close()
 
 
-class Probe:
-    """One `probe run` process: its log, and the other commands run on its configuration."""
-
-    def __init__(
-        self, directory: Path, port: int, config: str, env: dict[str, str] | None = None
-    ) -> None:
-        self.directory, self.port = directory, port
-        self.config = directory / "probe.yaml"
-        self.config.write_text(config)
-        self.log = directory / "probe.log"
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Probe:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [*PROBE, "run", "--config", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env,
-            )
-        self.wait("the daemon to start", lambda: "probe started" in self.log_text())
-        return self
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait(self, what: str, condition: Callable[[], bool], timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.log_text()
-            try:
-                if condition():
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}\n{self.log_text()}")
-
-    def command(self, *args: str) -> str:
-        done = subprocess.run(
-            [*PROBE, *args, "--config", str(self.config)],
-            capture_output=True, text=True, env=self.env, timeout=60,
-        )
-        return done.stdout + done.stderr
-
-    def db(self, sql: str) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(self.directory / "state" / "probe.sqlite3") as db:
-            return db.execute(sql).fetchall()
-
-    def hup(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGHUP)
-
-    def reload(self) -> None:
-        reloads = self.log_text().count("configuration reloaded")
-        self.hup()
-        self.wait("the reload", lambda: self.log_text().count("configuration reloaded") > reloads)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
 def make_probe(
     directory: Path, rest: str = "", env: dict[str, str] | None = None, **agent: str
-) -> Probe:
+) -> ProbeProcess:
+    """A daemon on directory/probe.yaml, not started. A module-scoped fixture's daemon serves
+    several tests: it outlives each test, and the fixture stops it."""
     port = free_port()
     keys = "".join(f", {key}: {value}" for key, value in agent.items())
-    config = (f'agent: {{name: sec-agent, state_dir: {directory}/state, '
-              f'listen: "127.0.0.1:{port}"{keys}}}\n{rest}')
-    return Probe(directory, port, config, env)
+    config = directory / "probe.yaml"
+    config.write_text(f'agent: {{name: sec-agent, state_dir: {directory}/state, '
+                      f'listen: "127.0.0.1:{port}"{keys}}}\n{rest}')
+    return ProbeProcess(config, port, env=env, reaped=False)
 
 
 def bcrypt_hash(password: str) -> str:
@@ -330,7 +255,9 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
-def secured(certs: CertFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probe]:
+def secured(
+    certs: CertFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProbeProcess]:
     """A daemon behind TLS 1.3 and basic auth, with security headers."""
     directory = tmp_path_factory.mktemp("secured")
     server = certs.issue(("127.0.0.1", "localhost"))
@@ -351,16 +278,16 @@ basic_auth_users:
 """)
     probe = make_probe(directory, "ticketing: {routes: {local: {backend: local}}}\n",
                        web_config=str(directory / "web.yml"))
-    yield probe.start()
+    yield probe.start_blocking()
     probe.stop()
 
 
-def url(probe: Probe, path: str, scheme: str = "https") -> str:
+def url(probe: ProbeProcess, path: str, scheme: str = "https") -> str:
     return f"{scheme}://127.0.0.1:{probe.port}{path}"
 
 
 async def test_a_scrape_without_credentials_is_refused_with_a_basic_challenge(
-    secured: Probe, certs: CertFactory
+    secured: ProbeProcess, certs: CertFactory
 ) -> None:
     status, headers, _ = await fetch(url(secured, "/metrics"), ctx=client_context(certs))
     assert status == 401
@@ -368,7 +295,7 @@ async def test_a_scrape_without_credentials_is_refused_with_a_basic_challenge(
 
 
 async def test_a_wrong_password_or_an_unknown_user_is_refused(
-    secured: Probe, certs: CertFactory
+    secured: ProbeProcess, certs: CertFactory
 ) -> None:
     ctx = client_context(certs)
     for auth in (basic("prometheus", "wrong"), basic("mallory", PASSWORD)):
@@ -377,7 +304,9 @@ async def test_a_wrong_password_or_an_unknown_user_is_refused(
         assert headers["WWW-Authenticate"] == "Basic"
 
 
-async def test_the_right_password_gets_the_metrics(secured: Probe, certs: CertFactory) -> None:
+async def test_the_right_password_gets_the_metrics(
+    secured: ProbeProcess, certs: CertFactory
+) -> None:
     for _ in range(2):  # the second from the cache of checked passwords
         status, _, body = await fetch(url(secured, "/metrics"), ctx=client_context(certs),
                                       auth=basic("prometheus", PASSWORD))
@@ -385,14 +314,14 @@ async def test_the_right_password_gets_the_metrics(secured: Probe, certs: CertFa
         assert "probe_build_info" in body
 
 
-async def test_every_path_asks_for_credentials(secured: Probe, certs: CertFactory) -> None:
+async def test_every_path_asks_for_credentials(secured: ProbeProcess, certs: CertFactory) -> None:
     for path in ("/-/healthy", "/-/ready", "/api/status", "/no-such-page"):
         status, _, _ = await fetch(url(secured, path), ctx=client_context(certs))
         assert status == 401, path
 
 
 async def test_the_configured_headers_are_on_every_response(
-    secured: Probe, certs: CertFactory
+    secured: ProbeProcess, certs: CertFactory
 ) -> None:
     for auth in (None, basic("prometheus", PASSWORD)):
         _, headers, _ = await fetch(url(secured, "/-/healthy"), ctx=client_context(certs),
@@ -401,7 +330,7 @@ async def test_the_configured_headers_are_on_every_response(
         assert headers["Strict-Transport-Security"] == "max-age=31536000"
 
 
-def probe_status(probe: Probe, *args: str, password: str | None = None) -> tuple[int, str]:
+def probe_status(probe: ProbeProcess, *args: str, password: str | None = None) -> tuple[int, str]:
     env = {k: v for k, v in probe.env.items() if k != "PROBE_PASSWORD"}
     if password is not None:
         env["PROBE_PASSWORD"] = password
@@ -411,7 +340,7 @@ def probe_status(probe: Probe, *args: str, password: str | None = None) -> tuple
     return done.returncode, done.stdout + done.stderr
 
 
-def test_probe_status_speaks_tls_and_basic_auth_to_its_own_daemon(secured: Probe) -> None:
+def test_probe_status_speaks_tls_and_basic_auth_to_its_own_daemon(secured: ProbeProcess) -> None:
     assert probe_status(secured, "--user", "prometheus", password=PASSWORD) == (
         0, "NAME  KIND  STATE  FAILS  FLAGS  REASON\n\nno open incidents\n")
     code, said = probe_status(secured)
@@ -425,19 +354,21 @@ def test_probe_status_speaks_tls_and_basic_auth_to_its_own_daemon(secured: Probe
            "the user name or password is wrong\n")
 
 
-async def test_plain_http_to_the_tls_port_gets_nothing(secured: Probe) -> None:
+async def test_plain_http_to_the_tls_port_gets_nothing(secured: ProbeProcess) -> None:
     with pytest.raises(aiohttp.ClientError):
         await fetch(url(secured, "/metrics", scheme="http"),
                     auth=basic("prometheus", PASSWORD))
 
 
-async def test_a_client_below_min_version_is_refused(secured: Probe, certs: CertFactory) -> None:
+async def test_a_client_below_min_version_is_refused(
+    secured: ProbeProcess, certs: CertFactory
+) -> None:
     with pytest.raises(aiohttp.ClientError):
         await fetch(url(secured, "/metrics"), ctx=client_context(certs, tls12_only=True),
                     auth=basic("prometheus", PASSWORD))
 
 
-def test_settings_that_change_nothing_are_said_to_be_ignored(secured: Probe) -> None:
+def test_settings_that_change_nothing_are_said_to_be_ignored(secured: ProbeProcess) -> None:
     assert "web_config: cipher_suites is ignored" in secured.log_text()
 
 
@@ -454,7 +385,7 @@ async def test_a_reload_takes_a_new_password_and_a_renewed_certificate_or_refuse
 
     write(first, "old password")
     probe = make_probe(tmp_path, web_config=str(web_config))
-    probe.start()
+    probe.start_blocking()
     port = probe.port
     try:
         address = f"https://127.0.0.1:{port}/metrics"
@@ -463,7 +394,7 @@ async def test_a_reload_takes_a_new_password_and_a_renewed_certificate_or_refuse
             "prometheus", "new password")
         assert (await fetch(address, ctx=ctx, auth=old))[0] == 200
         write(renewed, "new password")
-        probe.reload()
+        probe.reload_blocking()
         assert (await fetch(address, ctx=ctx, auth=old))[0] == 401  # not from the cache
         assert (await fetch(address, ctx=ctx, auth=new))[0] == 200
         served = await asyncio.to_thread(ssl.get_server_certificate, ("127.0.0.1", port))
@@ -471,7 +402,8 @@ async def test_a_reload_takes_a_new_password_and_a_renewed_certificate_or_refuse
 
         web_config.write_text(web_config.read_text() + "bogus: true\n")
         probe.hup()
-        probe.wait("the refusal", lambda: f"{web_config}:3: bogus: unknown key" in probe.log_text())
+        probe.wait_blocking("the refusal",
+                            lambda: f"{web_config}:3: bogus: unknown key" in probe.log_text())
         assert (await fetch(address, ctx=ctx, auth=new))[0] == 200
     finally:
         probe.stop()
@@ -485,7 +417,7 @@ def client_ca(certs: CertFactory) -> Issued:
 @pytest.fixture(scope="module")
 def mutual(
     certs: CertFactory, client_ca: Issued, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Probe]:
+) -> Iterator[ProbeProcess]:
     """A daemon that requires a client certificate from its own client CA."""
     directory = tmp_path_factory.mktemp("mutual")
     server = certs.issue(("127.0.0.1",))
@@ -497,19 +429,19 @@ tls_server_config:
   client_ca_file: {client_ca.cert_file}
 """)
     probe = make_probe(directory, web_config=str(directory / "web.yml"))
-    yield probe.start()
+    yield probe.start_blocking()
     probe.stop()
 
 
 async def test_a_client_without_a_certificate_is_refused(
-    mutual: Probe, certs: CertFactory
+    mutual: ProbeProcess, certs: CertFactory
 ) -> None:
     with pytest.raises(aiohttp.ClientError):
         await fetch(url(mutual, "/metrics"), ctx=client_context(certs))
 
 
 async def test_a_client_with_a_certificate_from_the_client_ca_is_served(
-    mutual: Probe, certs: CertFactory, client_ca: Issued
+    mutual: ProbeProcess, certs: CertFactory, client_ca: Issued
 ) -> None:
     client = certs.issue(("prometheus.example.net",), issuer=client_ca)
     status, _, body = await fetch(url(mutual, "/metrics"), ctx=client_context(certs, client))
@@ -518,7 +450,7 @@ async def test_a_client_with_a_certificate_from_the_client_ca_is_served(
 
 
 async def test_a_client_with_a_certificate_from_another_ca_is_refused(
-    mutual: Probe, certs: CertFactory
+    mutual: ProbeProcess, certs: CertFactory
 ) -> None:
     stranger = certs.issue(("prometheus.example.net",))  # the server's CA, not the clients'
     with pytest.raises(aiohttp.ClientError):
@@ -556,7 +488,7 @@ def test_basic_auth_without_tls_on_the_network_is_warned_of() -> None:
 @pytest.fixture(scope="module")
 def helpdesk_tls(
     certs: CertFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Probe, list[str]]]:
+) -> Iterator[tuple[ProbeProcess, list[str]]]:
     """Two webhook routes to one helpdesk with a self-signed certificate: `strict` verifies
     it (the default), `lax` opted out. A check on each fails at once."""
     directory = tmp_path_factory.mktemp("helpdesk-tls")
@@ -571,9 +503,7 @@ def helpdesk_tls(
     peers = Peers()
     self_signed = certs.issue(("127.0.0.1",), self_signed=True)
     helpdesk = peers.serve(app, self_signed.server_context())
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        down = closed.getsockname()[1]
+    down = closed_port()
     probe = make_probe(directory, f"""
 defaults: {{interval: 500ms, retry_interval: 300ms, timeout: 400ms, failure_threshold: 1}}
 ticketing:
@@ -585,8 +515,8 @@ checks:
   - {{name: to-lax, ticket: {{route: lax}}, tcp: {{host: 127.0.0.1, port: {down}}}}}
 """)
     try:
-        probe.start()
-        probe.wait("the lax route's ticket and the strict route's refusal",
+        probe.start_blocking()
+        probe.wait_blocking("the lax route's ticket and the strict route's refusal",
                    lambda: "/lax" in received and "TLS certificate not trusted" in
                    probe.log_text())
         yield probe, received
@@ -596,7 +526,7 @@ checks:
 
 
 def test_a_route_that_does_not_verify_tls_is_warned_of_at_start(
-    helpdesk_tls: tuple[Probe, list[str]]
+    helpdesk_tls: tuple[ProbeProcess, list[str]]
 ) -> None:
     log = helpdesk_tls[0].log_text()
     assert "route lax does not verify the helpdesk's TLS certificate" in log
@@ -604,7 +534,7 @@ def test_a_route_that_does_not_verify_tls_is_warned_of_at_start(
 
 
 def test_a_verifying_route_refuses_a_self_signed_helpdesk(
-    helpdesk_tls: tuple[Probe, list[str]]
+    helpdesk_tls: tuple[ProbeProcess, list[str]]
 ) -> None:
     probe, received = helpdesk_tls
     assert "/strict" not in received
@@ -616,7 +546,7 @@ def test_a_verifying_route_refuses_a_self_signed_helpdesk(
 
 
 def test_a_route_that_opted_out_delivers_to_a_self_signed_helpdesk(
-    helpdesk_tls: tuple[Probe, list[str]]
+    helpdesk_tls: tuple[ProbeProcess, list[str]]
 ) -> None:
     assert "/lax" in helpdesk_tls[1]
 
@@ -633,7 +563,7 @@ SECRETS = (TOKEN_IN_FILE, TOKEN_IN_ENV, TOKEN_IN_HEADER, TOKEN_IN_URL)
 class Leaky:
     """What a run against peers that echo credentials left behind."""
 
-    def __init__(self, probe: Probe, target_saw: list[str], helpdesk_saw: list[str]) -> None:
+    def __init__(self, probe: ProbeProcess, target_saw: list[str], helpdesk_saw: list[str]) -> None:
         self.probe = probe
         self.target_saw = target_saw
         self.helpdesk_saw = helpdesk_saw
@@ -713,8 +643,8 @@ checks:
           "PROBE_TEST_AUTH": f"Bearer {TOKEN_IN_HEADER}"}, log_level="debug")
     run = Leaky(probe, target_saw, helpdesk_saw)
     try:
-        probe.start()
-        probe.wait("a local ticket with its triage note, and two failed webhook actions",
+        probe.start_blocking()
+        probe.wait_blocking("a local ticket with its triage note, and two failed webhook actions",
                    lambda: bool(probe.db("SELECT 1 FROM local_notes"))
                    and len(probe.db("SELECT 1 FROM outbox WHERE status = 'failed'")) == 2)
         for path in ("/metrics", "/api/status"):

@@ -9,7 +9,7 @@ import asyncio
 import datetime as dt
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,107 +17,43 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from probe.config import load
 from probe.daemon import Daemon
-from tests.certs import CertFactory
-from tests.httpserver import serve_app
-from tests.proc import PROBE
-from tests.test_daemon import Target, free_port
-from tests.tlsserver import serve
+from tests.harness.certs import CertFactory
+from tests.harness.configs import merged
+from tests.harness.daemon import Target
+from tests.harness.helpdesk import Helpdesk
+from tests.harness.httpserver import serve_app
+from tests.harness.inloop import Runner
+from tests.harness.ports import free_port
+from tests.harness.proc import PROBE
+from tests.harness.tlsserver import serve
+from tests.harness.wait import until
 
 
-class Helpdesk:
-    """The local backend's tables, read as a helpdesk agent would see them."""
-
-    def __init__(self, database: Path) -> None:
-        self.database = database
-
-    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        if not self.database.exists():
-            return []
-        with sqlite3.connect(self.database) as db:
-            try:
-                return db.execute(sql, params).fetchall()
-            except sqlite3.OperationalError:
-                return []  # not created yet
-
-    def tickets(self) -> list[tuple[Any, ...]]:
-        return self.rows("SELECT id, key, priority, status, title FROM local_tickets ORDER BY id")
-
-    def notes(self, ticket_id: int) -> list[tuple[str, str]]:
-        return [(kind, text) for kind, text in self.rows(
-            "SELECT kind, text FROM local_notes WHERE ticket_id = ? ORDER BY at", (ticket_id,))]
-
-    def set(self, sql: str, params: tuple[Any, ...]) -> None:
-        with sqlite3.connect(self.database) as db:
-            db.execute(sql, params)
+def fast(port: int, *changes: dict[str, Any]) -> dict[str, Any]:
+    """Short intervals, a local route `desk`, one http check `web` of service `shop` on `port`;
+    with `changes` merged in."""
+    return merged({
+        "defaults": {
+            "interval": "200ms",
+            "retry_interval": "100ms",
+            "timeout": "100ms",
+            "failure_threshold": 3,
+            "success_threshold": 2,
+            "ticket": {"priority": "high", "update_interval": "1s"},
+        },
+        "ticketing": {"poll_interval": "200ms", "routes": {"desk": {"backend": "local"}}},
+        "checks": [{
+            "name": "web",
+            "service": "shop",
+            "runbook": "https://wiki.example.net/shop",
+            "http": {"url": f"http://127.0.0.1:{port}/health"},
+        }],
+    }, *changes)
 
 
-class Runner:
-    """Daemons run in the test's event loop; `stop` ends one as SIGTERM would."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.tasks: dict[Daemon, asyncio.Task[None]] = {}
-
-    async def __call__(self, body: str) -> tuple[Daemon, Helpdesk]:
-        config = self.directory / "probe.yaml"
-        config.write_text(f"""
-agent: {{name: t, state_dir: {self.directory}/state, listen: "127.0.0.1:{free_port()}"}}
-{body}
-""")
-        daemon = Daemon(config, load(config))
-        self.tasks[daemon] = asyncio.create_task(daemon.serve())
-        return daemon, Helpdesk(daemon.store.path)
-
-    async def stop(self, daemon: Daemon) -> None:
-        daemon.stopping.set()
-        await asyncio.wait_for(self.tasks.pop(daemon), 10)
-
-
-Run = Runner
-
-
-@pytest.fixture
-async def run(tmp_path: Path) -> AsyncIterator[Runner]:
-    runner = Runner(tmp_path)
-    yield runner
-    for daemon in list(runner.tasks):
-        await runner.stop(daemon)
-
-
-async def until(what: str, condition: Callable[[], Any], timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-FAST = """
-defaults:
-  interval: 200ms
-  retry_interval: 100ms
-  timeout: 100ms
-  failure_threshold: 3
-  success_threshold: 2
-  ticket: {{priority: high, update_interval: 1s}}
-ticketing:
-  poll_interval: 200ms
-  routes:
-    desk: {{backend: local}}
-checks:
-  - name: web
-    service: shop
-    runbook: https://wiki.example.net/shop
-    http: {{url: "http://127.0.0.1:{port}/health"}}
-"""
-
-
-async def test_one_ticket_opens_informs_and_closes_itself(target: Target, run: Run) -> None:
-    daemon, desk = await run(FAST.format(port=target.port))
+async def test_one_ticket_opens_informs_and_closes_itself(target: Target, run: Runner) -> None:
+    daemon, desk = await run(fast(target.port))
     await until("a first result", lambda: "web" in daemon.results)
     target.down = True
     (ticket,) = await until("the ticket", desk.tickets)
@@ -169,7 +105,7 @@ checks:
     (-2, "urgent", "DOWN — certificate expired 2 days ago"),
 ], ids=["expiring", "expired"])
 async def test_a_certificate_about_to_expire_is_a_warning_and_an_expired_one_an_outage(
-    certs: CertFactory, run: Run, days: int, priority: str, title: str
+    certs: CertFactory, run: Runner, days: int, priority: str, title: str
 ) -> None:
     now = dt.datetime.now(dt.UTC)
     leaf = certs.issue(("127.0.0.1",), not_before=now - dt.timedelta(days=60),
@@ -189,10 +125,10 @@ async def test_a_certificate_about_to_expire_is_a_warning_and_an_expired_one_an_
 
 @pytest.mark.parametrize("policy", ["reopen", "new", "leave"])
 async def test_a_ticket_closed_by_a_human_during_the_outage(
-    target: Target, run: Run, policy: str
+    target: Target, run: Runner, policy: str
 ) -> None:
-    daemon, desk = await run(FAST.format(port=target.port).replace(
-        "update_interval: 1s}", f"update_interval: 1s, on_human_close: {policy}}}"))
+    daemon, desk = await run(fast(target.port,
+                                  {"defaults": {"ticket": {"on_human_close": policy}}}))
     target.down = True
     await until("the ticket", desk.tickets)
     desk.set("UPDATE local_tickets SET status = 'resolved' WHERE id = 1", ())
@@ -219,26 +155,30 @@ async def test_a_ticket_closed_by_a_human_during_the_outage(
         assert all(status == "resolved" for _, _, _, status, _ in desk.tickets())
 
 
+def escalating(port: int, escalate_after: str) -> dict[str, Any]:
+    """The web check's tickets go to route `desk`, escalated to route `oncall` when untaken
+    after `escalate_after`."""
+    config = fast(port, {
+        "defaults": {"ticket": {"update_interval": "1h", "escalate_after": escalate_after}},
+        "ticketing": {"routes": {"desk": {"escalate_to": "oncall"},
+                                 "oncall": {"backend": "local"}}},
+    })
+    config["checks"][0]["ticket"] = {"route": "desk"}
+    return config
+
+
 async def test_an_untaken_ticket_is_escalated_and_a_taken_one_is_not(
-    target: Target, run: Run
+    target: Target, run: Runner
 ) -> None:
-    body = FAST.format(port=target.port).replace(
-        "update_interval: 1s}", "update_interval: 1h, escalate_after: 500ms}").replace(
-        "desk: {backend: local}", "desk: {backend: local, escalate_to: oncall}\n"
-        "    oncall: {backend: local}").replace("    http:", "    ticket: {route: desk}\n    http:")
-    _daemon, desk = await run(body)
+    _daemon, desk = await run(escalating(target.port, "500ms"))
     target.down = True
     escalation = await until("the escalation ticket", lambda: desk.tickets()[1:])
     assert escalation[0][1] == "t/shop/1/escalation"
     assert any("probe escalated it to the oncall route" in t for _, t in desk.notes(1))
 
 
-async def test_a_taken_ticket_is_not_escalated(target: Target, run: Run) -> None:
-    body = FAST.format(port=target.port).replace(
-        "update_interval: 1s}", "update_interval: 1h, escalate_after: 1s}").replace(
-        "desk: {backend: local}", "desk: {backend: local, escalate_to: oncall}\n"
-        "    oncall: {backend: local}").replace("    http:", "    ticket: {route: desk}\n    http:")
-    _daemon, desk = await run(body)
+async def test_a_taken_ticket_is_not_escalated(target: Target, run: Runner) -> None:
+    _daemon, desk = await run(escalating(target.port, "1s"))
     target.down = True
     await until("the ticket", desk.tickets)
     desk.set("UPDATE local_tickets SET owner = 'alice', status = 'open' WHERE id = 1", ())
@@ -247,17 +187,16 @@ async def test_a_taken_ticket_is_not_escalated(target: Target, run: Run) -> None
 
 
 async def test_a_child_of_a_failing_parent_gets_no_ticket_and_is_listed(
-    target: Target, run: Run
+    target: Target, run: Runner
 ) -> None:
     dead = free_port()
-    _daemon, desk = await run(FAST.format(port=target.port) + f"""
-  - name: backend
-    depends_on: [gateway]
-    failure_threshold: 1
-    tcp: {{host: 127.0.0.1, port: {dead}}}
-  - name: gateway
-    tcp: {{host: 127.0.0.1, port: {dead}}}
-""")
+    config = fast(target.port)
+    config["checks"] += [
+        {"name": "backend", "depends_on": ["gateway"], "failure_threshold": 1,
+         "tcp": {"host": "127.0.0.1", "port": dead}},
+        {"name": "gateway", "tcp": {"host": "127.0.0.1", "port": dead}},
+    ]
+    _daemon, desk = await run(config)
     ticket = await until("the gateway's ticket", desk.tickets)
     await asyncio.sleep(1)
     assert [t[1] for t in desk.tickets()] == ["t/gateway/1"]
@@ -267,15 +206,11 @@ async def test_a_child_of_a_failing_parent_gets_no_ticket_and_is_listed(
 
 
 async def test_no_ticket_in_a_maintenance_window_and_one_when_it_ends(
-    target: Target, run: Run
+    target: Target, run: Runner
 ) -> None:
     end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3))
-    daemon, desk = await run(FAST.format(port=target.port) + f"""
-maintenance:
-  - services: [shop]
-    start: "2020-01-01T00:00:00Z"
-    end: "{end}"
-""")
+    daemon, desk = await run(fast(target.port, {"maintenance": [
+        {"services": ["shop"], "start": "2020-01-01T00:00:00Z", "end": end}]}))
     target.down = True
     await asyncio.sleep(1.5)
     assert desk.tickets() == []
@@ -292,9 +227,9 @@ async def api(daemon: Daemon, method: str, path: str, body: Any = None) -> tuple
 
 
 async def test_maintenance_set_at_run_time_holds_the_ticket_until_it_is_ended(
-    target: Target, run: Run
+    target: Target, run: Runner
 ) -> None:
-    daemon, desk = await run(FAST.format(port=target.port))
+    daemon, desk = await run(fast(target.port))
     await until("the endpoint", lambda: daemon.ready)
     status, window = await api(daemon, "POST", "/api/maintenance",
                                {"services": ["shop"], "duration": "1h", "reason": "db upgrade"})
@@ -312,13 +247,13 @@ async def test_maintenance_set_at_run_time_holds_the_ticket_until_it_is_ended(
     assert (await api(daemon, "GET", "/api/maintenance"))[1] == {"windows": []}
 
 
-async def test_maintenance_set_at_run_time_outlives_a_restart(target: Target, run: Run) -> None:
-    daemon, _desk = await run(FAST.format(port=target.port))
+async def test_maintenance_set_at_run_time_outlives_a_restart(target: Target, run: Runner) -> None:
+    daemon, _desk = await run(fast(target.port))
     await until("a first result", lambda: "web" in daemon.results)
     _, window = await api(daemon, "POST", "/api/maintenance",
                           {"checks": ["we*"], "end": "2099-01-01T00:00:00Z"})
     await run.stop(daemon)
-    again, desk = await run(FAST.format(port=target.port))
+    again, desk = await run(fast(target.port))
     target.down = True
     await until("failures past the threshold", lambda: again.engine.checks["web"].failures > 4)
     assert desk.tickets() == []
@@ -338,9 +273,9 @@ async def test_maintenance_set_at_run_time_outlives_a_restart(target: Target, ru
     (["shop"], "expected a JSON object"),
 ])
 async def test_a_maintenance_request_that_cannot_be_taken_says_why(
-    target: Target, run: Run, body: Any, error: str
+    target: Target, run: Runner, body: Any, error: str
 ) -> None:
-    daemon, _desk = await run(FAST.format(port=target.port))
+    daemon, _desk = await run(fast(target.port))
     await until("a first result", lambda: "web" in daemon.results)
     assert await api(daemon, "POST", "/api/maintenance", body) == (400, {"error": error})
     assert await api(daemon, "DELETE", "/api/maintenance/7") == (
@@ -348,10 +283,10 @@ async def test_a_maintenance_request_that_cannot_be_taken_says_why(
 
 
 async def test_a_maintenance_window_is_not_taken_from_a_form_or_plain_text(
-    target: Target, run: Run
+    target: Target, run: Runner
 ) -> None:
     # What a web page can make a browser send to 127.0.0.1 without a CORS preflight.
-    daemon, _desk = await run(FAST.format(port=target.port))
+    daemon, _desk = await run(fast(target.port))
     await until("a first result", lambda: "web" in daemon.results)
     url = f"http://{daemon.config.agent.listen}/api/maintenance"
     body = '{"services": ["shop"], "duration": "1h"}'
@@ -363,8 +298,8 @@ async def test_a_maintenance_window_is_not_taken_from_a_form_or_plain_text(
     assert daemon.adhoc == {}
 
 
-async def test_probe_maintenance_adds_lists_and_ends_windows(target: Target, run: Run) -> None:
-    daemon, _desk = await run(FAST.format(port=target.port))
+async def test_probe_maintenance_adds_lists_and_ends_windows(target: Target, run: Runner) -> None:
+    daemon, _desk = await run(fast(target.port))
     await until("a first result", lambda: "web" in daemon.results)
 
     async def probe(*args: str) -> tuple[int, str]:
@@ -392,10 +327,9 @@ async def test_probe_maintenance_adds_lists_and_ends_windows(target: Target, run
            "names no check or service that probe runs\n")
 
 
-async def test_a_flapping_target_gets_one_ticket(target: Target, run: Run) -> None:
-    _daemon, desk = await run(FAST.format(port=target.port).replace(
-        "failure_threshold: 3", "failure_threshold: 5").replace(
-        "ticket: {priority", "flapping: {window: 11, high: 30%, low: 20%}\n  ticket: {priority"))
+async def test_a_flapping_target_gets_one_ticket(target: Target, run: Runner) -> None:
+    _daemon, desk = await run(fast(target.port, {"defaults": {
+        "failure_threshold": 5, "flapping": {"window": 11, "high": "30%", "low": "20%"}}}))
 
     async def flap() -> None:
         for _ in range(40):
@@ -418,15 +352,15 @@ def forget_state(database: Path) -> None:
 
 @pytest.mark.parametrize("still_down", [True, False])
 async def test_tickets_probe_lost_track_of_are_adopted_or_resolved(
-    target: Target, run: Run, still_down: bool
+    target: Target, run: Runner, still_down: bool
 ) -> None:
-    daemon, desk = await run(FAST.format(port=target.port))
+    daemon, desk = await run(fast(target.port))
     target.down = True
     await until("the ticket", desk.tickets)
     await run.stop(daemon)
     forget_state(desk.database)
     target.down = still_down
-    daemon, desk = await run(FAST.format(port=target.port))
+    daemon, desk = await run(fast(target.port))
     if still_down:
         note = await until("the adoption note", lambda: [
             t for _, t in desk.notes(1) if t.startswith("probe had lost track")])
@@ -467,15 +401,17 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield r
 
 
-HOOKED = FAST.replace("desk: {{backend: local}}",
-                      'desk: {{backend: webhook, url: "http://127.0.0.1:{hook}/hook"}}')
+def hooked(port: int, hook: int) -> dict[str, Any]:
+    """Route `desk` is a webhook to the receiver on `hook`."""
+    return fast(port, {"ticketing": {"routes": {"desk": {
+        "backend": "webhook", "url": f"http://127.0.0.1:{hook}/hook"}}}})
 
 
 async def test_a_failing_webhook_delays_actions_and_keeps_their_order(
-    target: Target, run: Run, receiver: Receiver
+    target: Target, run: Runner, receiver: Receiver
 ) -> None:
     receiver.answers = [(503, {}), (429, {"Retry-After": "1"}), (500, {}), (503, {})]
-    daemon, desk = await run(HOOKED.format(port=target.port, hook=receiver.port))
+    daemon, desk = await run(hooked(target.port, receiver.port))
     target.down = True
     await until("the incident", lambda: daemon.engine.groups["shop"].incident)
     await asyncio.sleep(1.2)
@@ -489,10 +425,10 @@ async def test_a_failing_webhook_delays_actions_and_keeps_their_order(
 
 
 async def test_a_permanent_refusal_is_kept_visible_and_can_be_retried(
-    target: Target, run: Run, receiver: Receiver, tmp_path: Path
+    target: Target, run: Runner, receiver: Receiver, tmp_path: Path
 ) -> None:
     receiver.answers = [(400, {})]
-    daemon, desk = await run(HOOKED.format(port=target.port, hook=receiver.port))
+    daemon, desk = await run(hooked(target.port, receiver.port))
     target.down = True
     await until("the failed open", lambda: desk.rows(
         "SELECT last_error FROM outbox WHERE status = 'failed'"))

@@ -13,86 +13,15 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
 
-from tests.rtpeer import KEY_FIELD, RtApi, RtPeer, rt_api_fixture, rt_peer_fixture  # noqa: F401
-from tests.test_daemon import Probe, Target, free_port
+from tests.harness.daemon import ProbeProcess, Target
+from tests.harness.ports import free_port
+from tests.harness.rtpeer import KEY_FIELD, RtApi, RtPeer
+from tests.harness.rtproxy import Proxy
+from tests.harness.wait import until
 
-
-class Proxy:
-    """Forwards to RT, unless told to drop a request, hold its answer, or answer for RT."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.port = 0
-        self.mode = "forward"  # forward | drop | refuse503 | limit429 | slow
-        self.hold: tuple[str, str] | None = None  # (method, path prefix) whose answer waits
-        self.seen: list[tuple[str, str, int]] = []
-        self.arrived = asyncio.Event()  # a held request reached RT
-        self._session: aiohttp.ClientSession | None = None
-        self._released = asyncio.Event()  # set at the end: held requests may go
-        self._runner: web.AppRunner
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        path = request.path_qs
-        if self.mode == "drop" and request.method == "POST" and path.endswith("/ticket"):
-            self.arrived.set()
-            await self._released.wait()  # the client is killed while it waits
-            return web.Response(status=503)
-        if self.mode == "refuse503":
-            self.seen.append((request.method, path, 503))
-            return web.Response(status=503, text="<html><body>Service Unavailable</body></html>",
-                                content_type="text/html")
-        if self.mode == "slow":
-            await asyncio.sleep(1.0)  # past the route's timeout: RT still does the work
-        if self.mode == "limit429":
-            self.seen.append((request.method, path, 429))
-            return web.json_response({"message": "slow down"}, status=429,
-                                     headers={"Retry-After": "1"})
-        assert self._session is not None
-        async with self._session.request(
-            request.method, self.upstream + path, data=body or None,
-            headers={k: v for k, v in request.headers.items()
-                     if k.lower() in ("authorization", "content-type")},
-        ) as upstream:
-            payload = await upstream.read()
-            status = upstream.status
-        self.seen.append((request.method, path, status))
-        if self.hold and request.method == self.hold[0] and request.path.startswith(
-            self.hold[1]
-        ):
-            self.arrived.set()
-            await self._released.wait()  # RT did it; the client never hears
-        return web.Response(status=status, body=payload, content_type="application/json")
-
-    async def start(self, port: int = 0) -> None:
-        """Listen (again) on `port`, or a free one the first time."""
-        self._released.clear()
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        """Close the port: connections to it are refused."""
-        self._released.set()
-        await self._runner.cleanup()
-
-    async def __aenter__(self) -> Proxy:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-        assert self._session is not None
-        await self._session.close()
+PATIENCE = 30  # seconds for what RT itself must show: RT is slow under load
 
 
 @pytest.fixture
@@ -104,11 +33,11 @@ async def proxy(rt_peer: RtPeer) -> AsyncIterator[Proxy]:
 @pytest.fixture
 def daemon(
     tmp_path: Path, target: Target, proxy: Proxy, rt_peer: RtPeer
-) -> Callable[..., Probe]:
+) -> Callable[..., ProbeProcess]:
     agent = f"rt-{uuid.uuid4().hex[:10]}"  # RT keeps its tickets between runs: keys must differ
     (tmp_path / "rt-token").write_text(rt_peer.token)
 
-    def make(extra: str = "") -> Probe:
+    def make(extra: str = "") -> ProbeProcess:
         port = free_port()
         config = tmp_path / "probe.yaml"
         config.write_text(f"""
@@ -134,7 +63,7 @@ checks:
     service: shop
     http: {{url: "http://127.0.0.1:{target.port}/health"}}
 """)
-        return Probe(config, port, tmp_path / "state")
+        return ProbeProcess(config, port, tmp_path / "state")
 
     make.agent = agent  # type: ignore[attr-defined]
     return make
@@ -146,25 +75,15 @@ async def rt_tickets(rt: RtApi, key: str) -> list[dict[str, Any]]:
     return list(found["items"])
 
 
-async def until(what: str, condition: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        value = await condition()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_a_ticket_in_rt_opens_informs_and_resolves(
-    daemon: Callable[..., Probe], target: Target, rt_api: RtApi
+    daemon: Callable[..., ProbeProcess], target: Target, rt_api: RtApi
 ) -> None:
     probe = daemon()
     probe.start()
     key = f"{daemon.agent}/shop/1"  # type: ignore[attr-defined]
     await probe.wait("the daemon", lambda: probe.status()["checks"][0]["state"] == "up")
     target.down = True
-    (found,) = await until("the RT ticket", lambda: rt_tickets(rt_api, key))
+    (found,) = await until("the RT ticket", lambda: rt_tickets(rt_api, key), PATIENCE)
     ticket = await rt_api.ticket(found["id"])
     assert ticket["Priority"] == "99"  # urgent, mapped
     assert ticket["Subject"].startswith("[probe] shop DOWN — HTTP 503 (expected 2xx) from")
@@ -174,9 +93,9 @@ async def test_a_ticket_in_rt_opens_informs_and_resolves(
         return [text for kind, text in await rt_api.transactions(found["id"])
                 if kind == "Comment"]
 
-    await until("the triage and a status note", lambda: _both(comments))
+    await until("the triage and a status note", lambda: _both(comments), PATIENCE)
     target.down = False
-    await until("the resolve", lambda: _status_is(rt_api, found["id"], "resolved"))
+    await until("the resolve", lambda: _status_is(rt_api, found["id"], "resolved"), PATIENCE)
     texts = await comments()
     assert texts[-1].startswith("Recovered: web")
     assert len(await rt_tickets(rt_api, key)) == 1
@@ -195,7 +114,7 @@ async def _status_is(rt: RtApi, ref: str, status: str) -> bool:
 @pytest.mark.parametrize("point", ["before-create", "during-create", "after-create",
                                    "during-resolve"])
 async def test_kill_9_at_each_point_leaves_exactly_one_resolved_ticket(
-    daemon: Callable[..., Probe], target: Target, proxy: Proxy, rt_api: RtApi, point: str
+    daemon: Callable[..., ProbeProcess], target: Target, proxy: Proxy, rt_api: RtApi, point: str
 ) -> None:
     probe = daemon()
     key = f"{daemon.agent}/shop/1"  # type: ignore[attr-defined]
@@ -213,10 +132,10 @@ async def test_kill_9_at_each_point_leaves_exactly_one_resolved_ticket(
         expected_before_restart = 0 if point == "before-create" else 1
         assert len(await rt_tickets(rt_api, key)) == expected_before_restart
     elif point == "after-create":
-        await until("the RT ticket", lambda: rt_tickets(rt_api, key))
+        await until("the RT ticket", lambda: rt_tickets(rt_api, key), PATIENCE)
         probe.kill9()
     else:
-        await until("the RT ticket", lambda: rt_tickets(rt_api, key))
+        await until("the RT ticket", lambda: rt_tickets(rt_api, key), PATIENCE)
         proxy.hold = ("PUT", "/REST/2.0/ticket/")
         target.down = False
         await asyncio.wait_for(proxy.arrived.wait(), 30)
@@ -224,14 +143,14 @@ async def test_kill_9_at_each_point_leaves_exactly_one_resolved_ticket(
         proxy.hold = None
     probe.start()
     target.down = False
-    (found,) = await until("one ticket", lambda: rt_tickets(rt_api, key))
-    await until("the resolve", lambda: _status_is(rt_api, found["id"], "resolved"))
+    (found,) = await until("one ticket", lambda: rt_tickets(rt_api, key), PATIENCE)
+    await until("the resolve", lambda: _status_is(rt_api, found["id"], "resolved"), PATIENCE)
     await asyncio.sleep(1)  # a duplicate, if any, would have been created by now
     assert len(await rt_tickets(rt_api, key)) == 1
 
 
 async def test_a_helpdesk_outage_delays_tickets_and_loses_nothing(
-    daemon: Callable[..., Probe], target: Target, proxy: Proxy, rt_api: RtApi
+    daemon: Callable[..., ProbeProcess], target: Target, proxy: Proxy, rt_api: RtApi
 ) -> None:
     probe = daemon()
     probe.start()
@@ -239,15 +158,15 @@ async def test_a_helpdesk_outage_delays_tickets_and_loses_nothing(
     await probe.wait("the daemon", lambda: probe.status()["checks"][0]["state"] == "up")
     proxy.mode = "refuse503"
     target.down = True
-    await until("refused creates", lambda: _true(any(s == 503 for _, _, s in proxy.seen)))
+    await until("refused creates", lambda: any(s == 503 for _, _, s in proxy.seen), PATIENCE)
     proxy.mode = "limit429"
-    await until("rate limited creates", lambda: _true(any(s == 429 for _, _, s in proxy.seen)))
+    await until("rate limited creates", lambda: any(s == 429 for _, _, s in proxy.seen), PATIENCE)
     target.down = False
     await probe.wait("the incident to resolve", lambda: not probe.status()["incidents"])
     assert await rt_tickets(rt_api, key) == []  # nothing reached RT yet
     proxy.mode = "forward"
-    (found,) = await until("the ticket after the outage", lambda: rt_tickets(rt_api, key))
-    await until("its resolve", lambda: _status_is(rt_api, found["id"], "resolved"))
+    (found,) = await until("the ticket after the outage", lambda: rt_tickets(rt_api, key), PATIENCE)
+    await until("its resolve", lambda: _status_is(rt_api, found["id"], "resolved"), PATIENCE)
     # RT shows the new status before it has written the transaction that records it: read the
     # history once RT has answered probe's last request.
     await probe.wait("the outbox to drain", lambda: not probe.db(
@@ -258,7 +177,3 @@ async def test_a_helpdesk_outage_delays_tickets_and_loses_nothing(
     assert kinds[0][0] == "Create"
     assert kinds[-1] == ("Status", "resolved")
     assert len(await rt_tickets(rt_api, key)) == 1
-
-
-async def _true(value: bool) -> bool:
-    return value

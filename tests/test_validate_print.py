@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from checks.base import format_duration, parse_duration, parse_percent
 from probe.config import load
 from probe.effective import duration_text, percent_text
-from tests.proc import PROBE
+from tests.harness.proc import PROBE
 
 HERE = Path(__file__).parent
 EXAMPLE = HERE.parent / "config" / "probe.example.yaml"

@@ -4,21 +4,20 @@ built from."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 import checks
 import probe
-from tests.proc import PROBE, REPO
+from tests.harness.ports import free_port
+from tests.harness.proc import PROBE, REPO
+from tests.harness.wait import until_blocking
 
 DISTRIBUTION = "probe-ticketing"
 
@@ -83,23 +82,6 @@ def test_the_locked_versions_are_the_ones_installed() -> None:
         assert metadata.version(name) == version, name
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def until(what: str, condition: Callable[[], bool], log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if condition():
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n{log.read_text()}")
-
-
 def test_pip_install_of_the_checkout_runs_the_daemon_from_another_directory(
     tmp_path: Path,
 ) -> None:
@@ -140,10 +122,12 @@ checks:
             [probe_command, "run", "--config", "probe.yaml"], cwd=elsewhere, stdout=out,
             stderr=subprocess.STDOUT) as daemon:
         try:
-            until("the ticket", lambda: "[probe] port DOWN" in tickets(), log)
+            until_blocking("the ticket", lambda: "[probe] port DOWN" in tickets(), 30,
+                           context=log.read_text, tolerate=(OSError,))
             assert 'probe_success{check="port",kind="tcp",service=""} 0.0' in metrics()
             with socket.create_server(("127.0.0.1", target)):
-                until("the resolve", lambda: " resolved " in tickets(), log)
+                until_blocking("the resolve", lambda: " resolved " in tickets(), 30,
+                               context=log.read_text, tolerate=(OSError,))
                 (ticket,) = tickets().splitlines()
             assert ticket.split()[:4] == ["#1", "resolved", "urgent", "-"], ticket
             assert re.search(r'^probe_build_info\{.*version="0\.2\.0"', metrics(), re.MULTILINE)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.proc import PROBE, REPO
+from tests.harness.proc import PROBE, REPO
 
 # The release before the change, and the one that made it. Add a release here to try it.
 RELEASES = ("6.0.3", "6.0.4")

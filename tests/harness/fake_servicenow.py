@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.httpserver import serve_app
+from tests.harness.httpserver import serve_app
 
 USERNAME, PASSWORD = "probe", "snow-password"
 INCIDENT_FIELDS = {

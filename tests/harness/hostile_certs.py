@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from tests.certs import CertFactory, Issued, PrivateKey
+from tests.harness.certs import CertFactory, Issued, PrivateKey
 
 HOSTS = ("localhost", "127.0.0.1")
 

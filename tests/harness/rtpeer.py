@@ -9,8 +9,8 @@ test uses keys of its own.
 `RtApi` reads and changes RT through REST2 directly, to check what the backend did (and to act
 as the human who takes a ticket) without going through the code under test.
 
-A test module takes them with `from tests.rtpeer import rt_api_fixture, rt_peer_fixture  # noqa:
-F401` and asks for them by the names `rt_peer` and `rt_api`.
+tests/conftest.py registers this module as a plugin: a test asks for the fixtures by the names
+`rt_peer` and `rt_api`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pytest
 from probe.tickets.rt import Route
 
 KEY_FIELD = "IncidentKey"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT_PLACES = (
     REPO / "shared/peers/rt/start-rt.sh",
     REPO.parent / "shared/peers/rt/start-rt.sh",

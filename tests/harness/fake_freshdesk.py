@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from probe.tickets.freshdesk import Route
-from tests.httpserver import serve_app
+from tests.harness.httpserver import serve_app
 
 API_KEY = "fd-key-Qm9Y3"
 REQUESTER_EMAIL = "monitoring@example.com"

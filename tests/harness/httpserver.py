@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -73,10 +72,3 @@ async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         while await reader.read(65536):
             pass
 
-
-def closed_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on: bound once, then released."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The console script pip installed beside this Python: what `probe` is for a user.
 PROBE = (str(Path(sys.executable).with_name("probe")),)
 

@@ -1,6 +1,7 @@
 """Targets for the fault-injection tests, run inside a network namespace the test made:
-`python -m tests.labserver PORT` serves HTTP on 127.0.0.1:PORT ("ok"), and on PORT+1 the same
-after a delay of DELAY seconds (a slow network, since this kernel has no netem qdisc)."""
+`python -m tests.harness.labserver PORT` serves HTTP on 127.0.0.1:PORT ("ok"), and on PORT+1
+the same after a delay of DELAY seconds (a slow network, since this kernel has no netem
+qdisc)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.httpserver import serve_app
+from tests.harness.httpserver import serve_app
 
 EMAIL, TOKEN, PAT = "ops@example.com", "jira-api-token", "jira-dc-personal-token"
 CATEGORIES = {"To Do": "new", "In Progress": "indeterminate", "Done": "done", "Won't Do": "done",

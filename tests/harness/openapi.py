@@ -21,7 +21,7 @@ from typing import Any
 
 import jsonschema
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GITHUB_PACKAGE = "@octokit/openapi"
 GITHUB_FILE = "generated/api.github.com.json"
 INSTALL_GITHUB = f"npm install --prefix .cache/octokit {GITHUB_PACKAGE}"

@@ -4,8 +4,8 @@ dnsmasq (Debian package dnsmasq-base) runs once per test session on a free high 
 no upstream server and answers only for probe.test from its command line: a name under the zone
 that it does not know is NXDOMAIN, and a name outside it is REFUSED, never forwarded.
 
-A test module takes it with `from tests.dnsserver import dns_server_fixture  # noqa: F401` and
-asks for it by the name `dns_server`.
+tests/conftest.py registers this module as a plugin: a test asks for it by the name
+`dns_server`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.harness.ports import free_port
 
 ZONE = "probe.test"
 TTL = 300
@@ -52,20 +54,6 @@ class DnsServer:
     def address(self) -> str:
         """As a dns check's `server` is written."""
         return f"{self.host}:{self.port}"
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq listens on both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
 
 
 def _command(dnsmasq: str, port: int) -> list[str]:
@@ -106,7 +94,7 @@ def dns_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dns
         pytest.skip("dnsmasq is not installed (Debian package dnsmasq-base): no DNS server to test")
     log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
     for _attempt in range(3):  # another process may take the port before dnsmasq binds it
-        port = free_port()
+        port = free_port(udp=True)
         with log.open("wb") as output:
             process = subprocess.Popen(
                 _command(dnsmasq, port), stdout=output, stderr=subprocess.STDOUT

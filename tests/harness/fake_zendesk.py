@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from probe.tickets.zendesk import Route
-from tests.httpserver import serve_app
+from tests.harness.httpserver import serve_app
 
 EMAIL = "probe@example.com"
 TOKEN = "zd-api-token-6wH2"

@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.httpserver import serve_app
-from tests.openapi import Request
+from tests.harness.httpserver import serve_app
+from tests.harness.openapi import Request
 
 TOKEN = "ghp_probe_test_token"
 REPOSITORY = "acme/ops"

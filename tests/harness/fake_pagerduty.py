@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.httpserver import serve_app
+from tests.harness.httpserver import serve_app
 
 ROUTING_KEY = "0123456789abcdef0123456789abcdef"  # 32 characters, as PagerDuty's are
 API_TOKEN = "u+pd-test-token"
