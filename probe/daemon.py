@@ -30,11 +30,13 @@ from probe.metrics import Metrics, View
 from probe.scheduler import Scheduler
 from probe.secrets import collect, known
 from probe.store import Batch, Store, StoreError
+from probe.supervisor import EXIT_LOOP_FAILED, Progress, Supervisor
 from probe.tickets.outbox import Context, Dispatcher, OutboxMetrics
 
 log = logging.getLogger("probe")
 
 FLUSH_EVERY = 0.2  # seconds between state writes: batched, never on the check's path
+FLUSH_RETRY = 1.0  # seconds between state writes while the database refuses them
 TICK_EVERY = 1.0  # seconds between engine ticks (maintenance ends, notes due)
 MAX_PENDING_RESULTS = 20_000  # results kept in memory while the state cannot be written
 STATE_RETRY = 10.0  # seconds between attempts to open the state database at start
@@ -78,6 +80,8 @@ class Daemon:
             lambda: self._scheduler.in_flight if self._scheduler is not None else 0)
         self.guard: webconfig.Guard | None = None
         self.reloads = 0
+        self.loops = Supervisor(self.registry, watchdog=sdnotify.watchdog_timeout())
+        self._check_started: Progress = lambda: None  # the scheduler's progress: see _schedule
 
     def _view(self) -> View:
         return View(self.checks, self.results, self.engine)
@@ -106,6 +110,7 @@ class Daemon:
     # --- the work of one check -------------------------------------------------------------
 
     async def _run_check(self, check: Check, lag: float) -> bool:
+        self._check_started()
         self.metrics.schedule_lag.observe(lag)
         # A result may echo a secret (a redirect to a URL with a token, a body that repeats a
         # header): its reason and evidence reach logs, status and tickets.
@@ -189,11 +194,31 @@ class Daemon:
 
     # --- background work -------------------------------------------------------------------
 
-    async def _flusher(self) -> None:
+    async def _schedule(self, progress: Progress) -> None:
+        """The scheduler's loop. Its progress is a check starting (or skipped, its previous run
+        still going): _run_check and _skipped mark it."""
+        assert self._scheduler is not None
+        self._check_started = progress
+        await self._scheduler.serve()
+
+    def _skipped(self, check: Check) -> None:
+        self.metrics.skipped.inc()
+        self._check_started()
+
+    def _cadence(self) -> float | None:
+        """The longest the scheduler goes without starting a check: the shortest interval, and
+        on top the longest timeout, for which every slot may be held."""
+        checks = list(self.checks.values())
+        if not checks:
+            return None
+        return min(c.interval for c in checks) + max(c.timeout for c in checks)
+
+    async def _flusher(self, progress: Progress) -> None:
         failing_since: float | None = None
         while True:
+            progress()
             try:
-                async with asyncio.timeout(FLUSH_EVERY if failing_since is None else 1.0):
+                async with asyncio.timeout(FLUSH_EVERY if failing_since is None else FLUSH_RETRY):
                     await self._flush_soon.wait()
             except TimeoutError:
                 pass
@@ -219,6 +244,12 @@ class Daemon:
             if failing_since is None:
                 log.error("state not saved, retrying %s", fields(error=err))
             return failing_since or time.time()
+        except Exception:
+            # A bug, not the disk; the transaction's COMMIT is its last statement, so nothing
+            # was written: keep the decisions for the flusher the supervisor restarts.
+            batch.merge(self.pending)
+            self.pending = batch
+            raise
         if failing_since is not None:
             log.warning("state saved again %s", fields(after=f"{time.time() - failing_since:.0f}s"))
         self.metrics.state_ok.set(1)
@@ -227,15 +258,11 @@ class Daemon:
             self.dispatcher.wake()
         return None
 
-    async def _ticker(self) -> None:
+    async def _ticker(self, progress: Progress) -> None:
         while True:
+            progress()
             await asyncio.sleep(TICK_EVERY)
             self._decided(self.engine.tick(time.time()))
-
-    async def _watchdog(self, every: float) -> None:
-        while True:
-            sdnotify.notify("WATCHDOG=1")
-            await asyncio.sleep(every)
 
     # --- reload and stop ---------------------------------------------------------------------
 
@@ -361,6 +388,7 @@ class Daemon:
         return f"{len(self.checks)} checks, {open_incidents} open incidents"
 
     async def serve(self) -> None:
+        """Run until SIGTERM, or until a loop keeps failing (`loops.gave_up` then names it)."""
         from probe.web import serve_http  # the web module imports the daemon's types
 
         guard = self._secure(self.config)  # before any check runs or the endpoint answers
@@ -371,10 +399,14 @@ class Daemon:
         self._decided(self.engine.reconfigure(list(self.checks.values()),
                                               self.windows(), time.time()))
         scheduler = self._scheduler = Scheduler(
-            self._run_check, self.config.agent.max_concurrency,
-            on_skip=lambda check: self.metrics.skipped.inc(),
+            self._run_check, self.config.agent.max_concurrency, on_skip=self._skipped,
         )
         scheduler.update(list(self.checks.values()))
+        self.loops.add("scheduler", self._schedule, every=self._cadence)
+        self.loops.add("flusher", self._flusher, every=lambda: FLUSH_RETRY)
+        self.loops.add("ticker", self._ticker, every=lambda: TICK_EVERY)
+        self.loops.add("dispatcher", self.dispatcher.serve, every=self.dispatcher.delivery_every)
+        self.loops.add("watcher", self.dispatcher.watch, every=self.dispatcher.watch_every)
         # A full collection walks every live object: with 10,000 checks a pause of a quarter
         # second, which makes a thousand checks late. What start-up built lives as long as the
         # daemon: take it out of the collector's walks, and walk the old generation rarely
@@ -389,13 +421,6 @@ class Daemon:
         runner = await serve_http(self, self.config.agent.listen, guard)
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
-        tasks = [asyncio.create_task(c) for c in (
-            scheduler.serve(), self._flusher(), self._ticker(), self.dispatcher.serve(),
-            self.dispatcher.watch(),
-        )]
-        every = sdnotify.watchdog_interval()
-        if every:
-            tasks.append(asyncio.create_task(self._watchdog(every)))
         self.ready = True
         control.write(self.store.path.parent, control.Record(os.getpid()))
         sdnotify.notify("READY=1", f"STATUS={self._status_line()}")
@@ -403,20 +428,22 @@ class Daemon:
                                            listen=self.config.agent.listen,
                                            web_config=self.config.agent.web_config,
                                            summary=self.config.summary()))
-        await self.stopping.wait()
+        await self.loops.run(until=self.stopping)  # set by SIGTERM, or by a loop that keeps failing
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        failed = self.loops.gave_up
         log.info("probe stopping")
-        sdnotify.notify("STOPPING=1")
+        status = [f"STATUS=stopping: loop {', '.join(failed)} keeps failing"] if failed else []
+        sdnotify.notify("STOPPING=1", *status)
         self.ready = False
         await scheduler.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await runner.cleanup()
-        if await self.flush() is not None:
-            log.error("state not saved at stop: the last decisions will be taken again")
+        try:
+            if await self.flush() is not None:
+                log.error("state not saved at stop: the last decisions will be taken again")
+        except Exception:  # the bug that stopped the flusher: said, and the stop goes on
+            log.exception("state not saved at stop: the last decisions will be taken again")
         await self.dispatcher.close()
         self.store.close()
         control.remove(self.store.path.parent, os.getpid())
@@ -462,3 +489,5 @@ async def run(config_path: Path, config: Config) -> None:
     if said:
         log.warning("state database opened: starting")
     await daemon.serve()
+    if daemon.loops.gave_up:
+        raise SystemExit(EXIT_LOOP_FAILED)  # for systemd's Restart=on-failure

@@ -42,8 +42,8 @@ def notify(*states: str) -> bool:
     return True
 
 
-def watchdog_interval() -> float | None:
-    """How often to send "WATCHDOG=1", in seconds: half systemd's WatchdogSec, or None if unset.
+def watchdog_timeout() -> float | None:
+    """systemd's WatchdogSec, in seconds, or None if unset.
 
     `$WATCHDOG_PID` names the process the watchdog is meant for; a child that inherited the
     environment must not ping on the parent's behalf.
@@ -57,4 +57,10 @@ def watchdog_interval() -> float | None:
         return None
     if usec <= 0:
         return None
-    return usec / 2 / 1_000_000
+    return usec / 1_000_000
+
+
+def watchdog_interval() -> float | None:
+    """How often to send "WATCHDOG=1", in seconds: half systemd's WatchdogSec, or None."""
+    timeout = watchdog_timeout()
+    return timeout / 2 if timeout is not None else None

@@ -1,7 +1,8 @@
 """The HTTP endpoint: /metrics for Prometheus, /-/healthy, /-/ready and POST /-/reload as
 Prometheus and blackbox_exporter have them, /api/status, which `probe status` prints, and
 /api/maintenance (GET the windows, POST one from now, DELETE /api/maintenance/ID to end it
-early), which `probe maintenance` drives.
+early), which `probe maintenance` drives. /-/healthy and /-/ready answer 503 naming the loops in
+trouble (probe.supervisor says which count for which).
 
 TLS, basic auth and response headers come from `agent.web_config` (probe.webconfig's Guard);
 what the endpoint answers has every known secret redacted."""
@@ -60,16 +61,29 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 
 async def healthy(request: web.Request) -> web.Response:
+    """503 exactly when systemd's watchdog is not pinged: a loop gave up or makes no progress
+    (probe.supervisor), which a restart is for."""
+    problems = request.app[DAEMON].loops.unhealthy()
+    if problems:
+        return web.Response(status=503, text=_lines("Unhealthy", problems))
     return web.Response(text="Healthy\n")
 
 
 async def ready(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
+    problems = daemon.loops.not_ready()  # first: a loop that gave up also stops the daemon
+    if problems:
+        return web.Response(status=503, text=_lines("Not ready", problems))
     if not daemon.ready:
         return web.Response(status=503, text="Not ready: starting or stopping\n")
     if not daemon.state_writable:
         return web.Response(status=503, text="Not ready: the state database cannot be written\n")
     return web.Response(text="Ready\n")
+
+
+def _lines(verdict: str, problems: list[str]) -> str:
+    # An exception's message, which the loop problems carry, may echo a secret.
+    return known.redact("".join(f"{verdict}: {problem}\n" for problem in problems))
 
 
 async def reload(request: web.Request) -> web.Response:
