@@ -154,10 +154,13 @@ class Engine:
         history = st.history
         history.append(ok)
         dropped = history.pop(0) if len(history) > check.flapping.window else None
-        if quiet and ok and dropped is not False and not self.groups[check.group].incident:
+        # A success in, and a success out (or nothing, while the window is still filling),
+        # cannot make a steady check flap. The result that fills the window is the first
+        # whose flapping is judged: it takes the full path (D U U, window 3, was missed).
+        steady = dropped is True or len(history) < check.flapping.window
+        if quiet and ok and steady and not self.groups[check.group].incident:
             # The common case, a healthy check still healthy: nothing to decide, and nothing
-            # worth a write (the streak of successes is kept in memory only). A success in,
-            # and a success or nothing out, cannot make a steady check flap.
+            # worth a write (the streak of successes is kept in memory only).
             st.successes += 1
             if any(not self.checks[c].healthy for c in self.children.get(name, ())):
                 return self._evaluate_children(name, now)
