@@ -20,9 +20,12 @@ from typing import Any, TypeVar
 
 from checks import execute
 from checks.base import Result, format_duration
-from probe import control, version
+from probe import control, daemon, log, version, webconfig
 from probe.config import Check, Config, ConfigError, load
-from probe.secrets import collect, known
+from probe.demo import demo as run_demo
+from probe.effective import effective_yaml, source_files
+from probe.secrets import known
+from probe.tickets.admin import test_ticket, tickets_command
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 T = TypeVar("T")
@@ -95,9 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from probe import log
-        from probe.demo import demo as run_demo
-
         log.setup("error")
         try:
             return asyncio.run(run_demo(args.listen))
@@ -118,8 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config is None:
             return EXIT_FAILED
         if args.print_effective:
-            from probe.effective import effective_yaml, source_files
-
             print(effective_yaml(config, source_files(args.config)), end="")
             return EXIT_OK
         print(f"{args.config}: OK: {config.summary()}")
@@ -127,20 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         return EXIT_CONFIG
     if args.command == "run":
-        from probe import daemon, log
-
         log.setup(config.agent.log_level)
         run_loop(daemon.run(args.config, config))
         return EXIT_OK
     if args.command in ("status", "maintenance"):
         return _remote(args, *_endpoint(config))
     if args.command == "tickets":
-        from probe.tickets.admin import tickets_command
-
         return tickets_command(config, args.action, args.id, args.owner)
     if args.command == "test-ticket":
-        from probe.tickets.admin import test_ticket
-
         return asyncio.run(test_ticket(config, args.route))
     return _check(config, args.names, as_json=args.json)
 
@@ -172,8 +164,6 @@ def _endpoint(config: Config) -> tuple[str, ssl.SSLContext | None]:
     listen = config.agent.listen
     if config.agent.web_config is None:
         return f"http://{listen}", None
-    from probe import webconfig
-
     tls = webconfig.load(config.agent.web_config).tls_server_config  # load() validated it
     if tls is None:
         return f"http://{listen}", None
@@ -356,7 +346,7 @@ def _check(config: Config, names: list[str], *, as_json: bool) -> int:
         print(f"no check is named {', '.join(map(repr, unknown))}", file=sys.stderr)
         return EXIT_CONFIG
     chosen = [c for c in checks if not names or c.name in names]
-    known.add(collect(config))  # what a target echoes of a token is not printed back
+    known.add(config.secret_values())  # what a target echoes of a token is not printed back
     results = [known.redact_result(r)
                for r in asyncio.run(_run_all(chosen, config.agent.max_concurrency))]
     if as_json:

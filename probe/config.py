@@ -7,6 +7,7 @@ and errors that name the file, the line and the key path.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import difflib
 import fnmatch
@@ -41,8 +42,13 @@ from checks.base import (
     format_duration,
     host_port,
 )
+from probe.configerrors import PLAIN, issue, locate, place
+from probe.configerrors import ConfigError as ConfigError
+from probe.configerrors import ConfigIssue as ConfigIssue
+from probe.secrets import SecretError, from_settings
 from probe.tickets import AnyRoute
 from probe.tickets.base import Priority, RouteBase
+from probe.webconfig import config_issues
 from probe.yamlpos import KeyPath, Position, YamlError, load_with_positions, show_path
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -300,6 +306,25 @@ class Config(StrictModel):
             )
         return out
 
+    def secret_values(self) -> set[str]:
+        """The secret values this configuration holds, for probe.secrets' Redactor to hide:
+        each route's secrets (those that can be read now), the values of headers with a
+        sensitive name (Authorization, Cookie, *token*, *key*, *secret*, *password*) in routes
+        and http checks, read from the environment or their `headers_file`, with the
+        credential after its scheme word, and sensitive query parameters of the URLs they
+        call."""
+        found: set[str] = set()
+        for route in self.routes.values():
+            for name in route.secrets:
+                # One that cannot be read now is reported by its backend when it needs it.
+                with contextlib.suppress(SecretError):
+                    if route.has_secret(name):
+                        found.add(route.reveal(name))
+            found.update(from_settings(route))
+        for check in self.checks:
+            found.update(from_settings(check.spec))
+        return found
+
     @property
     def routes(self) -> dict[str, RouteBase]:
         routes: dict[str, RouteBase] = self.ticketing.routes
@@ -322,24 +347,6 @@ def _count(n: int, noun: str) -> str:
 
 
 # --- loading and errors --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
-    file: str
-    line: int
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    def __init__(self, issues: list[ConfigIssue]) -> None:
-        super().__init__("\n".join(map(str, issues)))
-        self.issues = issues
 
 
 def load(path: Path | str) -> Config:
@@ -413,8 +420,8 @@ def _merge(files: list[Path]) -> tuple[dict[str, Any], dict[KeyPath, Position], 
                     for name, route in routes.items():
                         if name in known:
                             first = positions[("ticketing", "routes", name)]
-                            issues.append(_issue(pos, ("ticketing", "routes", name),
-                                                 f"route defined twice (also at {_at(first)})"))
+                            issues.append(issue(pos, ("ticketing", "routes", name),
+                                                 f"route defined twice (also at {place(first)})"))
                             continue
                         known[name] = route
                     positions.update({p: v for p, v in pos.items() if p[:1] == ("ticketing",)
@@ -422,7 +429,7 @@ def _merge(files: list[Path]) -> tuple[dict[str, Any], dict[KeyPath, Position], 
                     continue
             if key in merged:
                 first = positions[(key,)]
-                issues.append(_issue(pos, (key,), f"also set at {_at(first)}: set it in one file"))
+                issues.append(issue(pos, (key,), f"also set at {place(first)}: set it in one file"))
                 continue
             merged[key] = value
             positions.update({p: v for p, v in pos.items() if p[:1] == (key,)})
@@ -436,35 +443,6 @@ def _shift(
     for path, where in pos.items():
         if path[:1] == (key,) and len(path) > 1 and isinstance(path[1], int):
             yield (key, path[1] + offset, *path[2:]), where
-
-
-def _at(where: Position) -> str:
-    return f"{where[0]}:{where[1]}"
-
-
-def _issue(positions: dict[KeyPath, Position], path: KeyPath, message: str) -> ConfigIssue:
-    for depth in range(len(path), -1, -1):
-        if path[:depth] in positions:
-            file, line = positions[path[:depth]]
-            return ConfigIssue(file, line, show_path(path), message)
-    any_file = next(iter(positions.values()), ("<config>", 0))[0]
-    return ConfigIssue(any_file, 0, show_path(path), message)
-
-
-def _locate(loc: tuple[int | str, ...], data: Any, missing: bool) -> KeyPath:
-    """Pydantic's error location as a path through the user's data: union tags and validator
-    names that are not keys of the data are dropped."""
-    path: list[str | int] = []
-    node = data
-    for i, part in enumerate(loc):
-        in_dict = isinstance(node, dict) and part in node
-        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        if in_dict or in_list:
-            node = node[part]
-            path.append(part)
-        elif missing and i == len(loc) - 1 and isinstance(part, str):
-            path.append(part)  # a missing key
-    return tuple(path)
 
 
 _SECRET_KEYS = {"token", "password", "secret", "routing_key", "api_key", "api_token"}
@@ -487,22 +465,6 @@ def _vocabulary() -> set[str]:
     return words
 
 
-_PLAIN = {
-    "int_parsing": "expected a whole number",
-    "int_type": "expected a whole number",
-    "int_from_float": "expected a whole number",
-    "float_parsing": "expected a number",
-    "float_type": "expected a number",
-    "bool_parsing": "expected true or false",
-    "bool_type": "expected true or false",
-    "string_type": "expected a string",
-    "list_type": "expected a list",
-    "dict_type": "expected a mapping of keys",
-    "model_type": "expected a mapping of keys",
-    "model_attributes_type": "expected a mapping of keys",
-}
-
-
 def _message(error: Any, key: str | int | None) -> str:
     kind, msg, value = error["type"], error["msg"], error.get("input")
     if kind == "extra_forbidden":
@@ -517,7 +479,7 @@ def _message(error: Any, key: str | int | None) -> str:
         return f"{error['ctx']['tag']!r} is not one of {error['ctx']['expected_tags']}"
     if kind == "literal_error":
         return f"{_show(value, key)} is not one of {error['ctx']['expected']}"
-    text = _PLAIN.get(kind) or str(msg).replace("Input should be", "expected")
+    text = PLAIN.get(kind) or str(msg).replace("Input should be", "expected")
     text = text[0].lower() + text[1:]
     shown = _show(value, key)
     return f"{text}, got {shown}" if shown else text
@@ -546,7 +508,7 @@ def _translate(
 ) -> list[ConfigIssue]:
     by_path: dict[KeyPath, list[dict[str, Any]]] = {}
     for error in err.errors():
-        path = _locate(error["loc"], data, missing=error["type"] == "missing")
+        path = locate(error["loc"], data, missing=error["type"] == "missing")
         if error["type"] == "union_tag_invalid":
             path = (*path, "backend")
         by_path.setdefault(path, []).append(dict(error))
@@ -555,7 +517,7 @@ def _translate(
         # A failed `X | None` reports the None branch too: it says nothing useful.
         useful = [e for e in errors if e["type"] != "none_required"] or errors
         messages = list(dict.fromkeys(_message(e, path[-1] if path else None) for e in useful))
-        issues.append(_issue(positions, path, "; or ".join(messages)))
+        issues.append(issue(positions, path, "; or ".join(messages)))
     return issues
 
 
@@ -577,8 +539,8 @@ def _cross_checks(
         name = check["name"]
         if name in first_at:
             first = positions.get(("checks", first_at[name], "name"), ("?", 0))
-            issues.append(_issue(positions, ("checks", i, "name"),
-                                 f"duplicate check name {name!r} (first at {_at(first)})"))
+            issues.append(issue(positions, ("checks", i, "name"),
+                                 f"duplicate check name {name!r} (first at {place(first)})"))
         else:
             first_at[name] = i
         if isinstance(check.get("service"), str):
@@ -589,12 +551,12 @@ def _cross_checks(
         for j, parent in enumerate(parents):
             where: KeyPath = ("checks", first_at[name], "depends_on", j)
             if parent == name:
-                issues.append(_issue(positions, where, "a check cannot depend on itself"))
+                issues.append(issue(positions, where, "a check cannot depend on itself"))
             elif parent not in first_at:
-                issues.append(_issue(positions, where, f"no check is named {parent!r}"))
+                issues.append(issue(positions, where, f"no check is named {parent!r}"))
     for cycle in _cycles(deps):
         at: KeyPath = ("checks", first_at[cycle[0]], "depends_on")
-        issues.append(_issue(positions, at, "dependency cycle: " + " -> ".join(cycle)))
+        issues.append(issue(positions, at, "dependency cycle: " + " -> ".join(cycle)))
 
     issues += _route_checks(data, positions, checks)
     windows = data.get("maintenance") if isinstance(data, dict) else None
@@ -603,16 +565,14 @@ def _cross_checks(
             continue
         for j, pattern in enumerate(window.get("checks") or []):
             if isinstance(pattern, str) and not fnmatch.filter(first_at, pattern):
-                issues.append(_issue(positions, ("maintenance", i, "checks", j),
+                issues.append(issue(positions, ("maintenance", i, "checks", j),
                                      f"{pattern!r} matches no check"))
         for j, service in enumerate(window.get("services") or []):
             if isinstance(service, str) and service not in services:
-                issues.append(_issue(positions, ("maintenance", i, "services", j),
+                issues.append(issue(positions, ("maintenance", i, "services", j),
                                      f"no check has service {service!r}"))
     if config is not None:
         issues += _timing_checks(config, positions)
-        from probe.webconfig import config_issues  # it builds on this module's types
-
         issues += config_issues(config.agent.web_config)
     return issues
 
@@ -627,24 +587,24 @@ def _route_checks(
     for name, route in routes.items():
         target = route.get("escalate_to") if isinstance(route, dict) else None
         if isinstance(target, str) and target not in routes:
-            issues.append(_issue(positions, ("ticketing", "routes", name, "escalate_to"),
+            issues.append(issue(positions, ("ticketing", "routes", name, "escalate_to"),
                                  f"no route is named {target!r}"))
     defaults = data.get("defaults") if isinstance(data, dict) else None
     default_ticket = defaults.get("ticket") if isinstance(defaults, dict) else None
     default_route = default_ticket.get("route") if isinstance(default_ticket, dict) else None
     if isinstance(default_route, str) and default_route not in routes:
-        issues.append(_issue(positions, ("defaults", "ticket", "route"),
+        issues.append(issue(positions, ("defaults", "ticket", "route"),
                              f"no route is named {default_route!r}"))
     for i, check in enumerate(checks):
         ticket = check.get("ticket") if isinstance(check, dict) else None
         route = ticket.get("route") if isinstance(ticket, dict) else None
         if isinstance(route, str) and route not in routes:
-            issues.append(_issue(positions, ("checks", i, "ticket", "route"),
+            issues.append(issue(positions, ("checks", i, "ticket", "route"),
                                  f"no route is named {route!r}"))
         enabled = ticket.get("enabled", True) if isinstance(ticket, dict) else True
         if (route is None and default_route is None and len(routes) > 1 and enabled
                 and isinstance(check, dict)):
-            issues.append(_issue(positions, ("checks", i),
+            issues.append(issue(positions, ("checks", i),
                                  "several routes exist: set ticket.route here or in defaults"))
     return issues
 
@@ -653,13 +613,13 @@ def _timing_checks(config: Config, positions: dict[KeyPath, Position]) -> list[C
     issues = []
     for i, check in enumerate(config.effective_checks()):
         if check.timeout > check.interval:
-            issues.append(_issue(positions, ("checks", i, "timeout"),
+            issues.append(issue(positions, ("checks", i, "timeout"),
                                  f"timeout {format_duration(check.timeout)} is longer than the "
                                  f"interval {format_duration(check.interval)}"))
         # each block is valid alone; merged with the defaults' it may not be
         flapping = check.flapping
         if flapping.low > flapping.high:
-            issues.append(_issue(positions, ("checks", i, "flapping"),
+            issues.append(issue(positions, ("checks", i, "flapping"),
                                  f"low {flapping.low * 100:g}% (with the defaults') must not be "
                                  f"above high {flapping.high * 100:g}%"))
     return issues

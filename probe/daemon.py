@@ -28,10 +28,11 @@ from probe.engine import Engine, Transition, restore_check, restore_group, windo
 from probe.log import fields
 from probe.metrics import Metrics, View
 from probe.scheduler import Scheduler
-from probe.secrets import collect, known
+from probe.secrets import known
 from probe.store import Batch, Store, StoreError
 from probe.supervisor import EXIT_LOOP_FAILED, Progress, Supervisor
 from probe.tickets.outbox import Context, Dispatcher, OutboxMetrics
+from probe.web import serve_http
 
 log = logging.getLogger("probe")
 
@@ -55,7 +56,7 @@ class Daemon:
         snapshot = self.store.load()
         # Windows set at run time (probe maintenance): kept apart from the configuration's,
         # which a reload replaces.
-        self.adhoc = {n: Maintenance.model_validate(d)
+        self.adhoc: dict[int, Maintenance] = {n: Maintenance.model_validate(d)
                       for n, d in self.store.windows(time.time()).items()}
         self.engine = Engine(
             config.agent.name,
@@ -361,7 +362,7 @@ class Daemon:
         """At start and on each reload: learn the configuration's secret values (so that logs,
         status and tickets never show them), apply the web configuration, and warn of what is
         left open."""
-        known.add(collect(config))
+        known.add(config.secret_values())
         known.install()
         path = config.agent.web_config
         try:
@@ -389,8 +390,6 @@ class Daemon:
 
     async def serve(self) -> None:
         """Run until SIGTERM, or until a loop keeps failing (`loops.gave_up` then names it)."""
-        from probe.web import serve_http  # the web module imports the daemon's types
-
         guard = self._secure(self.config)  # before any check runs or the endpoint answers
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)

@@ -86,7 +86,7 @@ async def demo(listen: str = "127.0.0.1:9469") -> int:
             await runner.cleanup()
         print("\nThe ticket, as `probe tickets show 1` prints it:\n")
         tickets = LocalTickets(directory / "state" / "probe.sqlite3")
-        print(show(tickets, 1))
+        print(tickets.show(1))
         tickets.close()
     return 0
 
@@ -109,22 +109,3 @@ def _news(tickets: LocalTickets, shown: set[tuple[str, float]]) -> list[str]:
             label = {"resolve": "resolved", "note": "note"}.get(kind, kind)
             out.append(f"{time.strftime('%H:%M:%S')}  ticket #{ticket_id} {label}: {first}")
     return out
-
-
-def show(tickets: LocalTickets, ticket_id: int) -> str:
-    rows = tickets.execute(
-        "SELECT key, title, body, priority, status, owner, created_at FROM local_tickets"
-        " WHERE id = ?", (ticket_id,))
-    if not rows:
-        return f"no local ticket {ticket_id}"
-    key, title, body, priority, status, owner, created = rows[0]
-    out = [f"#{ticket_id} {title}",
-           f"priority {priority}, status {status}, owner {owner or 'nobody'}, key {key}",
-           f"opened {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(created))}", "",
-           body]
-    for at, kind, text in tickets.execute(
-        "SELECT at, kind, text FROM local_notes WHERE ticket_id = ? ORDER BY at", (ticket_id,)
-    ):
-        out += ["", f"--- {kind} at {time.strftime('%H:%M:%S', time.localtime(at))}", text]
-    return "\n".join(out)
-

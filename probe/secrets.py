@@ -9,7 +9,7 @@ so that `probe validate` works without the credentials at hand.
 that stand where credentials stand (a URL's password, a sensitive query parameter, an
 `Authorization:` or `Cookie:` header, a `Bearer` token) even when probe never knew them.
 `known` is the process's set of secret values: every `reveal` adds to it, the daemon adds what
-`collect(config)` finds at start and on reload, and it is itself the logging filter that
+`Config.secret_values()` finds at start and on reload, and it is itself the logging filter that
 redacts every log record.
 """
 
@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from pydantic import AfterValidator, ValidationInfo, model_validator
@@ -37,8 +37,6 @@ from checks.base import (
     header_values,
 )
 
-if TYPE_CHECKING:
-    from probe.config import Config
 
 def _env_ref(value: str, info: ValidationInfo) -> str:
     if not ENV_REF.fullmatch(value):
@@ -204,26 +202,7 @@ class Redactor(logging.Filter):
 known = Redactor()
 
 
-def collect(config: Config) -> set[str]:
-    """The secret values a configuration holds: each route's secrets (those that can be read
-    now), the values of headers with a sensitive name (Authorization, Cookie, *token*, *key*,
-    *secret*, *password*) in routes and http checks, read from the environment or their
-    `headers_file`, with the credential after its scheme word,
-    and sensitive query parameters of the URLs they call."""
-    found: set[str] = set()
-    for route in config.routes.values():
-        for name in route.secrets:
-            # One that cannot be read now is reported by its backend when it needs it.
-            with contextlib.suppress(SecretError):
-                if route.has_secret(name):
-                    found.add(route.reveal(name))
-        found.update(_from_settings(route))
-    for check in config.checks:
-        found.update(_from_settings(check.spec))
-    return found
-
-
-def _from_settings(model: Any) -> Iterator[str]:
+def from_settings(model: Any) -> Iterator[str]:
     headers = getattr(model, "headers", None) or {}
     files = getattr(model, "headers_file", None) or {}
     for name in (*headers, *files):

@@ -10,21 +10,43 @@ what the endpoint answers has every known secret redacted."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from checks.base import Result
 from probe import __version__
-from probe.config import Maintenance
-from probe.engine import window_active
-from probe.metrics import exposition
+from probe.config import Check, Config, Maintenance
+from probe.engine import Engine, window_active
+from probe.metrics import Metrics, exposition
 from probe.secrets import known
-from probe.store import StoreError
+from probe.store import Store, StoreError
+from probe.supervisor import Supervisor
 from probe.webconfig import Guard
 
-if TYPE_CHECKING:
-    from probe.daemon import Daemon
+
+class Daemon(Protocol):
+    """What the endpoint reads of the running daemon (probe.daemon.Daemon), and may ask of it:
+    the daemon imports this module, never the other way round."""
+
+    config: Config
+    checks: dict[str, Check]
+    results: dict[str, Result]
+    adhoc: dict[int, Maintenance]
+    engine: Engine
+    store: Store
+    metrics: Metrics
+    loops: Supervisor
+    ready: bool
+    state_writable: bool
+
+    async def reload(self) -> list[str]: ...
+
+    def add_window(self, request: dict[str, Any]) -> tuple[int, Maintenance]: ...
+
+    def end_window(self, number: int) -> bool: ...
+
 
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 

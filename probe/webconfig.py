@@ -45,7 +45,7 @@ from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from checks.base import StrictModel
-from probe.config import _PLAIN, ConfigError, ConfigIssue, _issue, _locate
+from probe.configerrors import PLAIN, ConfigError, ConfigIssue, issue, locate
 from probe.yamlpos import KeyPath, Position, YamlError, load_with_positions
 
 ClientAuth = Literal["NoClientCert", "RequestClientCert", "RequireAnyClientCert",
@@ -179,7 +179,7 @@ def _translate(
     issues = []
     for error in err.errors():
         kind = error["type"]
-        path = _locate(error["loc"], data, missing=kind == "missing")
+        path = locate(error["loc"], data, missing=kind == "missing")
         if kind == "extra_forbidden":
             message = _UNSUPPORTED.get(path) or _unknown(path)
         elif kind == "missing":
@@ -187,9 +187,9 @@ def _translate(
         elif kind == "literal_error":
             message = f"{error['input']!r} is not one of {error['ctx']['expected']}"
         else:  # never the value: under basic_auth_users it is a password's hash
-            message = _PLAIN.get(kind) or str(error["msg"]).replace("Input should be", "expected")
+            message = PLAIN.get(kind) or str(error["msg"]).replace("Input should be", "expected")
             message = message[0].lower() + message[1:]
-        issues.append(_issue(positions, path, message))
+        issues.append(issue(positions, path, message))
     return sorted(set(issues), key=lambda i: (i.line, i.path))
 
 
@@ -209,25 +209,25 @@ def _tls_issues(tls: TlsServerConfig, positions: dict[KeyPath, Position]) -> lis
     at: KeyPath = ("tls_server_config",)
     auth = tls.client_auth_type
     if auth in ("RequestClientCert", "RequireAnyClientCert"):
-        issues.append(_issue(positions, (*at, "client_auth_type"),
+        issues.append(issue(positions, (*at, "client_auth_type"),
                              f"{auth} is not supported: probe takes only client certificates it "
                              "verifies; use RequireAndVerifyClientCert (or "
                              "VerifyClientCertIfGiven) with client_ca_file"))
     elif auth != "NoClientCert" and tls.client_ca_file is None:
-        issues.append(_issue(positions, (*at, "client_auth_type"),
+        issues.append(issue(positions, (*at, "client_auth_type"),
                              f"{auth} needs client_ca_file"))
     elif auth == "NoClientCert" and tls.client_ca_file is not None:
-        issues.append(_issue(positions, (*at, "client_ca_file"),
+        issues.append(issue(positions, (*at, "client_ca_file"),
                              "set, but client_auth_type is NoClientCert: set client_auth_type: "
                              "RequireAndVerifyClientCert"))
     if tls.min_version > tls.max_version:
-        issues.append(_issue(positions, (*at, "min_version"),
+        issues.append(issue(positions, (*at, "min_version"),
                              f"{tls.min_version} is above max_version {tls.max_version}"))
     if not issues:
         try:
             server_context(tls)
         except TlsFileError as err:
-            issues.append(_issue(positions, (*at, err.key), err.message))
+            issues.append(issue(positions, (*at, err.key), err.message))
     return issues
 
 
@@ -242,21 +242,21 @@ def _headers_and_users(data: dict[str, Any], positions: dict[KeyPath, Position]
         where: KeyPath = ("http_server_config", "headers", name)
         allowed = HEADERS.get(name, ())
         if name not in HEADERS:
-            issues.append(_issue(positions, where, "not a header probe sets; these are: "
+            issues.append(issue(positions, where, "not a header probe sets; these are: "
                                                    + ", ".join(HEADERS)))
         elif isinstance(value, str) and ("\r" in value or "\n" in value):
-            issues.append(_issue(positions, where, "contains a line break"))
+            issues.append(issue(positions, where, "contains a line break"))
         elif allowed and isinstance(value, str) and value and value.lower() not in allowed:
-            issues.append(_issue(positions, where,
+            issues.append(issue(positions, where,
                                  f"{value!r} is not one of {', '.join(allowed)}"))
     users = data.get("basic_auth_users")
     for user, hashed in (users if isinstance(users, dict) else {}).items():
         where = ("basic_auth_users", user)
         if not user or ":" in str(user):
-            issues.append(_issue(positions, where, "a user name must be non-empty and "
+            issues.append(issue(positions, where, "a user name must be non-empty and "
                                                    "without ':'"))
         elif isinstance(hashed, str) and not _BCRYPT.fullmatch(hashed):
-            issues.append(_issue(positions, where, f"not a bcrypt hash: make one with "
+            issues.append(issue(positions, where, f"not a bcrypt hash: make one with "
                                                    f"{_HTPASSWD}"))
     return issues
 

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from probe.config import Config
-from probe.demo import show
 from probe.store import Store, StoreError
 from probe.tickets import make_backend
 from probe.tickets.base import PRIORITIES, Ticket, TicketError
@@ -62,7 +61,7 @@ def _tickets(store: Store, action: str, ticket_id: int | None, owner: str) -> in
             print(f"no local ticket {ticket_id}")
             return 1
         if action == "show":
-            print(show(local, ticket_id))
+            print(local.show(ticket_id))
         elif action == "ack":
             local.execute("UPDATE local_tickets SET owner = ?, status = 'open' WHERE id = ?",
                           (owner, ticket_id))

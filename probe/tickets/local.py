@@ -27,6 +27,24 @@ class LocalTickets:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._lock = threading.Lock()
 
+    def show(self, ticket_id: int) -> str:
+        """One ticket with its notes, as `probe tickets show` and `probe demo` print it."""
+        rows = self.execute(
+            "SELECT key, title, body, priority, status, owner, created_at FROM local_tickets"
+            " WHERE id = ?", (ticket_id,))
+        if not rows:
+            return f"no local ticket {ticket_id}"
+        key, title, body, priority, status, owner, created = rows[0]
+        out = [f"#{ticket_id} {title}",
+               f"priority {priority}, status {status}, owner {owner or 'nobody'}, key {key}",
+               f"opened {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(created))}", "",
+               body]
+        for at, kind, text in self.execute(
+            "SELECT at, kind, text FROM local_notes WHERE ticket_id = ? ORDER BY at", (ticket_id,)
+        ):
+            out += ["", f"--- {kind} at {time.strftime('%H:%M:%S', time.localtime(at))}", text]
+        return "\n".join(out)
+
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
