@@ -312,14 +312,6 @@ async def test_one_refused_recipient_among_several_is_logged_and_the_mail_counts
     assert "oncall@example.net" in caplog.text
 
 
-async def test_nothing_listening_is_a_transient_error(settings: dict[str, Any]) -> None:
-    with pytest.raises(TicketError) as caught:
-        await backend(closed_port(), settings).open(TICKET)
-
-    assert not caught.value.permanent
-    assert caught.value.message.endswith("cannot connect: connection refused")
-
-
 async def test_a_server_that_never_answers_is_a_transient_timeout(
     settings: dict[str, Any],
 ) -> None:

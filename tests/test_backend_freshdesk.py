@@ -24,7 +24,6 @@ from tests.harness.fake_freshdesk import (
     serve_freshdesk,
 )
 from tests.harness.inloop import Runner
-from tests.harness.ports import closed_port
 from tests.harness.wait import until
 
 KEY = "probe-eu-1/shop/3"
@@ -190,15 +189,6 @@ async def test_find_returns_the_newest_ticket_with_exactly_the_key_resolved_or_n
     assert await desk.find(KEY) == first
 
 
-async def test_note_is_a_private_note_that_leaves_the_status_alone(
-    desk: Backend, freshdesk: FakeFreshdesk
-) -> None:
-    ref = await desk.open(ticket())
-    await desk.note(ref, "still down after 1h: <connection refused>")
-    assert notes(freshdesk, ref) == [(True, "still down after 1h: <connection refused>")]
-    assert freshdesk.tickets[int(ref)]["status"] == 2
-
-
 async def test_resolve_resolves_with_a_private_closing_note_and_can_be_repeated(
     desk: Backend, freshdesk: FakeFreshdesk
 ) -> None:
@@ -331,15 +321,6 @@ async def test_status_of_a_deleted_spam_or_unknown_ticket_is_gone(
     with pytest.raises(TicketError) as caught:
         await desk.status("FD-1")
     assert caught.value.permanent
-
-
-async def test_an_unreachable_freshdesk_is_a_transient_error(make_backend: MakeBackend) -> None:
-    desk = make_backend(url=f"http://127.0.0.1:{closed_port()}")
-    for call in (desk.open(ticket()), desk.find(KEY), desk.status("1")):
-        with pytest.raises(TicketError) as caught:
-            await call
-        assert not caught.value.permanent
-        assert "cannot connect" in caught.value.message
 
 
 # --- the daemon, filing its tickets in Freshdesk ----------------------------------------------

@@ -177,11 +177,6 @@ async def test_find_skips_pull_requests_that_carry_the_label(
     assert await gh.find(KEY) == ref
 
 
-async def test_find_returns_none_for_a_key_no_issue_carries(gh: Backend) -> None:
-    await gh.open(TICKET)
-    assert await gh.find("probe-eu-1/other/1") is None
-
-
 async def test_a_ticket_that_follows_another_links_it_in_its_first_line(
     gh: Backend, github: FakeGitHub
 ) -> None:
@@ -235,14 +230,6 @@ async def test_without_push_access_github_drops_the_labels_and_probe_says_so(
 
 
 # --- notes, resolve, reopen ----------------------------------------------------------------
-
-
-async def test_note_adds_a_comment(gh: Backend, github: FakeGitHub) -> None:
-    ref = await gh.open(TICKET)
-    await gh.note(ref, "Still failing after 1h.\nLatest: connection refused")
-
-    assert comments(github, ref) == ["Still failing after 1h.\nLatest: connection refused"]
-    assert github.issues[int(ref)]["state"] == "open"
 
 
 async def test_a_note_longer_than_github_takes_is_cut(gh: Backend, github: FakeGitHub) -> None:

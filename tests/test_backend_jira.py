@@ -267,11 +267,6 @@ async def test_find_gives_up_after_search_lag_so_a_slower_index_risks_a_duplicat
     assert time.monotonic() - started < 3
 
 
-async def test_find_returns_none_for_a_key_no_issue_carries(desk: Backend) -> None:
-    await desk.open(ticket())
-    assert await desk.find("probe-eu-1/other/1") is None
-
-
 # --- notes -----------------------------------------------------------------------------------
 
 

@@ -251,15 +251,6 @@ async def test_a_key_longer_than_correlation_id_is_stored_and_found_as_its_hash(
 # --- notes, resolve --------------------------------------------------------------------------
 
 
-async def test_note_is_a_work_note_never_a_comment_the_caller_sees(
-    desk: Backend, snow: FakeServiceNow
-) -> None:
-    ref = await desk.open(ticket())
-    await desk.note(ref, "Still failing after 1h.")
-    assert snow.journal[ref] == [("work_notes", "Still failing after 1h.")]
-    assert snow.incidents[ref]["state"] == "1"
-
-
 async def test_resolve_sets_resolved_with_the_close_code_and_the_closing_note(
     desk: Backend, snow: FakeServiceNow
 ) -> None:

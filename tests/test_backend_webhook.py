@@ -334,14 +334,6 @@ async def test_a_receiver_that_closes_the_connection_is_a_transient_error() -> N
     assert caught.value.message.startswith("POST /hooks/probe: ")
 
 
-async def test_nothing_listening_is_a_transient_error() -> None:
-    hook = backend(f"http://127.0.0.1:{closed_port()}/hooks/probe")
-    error = await open_fails(hook)
-
-    assert not error.permanent
-    assert "cannot connect" in error.message
-
-
 async def test_a_url_that_holds_a_secret_comes_from_a_file_or_the_environment(
     receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,7 +17,6 @@ from probe.tickets.zendesk import Backend
 from tests.harness.daemon import Target
 from tests.harness.fake_zendesk import EMAIL, ME, UPDATE_LIMITED, FakeZendesk, serve_zendesk
 from tests.harness.inloop import Runner
-from tests.harness.ports import closed_port
 from tests.harness.wait import until
 
 KEY = "probe-eu-1/shop/3"
@@ -147,15 +146,6 @@ async def test_find_returns_the_newest_ticket_with_exactly_the_key_solved_or_not
     second = await desk.open(ticket(title="shop is down again"))
     await desk.resolve(second, "shop is back")
     assert await desk.find(KEY) == second
-
-
-async def test_note_is_a_private_comment_that_leaves_the_status_alone(
-    desk: Backend, zendesk: FakeZendesk
-) -> None:
-    ref = await desk.open(ticket())
-    await desk.note(ref, "still down after 1h: connection refused")
-    assert zendesk.comments(int(ref))[-1] == (False, "still down after 1h: connection refused")
-    assert zendesk.tickets[int(ref)]["status"] == "new"
 
 
 async def test_resolve_solves_with_a_private_closing_comment_and_can_be_repeated(
@@ -344,15 +334,6 @@ async def test_status_of_an_unknown_ticket_is_gone(desk: Backend) -> None:
     with pytest.raises(TicketError) as caught:
         await desk.status("ZD-1")
     assert caught.value.permanent
-
-
-async def test_an_unreachable_zendesk_is_a_transient_error(make_backend: MakeBackend) -> None:
-    desk = make_backend(url=f"http://127.0.0.1:{closed_port()}")
-    for call in (desk.open(ticket()), desk.find(KEY), desk.status("1")):
-        with pytest.raises(TicketError) as caught:
-            await call
-        assert not caught.value.permanent
-        assert "cannot connect" in caught.value.message
 
 
 # --- the daemon, filing its tickets in Zendesk ------------------------------------------------

@@ -15,6 +15,8 @@ Peers, on loopback, that speak a protocol or a vendor's API:
   dnsserver, rtpeer        dnsmasq, and a real Request Tracker (fixtures `dns_server`,
                            `rt_peer`, `rt_api`, registered by tests/conftest.py)
   fake_<helpdesk>          GitHub, Jira, Freshdesk, PagerDuty, ServiceNow, Zendesk
+  desks                    every helpdesk backend with its peer (the fakes, an SMTP server, a
+                           webhook receiver, RT, the state database), read back from the peer
   openapi                  GitHub's published API description, to check fake_github against
   hostile_helpdesk, hostile_certs, hostile_yaml   inputs made to break things
   labserver                the targets inside a network namespace (`python -m`)
