@@ -1,7 +1,10 @@
 """The check kinds, one module each, and the one map that dispatches to them.
 
-Adding a kind is one module (a `Spec` model and `async def run(spec, *, timeout) -> Result`)
-and one line in `KINDS`.
+Adding a kind is one module and one line in `KINDS`. The module has a `Spec` model,
+`async def run(spec, *, timeout) -> Result`, and a `KIND` (`checks.base.Kind`) that also says
+what its results add to /metrics (its phase metric, and the gauges it makes of a result) and
+which host and port a new ticket's triage looks at. The configuration, the scheduler, /metrics
+and triage all read this map: nothing else names a kind.
 """
 
 from __future__ import annotations
@@ -9,29 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from checks import dns, http, icmp, tcp, tls
+from checks.base import Gauge as Gauge
+from checks.base import Kind as Kind
 from checks.base import Result, Spec, State, format_duration
 
 log = logging.getLogger("probe.checks")
 
-
-@dataclass(frozen=True, slots=True)
-class Kind:
-    spec: type[Spec]
-    run: Callable[..., Awaitable[Result]]
-    phases: tuple[str, ...]
-
-
-KINDS: dict[str, Kind] = {
-    "http": Kind(http.HttpSpec, http.run, http.PHASES),
-    "tcp": Kind(tcp.TcpSpec, tcp.run, tcp.PHASES),
-    "dns": Kind(dns.DnsSpec, dns.run, dns.PHASES),
-    "tls": Kind(tls.TlsSpec, tls.run, tls.PHASES),
-    "icmp": Kind(icmp.IcmpSpec, icmp.run, icmp.PHASES),
+KINDS: dict[str, Kind[Any]] = {
+    "http": http.KIND,
+    "tcp": tcp.KIND,
+    "dns": dns.KIND,
+    "tls": tls.KIND,
+    "icmp": icmp.KIND,
 }
 
 # A kind enforces its own timeout and names the phase it was in; this outer bound only catches
@@ -43,7 +38,7 @@ async def execute(spec: Spec, *, timeout: float) -> Result:
     """Run one check; whatever happens, return a Result and never raise."""
     started = time.time()
     t0 = time.perf_counter()
-    kind: Any = KINDS[spec.kind]
+    kind = KINDS[spec.kind]
     state: State
     try:
         async with asyncio.timeout(timeout + _OUTER_GRACE):
@@ -60,6 +55,6 @@ async def execute(spec: Spec, *, timeout: float) -> Result:
         state=state,
         duration=time.perf_counter() - t0,
         reason=reason,
-        phases=dict.fromkeys(KINDS[spec.kind].phases, 0.0),
+        phases=dict.fromkeys(kind.phases, 0.0),
         started_at=started,
     )

@@ -7,6 +7,7 @@ import functools
 import ipaddress
 import secrets
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal, cast
 
@@ -33,7 +34,16 @@ from dns.rdtypes.IN.SRV import SRV
 from dns.rdtypes.txtbase import TXTBase
 from pydantic import field_validator, model_validator
 
-from checks.base import Duration, Probe, Result, Spec, describe_os_error, format_duration
+from checks.base import (
+    Duration,
+    Gauge,
+    Kind,
+    Probe,
+    Result,
+    Spec,
+    describe_os_error,
+    format_duration,
+)
 
 PHASES = ("resolve", "connect", "request")  # as blackbox_exporter names them
 
@@ -374,3 +384,22 @@ def _compare(spec: DnsSpec, answers: list[str]) -> str:
     if spec.expect_exact and unexpected:
         return f"unexpected answer {', '.join(unexpected)}"
     return ""
+
+
+# --- what /metrics and a ticket's triage see -----------------------------------------------
+
+def gauges(result: Result) -> Iterator[Gauge]:
+    """blackbox_exporter's probe_dns_* series."""
+    answers = result.evidence.get("answers")
+    yield Gauge("probe_dns_answer_rrs", "Returns number of entries in the answer resource "
+                "record list", len(answers) if isinstance(answers, list) else 0)
+    yield Gauge("probe_dns_query_succeeded", "Displays whether or not the query was "
+                "executed successfully", "rcode" in result.evidence)
+
+
+def endpoint(spec: DnsSpec) -> tuple[str | None, int | None]:
+    return None, None  # a name asked of servers: no host of its own to look at
+
+
+KIND = Kind(spec=DnsSpec, run=run, phases=PHASES,
+            phase_metric="probe_dns_duration_seconds", gauges=gauges, endpoint=endpoint)

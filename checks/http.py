@@ -14,6 +14,7 @@ import functools
 import re
 import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -26,9 +27,11 @@ from pydantic import field_validator
 from checks.base import (
     SENSITIVE_NAME,
     Duration,
+    Gauge,
     HeaderSettings,
     HeaderUnavailable,
     IpFamily,
+    Kind,
     Probe,
     ReadableFile,
     Result,
@@ -567,3 +570,34 @@ def _redact(url: str) -> str:
         return url
     hostport = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=f"{parts.username}:xxxxx@{hostport}").geturl()
+
+
+# --- what /metrics and a ticket's triage see -----------------------------------------------
+
+def gauges(result: Result) -> Iterator[Gauge]:
+    """blackbox_exporter's probe_http_* series."""
+    ev = result.evidence
+    if "status_code" in ev:
+        yield Gauge("probe_http_status_code", "Response HTTP status code", ev["status_code"])
+    yield Gauge("probe_http_redirects", "The number of redirects", ev.get("redirects", 0))
+    yield Gauge("probe_http_ssl", "Indicates if SSL was used for the final redirect",
+                str(ev.get("url", "")).startswith("https:"))
+    if "content_length" in ev:
+        yield Gauge("probe_http_content_length", "Length of http content response",
+                    ev["content_length"])
+    if "body_bytes" in ev:
+        yield Gauge("probe_http_uncompressed_body_length",
+                    "Length of uncompressed response body", ev["body_bytes"])
+    version = str(ev.get("http_version", "")).removeprefix("HTTP/")
+    if version.replace(".", "").isdigit():
+        yield Gauge("probe_http_version", "Returns the version of HTTP of the probe response",
+                    float(version))
+
+
+def endpoint(spec: HttpSpec) -> tuple[str | None, int | None]:
+    parts = urlsplit(spec.url)
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+KIND = Kind(spec=HttpSpec, run=run, phases=PHASES,
+            phase_metric="probe_http_duration_seconds", gauges=gauges, endpoint=endpoint)

@@ -19,6 +19,7 @@ import socket
 import struct
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import ClassVar
@@ -28,7 +29,9 @@ from pydantic import field_validator
 
 from checks.base import (
     Duration,
+    Gauge,
     IpFamily,
+    Kind,
     Percent,
     Probe,
     Result,
@@ -488,3 +491,21 @@ def _describe(err: Exception) -> str:
         return describe_os_error(cause)
     text = str(err)
     return text[:1].lower() + text[1:]
+
+
+# --- what /metrics and a ticket's triage see -----------------------------------------------
+
+def gauges(result: Result) -> Iterator[Gauge]:
+    ev = result.evidence
+    if "loss" in ev:
+        yield Gauge("probe_icmp_packet_loss_ratio", "Share of echo requests lost", ev["loss"])
+    if ev.get("jitter") is not None:
+        yield Gauge("probe_icmp_jitter_seconds", "Jitter of the round trips", ev["jitter"])
+
+
+def endpoint(spec: IcmpSpec) -> tuple[str | None, int | None]:
+    return spec.host, None
+
+
+KIND = Kind(spec=IcmpSpec, run=run, phases=PHASES,
+            phase_metric="probe_icmp_duration_seconds", gauges=gauges, endpoint=endpoint)

@@ -18,7 +18,9 @@ from pydantic import field_validator
 
 from checks.base import (
     Duration,
+    Gauge,
     IpFamily,
+    Kind,
     Port,
     Probe,
     ReadableFile,
@@ -230,3 +232,17 @@ def _verifying_context(ca_file: str | None, _mtime: int, check_hostname: bool) -
     context = ssl.create_default_context(cafile=ca_file)
     context.check_hostname = check_hostname
     return context
+
+
+# --- what /metrics and a ticket's triage see -----------------------------------------------
+
+def gauges(result: Result) -> tuple[Gauge, ...]:
+    return ()  # blackbox_exporter's tcp prober has none beyond every kind's
+
+
+def endpoint(spec: TcpSpec) -> tuple[str | None, int | None]:
+    return spec.host, spec.port
+
+
+KIND = Kind(spec=TcpSpec, run=run, phases=PHASES,
+            phase_metric="probe_tcp_duration_seconds", gauges=gauges, endpoint=endpoint)

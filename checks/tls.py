@@ -17,6 +17,7 @@ import datetime as dt
 import functools
 import ipaddress
 import ssl
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from cryptography import x509
@@ -26,7 +27,9 @@ from cryptography.x509.oid import NameOID
 
 from checks.base import (
     Duration,
+    Gauge,
     IpFamily,
+    Kind,
     Port,
     Probe,
     ReadableFile,
@@ -269,3 +272,28 @@ def _key(cert: x509.Certificate) -> tuple[str, int]:
     if isinstance(key, dsa.DSAPublicKey):
         return "DSA", key.key_size
     return type(key).__name__, 0
+
+
+# --- what /metrics and a ticket's triage see -----------------------------------------------
+
+def gauges(result: Result) -> Iterator[Gauge]:
+    """blackbox_exporter's probe_ssl_last_chain_info (the expiry is every kind's series)."""
+    ev = result.evidence
+    if "sha256_fingerprint" in ev:
+        yield Gauge(
+            "probe_ssl_last_chain_info", "Contains SSL leaf certificate information", 1,
+            {
+                "fingerprint_sha256": str(ev["sha256_fingerprint"]).replace(":", "").lower(),
+                "issuer": str(ev.get("issuer", "")),
+                "subject": str(ev.get("subject", "")),
+                "subjectalternative": ",".join(map(str, ev.get("sans", []))),
+            },
+        )
+
+
+def endpoint(spec: TlsSpec) -> tuple[str | None, int | None]:
+    return spec.host, spec.port
+
+
+KIND = Kind(spec=TlsSpec, run=run, phases=PHASES,
+            phase_metric="probe_tls_duration_seconds", gauges=gauges, endpoint=endpoint)

@@ -4,7 +4,9 @@ the daemon's own health.
 
 Per-check series are built at scrape time from the last Result of each configured check and the
 engine's state, so a check removed by a reload disappears from the next scrape, and running a
-check costs no metric bookkeeping at all.
+check costs no metric bookkeeping at all. The series every kind has are written here; those of
+one kind (its phase durations, `probe_http_status_code`...) are what its `checks.Kind` declares,
+written as they come, so that this module names no kind.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import datetime as dt
 import functools
 import platform
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -26,13 +28,6 @@ from probe.engine import Engine
 from probe.version import components
 
 LABELS = ["check", "kind", "service"]
-PHASE_METRIC = {
-    "http": "probe_http_duration_seconds",
-    "tcp": "probe_tcp_duration_seconds",
-    "tls": "probe_tls_duration_seconds",
-    "dns": "probe_dns_duration_seconds",
-    "icmp": "probe_icmp_duration_seconds",
-}
 
 
 @dataclass
@@ -162,6 +157,11 @@ def _label_cache(name: str, kind: str, service: str) -> str:
     return _label_text(check=name, kind=kind, service=service)
 
 
+@functools.lru_cache(maxsize=256)
+def _phase_label(phase: str) -> str:
+    return _label_text(phase=phase)
+
+
 def _check_labels(name: str, check: Check) -> str:
     return _label_cache(name, check.kind, check.service or "")
 
@@ -174,7 +174,7 @@ class _Families:
 
     def gauge(
         self, name: str, doc: str, labels: str, value: float,
-        *, extra: dict[str, str] | None = None,
+        *, extra: Mapping[str, str] | None = None,
     ) -> None:
         chunk = self._chunks.get(name)
         if chunk is None:
@@ -202,9 +202,11 @@ class _Families:
         self.gauge("probe_dns_lookup_time_seconds",
                    "Returns the time taken for probe dns lookup in seconds",
                    labels, result.phases.get("resolve", 0.0))
-        for phase in KINDS[check.kind].phases:
-            self.gauge(PHASE_METRIC[check.kind], f"Duration of the {check.kind} check by phase",
-                       labels, result.phases.get(phase, 0.0), extra={"phase": phase})
+        kind = KINDS[check.kind]
+        doc = f"Duration of the {check.kind} check by phase"
+        for phase in kind.phases:
+            self.gauge(kind.phase_metric, doc, f"{labels},{_phase_label(phase)}",
+                       result.phases.get(phase, 0.0))
         address = ev.get("address")
         if isinstance(address, str):
             self.gauge("probe_ip_protocol",
@@ -224,57 +226,5 @@ class _Families:
             self.gauge("probe_tls_cert_remaining_seconds",
                        "Time left until the certificate expires (negative: expired)",
                        labels, expiry - result.started_at)
-        kind_specific = getattr(self, f"_{check.kind}", None)
-        if kind_specific is not None:
-            kind_specific(labels, result)
-
-    def _http(self, labels: str, result: Result) -> None:
-        ev = result.evidence
-        if "status_code" in ev:
-            self.gauge("probe_http_status_code", "Response HTTP status code",
-                       labels, ev["status_code"])
-        self.gauge("probe_http_redirects", "The number of redirects",
-                   labels, ev.get("redirects", 0))
-        self.gauge("probe_http_ssl", "Indicates if SSL was used for the final redirect",
-                   labels, str(ev.get("url", "")).startswith("https:"))
-        if "content_length" in ev:
-            self.gauge("probe_http_content_length", "Length of http content response",
-                       labels, ev["content_length"])
-        if "body_bytes" in ev:
-            self.gauge("probe_http_uncompressed_body_length",
-                       "Length of uncompressed response body", labels, ev["body_bytes"])
-        version = str(ev.get("http_version", "")).removeprefix("HTTP/")
-        if version.replace(".", "").isdigit():
-            self.gauge("probe_http_version",
-                       "Returns the version of HTTP of the probe response", labels,
-                       float(version))
-
-    def _tls(self, labels: str, result: Result) -> None:
-        ev = result.evidence
-        if "sha256_fingerprint" in ev:
-            self.gauge(
-                "probe_ssl_last_chain_info", "Contains SSL leaf certificate information",
-                labels, 1,
-                extra={
-                    "fingerprint_sha256": str(ev["sha256_fingerprint"]).replace(":", "").lower(),
-                    "issuer": str(ev.get("issuer", "")),
-                    "subject": str(ev.get("subject", "")),
-                    "subjectalternative": ",".join(map(str, ev.get("sans", []))),
-                },
-            )
-
-    def _dns(self, labels: str, result: Result) -> None:
-        answers = result.evidence.get("answers")
-        self.gauge("probe_dns_answer_rrs", "Returns number of entries in the answer resource "
-                   "record list", labels, len(answers) if isinstance(answers, list) else 0)
-        self.gauge("probe_dns_query_succeeded", "Displays whether or not the query was "
-                   "executed successfully", labels, "rcode" in result.evidence)
-
-    def _icmp(self, labels: str, result: Result) -> None:
-        ev = result.evidence
-        if "loss" in ev:
-            self.gauge("probe_icmp_packet_loss_ratio", "Share of echo requests lost",
-                       labels, ev["loss"])
-        if ev.get("jitter") is not None:
-            self.gauge("probe_icmp_jitter_seconds", "Jitter of the round trips",
-                       labels, ev["jitter"])
+        for name, doc, value, extra in kind.gauges(result):
+            self.gauge(name, doc, labels, value, extra=extra)

@@ -1,7 +1,8 @@
 """Triage evidence for a new ticket, gathered the way a support engineer would: what the
 target's name resolves to, which of its ports answer, its certificate, whether it answers
 ping, what its HTTP endpoint says — in parallel, under a short deadline. Each piece is run
-by the check kinds themselves; a piece that cannot be had says why.
+by the check kinds themselves; a piece that cannot be had says why. Which host and port a
+check is about, its kind says (`checks.Kind.endpoint`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from checks import execute
+from checks import KINDS, execute
 from checks.base import Result, Spec, format_duration
 from checks.http import HttpSpec
 from checks.icmp import IcmpSpec
@@ -27,27 +28,16 @@ from probe.secrets import known
 EXTRA_PORTS = (80, 443, 22)
 
 
-def _target(check: Check) -> tuple[str | None, int | None]:
-    spec = check.spec
-    if isinstance(spec, HttpSpec):
-        parts = urlsplit(spec.url)
-        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    if isinstance(spec, TcpSpec | TlsSpec):
-        return spec.host, spec.port
-    if isinstance(spec, IcmpSpec):
-        return spec.host, None
-    return None, None
-
-
 async def gather(checks: Sequence[Check], deadline: float = 5.0) -> list[tuple[str, str]]:
     hosts: dict[str, set[int]] = {}
     http_specs = []
     for check in checks:
-        host, port = _target(check)
+        host, port = KINDS[check.kind].endpoint(check.spec)
         if host:
             hosts.setdefault(host, set())
             if port:
                 hosts[host].add(port)
+        # Only an http check has a URL to ask again; every kind's host is in `hosts` above.
         if isinstance(check.spec, HttpSpec):
             http_specs.append(check.spec)
     jobs: list[tuple[str, asyncio.Task[str]]] = []
