@@ -26,13 +26,14 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from probe.config import Check
+from probe.engine import TransitionKind
 from probe.log import fields
 from probe.store import Store
 from probe.tickets import make_backend, render, triage
@@ -51,6 +52,8 @@ STATE_RETRY = 5.0  # seconds between tries while the state database refuses writ
 WATCH_STEP_REQUESTS = 3
 
 
+# The engine's transitions, and what the watcher adds: the actions an outbox row can hold.
+Action = TransitionKind | Literal["reopen", "new-ticket", "escalate"]
 GroupHealth = tuple[str, str | None]  # ("open", key) | ("failing"|"healthy"|"unknown", None)
 
 
@@ -123,6 +126,12 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._precounted: dict[int, bool] = {}
         self._state_pause = 0.0  # no deliveries before this: the state database refused
+        # What each action of the outbox does: the engine's transitions, and the watcher's.
+        self._actions: dict[Action, Callable[[Row], Awaitable[None]]] = {
+            "open": self._open_incident, "still-open": self._still_open,
+            "resolve": self._resolve, "reopen": self._reopen, "new-ticket": self._new_ticket,
+            "escalate": self._escalate,
+        }
 
     # --- set-up --------------------------------------------------------------------------------
 
@@ -301,25 +310,26 @@ class Dispatcher:
         await asyncio.to_thread(self.store.run, work)
 
     async def _perform(self, row: Row) -> None:
-        if row.action == "open":
-            await self._open(row, ticket_key=row.incident_key, follows=None)
-        elif row.action == "still-open":
-            await self._each_open_ticket(row, lambda b, ref: b.note(ref, render.still_open(
-                row.facts)))
-            await self._done(row)
-        elif row.action == "resolve":
-            await self._each_open_ticket(row, lambda b, ref: b.resolve(ref, render.resolved(
-                row.facts)), new_state="resolved")
-            await self._done(row)
-        elif row.action == "reopen":
-            await self._reopen(row)
-        elif row.action == "new-ticket":
-            await self._open(row, ticket_key=row.facts["ticket_key"],
-                             follows=row.facts["follows"])
-        elif row.action == "escalate":
-            await self._escalate(row)
-        else:
+        perform = self._actions.get(row.action)  # type: ignore[call-overload]
+        if perform is None:
             raise TicketError(f"unknown action {row.action!r}", permanent=True)
+        await perform(row)
+
+    async def _open_incident(self, row: Row) -> None:
+        await self._open(row, ticket_key=row.incident_key, follows=None)
+
+    async def _still_open(self, row: Row) -> None:
+        await self._each_open_ticket(row, lambda b, ref: b.note(ref, render.still_open(
+            row.facts)))
+        await self._done(row)
+
+    async def _resolve(self, row: Row) -> None:
+        await self._each_open_ticket(row, lambda b, ref: b.resolve(ref, render.resolved(
+            row.facts)), new_state="resolved")
+        await self._done(row)
+
+    async def _new_ticket(self, row: Row) -> None:
+        await self._open(row, ticket_key=row.facts["ticket_key"], follows=row.facts["follows"])
 
     async def _reopen(self, row: Row) -> None:
         tickets = await asyncio.to_thread(
