@@ -47,6 +47,7 @@ RECONCILE_EVERY = 10  # polls
 RECONCILE_WAIT = 30.0  # seconds deliveries wait at start for lost tickets to be taken up
 DISPATCH_EVERY = 5.0  # the longest the dispatcher sleeps between two looks at the outbox
 STATE_RETRY = 5.0  # seconds between tries while the state database refuses writes
+INTERNAL_ATTEMPTS = 3  # attempts of an action that meets a bug in probe before it fails
 # Helpdesk requests one ticket's look may take in the watcher (a status; a resolve or a note
 # with what it reads first), each bounded by its route's timeout.
 WATCH_STEP_REQUESTS = 3
@@ -93,6 +94,10 @@ class OutboxMetrics:
         self.failures = Counter("probe_ticket_failures_total",
                                 "Failed delivery attempts (transient ones are retried)",
                                 ["route", "action", "kind"], registry=registry)
+        self.internal_errors = Counter(
+            "probe_internal_errors_total",
+            "Ticket deliveries that met a bug in probe's own code (logged with a traceback)",
+            registry=registry)
 
 
 class Dispatcher:
@@ -247,9 +252,8 @@ class Dispatcher:
                     await self._failed(row, err)
                 except sqlite3.Error:
                     raise  # the state database, not the helpdesk: see below
-                except Exception as err:  # a bug must not lose the action: keep retrying
-                    log.exception("ticket delivery crashed %s", fields(key=row.incident_key))
-                    await self._failed(row, TicketError(f"internal error: {err!r}"))
+                except Exception as err:  # a bug in probe, not a flaky helpdesk
+                    await self._failed(row, self._internal_error(row, err))
                 else:
                     self._precounted.pop(row.id, None)
                     self.metrics.latency.labels(row.route, row.action).observe(
@@ -259,6 +263,19 @@ class Dispatcher:
         finally:
             self._busy.discard(head.incident_key)
             self.wake()
+
+    def _internal_error(self, row: Row, err: Exception) -> TicketError:
+        """A bug in probe's own code on the way to the helpdesk: logged with its traceback and
+        counted; tried again a few times (it may depend on a passing state), then failed for
+        good, listed by `probe tickets failed` and sent again by `probe tickets retry` once
+        fixed. Never dropped, and never retried forever as if the helpdesk were flaky."""
+        log.exception("ticket delivery crashed: a bug in probe %s", fields(
+            route=row.route, action=row.action, key=row.incident_key, attempt=row.attempts + 1))
+        self.metrics.internal_errors.inc()
+        final = row.attempts + 1 >= INTERNAL_ATTEMPTS
+        return TicketError(f"internal error (a bug in probe{', given up after ' if final else ''}"
+                           f"{f'{INTERNAL_ATTEMPTS} attempts' if final else ''}): {err!r}",
+                           permanent=final)
 
     def _state_failed(self, err: sqlite3.Error) -> float:
         """The state database refuses (read-only, full): deliver nothing until it takes
