@@ -113,6 +113,11 @@ checks:
                               cwd=elsewhere, capture_output=True, text=True, timeout=30,
                               check=True).stdout
 
+    def ready() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/-/ready", timeout=5) as answer:
+            text: str = answer.read().decode()
+        return text
+
     def metrics() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{listen}/metrics", timeout=5) as answer:
             text: str = answer.read().decode()
@@ -122,6 +127,10 @@ checks:
             [probe_command, "run", "--config", "probe.yaml"], cwd=elsewhere, stdout=out,
             stderr=subprocess.STDOUT) as daemon:
         try:
+            # Ready: its state database is made. A `probe tickets` started at the same instant
+            # as a new daemon can meet the database half made (exit 2, seen under load).
+            until_blocking("the daemon", lambda: "Ready" in ready(), 60,
+                           context=log.read_text, tolerate=(OSError,))
             until_blocking("the ticket", lambda: "[probe] port DOWN" in tickets(), 30,
                            context=log.read_text, tolerate=(OSError,))
             assert 'probe_success{check="port",kind="tcp",service=""} 0.0' in metrics()
