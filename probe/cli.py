@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 from checks import execute
 from checks.base import Result, format_duration
 from probe import control, daemon, log, version, webconfig
-from probe.config import Check, Config, ConfigError, load
+from probe.config import Check, Config, ConfigError, load, source_files
 from probe.demo import demo as run_demo
-from probe.effective import effective_yaml, source_files
+from probe.effective import effective_yaml
 from probe.secrets import known
 from probe.tickets.admin import test_ticket, tickets_command
 

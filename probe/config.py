@@ -359,9 +359,17 @@ def load(path: Path | str) -> Config:
     return config
 
 
+def source_files(path: Path) -> list[Path]:
+    """The files a configuration at `path` is read from: the file, or a conf.d directory's
+    *.yaml and *.yml files in name order (`probe validate --print` names them too)."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return [path]
+
+
 def _read(path: Path) -> Config:
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        files = source_files(path)
         if not files:
             raise ConfigError([ConfigIssue(str(path), 0, "", "no *.yaml files in this directory")])
     elif path.exists():

@@ -52,14 +52,6 @@ def effective_yaml(config: Config, sources: Sequence[Path] = ()) -> str:
     return f"{header}{shown}\n\n" + "\n".join(sections)
 
 
-def source_files(path: Path) -> list[Path]:
-    """The files `load(path)` reads, in its order (a conf.d directory's *.yaml and *.yml)."""
-    # The rule of probe.config._read, which keeps its list to itself.
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-    return [path]
-
-
 @functools.lru_cache(maxsize=4096)  # 10,000 checks share a few dozen values
 def duration_text(seconds: float) -> str:
     """`seconds` in probe's duration syntax, reading back as exactly `seconds`: format_duration's
