@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
+import dataclasses
 import gc
 import logging
 import os
@@ -18,28 +18,31 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from pydantic import ValidationError
 
 from checks import execute
-from checks.base import Result, parse_duration
-from probe import control, sdnotify, webconfig
-from probe.config import Check, Config, ConfigError, Maintenance, error_text, load
+from checks.base import Result
+from probe import control, sdnotify, status, webconfig
+from probe.config import Check, Config, ConfigError, Maintenance, load
 from probe.engine import Engine, Transition, restore_check, restore_group, window_matches
+from probe.facts import Facts
 from probe.log import fields
 from probe.metrics import Metrics, View
 from probe.scheduler import Scheduler
 from probe.secrets import known
-from probe.store import Batch, Store, StoreError
+from probe.store import Store, StoreError
 from probe.supervisor import EXIT_LOOP_FAILED, Progress, Supervisor
-from probe.tickets.outbox import Context, Dispatcher, OutboxMetrics
+from probe.tickets import groups
+from probe.tickets.groups import Context
+from probe.tickets.ledger import SqliteLedger
+from probe.tickets.outbox import Dispatcher, OutboxMetrics
+from probe.tickets.pool import Backends
+from probe.tickets.watcher import Watcher
 from probe.web import serve_http
+from probe.writer import FLUSH_RETRY, Writer
 
 log = logging.getLogger("probe")
 
-FLUSH_EVERY = 0.2  # seconds between state writes: batched, never on the check's path
-FLUSH_RETRY = 1.0  # seconds between state writes while the database refuses them
 TICK_EVERY = 1.0  # seconds between engine ticks (maintenance ends, notes due)
-MAX_PENDING_RESULTS = 20_000  # results kept in memory while the state cannot be written
 STATE_RETRY = 10.0  # seconds between attempts to open the state database at start
 
 
@@ -65,15 +68,17 @@ class Daemon:
             check_states={n: restore_check(s) for n, s in snapshot.checks.items()},
             group_states={g: restore_group(s) for g, s in snapshot.groups.items()},
         )
-        self.dispatcher = Dispatcher(
-            self.store, config.routes, OutboxMetrics(self.registry), self._context,
-            agent=config.agent.name, group_state=self._group_state,
-            poll_interval=config.ticketing.poll_interval,
-        )
-        self._flush_soon = asyncio.Event()
-        self.pending = Batch()
+        self.ledger = SqliteLedger(self.store)
+        self.backends = Backends(config.routes, database=self.store.path)
+        self.watcher = Watcher(self.ledger, self.backends, agent=config.agent.name,
+                               group_health=lambda group: groups.health(self.engine, group),
+                               wake=lambda: self.dispatcher.wake(),
+                               poll_interval=config.ticketing.poll_interval)
+        self.dispatcher = Dispatcher(self.ledger, self.backends, OutboxMetrics(self.registry),
+                                     self._context, orphans=self.watcher.orphans,
+                                     reconciled=self.watcher.reconciled)
+        self.writer = Writer(self.store, self.metrics, written=self.dispatcher.wake)
         self.ready = False
-        self.state_writable = True
         self.stopping = asyncio.Event()
         self._scheduler: Scheduler | None = None
         # Read when scraped, rather than counted up and down (two locked updates) per check.
@@ -87,26 +92,11 @@ class Daemon:
     def _view(self) -> View:
         return View(self.checks, self.results, self.engine)
 
-    def _group_state(self, group: str) -> tuple[str, str | None]:
-        """For reconciling tickets: is the group's outage going on?"""
-        state = self.engine.groups.get(group)
-        if state is not None and state.incident is not None:
-            return "open", state.incident.key
-        members = [self.engine.checks[n] for n in self.engine.members.get(group, [])
-                   if n in self.engine.checks]
-        if any(m.failures or m.bad or m.flapping for m in members):
-            return "failing", None
-        if members and all(m.last_state == "up" for m in members):
-            return "healthy", None
-        return "unknown", None
+    def _members(self, group: str) -> list[Check]:
+        return [self.checks[n] for n in self.engine.members.get(group, []) if n in self.checks]
 
     def _context(self, group: str) -> Context:
-        members = [self.checks[n] for n in self.engine.members.get(group, []) if n in self.checks]
-        recent = []
-        for check in members:
-            recent += [{**r, "check": check.name} for r in self.store.recent_results(check.name)]
-        recent.sort(key=lambda r: r["at"], reverse=True)
-        return Context(members, recent[:10])
+        return groups.context(self._members(group), self.store.recent_results)
 
     # --- the work of one check -------------------------------------------------------------
 
@@ -121,7 +111,7 @@ class Daemon:
         self.results[check.name] = result
         now = time.time()
         transitions = self.engine.observe(check.name, result.state, result.reason, now)
-        self.pending.results.append((check.name, result))
+        self.writer.pending.results.append((check.name, result))
         self._decided(transitions)
         if result.state != "up":
             log.debug("check %s", fields(check=check.name, kind=check.kind, state=result.state,
@@ -135,63 +125,19 @@ class Daemon:
             for name in self.engine.wanted:
                 self._scheduler.run_soon(name)
             self.engine.wanted.clear()
-        checks, groups = self.engine.take_dirty()
-        self.pending.checks.update(checks)
-        self.pending.groups.update(groups)
+        dirty_checks, dirty_groups = self.engine.take_dirty()
+        self.writer.pending.checks.update(dirty_checks)
+        self.writer.pending.groups.update(dirty_groups)
         for transition in transitions:
-            transition.facts.update(known.redact_data(transition.facts))  # a URL's token
+            facts = Facts.from_json(known.redact_data(transition.facts.to_json()))  # a token
+            members = self._members(transition.group)
             if transition.kind == "open":
-                transition.facts["ticket"] = self._policy(transition.group)
-            self.pending.transitions.append((transition, self._route(transition.group)))
-            self._log_transition(transition)
+                facts = facts.with_ticket(groups.policy(members, self.results))
+            transition = dataclasses.replace(transition, facts=facts)
+            self.writer.pending.transitions.append((transition, groups.route(members)))
+            log_transition(transition, self.metrics)
         if transitions:
-            self._flush_soon.set()  # tickets should not wait for the next batch
-
-    def _policy(self, group: str) -> dict[str, object]:
-        """What the ticket side needs to know of the checks' ticket settings, kept with the
-        open so that notes and escalation follow what was configured when it opened."""
-        members = [self.checks[n] for n in self.engine.members.get(group, []) if n in self.checks]
-        if not members:
-            return {}
-        lead = members[0]
-        policy = lead.ticket
-        failing = [self.results[m.name] for m in members
-                   if m.name in self.results and self.results[m.name].state == "down"]
-        # Only certificates about to expire, still serving: a warning, not an outage.
-        expiring = bool(failing) and all(r.evidence.get("expiring") for r in failing)
-        return {
-            "priority": policy.expiry_priority if expiring else policy.priority,
-            "expiring": expiring,
-            "escalate_after": policy.escalate_after,
-            "on_human_close": policy.on_human_close,
-            "title_template": policy.title_template,
-            "body_template": policy.body_template,
-            "runbook": lead.runbook,
-            "dashboard": lead.dashboard,
-        }
-
-    def _route(self, group: str) -> str | None:
-        for name in self.engine.members.get(group, []):
-            policy = self.checks[name].ticket
-            if policy.enabled and policy.route is not None:
-                return policy.route
-        return None
-
-    def _log_transition(self, t: Transition) -> None:
-        facts = t.facts
-        if t.kind == "open":
-            self.metrics.opened.labels(t.group).inc()
-            log.warning("incident opened %s", fields(
-                group=t.group, key=t.key, why=facts["why"], reason=facts["reason"],
-                unreachable=",".join(facts["unreachable"]) or None))
-        elif t.kind == "resolve":
-            self.metrics.resolved.labels(t.group).inc()
-            log.warning("incident resolved %s", fields(
-                group=t.group, key=t.key, down_for=facts["down_for_text"],
-                how=facts["recovered"]))
-        else:
-            log.info("incident still open %s", fields(group=t.group, key=t.key,
-                                                      reason=facts["reason"]))
+            self.writer.soon()  # tickets should not wait for the next batch
 
     # --- background work -------------------------------------------------------------------
 
@@ -213,51 +159,6 @@ class Daemon:
         if not checks:
             return None
         return min(c.interval for c in checks) + max(c.timeout for c in checks)
-
-    async def _flusher(self, progress: Progress) -> None:
-        failing_since: float | None = None
-        while True:
-            progress()
-            try:
-                async with asyncio.timeout(FLUSH_EVERY if failing_since is None else FLUSH_RETRY):
-                    await self._flush_soon.wait()
-            except TimeoutError:
-                pass
-            self._flush_soon.clear()
-            failing_since = await self.flush(failing_since)
-
-    async def flush(self, failing_since: float | None = None) -> float | None:
-        """Write what is pending; on failure keep it, in order, for the next try."""
-        if not self.pending:
-            return failing_since
-        batch, self.pending = self.pending, Batch()
-        try:
-            await asyncio.to_thread(self.store.write, batch)
-        except StoreError as err:
-            batch.merge(self.pending)
-            # Decisions and states are kept whatever it costs; the history of results is
-            # only history: while the disk refuses, keep its newest part, not all of it.
-            del batch.results[:-MAX_PENDING_RESULTS]
-            self.pending = batch
-            self.metrics.state_errors.inc()
-            self.metrics.state_ok.set(0)
-            self.state_writable = False
-            if failing_since is None:
-                log.error("state not saved, retrying %s", fields(error=err))
-            return failing_since or time.time()
-        except Exception:
-            # A bug, not the disk; the transaction's COMMIT is its last statement, so nothing
-            # was written: keep the decisions for the flusher the supervisor restarts.
-            batch.merge(self.pending)
-            self.pending = batch
-            raise
-        if failing_since is not None:
-            log.warning("state saved again %s", fields(after=f"{time.time() - failing_since:.0f}s"))
-        self.metrics.state_ok.set(1)
-        self.state_writable = True
-        if batch.transitions:
-            self.dispatcher.wake()
-        return None
 
     async def _ticker(self, progress: Progress) -> None:
         while True:
@@ -290,9 +191,10 @@ class Daemon:
                                                   self.windows(), time.time()))
             if self._scheduler is not None:
                 self._scheduler.update(list(self.checks.values()))
-            self.dispatcher.update_routes(config.routes)
-            self._secure(config)
-            self.dispatcher.poll_interval = config.ticketing.poll_interval
+            self.backends.update(config.routes)
+            self.dispatcher.wake()
+            self.guard = secure(config, self.guard)
+            self.watcher.poll_interval = config.ticketing.poll_interval
             self.metrics.reload_ok.set(1)
             self.metrics.reload_time.set(time.time())
             log.info("configuration reloaded %s", fields(summary=config.summary()))
@@ -308,31 +210,13 @@ class Daemon:
     def windows(self) -> list[Maintenance]:
         return [*self.config.maintenance, *self.adhoc.values()]
 
-    def add_window(self, request: dict[str, Any]) -> tuple[int, Maintenance]:
-        """A one-off window from now: `checks` and/or `services`, `reason`, and `duration` (or
-        `end`). Raises ValueError in words (a window that matches no check is refused), and
-        StoreError when it cannot be recorded."""
-        if not isinstance(request, dict):
-            raise ValueError("expected a JSON object")
-        unknown = set(request) - {"checks", "services", "reason", "duration", "end"}
-        if unknown:
-            raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
-        if ("duration" in request) == ("end" in request):
-            raise ValueError("give duration (like 2h) or end, one of them")
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        end: Any = request.get("end")
-        if "duration" in request:
-            try:
-                end = (now + dt.timedelta(seconds=parse_duration(request["duration"]))).isoformat()
-            except ValueError as err:
-                raise ValueError(f"duration: {err}") from None
-        data: dict[str, Any] = {k: request[k] for k in ("checks", "services", "reason")
-                                if k in request}
-        data.update(start=now.isoformat(), end=end)
-        try:
-            window = Maintenance.model_validate(data)
-        except ValidationError as err:
-            raise ValueError(error_text(err)) from None
+    def maintenance_windows(self) -> list[tuple[int | None, Maintenance]]:
+        """The configuration's windows (no number), then those set at run time."""
+        return [*((None, w) for w in self.config.maintenance), *self.adhoc.items()]
+
+    def add_window(self, window: Maintenance) -> int:
+        """Raises ValueError for a window that matches no check, StoreError when it cannot be
+        recorded (a window that is not stored would not outlive a restart)."""
         if not any(window_matches(window, c) for c in self.checks.values()):
             raise ValueError("names no check or service that probe runs")
         assert window.end is not None
@@ -340,9 +224,10 @@ class Daemon:
         self.adhoc[number] = window
         self._maintenance_changed()
         log.warning("maintenance set %s", fields(id=number, checks=window.checks,
-                                                 services=window.services, until=end,
+                                                 services=window.services,
+                                                 until=window.end.isoformat(),
                                                  reason=window.reason))
-        return number, window
+        return number
 
     def end_window(self, number: int) -> bool:
         """Raises StoreError, and leaves the window on, when that cannot be recorded."""
@@ -358,31 +243,17 @@ class Daemon:
         self._decided(self.engine.reconfigure(list(self.checks.values()), self.windows(),
                                               time.time()))
 
-    def _secure(self, config: Config) -> webconfig.Guard:
-        """At start and on each reload: learn the configuration's secret values (so that logs,
-        status and tickets never show them), apply the web configuration, and warn of what is
-        left open."""
-        known.add(config.secret_values())
-        known.install()
-        path = config.agent.web_config
-        try:
-            web = webconfig.load(path) if path is not None else None
-            if self.guard is None:
-                self.guard = webconfig.Guard(web)
-            else:
-                for note in self.guard.update(web):
-                    log.warning(note)
-        except (ConfigError, webconfig.TlsFileError) as err:
-            if self.guard is not None:  # a reload: the file changed after it was validated
-                log.error("web_config not reloaded %s", fields(error=err))
-                return self.guard
-            log.error("cannot start %s", fields(error=err))
-            raise SystemExit(2) from None
-        for note in (web.notes() if web else []):
-            log.info(note)
-        for warning in security_warnings(config, web):
-            log.warning(warning)
-        return self.guard
+    def not_ready(self) -> str | None:
+        if not self.ready:
+            return "starting or stopping"
+        if not self.writer.writable:
+            return "the state database cannot be written"
+        return None
+
+    async def snapshot(self) -> dict[str, Any]:
+        return await status.document(self.config.agent.name, self.checks, self.results,
+                                     self.engine, self.ledger, ready=self.ready,
+                                     state_writable=self.writer.writable)
 
     def _status_line(self) -> str:
         open_incidents = sum(1 for g in self.engine.groups.values() if g.incident)
@@ -390,7 +261,7 @@ class Daemon:
 
     async def serve(self) -> None:
         """Run until SIGTERM, or until a loop keeps failing (`loops.gave_up` then names it)."""
-        guard = self._secure(self.config)  # before any check runs or the endpoint answers
+        self.guard = guard = secure(self.config, self.guard)  # before any check runs, any answer
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
@@ -402,10 +273,10 @@ class Daemon:
         )
         scheduler.update(list(self.checks.values()))
         self.loops.add("scheduler", self._schedule, every=self._cadence)
-        self.loops.add("flusher", self._flusher, every=lambda: FLUSH_RETRY)
+        self.loops.add("flusher", self.writer.serve, every=lambda: FLUSH_RETRY)
         self.loops.add("ticker", self._ticker, every=lambda: TICK_EVERY)
-        self.loops.add("dispatcher", self.dispatcher.serve, every=self.dispatcher.delivery_every)
-        self.loops.add("watcher", self.dispatcher.watch, every=self.dispatcher.watch_every)
+        self.loops.add("dispatcher", self.dispatcher.serve, every=self.dispatcher.every)
+        self.loops.add("watcher", self.watcher.serve, every=self.watcher.every)
         # A full collection walks every live object: with 10,000 checks a pause of a quarter
         # second, which makes a thousand checks late. What start-up built lives as long as the
         # daemon: take it out of the collector's walks, and walk the old generation rarely
@@ -439,13 +310,56 @@ class Daemon:
         with contextlib.suppress(Exception):
             await runner.cleanup()
         try:
-            if await self.flush() is not None:
+            if await self.writer.flush() is not None:
                 log.error("state not saved at stop: the last decisions will be taken again")
         except Exception:  # the bug that stopped the flusher: said, and the stop goes on
             log.exception("state not saved at stop: the last decisions will be taken again")
         await self.dispatcher.close()
+        await self.backends.close()
         self.store.close()
         control.remove(self.store.path.parent, os.getpid())
+
+
+def secure(config: Config, guard: webconfig.Guard | None) -> webconfig.Guard:
+    """At start and on each reload: learn the configuration's secret values (so that logs,
+    status and tickets never show them), apply the web configuration, and warn of what is
+    left open."""
+    known.add(config.secret_values())
+    known.install()
+    path = config.agent.web_config
+    try:
+        web = webconfig.load(path) if path is not None else None
+        if guard is None:
+            guard = webconfig.Guard(web)
+        else:
+            for note in guard.update(web):
+                log.warning(note)
+    except (ConfigError, webconfig.TlsFileError) as err:
+        if guard is not None:  # a reload: the file changed after it was validated
+            log.error("web_config not reloaded %s", fields(error=err))
+            return guard
+        log.error("cannot start %s", fields(error=err))
+        raise SystemExit(2) from None
+    for note in (web.notes() if web else []):
+        log.info(note)
+    for warning in security_warnings(config, web):
+        log.warning(warning)
+    return guard
+
+
+def log_transition(t: Transition, metrics: Metrics) -> None:
+    facts = t.facts
+    if t.kind == "open":
+        metrics.opened.labels(t.group).inc()
+        log.warning("incident opened %s", fields(
+            group=t.group, key=t.key, why=facts.why, reason=facts.reason,
+            unreachable=",".join(facts.unreachable) or None))
+    elif t.kind == "resolve":
+        metrics.resolved.labels(t.group).inc()
+        log.warning("incident resolved %s", fields(
+            group=t.group, key=t.key, down_for=facts.down_for_text, how=facts.recovered))
+    else:
+        log.info("incident still open %s", fields(group=t.group, key=t.key, reason=facts.reason))
 
 
 def security_warnings(config: Config, web: webconfig.WebConfig | None) -> list[str]:

@@ -15,16 +15,18 @@ group (a check's `service`, or the check alone) at most one open incident. It de
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fnmatch
 import itertools
 import zoneinfo
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from checks.base import State, format_duration
 from probe.config import Check, Maintenance
+from probe.facts import Facts, Member
 
 TransitionKind = Literal["open", "still-open", "resolve"]
 
@@ -35,7 +37,7 @@ class Transition:
     group: str
     key: str  # the incident's stable key: what the helpdesk ticket carries
     at: float
-    facts: dict[str, Any]
+    facts: Facts
 
 
 @dataclass(slots=True)
@@ -185,7 +187,7 @@ class Engine:
             st.failed_checks += 1
             if st.failures >= check.failure_threshold:
                 st.bad = True
-        self._update_flapping(check, st)
+        update_flapping(check, st)
         if st.healthy:
             st.first_failure_at = None
         return self._evaluate(check.group, now) + self._evaluate_children(name, now)
@@ -215,18 +217,6 @@ class Engine:
         return out
 
     # --- decisions -------------------------------------------------------------------------
-
-    def _update_flapping(self, check: Check, st: CheckState) -> None:
-        if not check.flapping.enabled:
-            st.flapping = False
-            return
-        if len(st.history) < check.flapping.window:
-            return
-        change = flap_ratio(st.history)
-        if not st.flapping and change > check.flapping.high:
-            st.flapping = True
-        elif st.flapping and change < check.flapping.low:
-            st.flapping = False
 
     def _evaluate(self, group: str, now: float) -> list[Transition]:
         gs = self.groups[group]
@@ -311,7 +301,7 @@ class Engine:
         children = sorted({
             child
             for member in self.members[group]
-            for child in self._descendants(member)
+            for child in descendants(member, self.children, self.config)
             if not self.checks[child].healthy
         })
         gs.incident = Incident(
@@ -329,68 +319,42 @@ class Engine:
         self.dirty_groups.add(group)
         return self._transition("open", group, now)
 
-    def _descendants(self, name: str) -> list[str]:
-        seen: list[str] = []
-        todo = list(self.children.get(name, []))
-        while todo:
-            child = todo.pop()
-            if child not in seen and child in self.config:
-                seen.append(child)
-                todo += self.children.get(child, [])
-        return seen
-
     def _resolve(self, group: str, now: float, how: str) -> Transition:
-        transition = self._transition("resolve", group, now, recovered=how)
+        transition = self._transition("resolve", group, now, how)
         self.groups[group].incident = None
         self.dirty_groups.add(group)
         return transition
 
     def _transition(
-        self, kind: TransitionKind, group: str, now: float, **extra: Any
+        self, kind: TransitionKind, group: str, now: float, recovered: str | None = None,
     ) -> Transition:
         incident = self.groups[group].incident
         assert incident is not None
-        members = self.members.get(group, [])
-        incident.failed_checks = max(
-            incident.failed_checks,
-            sum(self.checks[m].failed_checks for m in members if m in self.checks),
+        members = [m for m in self.members.get(group, []) if m in self.checks]
+        incident.failed_checks = max(incident.failed_checks,
+                                     sum(self.checks[m].failed_checks for m in members))
+        facts = Facts(
+            agent=self.agent,
+            group=group,
+            service=group if len(members) > 1 or self._is_service(group) else None,
+            why=incident.why,
+            reason=incident.reason,
+            previous_reason=incident.last_note_reason,
+            first_failure_at=incident.first_failure_at,
+            opened_at=incident.opened_at,
+            down_for=now - incident.first_failure_at,
+            failed_checks=incident.failed_checks,
+            unreachable=tuple(incident.unreachable),
+            checks={m: _member(self.config.get(m), self.checks[m]) for m in members},
         )
-        facts: dict[str, Any] = {
-            "agent": self.agent,
-            "group": group,
-            "service": group if len(members) > 1 or self._is_service(group) else None,
-            "why": incident.why,
-            "reason": incident.reason,
-            "previous_reason": incident.last_note_reason,
-            "first_failure_at": incident.first_failure_at,
-            "opened_at": incident.opened_at,
-            "down_for": now - incident.first_failure_at,
-            "failed_checks": incident.failed_checks,
-            "unreachable": list(incident.unreachable),
-            "checks": {m: self._member_facts(m, now) for m in members if m in self.checks},
-            **extra,
-        }
         if kind == "resolve":
-            facts["resolved_at"] = now
-            facts["down_for_text"] = format_duration(round(now - incident.first_failure_at))
+            facts = dataclasses.replace(
+                facts, recovered=recovered, resolved_at=now,
+                down_for_text=format_duration(round(now - incident.first_failure_at)))
         return Transition(kind, group, incident.key, now, facts)
 
     def _is_service(self, group: str) -> bool:
         return any(self.config[m].service == group for m in self.members.get(group, []))
-
-    def _member_facts(self, name: str, now: float) -> dict[str, Any]:
-        st, check = self.checks[name], self.config.get(name)
-        return {
-            "kind": check.kind if check else None,
-            "target": check.spec.target if check else None,
-            "state": st.last_state,
-            "consecutive_failures": st.failures,
-            "reason": st.last_reason if st.failures or st.bad else "",
-            "flapping": st.flapping,
-            "unreachable": st.unreachable,
-            "in_maintenance": st.in_maintenance,
-            "failing_since": st.first_failure_at,
-        }
 
     # --- maintenance ------------------------------------------------------------------------
 
@@ -415,6 +379,20 @@ Changes = dict[str, dict[str, Any] | None]
 _CHECK_FIELDS = tuple(f.name for f in fields(CheckState))
 
 
+def _member(check: Check | None, st: CheckState) -> Member:
+    return Member(
+        kind=check.kind if check else None,
+        target=check.spec.target if check else None,
+        state=st.last_state,
+        consecutive_failures=st.failures,
+        reason=st.last_reason if st.failures or st.bad else "",
+        flapping=st.flapping,
+        unreachable=st.unreachable,
+        in_maintenance=st.in_maintenance,
+        failing_since=st.first_failure_at,
+    )
+
+
 def _dump_check(state: CheckState | None) -> dict[str, Any] | None:
     # dataclasses.asdict deep-copies through reflection: too slow for every result.
     if state is None:
@@ -431,6 +409,33 @@ def restore_check(data: dict[str, Any]) -> CheckState:
 def restore_group(data: dict[str, Any]) -> GroupState:
     incident = data.get("incident")
     return GroupState(seq=data["seq"], incident=Incident(**incident) if incident else None)
+
+
+def update_flapping(check: Check, st: CheckState) -> None:
+    """Icinga's hysteresis: flapping above `high`, steady again below `low`."""
+    if not check.flapping.enabled:
+        st.flapping = False
+        return
+    if len(st.history) < check.flapping.window:
+        return
+    change = flap_ratio(st.history)
+    if not st.flapping and change > check.flapping.high:
+        st.flapping = True
+    elif st.flapping and change < check.flapping.low:
+        st.flapping = False
+
+
+def descendants(name: str, children: Mapping[str, list[str]],
+                configured: Container[str]) -> list[str]:
+    """The checks that depend on `name`, directly or not."""
+    seen: list[str] = []
+    todo = list(children.get(name, []))
+    while todo:
+        child = todo.pop()
+        if child not in seen and child in configured:
+            seen.append(child)
+            todo += children.get(child, [])
+    return seen
 
 
 def count_changes(history: Sequence[bool]) -> int:

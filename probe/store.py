@@ -11,8 +11,11 @@ was never decided.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from typing import Any
 
 from checks.base import Result
 from probe.engine import Changes, Transition
+from probe.tickets.ledger import record_transitions
 
 # Each entry takes the schema from version i to i + 1. Never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -160,11 +164,15 @@ class Store:
                 f"cannot write the state directory {state_dir}: {err.strerror or err}"
             ) from err
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._migrate()
+            # Two processes may open a new state at once (the daemon starting, `probe tickets`
+            # run by hand): one sets it up, the other waits, then finds it set up.
+            with _locked(state_dir):
+                self._db = sqlite3.connect(self.path, check_same_thread=False,
+                                           isolation_level=None)
+                self._db.execute("PRAGMA busy_timeout=5000")
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
             self._seq: dict[str, int] = dict(
                 self._db.execute("SELECT check_name, MAX(seq) FROM results GROUP BY check_name")
             )
@@ -237,30 +245,7 @@ class Store:
                 result.reason, evidence,
             ))
         db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        for transition, route in batch.transitions:
-            facts = json.dumps(transition.facts, default=str)
-            if transition.kind == "open":
-                db.execute(
-                    "INSERT OR IGNORE INTO incidents (key, grp, opened_at, facts) VALUES (?,?,?,?)",
-                    (transition.key, transition.group, transition.at, facts),
-                )
-            elif transition.kind == "resolve":
-                db.execute(
-                    "UPDATE incidents SET resolved_at = ?, facts = ? WHERE key = ?",
-                    (transition.at, facts, transition.key),
-                )
-            if transition.kind != "open":
-                row = db.execute(
-                    "SELECT route FROM outbox WHERE incident_key = ? AND action = 'open'",
-                    (transition.key,),
-                ).fetchone()
-                route = row[0] if row else None
-            if route is not None:
-                db.execute(
-                    "INSERT INTO outbox (incident_key, action, route, created_at, payload,"
-                    " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (transition.key, transition.kind, route, transition.at, facts, transition.at),
-                )
+        record_transitions(db, batch.transitions)
         db.execute("COMMIT")
 
     def recent_results(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
@@ -308,9 +293,19 @@ class Store:
 
 def _writable(directory: Path) -> None:
     """SQLite says only "unable to open database file": ask the file system, which says why."""
-    probe_file = directory / ".probe-write-test"
-    probe_file.write_bytes(b"")
-    probe_file.unlink()
+    with tempfile.TemporaryFile(dir=directory, prefix=".probe-write-test-"):
+        pass
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive lock on the state directory (flock: released if the process dies)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _upsert(db: sqlite3.Connection, table: str, changes: Changes) -> None:

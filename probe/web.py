@@ -9,53 +9,56 @@ what the endpoint answers has every known secret redacted."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
 
-from checks.base import Result
-from probe import __version__
-from probe.config import Check, Config, Maintenance
-from probe.engine import Engine, window_active
+from checks.base import parse_duration
+from probe.config import Maintenance, error_text
+from probe.engine import window_active
 from probe.metrics import Metrics, exposition
 from probe.secrets import known
-from probe.store import Store, StoreError
+from probe.store import StoreError
 from probe.supervisor import Supervisor
 from probe.webconfig import Guard
 
 
-class Daemon(Protocol):
-    """What the endpoint reads of the running daemon (probe.daemon.Daemon), and may ask of it:
-    the daemon imports this module, never the other way round."""
+class Status(Protocol):
+    """What the endpoint asks of the running daemon (probe.daemon.Daemon): the daemon imports
+    this module, never the other way round."""
 
-    config: Config
-    checks: dict[str, Check]
-    results: dict[str, Result]
-    adhoc: dict[int, Maintenance]
-    engine: Engine
-    store: Store
     metrics: Metrics
-    loops: Supervisor
-    ready: bool
-    state_writable: bool
+    loops: Supervisor  # which loops are in trouble
 
-    async def reload(self) -> list[str]: ...
+    def not_ready(self) -> str | None:
+        """Why the daemon is not ready (starting, stopping, state not writable), else None."""
 
-    def add_window(self, request: dict[str, Any]) -> tuple[int, Maintenance]: ...
+    async def snapshot(self) -> dict[str, Any]:
+        """The status document (probe.status)."""
+
+    def maintenance_windows(self) -> list[tuple[int | None, Maintenance]]:
+        """The windows: the configuration's (no number), then those set at run time."""
+
+    def add_window(self, window: Maintenance) -> int:
+        """Set a window at run time. Raises ValueError, StoreError."""
 
     def end_window(self, number: int) -> bool: ...
 
+    async def reload(self) -> list[str]: ...
 
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+
+STATUS: web.AppKey[Status] = web.AppKey("status")
 
 
-async def serve_http(daemon: Daemon, listen: str, guard: Guard | None = None) -> web.AppRunner:
+async def serve_http(daemon: Status, listen: str, guard: Guard | None = None) -> web.AppRunner:
     guard = guard or Guard(None)
     app = web.Application(middlewares=[guard.middleware])
     app.on_response_prepare.append(guard.add_headers)
-    app[DAEMON] = daemon
+    app[STATUS] = daemon
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
@@ -72,7 +75,7 @@ async def serve_http(daemon: Daemon, listen: str, guard: Guard | None = None) ->
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    chunks = await exposition(request.app[DAEMON].metrics)
+    chunks = await exposition(request.app[STATUS].metrics)
     response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
     response.content_length = sum(len(chunk) for chunk in chunks)
     await response.prepare(request)
@@ -85,21 +88,20 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 async def healthy(request: web.Request) -> web.Response:
     """503 exactly when systemd's watchdog is not pinged: a loop gave up or makes no progress
     (probe.supervisor), which a restart is for."""
-    problems = request.app[DAEMON].loops.unhealthy()
+    problems = request.app[STATUS].loops.unhealthy()
     if problems:
         return web.Response(status=503, text=_lines("Unhealthy", problems))
     return web.Response(text="Healthy\n")
 
 
 async def ready(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
+    daemon = request.app[STATUS]
     problems = daemon.loops.not_ready()  # first: a loop that gave up also stops the daemon
     if problems:
         return web.Response(status=503, text=_lines("Not ready", problems))
-    if not daemon.ready:
-        return web.Response(status=503, text="Not ready: starting or stopping\n")
-    if not daemon.state_writable:
-        return web.Response(status=503, text="Not ready: the state database cannot be written\n")
+    why = daemon.not_ready()
+    if why is not None:
+        return web.Response(status=503, text=f"Not ready: {why}\n")
     return web.Response(text="Ready\n")
 
 
@@ -109,7 +111,7 @@ def _lines(verdict: str, problems: list[str]) -> str:
 
 
 async def reload(request: web.Request) -> web.Response:
-    errors = await request.app[DAEMON].reload()
+    errors = await request.app[STATUS].reload()
     if errors:
         text = "\n".join(["reload refused:", *errors]) + "\n"
         return web.Response(status=500, text=known.redact(text))
@@ -118,14 +120,12 @@ async def reload(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     # Failed ticket actions carry the helpdesk's words, which may echo a credential.
-    return web.json_response(known.redact_data(snapshot(request.app[DAEMON])))
+    return web.json_response(known.redact_data(await request.app[STATUS].snapshot()))
 
 
 async def maintenance(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
     now = time.time()
-    windows: list[tuple[int | None, Maintenance]] = [(None, w) for w in daemon.config.maintenance]
-    windows += daemon.adhoc.items()
+    windows = request.app[STATUS].maintenance_windows()
     return web.json_response({"windows": [
         {"id": number, "set_by": "configuration" if number is None else "api",
          "active": window_active(window, now), **window.model_dump(mode="json")}
@@ -139,7 +139,8 @@ async def add_maintenance(request: web.Request) -> web.Response:
         # operator visits cannot silence probe.
         return web.json_response({"error": "send the window as application/json"}, status=415)
     try:
-        number, window = request.app[DAEMON].add_window(await request.json())
+        window = window_request(await request.json())
+        number = request.app[STATUS].add_window(window)
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         return web.json_response({"error": str(err)}, status=400)
     except StoreError as err:
@@ -150,7 +151,7 @@ async def add_maintenance(request: web.Request) -> web.Response:
 async def end_maintenance(request: web.Request) -> web.Response:
     number = int(request.match_info["id"])
     try:
-        ended = request.app[DAEMON].end_window(number)
+        ended = request.app[STATUS].end_window(number)
     except StoreError as err:
         return web.json_response({"error": str(err)}, status=503)
     if not ended:
@@ -159,54 +160,27 @@ async def end_maintenance(request: web.Request) -> web.Response:
     return web.json_response({"ended": number})
 
 
-def snapshot(daemon: Daemon) -> dict[str, Any]:
-    engine = daemon.engine
-    checks = []
-    for name, check in daemon.checks.items():
-        st = engine.checks.get(name)
-        result = daemon.results.get(name)
-        checks.append({
-            "name": name,
-            "kind": check.kind,
-            "target": check.spec.target,
-            "service": check.service,
-            "state": result.state if result else None,
-            "reason": result.reason if result else "",
-            "duration_seconds": result.duration if result else None,
-            "last_run_at": result.started_at if result else None,
-            "consecutive_failures": st.failures if st else 0,
-            "consecutive_successes": st.successes if st else 0,
-            "flapping": st.flapping if st else False,
-            "unreachable": st.unreachable if st else False,
-            "in_maintenance": st.in_maintenance if st else False,
-        })
-    incidents = []
-    for group, gs in engine.groups.items():
-        if gs.incident is not None:
-            i = gs.incident
-            incidents.append({
-                "group": group, "key": i.key, "opened_at": i.opened_at,
-                "first_failure_at": i.first_failure_at, "why": i.why, "reason": i.reason,
-                "checks": i.members, "unreachable": i.unreachable,
-            })
-    failed = daemon.store.query(
-        "SELECT id, incident_key, action, route, attempts, last_error FROM outbox"
-        " WHERE status = 'failed' ORDER BY id DESC LIMIT 20")
-    pending = daemon.store.query(
-        "SELECT COUNT(*), MIN(created_at), MAX(attempts) FROM outbox WHERE status = 'pending'")
-    count, oldest, attempts = pending[0]
-    return {
-        "agent": daemon.config.agent.name,
-        "ticket_actions_pending": {"count": count, "oldest_at": oldest,
-                                   "most_attempts": attempts or 0},
-        "ticket_actions_failed": [
-            {"id": i, "incident": key, "action": action, "route": route, "attempts": n,
-             "error": error}
-            for i, key, action, route, n, error in failed
-        ],
-        "version": __version__,
-        "ready": daemon.ready,
-        "state_writable": daemon.state_writable,
-        "checks": checks,
-        "incidents": incidents,
-    }
+def window_request(request: Any) -> Maintenance:
+    """A one-off window from now, as POST /api/maintenance takes it: `checks` and/or
+    `services`, `reason`, and `duration` (or `end`). Raises ValueError in words."""
+    if not isinstance(request, dict):
+        raise ValueError("expected a JSON object")
+    unknown = set(request) - {"checks", "services", "reason", "duration", "end"}
+    if unknown:
+        raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
+    if ("duration" in request) == ("end" in request):
+        raise ValueError("give duration (like 2h) or end, one of them")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    end: Any = request.get("end")
+    if "duration" in request:
+        try:
+            end = (now + dt.timedelta(seconds=parse_duration(request["duration"]))).isoformat()
+        except ValueError as err:
+            raise ValueError(f"duration: {err}") from None
+    data: dict[str, Any] = {k: request[k] for k in ("checks", "services", "reason")
+                            if k in request}
+    data.update(start=now.isoformat(), end=end)
+    try:
+        return Maintenance.model_validate(data)
+    except ValidationError as err:
+        raise ValueError(error_text(err)) from None

@@ -473,10 +473,14 @@ async def test_an_incident_resolved_by_a_human_during_the_outage(
         assert pagerduty.incidents == [incident]
         events = len(pagerduty.events)
     target.down = False
+    if policy != "leave":
+        await until("every incident resolved", lambda: all(
+            i.status == "resolved" for i in pagerduty.incidents))
+        return
     await until("the incident to resolve", lambda: not daemon.engine.groups["shop"].incident)
+    # Written with the decision (the next flush), then delivered: drained only after both.
+    await until("the resolve queued", lambda: daemon.store.query(
+        "SELECT 1 FROM outbox WHERE action = 'resolve'"))
     await until("the outbox to drain", lambda: not daemon.store.query(
         "SELECT 1 FROM outbox WHERE status = 'pending'"))
-    if policy == "leave":
-        assert len(pagerduty.events) == events  # left alone: not even a resolve
-    else:
-        assert all(i.status == "resolved" for i in pagerduty.incidents)
+    assert len(pagerduty.events) == events  # left alone: not even a resolve

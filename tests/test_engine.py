@@ -99,29 +99,29 @@ checks:
 
 def test_open_carries_the_facts_a_ticket_needs() -> None:
     (opened,) = play_full(make(ONE), series("web", "UDDD", start=1000))
-    assert opened.facts["why"] == "3 consecutive failures"
-    assert opened.facts["reason"] == "reason D at 1030"
-    assert opened.facts["first_failure_at"] == 1010
-    assert opened.facts["failed_checks"] == 3
-    assert opened.facts["checks"]["web"]["consecutive_failures"] == 3
-    assert opened.facts["checks"]["web"]["target"] == "127.0.0.1:1"
-    json.dumps(opened.facts)  # the outbox stores it as JSON
+    assert opened.facts.why == "3 consecutive failures"
+    assert opened.facts.reason == "reason D at 1030"
+    assert opened.facts.first_failure_at == 1010
+    assert opened.facts.failed_checks == 3
+    assert opened.facts.checks["web"].consecutive_failures == 3
+    assert opened.facts.checks["web"].target == "127.0.0.1:1"
+    json.dumps(opened.facts.to_json())  # the outbox stores it as JSON
 
 
 def test_resolve_says_how_long_it_was_down() -> None:
     out = play_full(make(ONE), series("web", "DDDDUU", start=0, every=60))
     resolved = out[-1]
     assert resolved.kind == "resolve"
-    assert resolved.facts["down_for"] == 300
-    assert resolved.facts["down_for_text"] == "5m"
-    assert resolved.facts["failed_checks"] == 4
-    assert resolved.facts["recovered"] == "recovered"
+    assert resolved.facts.down_for == 300
+    assert resolved.facts.down_for_text == "5m"
+    assert resolved.facts.failed_checks == 4
+    assert resolved.facts.recovered == "recovered"
 
 
 def test_a_result_after_a_long_pause_continues_the_streak() -> None:
     steps = [(0, "web", "D"), (10, "web", "D"), (86_400, "web", "D")]
     (opened,) = play_full(make(ONE), steps)
-    assert (opened.at, opened.facts["first_failure_at"]) == (86_400, 0)
+    assert (opened.at, opened.facts.first_failure_at) == (86_400, 0)
 
 
 SERVICE = """
@@ -141,8 +141,8 @@ def test_a_service_has_one_incident_for_all_its_checks() -> None:
     ]
     out = play_full(make(SERVICE), sorted(steps))
     assert [(t.at, t.kind, t.group) for t in out] == [(20, "open", "shop"), (95, "resolve", "shop")]
-    assert out[0].facts["service"] == "shop"
-    assert out[-1].facts["checks"]["db"]["state"] == "up"
+    assert out[0].facts.service == "shop"
+    assert out[-1].facts.checks["db"].state == "up"
 
 
 def test_a_check_outside_the_service_has_its_own_incident() -> None:
@@ -163,8 +163,8 @@ def test_a_flapping_check_opens_one_incident_and_keeps_it_until_it_settles() -> 
     out = play_full(engine, steps)
     assert [t.kind for t in out] == ["open", "resolve"]
     opened, resolved = out
-    assert opened.facts["why"].startswith("flapping: ")
-    assert opened.facts["why"].endswith("state changes in the last 21 checks")
+    assert opened.facts.why.startswith("flapping: ")
+    assert opened.facts.why.endswith("state changes in the last 21 checks")
     # not resolved while flapping: the results were mostly up long before it resolved
     assert resolved.at > opened.at + 21 * 10
 
@@ -173,7 +173,7 @@ def test_flapping_is_reported_in_words_with_its_count() -> None:
     engine = make(FLAPPY)
     out = play_full(engine, series("web", "U" * 12 + "DUDUDUDUD"))
     (opened,) = out
-    assert opened.facts["why"] == "flapping: 9 state changes in the last 21 checks"
+    assert opened.facts.why == "flapping: 9 state changes in the last 21 checks"
 
 
 @pytest.mark.parametrize(
@@ -210,7 +210,7 @@ def test_a_child_of_a_failing_parent_is_unreachable_and_opens_nothing() -> None:
     ]
     out = play_full(engine, steps)
     assert [(t.at, t.kind, t.group) for t in out] == [(20, "open", "gateway")]
-    assert out[0].facts["unreachable"] == ["backend"]
+    assert out[0].facts.unreachable == ("backend",)
     assert engine.checks["backend"].unreachable
 
 
@@ -330,12 +330,12 @@ def test_a_note_says_whether_the_reason_changed() -> None:
     engine.observe("web", "down", "connection refused", 0)
     engine.observe("web", "down", "HTTP 503 (expected 2xx)", 1800)
     (note,) = engine.tick(3600)
-    assert (note.facts["reason"], note.facts["previous_reason"]) == (
+    assert (note.facts.reason, note.facts.previous_reason) == (
         "HTTP 503 (expected 2xx)", "connection refused",
     )
     engine.observe("web", "down", "HTTP 503 (expected 2xx)", 5000)
     (note,) = engine.tick(7200)
-    assert note.facts["reason"] == note.facts["previous_reason"]
+    assert note.facts.reason == note.facts.previous_reason
 
 
 def test_a_reload_that_changes_thresholds_applies_from_the_next_result() -> None:
@@ -353,7 +353,7 @@ def test_a_reload_that_removes_a_check_with_an_open_incident_resolves_it() -> No
     play(engine, series("other", "DDD"))
     remaining = Config.model_validate(yaml.safe_load(SERVICE)).effective_checks()[:2]
     (resolved,) = engine.reconfigure(remaining, [], 100)
-    assert (resolved.kind, resolved.group, resolved.facts["recovered"]) == (
+    assert (resolved.kind, resolved.group, resolved.facts.recovered) == (
         "resolve", "other", "removed from the configuration",
     )
     assert "other" not in engine.checks

@@ -286,9 +286,9 @@ def path_taken(engine: Engine, step: Step) -> str:
 
 
 def summary(transition: Transition) -> Seen:
-    members = tuple((name, facts["state"], facts["consecutive_failures"], facts["reason"],
-                     facts["flapping"], facts["failing_since"])
-                    for name, facts in transition.facts["checks"].items())
+    members = tuple((name, m.state, m.consecutive_failures, m.reason, m.flapping,
+                     m.failing_since)
+                    for name, m in transition.facts.checks.items())
     return (transition.at, transition.kind, transition.group, transition.key, members)
 
 

@@ -26,8 +26,8 @@ checks: [{{name: self, interval: 1s, timeout: 500ms, http: {{url: "http://127.0.
     probe = ProbeProcess(config, port).start()
     try:
         await probe.wait("the daemon", lambda: probe.get("/-/ready") == "Ready\n", timeout=60)
-        # An open whose facts lack the incident's group, which every release writes: the
-        # dispatcher's own code fails on it (KeyError), not the helpdesk.
+        # An open whose facts lack the incident's agent, group..., which every release
+        # writes: probe's own code fails on it (KeyError), not the helpdesk.
         with sqlite3.connect(tmp_path / "state" / "probe.sqlite3") as db:
             db.execute("INSERT INTO outbox (incident_key, action, route, created_at, payload)"
                        " VALUES ('a/ghost/1', 'open', 'desk', 0, '{}')")
@@ -37,13 +37,13 @@ checks: [{{name: self, interval: 1s, timeout: 500ms, http: {{url: "http://127.0.
         failed = await asyncio.to_thread(probe.command, "tickets", "failed")
         assert failed.endswith(
             f"open a/ghost/1 on desk after {INTERNAL_ATTEMPTS} attempts: internal error (a bug in "
-            f"probe, given up after {INTERNAL_ATTEMPTS} attempts): KeyError('group')\n"), failed
+            f"probe, given up after {INTERNAL_ATTEMPTS} attempts): KeyError('agent')\n"), failed
         assert probe.metric("probe_internal_errors_total") == INTERNAL_ATTEMPTS
         assert probe.metric('probe_ticket_failures_total{action="open",kind="permanent",'
                             'route="desk"}') == 1
         log = probe.log_text()
         assert log.count("ERROR ticket delivery crashed: a bug in probe") == INTERNAL_ATTEMPTS
-        assert log.count("KeyError: 'group'") == INTERNAL_ATTEMPTS  # each with its traceback
+        assert log.count("KeyError: 'agent'") == INTERNAL_ATTEMPTS  # each with its traceback
         assert probe.get("/-/ready") == "Ready\n"  # the rest of probe goes on
 
         retried = await asyncio.to_thread(probe.command, "tickets", "retry")

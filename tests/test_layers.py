@@ -16,7 +16,7 @@ from tests.harness.proc import REPO
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("checks", ("checks", "checks.*")),
     ("foundation", ("probe", "probe.log", "probe.yamlpos", "probe.sdnotify", "probe.version",
-                    "probe.secrets", "probe.configerrors", "probe.control")),
+                    "probe.secrets", "probe.configerrors", "probe.control", "probe.facts")),
     ("helpdesks", ("probe.tickets", "probe.tickets.base", "probe.tickets.http",
                    "probe.tickets.render", "probe.tickets.local", "probe.tickets.webhook",
                    "probe.tickets.email", "probe.tickets.rt", "probe.tickets.zendesk",
@@ -24,8 +24,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                    "probe.tickets.github", "probe.tickets.pagerduty")),
     ("configuration", ("probe.webconfig", "probe.config", "probe.effective")),
     ("core", ("probe.engine", "probe.store", "probe.scheduler", "probe.metrics",
-              "probe.supervisor", "probe.tickets.triage", "probe.tickets.outbox")),
-    ("service", ("probe.web", "probe.daemon", "probe.demo", "probe.tickets.admin")),
+              "probe.supervisor", "probe.tickets.triage", "probe.tickets.ledger",
+              "probe.tickets.pool", "probe.tickets.watcher", "probe.tickets.groups",
+              "probe.tickets.outbox", "probe.writer")),
+    ("service", ("probe.status", "probe.web", "probe.daemon", "probe.demo",
+                 "probe.tickets.admin")),
     ("command", ("probe.cli", "probe.__main__")),
 ]
 

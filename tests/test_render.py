@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from probe.facts import Facts
 from probe.tickets import render
 
-FACTS: dict[str, Any] = {
+STORED: dict[str, Any] = {  # as the ledger keeps them
     "agent": "probe-eu-1",
     "group": "shop",
     "service": "shop",
@@ -26,6 +27,7 @@ FACTS: dict[str, Any] = {
                      "consecutive_failures": 0, "reason": ""},
     },
 }
+FACTS = Facts.from_json(STORED)
 
 
 def test_the_title_names_the_service_the_reason_and_the_target() -> None:
@@ -35,7 +37,7 @@ def test_the_title_names_the_service_the_reason_and_the_target() -> None:
 
 
 def test_a_flapping_incident_says_so_in_the_title() -> None:
-    facts = {**FACTS, "why": "flapping: 9 state changes in the last 21 checks"}
+    facts = Facts.from_json({**STORED, "why": "flapping: 9 state changes in the last 21 checks"})
     assert render.title(facts, "k").startswith("[probe] shop FLAPPING — ")
 
 
@@ -88,7 +90,8 @@ def test_a_status_note_says_how_long_how_many_and_what_changed() -> None:
 
 
 def test_the_closing_note_has_the_downtime() -> None:
-    facts = {**FACTS, "resolved_at": 1795392000.0 + 5400, "recovered": "recovered"}
+    facts = Facts.from_json({**STORED, "resolved_at": 1795392000.0 + 5400,
+                             "recovered": "recovered"})
     assert render.resolved(facts).splitlines() == [
         "Recovered: shop-https (http https://shop.example.com/health) OK, "
         "shop-443 (tcp shop.example.com:443) OK.",

@@ -434,7 +434,7 @@ async def test_a_permanent_refusal_is_kept_visible_and_can_be_retried(
         "SELECT last_error FROM outbox WHERE status = 'failed'"))
     ((error,),) = desk.rows("SELECT last_error FROM outbox WHERE status = 'failed'")
     assert error == "POST /hook: HTTP 400: answer 400"
-    status = await asyncio.to_thread(_status, daemon)
+    status = await daemon.snapshot()
     assert status["ticket_actions_failed"][0]["error"] == error
     proc = await asyncio.create_subprocess_exec(
         *PROBE, "tickets", "--config", str(tmp_path / "probe.yaml"),
@@ -444,9 +444,3 @@ async def test_a_permanent_refusal_is_kept_visible_and_can_be_retried(
     daemon.dispatcher.wake()
     await until("the open after the retry", lambda: [
         a for a in receiver.accepted if a["action"] == "open"])
-
-
-def _status(daemon: Daemon) -> dict[str, Any]:
-    from probe.web import snapshot
-
-    return snapshot(daemon)

@@ -4,6 +4,7 @@ before an outage does)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ from probe.config import Config
 from probe.store import Store, StoreError
 from probe.tickets import make_backend
 from probe.tickets.base import PRIORITIES, Ticket, TicketError
+from probe.tickets.ledger import SqliteLedger
 from probe.tickets.local import LocalTickets
 
 
@@ -40,18 +42,17 @@ def _tickets(store: Store, action: str, ticket_id: int | None, owner: str) -> in
                 opened = time.strftime("%Y-%m-%d %H:%M", time.localtime(created))
                 print(f"#{tid:<5} {status:<9} {priority:<7} {who or '-':<10} {opened}  {title}")
             return 0
+        ledger = SqliteLedger(store)
         if action == "failed":
-            rows = store.query("SELECT id, incident_key, action, route, attempts, last_error"
-                               " FROM outbox WHERE status = 'failed' ORDER BY id")
-            if not rows:
+            failed = asyncio.run(ledger.failed())
+            if not failed:
                 print("no failed ticket actions")
-            for row_id, key, what, route, attempts, error in rows:
-                print(f"{row_id}  {what} {key} on {route} after {attempts} attempts: {error}")
-            return 1 if rows else 0
+            for f in failed:
+                print(f"{f.id}  {f.action} {f.incident_key} on {f.route} after {f.attempts}"
+                      f" attempts: {f.error}")
+            return 1 if failed else 0
         if action == "retry":
-            count = store.run(lambda db: db.execute(
-                "UPDATE outbox SET status = 'pending', next_attempt_at = 0"
-                " WHERE status = 'failed'").rowcount)
+            count = asyncio.run(ledger.retry_failed())
             print(f"{count} failed actions queued again: the running daemon delivers them")
             return 0
         if ticket_id is None:

@@ -14,9 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from checks.base import format_duration
+from probe.facts import Facts, Member
 from probe.tickets.base import Priority, Ticket
-
-Facts = Mapping[str, Any]
 
 
 def when(epoch: float) -> str:
@@ -31,27 +30,26 @@ def span(seconds: float) -> str:
     return format_duration(max(0, round(seconds)))
 
 
-def _lead(facts: Facts) -> tuple[str, dict[str, Any]]:
+def _lead(facts: Facts) -> tuple[str, Member]:
     """The member the title speaks of: the first one failing, else the first."""
-    checks: dict[str, dict[str, Any]] = facts.get("checks") or {}
-    failing = [(n, c) for n, c in checks.items() if c.get("consecutive_failures")]
+    failing = [(n, c) for n, c in facts.checks.items() if c.consecutive_failures]
     if failing:
         return failing[0]
-    return next(iter(checks.items()), ("?", {}))
+    return next(iter(facts.checks.items()), ("?", Member()))
 
 
 def fields(facts: Facts, key: str) -> dict[str, str]:
     name, lead = _lead(facts)
     return {
-        "group": str(facts["group"]),
-        "reason": str(facts.get("reason") or lead.get("reason") or "failing"),
-        "target": str(lead.get("target") or name),
-        "why": str(facts.get("why", "")),
-        "since": when(facts["first_failure_at"]),
-        "agent": str(facts.get("agent", "")),
+        "group": facts.group,
+        "reason": facts.reason or lead.reason or "failing",
+        "target": lead.target or name,
+        "why": facts.why,
+        "since": when(facts.first_failure_at),
+        "agent": facts.agent,
         "key": key,
-        "checks": ", ".join(facts.get("checks") or {}),
-        "down_for": span(facts.get("down_for", 0)),
+        "checks": ", ".join(facts.checks),
+        "down_for": span(facts.down_for),
     }
 
 
@@ -63,9 +61,9 @@ def title(facts: Facts, key: str, template: str | None = None) -> str:
 
 
 def _state(facts: Facts) -> str:
-    if str(facts.get("why", "")).startswith("flapping"):
+    if facts.why.startswith("flapping"):
         return "FLAPPING"
-    if (facts.get("ticket") or {}).get("expiring"):
+    if facts.ticket is not None and facts.ticket.expiring:
         return "EXPIRING"  # the certificate still serves: not an outage yet
     return "DOWN"
 
@@ -106,21 +104,21 @@ def _body(
     follows: str | None,
 ) -> tuple[str, str]:
     v = fields(facts, key)
-    checks: dict[str, dict[str, Any]] = facts.get("checks") or {}
+    checks = facts.checks
     rows: list[tuple[str, str]] = [
-        ("Since", f"{v['since']} ({span(facts.get('down_for', 0))} ago)"),
+        ("Since", f"{v['since']} ({span(facts.down_for)} ago)"),
         ("Seen from", v["agent"]),
         ("Why", v["why"]),
     ]
-    if facts.get("service"):
-        rows.insert(0, ("Service", str(facts["service"])))
+    if facts.service:
+        rows.insert(0, ("Service", facts.service))
     lines = []
     for name, c in checks.items():
-        state = "FAILING" if c.get("consecutive_failures") else str(c.get("state") or "?").upper()
-        detail = f" — {c['reason']} ({c['consecutive_failures']} in a row)" if c.get(
-            "consecutive_failures") else ""
-        lines.append(f"{name} ({c.get('kind')} {c.get('target')}): {state}{detail}")
-    unreachable = list(facts.get("unreachable") or [])
+        state = "FAILING" if c.consecutive_failures else str(c.state or "?").upper()
+        detail = (f" — {c.reason} ({c.consecutive_failures} in a row)"
+                  if c.consecutive_failures else "")
+        lines.append(f"{name} ({c.kind} {c.target}): {state}{detail}")
+    unreachable = list(facts.unreachable)
     timeline = [
         f"{clock(r['at'])}  {str(r['state']).upper():<7} {r.get('reason') or 'ok'}"
         + (f"  [{r['check']}]" if len(checks) > 1 and r.get("check") else "")
@@ -160,40 +158,39 @@ def _body(
 
 
 def still_open(facts: Facts) -> str:
-    reason, before = facts.get("reason"), facts.get("previous_reason")
-    failing = {n: c for n, c in (facts.get("checks") or {}).items()
-               if c.get("consecutive_failures")}
-    streak = max((c["consecutive_failures"] for c in failing.values()), default=0)
+    reason, before = facts.reason, facts.previous_reason
+    failing = {n: c for n, c in facts.checks.items() if c.consecutive_failures}
+    streak = max((c.consecutive_failures for c in failing.values()), default=0)
     changed = (f"changed since the last note (was: {before})" if before and before != reason
                else "unchanged since the last note")
     lines = [
-        f"Still failing after {span(facts.get('down_for', 0))} "
-        f"(since {when(facts['first_failure_at'])}).",
-        f"{facts.get('failed_checks', 0)} failed checks so far; {streak} in a row now.",
+        f"Still failing after {span(facts.down_for)} "
+        f"(since {when(facts.first_failure_at)}).",
+        f"{facts.failed_checks} failed checks so far; {streak} in a row now.",
         f"Latest: {reason} — {changed}.",
     ]
     if failing:
         lines.append("Failing: " + ", ".join(failing))
-    if facts.get("unreachable"):
-        lines.append("Unreachable because of it: " + ", ".join(facts["unreachable"]))
+    if facts.unreachable:
+        lines.append("Unreachable because of it: " + ", ".join(facts.unreachable))
     return "\n".join(lines)
 
 
 def resolved(facts: Facts) -> str:
-    start, end = facts["first_failure_at"], facts.get("resolved_at", facts["first_failure_at"])
-    checks = facts.get("checks") or {}
-    how = facts.get("recovered", "recovered")
+    start = facts.first_failure_at
+    end = facts.resolved_at if facts.resolved_at is not None else start
+    how = facts.recovered or "recovered"
     if how != "recovered":
         first = f"Closed by probe: the check was {how}."
     else:
         first = "Recovered: " + ", ".join(
-            f"{n} ({c.get('kind')} {c.get('target')}) OK" for n, c in checks.items()
+            f"{n} ({c.kind} {c.target}) OK" for n, c in facts.checks.items()
         ) + "."
     return "\n".join([
         first,
         f"Down from {when(start)} to {when(end)} ({span(end - start)}), "
-        f"{facts.get('failed_checks', 0)} failed checks.",
-        f"Seen from {facts.get('agent', '?')}.",
+        f"{facts.failed_checks} failed checks.",
+        f"Seen from {facts.agent or '?'}.",
     ])
 
 
@@ -204,7 +201,7 @@ def escalated(route: str, after: float) -> str:
 
 def reopened(facts: Facts) -> str:
     return ("Reopened by probe: this ticket was closed, but the outage goes on "
-            f"({facts.get('reason')}, since {when(facts['first_failure_at'])}).")
+            f"({facts.reason}, since {when(facts.first_failure_at)}).")
 
 
 def triage(lines: Sequence[tuple[str, str]]) -> str:

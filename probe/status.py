@@ -1,0 +1,62 @@
+"""The status document `/api/status` serves and `probe status` prints: each check's latest
+result and streaks, the open incidents, and the ticket actions waiting or failed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from checks.base import Result
+from probe import __version__
+from probe.config import Check
+from probe.engine import Engine
+from probe.tickets.ledger import Ledger
+
+FAILED_SHOWN = 20  # the newest failed ticket actions listed; `probe tickets failed` has all
+
+
+async def document(agent: str, checks: Mapping[str, Check], results: Mapping[str, Result],
+                   engine: Engine, ledger: Ledger, *, ready: bool,
+                   state_writable: bool) -> dict[str, Any]:
+    backlog = await ledger.backlog()
+    failed = await ledger.failed(newest_first=True, limit=FAILED_SHOWN)
+    return {
+        "agent": agent,
+        "ticket_actions_pending": {"count": backlog.count, "oldest_at": backlog.oldest_at,
+                                   "most_attempts": backlog.most_attempts},
+        "ticket_actions_failed": [
+            {"id": f.id, "incident": f.incident_key, "action": f.action, "route": f.route,
+             "attempts": f.attempts, "error": f.error}
+            for f in failed
+        ],
+        "version": __version__,
+        "ready": ready,
+        "state_writable": state_writable,
+        "checks": [_check(name, check, results.get(name), engine)
+                   for name, check in checks.items()],
+        "incidents": [
+            {"group": group, "key": i.key, "opened_at": i.opened_at,
+             "first_failure_at": i.first_failure_at, "why": i.why, "reason": i.reason,
+             "checks": i.members, "unreachable": i.unreachable}
+            for group, gs in engine.groups.items() if (i := gs.incident) is not None
+        ],
+    }
+
+
+def _check(name: str, check: Check, result: Result | None, engine: Engine) -> dict[str, Any]:
+    st = engine.checks.get(name)
+    return {
+        "name": name,
+        "kind": check.kind,
+        "target": check.spec.target,
+        "service": check.service,
+        "state": result.state if result else None,
+        "reason": result.reason if result else "",
+        "duration_seconds": result.duration if result else None,
+        "last_run_at": result.started_at if result else None,
+        "consecutive_failures": st.failures if st else 0,
+        "consecutive_successes": st.successes if st else 0,
+        "flapping": st.flapping if st else False,
+        "unreachable": st.unreachable if st else False,
+        "in_maintenance": st.in_maintenance if st else False,
+    }

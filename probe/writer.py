@@ -1,0 +1,81 @@
+"""The state writer: what the daemon decided, written to the state database in batches by a
+thread, never on a check's path. A write the database refuses (read-only, full) is kept, in
+order, and tried again; the daemon goes on deciding meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from probe.log import fields
+from probe.metrics import Metrics
+from probe.store import Batch, Store, StoreError
+from probe.supervisor import Progress
+
+log = logging.getLogger("probe")
+
+FLUSH_EVERY = 0.2  # seconds between state writes: batched, never on the check's path
+FLUSH_RETRY = 1.0  # seconds between state writes while the database refuses them
+MAX_PENDING_RESULTS = 20_000  # results kept in memory while the state cannot be written
+
+
+class Writer:
+    def __init__(self, store: Store, metrics: Metrics, *, written: Callable[[], None]) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.written = written  # called when a batch with transitions is written
+        self.pending = Batch()
+        self.writable = True
+        self._soon = asyncio.Event()
+
+    def soon(self) -> None:
+        """Write without waiting for the next batch (tickets should not wait)."""
+        self._soon.set()
+
+    async def serve(self, progress: Progress) -> None:
+        failing_since: float | None = None
+        while True:
+            progress()
+            try:
+                async with asyncio.timeout(FLUSH_EVERY if failing_since is None else FLUSH_RETRY):
+                    await self._soon.wait()
+            except TimeoutError:
+                pass
+            self._soon.clear()
+            failing_since = await self.flush(failing_since)
+
+    async def flush(self, failing_since: float | None = None) -> float | None:
+        """Write what is pending; on failure keep it, in order, for the next try. Returns when
+        writes began to fail (None: they do not)."""
+        if not self.pending:
+            return failing_since
+        batch, self.pending = self.pending, Batch()
+        try:
+            await asyncio.to_thread(self.store.write, batch)
+        except StoreError as err:
+            batch.merge(self.pending)
+            # Decisions and states are kept whatever it costs; the history of results is
+            # only history: while the disk refuses, keep its newest part, not all of it.
+            del batch.results[:-MAX_PENDING_RESULTS]
+            self.pending = batch
+            self.metrics.state_errors.inc()
+            self.metrics.state_ok.set(0)
+            self.writable = False
+            if failing_since is None:
+                log.error("state not saved, retrying %s", fields(error=err))
+            return failing_since or time.time()
+        except Exception:
+            # A bug, not the disk; the transaction's COMMIT is its last statement, so nothing
+            # was written: keep the decisions for the flusher the supervisor restarts.
+            batch.merge(self.pending)
+            self.pending = batch
+            raise
+        if failing_since is not None:
+            log.warning("state saved again %s", fields(after=f"{time.time() - failing_since:.0f}s"))
+        self.metrics.state_ok.set(1)
+        self.writable = True
+        if batch.transitions:
+            self.written()
+        return None
