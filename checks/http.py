@@ -24,24 +24,16 @@ from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 from cryptography import x509
 from pydantic import field_validator
 
-from checks.base import (
+from checks.base import Gauge, Kind, PhaseTimer, Result, Spec, State
+from checks.net import IpFamily, describe_os_error, resolve, tls_version_name
+from checks.values import (
     SENSITIVE_NAME,
     Duration,
-    Gauge,
     HeaderSettings,
     HeaderUnavailable,
-    IpFamily,
-    Kind,
-    Probe,
     ReadableFile,
-    Result,
-    Spec,
-    State,
     compile_regex,
-    describe_os_error,
     format_duration,
-    resolve,
-    tls_version_name,
 )
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
@@ -167,18 +159,18 @@ class _Response:
 
 
 async def run(spec: HttpSpec, *, timeout: float) -> Result:
-    probe = Probe(HttpSpec.kind, spec.target, PHASES)
+    timer = PhaseTimer(HttpSpec.kind, spec.target, PHASES)
     try:
         async with asyncio.timeout(timeout):
-            response = await _follow(spec, probe)
+            response = await _follow(spec, timer)
     except TimeoutError:
-        return probe.timed_out(timeout)
+        return timer.timed_out(timeout)
     except _Failed as failure:
         if failure.state == "unknown":
-            return probe.unknown(failure.reason)
-        return probe.down(failure.reason)
-    reason = _judge(spec, response, probe.elapsed())
-    return probe.down(reason) if reason else probe.up()
+            return timer.unknown(failure.reason)
+        return timer.down(failure.reason)
+    reason = _judge(spec, response, timer.elapsed())
+    return timer.down(reason) if reason else timer.up()
 
 
 def _judge(spec: HttpSpec, response: _Response, elapsed: float) -> str:
@@ -196,7 +188,7 @@ def _judge(spec: HttpSpec, response: _Response, elapsed: float) -> str:
     return ""
 
 
-async def _follow(spec: HttpSpec, probe: Probe) -> _Response:
+async def _follow(spec: HttpSpec, timer: PhaseTimer) -> _Response:
     """The response at the end of the redirects, phases summed over all of them."""
     url, method, body = spec.url, spec.method, spec.body
     try:
@@ -206,9 +198,9 @@ async def _follow(spec: HttpSpec, probe: Probe) -> _Response:
     origin = _origin(urlsplit(url))
     redirects = 0
     while True:
-        probe.evidence["url"] = _redact(url)
-        probe.evidence["redirects"] = redirects
-        response = await _fetch(spec, probe, url, method, body, headers)
+        timer.evidence["url"] = _redact(url)
+        timer.evidence["redirects"] = redirects
+        response = await _fetch(spec, timer, url, method, body, headers)
         location = response.headers.get("location")
         if not (spec.follow_redirects and location and response.status in REDIRECT_STATUSES):
             return response
@@ -246,7 +238,7 @@ def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
 
 async def _fetch(
     spec: HttpSpec,
-    probe: Probe,
+    timer: PhaseTimer,
     url: str,
     method: str,
     body: str | None,
@@ -254,7 +246,7 @@ async def _fetch(
 ) -> _Response:
     """One request on a fresh connection: a pooled one would hide an outage."""
     for key in _HOP_EVIDENCE:
-        probe.evidence.pop(key, None)
+        timer.evidence.pop(key, None)
     parts = urlsplit(url)
     https = parts.scheme == "https"
     host = _ascii_host(parts.hostname or "")
@@ -263,31 +255,31 @@ async def _fetch(
     except ValueError:
         raise _Failed(f"{_redact(url)!r} has an invalid port") from None
 
-    with probe.phase("resolve"):
+    with timer.phase("resolve"):
         addresses = await _resolve(host, spec.ip_family)
-    probe.evidence["addresses"] = addresses
-    reader, writer = await _connect(probe, addresses, port)
+    timer.evidence["addresses"] = addresses
+    reader, writer = await _connect(timer, addresses, port)
     clean, stage = False, "tls"
     try:
         if https:
-            await _start_tls(spec, probe, writer, host)
+            await _start_tls(spec, timer, writer, host)
         stage = "processing"
-        with probe.phase("processing"):
+        with timer.phase("processing"):
             writer.write(_request(parts, host, port, method, request_headers, body))
             await writer.drain()
             status, version, headers = await _read_head(reader)
-        probe.evidence["status_code"] = status
-        probe.evidence["http_version"] = version
-        probe.evidence["headers"] = {k: headers[k] for k in _INTERESTING_HEADERS if k in headers}
+        timer.evidence["status_code"] = status
+        timer.evidence["http_version"] = version
+        timer.evidence["headers"] = {k: headers[k] for k in _INTERESTING_HEADERS if k in headers}
         length = _content_length(headers)
         if length is not None:
-            probe.evidence["content_length"] = length
+            timer.evidence["content_length"] = length
         stage = "transfer"
-        with probe.phase("transfer"):
+        with timer.phase("transfer"):
             data, truncated = await _read_body(reader, method, status, headers, length, spec)
-        probe.evidence["body_bytes"] = len(data)
-        probe.evidence["body_truncated"] = truncated
-        probe.evidence["body_excerpt"] = data[:EXCERPT_BYTES].decode("utf-8", "replace")
+        timer.evidence["body_bytes"] = len(data)
+        timer.evidence["body_truncated"] = truncated
+        timer.evidence["body_excerpt"] = data[:EXCERPT_BYTES].decode("utf-8", "replace")
         clean = not truncated
         return _Response(status, headers, data, truncated)
     except ssl.SSLError as err:
@@ -328,27 +320,29 @@ async def _resolve(host: str, family: IpFamily) -> list[str]:
 
 
 async def _connect(
-    probe: Probe, addresses: list[str], port: int
+    timer: PhaseTimer, addresses: list[str], port: int
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connects to the first address that accepts; the first error says why none did."""
     first_error: OSError | None = None
     for address in addresses:
-        with probe.phase("connect"):
+        with timer.phase("connect"):
             try:
                 reader, writer = await asyncio.open_connection(address, port, limit=HEADER_LIMIT)
             except OSError as err:
                 first_error = first_error or err
                 continue
-        probe.evidence["address"] = address
+        timer.evidence["address"] = address
         return reader, writer
     assert first_error is not None
     local = first_error.errno in _LOCAL_ERRNOS
     raise _Failed(describe_os_error(first_error), "unknown" if local else "down")
 
 
-async def _start_tls(spec: HttpSpec, probe: Probe, writer: asyncio.StreamWriter, host: str) -> None:
+async def _start_tls(
+    spec: HttpSpec, timer: PhaseTimer, writer: asyncio.StreamWriter, host: str
+) -> None:
     ctx = _client_context(spec.tls_verify, spec.ca_file)
-    with probe.phase("tls"):
+    with timer.phase("tls"):
         try:
             await writer.start_tls(ctx, server_hostname=host)
         except ssl.SSLCertVerificationError as err:
@@ -363,11 +357,11 @@ async def _start_tls(spec: HttpSpec, probe: Probe, writer: asyncio.StreamWriter,
     if isinstance(tls, ssl.SSLObject):
         version = tls.version()
         if version:
-            probe.evidence["tls_version"] = tls_version_name(version)
+            timer.evidence["tls_version"] = tls_version_name(version)
         der = tls.getpeercert(binary_form=True)
         not_after = _not_after(der) if der else None
         if not_after is not None:
-            probe.evidence["cert_not_after"] = not_after
+            timer.evidence["cert_not_after"] = not_after
 
 
 @functools.lru_cache(maxsize=1024)

@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from pydantic import ValidationError
 
 from checks import execute
-from checks.base import Result, parse_duration
+from checks.base import Result
+from checks.values import parse_duration
 from probe import control, sdnotify, webconfig
 from probe.config import Check, Config, ConfigError, Maintenance, error_text, load
 from probe.engine import Engine, Transition, restore_check, restore_group, window_matches

@@ -23,7 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from checks.base import State, format_duration
+from checks.base import State
+from checks.values import format_duration
 from probe.config import Check, Maintenance
 
 TransitionKind = Literal["open", "still-open", "resolve"]

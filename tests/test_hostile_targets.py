@@ -31,7 +31,7 @@ from checks import http as http_check
 from checks import tcp as tcp_check
 from checks import tls as tls_check
 from checks.base import Result
-from checks.tcp import CheckFailed
+from checks.net import CheckFailed
 from tests.harness import hostile_certs
 from tests.harness.certs import CertFactory, Issued
 from tests.harness.httpserver import serve_raw
