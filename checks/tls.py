@@ -6,7 +6,9 @@ handshake before we see the certificate, so for a rejected one a second handshak
 verification, fetches it: every problem is then told in its own words ("certificate expired 3
 days ago (2026-11-20)") rather than OpenSSL's, and the ticket still shows the certificate.
 Dates and the host name are checked here, on the parsed certificate, so that `verify: false`
-and `verify_hostname: false` each switch off only their own part.
+and `verify_hostname: false` each switch off only their own part. A chain OpenSSL refuses for
+anything else reads as http and tcp word it ("TLS certificate rejected: self-signed
+certificate"), with the unknown CA named.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from cryptography.x509.oid import NameOID
 
 from checks.base import Gauge, Kind, PhaseTimer, Result, Spec
 from checks.net import (
+    CertificateRejected,
     CheckFailed,
     IpFamily,
+    certificate_rejected,
     client_context,
     handshake,
     open_first,
@@ -38,10 +42,6 @@ from checks.net import (
 from checks.values import Duration, Port, ReadableFile
 
 PHASES = ("resolve", "connect", "tls")
-
-# OpenSSL's X509_V_ERR_* codes that mean "no trusted root found for this chain".
-_SELF_SIGNED_LEAF = 18
-_UNKNOWN_ISSUER = {2, 19, 20, 21}
 
 
 class TlsSpec(Spec):
@@ -94,8 +94,8 @@ async def _fetch_chain(
     try:
         try:
             tls = await handshake(timer, writer, context, server_name)
-        except ssl.SSLCertVerificationError as err:
-            rejected = err
+        except CertificateRejected as refused:
+            rejected = refused.error
             writer.close()
             _, writer = await open_first(timer, [timer.evidence["address"]], spec.port)
             unverified = client_context(None, verify=False, check_hostname=False)
@@ -154,14 +154,8 @@ def _problem(
     if now > not_after:
         return f"certificate expired {_span(now - not_after)} ago ({not_after.date()})"
     if rejected is not None:
-        if rejected.verify_code == _SELF_SIGNED_LEAF or (
-            rejected.verify_code in _UNKNOWN_ISSUER and leaf.issuer == leaf.subject
-        ):
-            return "certificate is self-signed"
-        if rejected.verify_code in _UNKNOWN_ISSUER:
-            issuer = _printable(chain[-1].issuer.rfc4514_string())
-            return f"certificate issued by an unknown CA: {issuer}"
-        return f"certificate is not trusted: {rejected.verify_message}"
+        return certificate_rejected(rejected, self_issued=leaf.issuer == leaf.subject,
+                                    issuer=_printable(chain[-1].issuer.rfc4514_string()))
     name = (spec.server_name or spec.host).strip("[]")
     if spec.verify_hostname and not _matches(name, _names(leaf)):
         names = _names(leaf)
