@@ -17,7 +17,8 @@ from typing import Any
 from checks import dns, http, icmp, tcp, tls
 from checks.base import Gauge as Gauge
 from checks.base import Kind as Kind
-from checks.base import Result, Spec, State, format_duration
+from checks.base import Result, Spec, State
+from checks.values import format_duration
 
 log = logging.getLogger("probe.checks")
 

@@ -34,16 +34,9 @@ from dns.rdtypes.IN.SRV import SRV
 from dns.rdtypes.txtbase import TXTBase
 from pydantic import field_validator, model_validator
 
-from checks.base import (
-    Duration,
-    Gauge,
-    Kind,
-    Probe,
-    Result,
-    Spec,
-    describe_os_error,
-    format_duration,
-)
+from checks.base import Gauge, Kind, PhaseTimer, Result, Spec
+from checks.net import describe_os_error
+from checks.values import Duration
 
 PHASES = ("resolve", "connect", "request")  # as blackbox_exporter names them
 
@@ -203,11 +196,11 @@ class _Reply:
 
 
 async def run(spec: DnsSpec, *, timeout: float) -> Result:
-    probe = Probe(spec.kind, spec.target, PHASES)
+    timer = PhaseTimer(spec.kind, spec.target, PHASES)
     try:
         servers = spec.servers or list(system_servers())
     except (dns.resolver.NoResolverConfiguration, OSError, ValueError) as err:
-        return probe.unknown(f"no system name server to ask (/etc/resolv.conf): {_sentence(err)}")
+        return timer.unknown(f"no system name server to ask (/etc/resolv.conf): {_sentence(err)}")
     qid = secrets.randbits(16)  # unpredictable, so that a forged answer has to guess it
     failures: dict[str, str] = {}
     reply: _Reply | None = None
@@ -215,43 +208,43 @@ async def run(spec: DnsSpec, *, timeout: float) -> Result:
     try:
         async with asyncio.timeout(timeout):
             for host, port in servers:
-                probe.evidence["server"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                timer.evidence["server"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 try:
-                    reply = await _ask(probe, spec, qid, host, port)
+                    reply = await _ask(timer, spec, qid, host, port)
                     break
                 except (OSError, EOFError, dns.exception.DNSException) as err:
-                    failures[probe.evidence["server"]] = _describe(err)
+                    failures[timer.evidence["server"]] = _describe(err)
     except TimeoutError:
         timed_out = True
     if len(servers) > 1 and failures:
-        probe.evidence["failed_servers"] = failures
+        timer.evidence["failed_servers"] = failures
     if timed_out:
-        return probe.timed_out(timeout)
+        return timer.timed_out(timeout)
     if reply is None:
-        return probe.down(list(failures.values())[-1])
-    return _judge(probe, spec, reply)
+        return timer.down(list(failures.values())[-1])
+    return _judge(timer, spec, reply)
 
 
-async def _ask(probe: Probe, spec: DnsSpec, qid: int, host: str, port: int) -> _Reply:
+async def _ask(timer: PhaseTimer, spec: DnsSpec, qid: int, host: str, port: int) -> _Reply:
     """Our query to one server over `transport`; a truncated UDP answer is asked again over TCP.
 
     The TCP socket is ours so that its connect is timed as its own phase.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    probe.evidence["transport"] = spec.transport
-    probe.evidence["tcp_fallback"] = False
+    timer.evidence["transport"] = spec.transport
+    timer.evidence["tcp_fallback"] = False
     if spec.transport == "udp":
-        with probe.phase("request"):
+        with timer.phase("request"):
             try:
                 return await _udp(spec.name, spec.type, qid, family, host, port)
             except dns.message.Truncated:
-                probe.evidence["transport"] = "tcp"
-                probe.evidence["tcp_fallback"] = True
+                timer.evidence["transport"] = "tcp"
+                timer.evidence["tcp_fallback"] = True
     query = dns.message.make_query(spec.name, spec.type, id=qid)
-    with probe.phase("connect"):
+    with timer.phase("connect"):
         stream = await _socket(family, socket.SOCK_STREAM, host, port)
     async with stream:
-        with probe.phase("request"):
+        with timer.phase("request"):
             return _summarise(await dns.asyncquery.tcp(query, host, port=port, sock=stream))
 
 
@@ -344,30 +337,27 @@ def _describe(err: Exception) -> str:
     return f"malformed DNS answer: {_MALFORMED.get(type(err)) or _sentence(err)}"
 
 
-def _judge(probe: Probe, spec: DnsSpec, reply: _Reply) -> Result:
-    probe.evidence["rcode"] = reply.rcode
-    probe.evidence["authoritative"] = reply.authoritative
-    probe.evidence["answers"] = []
+def _judge(timer: PhaseTimer, spec: DnsSpec, reply: _Reply) -> Result:
+    timer.evidence["rcode"] = reply.rcode
+    timer.evidence["authoritative"] = reply.authoritative
+    timer.evidence["answers"] = []
     if reply.rcode != spec.expect_rcode:
         if spec.expect_rcode == "NOERROR":
-            return probe.down(reply.rcode)
-        return probe.down(f"{reply.rcode} (expected {spec.expect_rcode})")
+            return timer.down(reply.rcode)
+        return timer.down(f"{reply.rcode} (expected {spec.expect_rcode})")
     if reply.rcode == "NOERROR":
         if reply.broken_chain:
-            return probe.down(reply.broken_chain)
+            return timer.down(reply.broken_chain)
         answers = list(reply.answers)
-        probe.evidence["answers"] = answers
+        timer.evidence["answers"] = answers
         if reply.ttl is not None:
-            probe.evidence["ttl"] = reply.ttl
+            timer.evidence["ttl"] = reply.ttl
         if reply.cname_chain:
-            probe.evidence["cname_chain"] = list(reply.cname_chain)
+            timer.evidence["cname_chain"] = list(reply.cname_chain)
         reason = _compare(spec, answers)
         if reason:
-            return probe.down(reason)
-    took = probe.elapsed()
-    if spec.max_latency is not None and took > spec.max_latency:
-        return probe.down(f"took {format_duration(took)} (max {format_duration(spec.max_latency)})")
-    return probe.up()
+            return timer.down(reason)
+    return timer.too_slow(spec.max_latency) or timer.up()
 
 
 def _compare(spec: DnsSpec, answers: list[str]) -> str:

@@ -2,46 +2,47 @@
 
 It speaks HTTP/1.1 itself on asyncio streams rather than through a client library: each run
 needs a fresh connection, its phases timed as blackbox_exporter names them (resolve, connect,
-tls, processing, transfer, summed over redirects), every read bounded, and little CPU.
+tls, processing, transfer, summed over redirects), every read bounded, and little CPU. Each
+hop connects through `checks.net`, as tcp and tls do, so that a failure to connect or a
+rejected certificate means and reads the same whichever kind met it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import errno
 import functools
 import re
-import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import ClassVar, Literal
 from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 from cryptography import x509
 from pydantic import field_validator
 
-from checks.base import (
+from checks.base import Gauge, Kind, PhaseTimer, Result, Spec
+from checks.net import (
+    CheckFailed,
+    IpFamily,
+    client_context,
+    describe_os_error,
+    describe_ssl_error,
+    handshake,
+    open_first,
+    resolve_host,
+    tls_version_name,
+)
+from checks.values import (
     SENSITIVE_NAME,
     Duration,
-    Gauge,
     HeaderSettings,
     HeaderUnavailable,
-    IpFamily,
-    Kind,
-    Probe,
     ReadableFile,
-    Result,
-    Spec,
-    State,
     compile_regex,
-    describe_os_error,
     format_duration,
-    resolve,
-    tls_version_name,
 )
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
@@ -128,10 +129,7 @@ _HOP_EVIDENCE = (
     "address", "status_code", "http_version", "headers", "content_length", "body_bytes",
     "body_truncated", "body_excerpt", "tls_version", "cert_not_after",
 )
-# Errors that say this host cannot make the connection at all, whatever the target's health.
-_LOCAL_ERRNOS = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAFNOSUPPORT}
-)
+_ALPN = ("http/1.1",)
 _STATUS_LINE = re.compile(rb"HTTP/(\d\.\d) ([1-5]\d\d)(?: [^\r\n]*)?\r?\n")
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 # Characters left as they are in the request target: what requests' requote_uri keeps, so a
@@ -149,15 +147,6 @@ def _user_agent() -> str:
 USER_AGENT = _user_agent()
 
 
-class _Failed(Exception):
-    """Ends a run early: the target is down (or the check could not run) for `reason`."""
-
-    def __init__(self, reason: str, state: State = "down") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.state = state
-
-
 @dataclass(slots=True)
 class _Response:
     status: int
@@ -167,18 +156,16 @@ class _Response:
 
 
 async def run(spec: HttpSpec, *, timeout: float) -> Result:
-    probe = Probe(HttpSpec.kind, spec.target, PHASES)
+    timer = PhaseTimer(HttpSpec.kind, spec.target, PHASES)
     try:
         async with asyncio.timeout(timeout):
-            response = await _follow(spec, probe)
+            response = await _follow(spec, timer)
     except TimeoutError:
-        return probe.timed_out(timeout)
-    except _Failed as failure:
-        if failure.state == "unknown":
-            return probe.unknown(failure.reason)
-        return probe.down(failure.reason)
-    reason = _judge(spec, response, probe.elapsed())
-    return probe.down(reason) if reason else probe.up()
+        return timer.timed_out(timeout)
+    except CheckFailed as failed:
+        return failed.result(timer)
+    reason = _judge(spec, response, timer.elapsed())
+    return timer.down(reason) if reason else timer.up()
 
 
 def _judge(spec: HttpSpec, response: _Response, elapsed: float) -> str:
@@ -196,35 +183,35 @@ def _judge(spec: HttpSpec, response: _Response, elapsed: float) -> str:
     return ""
 
 
-async def _follow(spec: HttpSpec, probe: Probe) -> _Response:
+async def _follow(spec: HttpSpec, timer: PhaseTimer) -> _Response:
     """The response at the end of the redirects, phases summed over all of them."""
     url, method, body = spec.url, spec.method, spec.body
     try:
         headers = spec.header_values()
     except HeaderUnavailable as err:
-        raise _Failed(str(err), "unknown") from None
+        raise CheckFailed(str(err), "unknown") from None
     origin = _origin(urlsplit(url))
     redirects = 0
     while True:
-        probe.evidence["url"] = _redact(url)
-        probe.evidence["redirects"] = redirects
-        response = await _fetch(spec, probe, url, method, body, headers)
+        timer.evidence["url"] = _redact(url)
+        timer.evidence["redirects"] = redirects
+        response = await _fetch(spec, timer, url, method, body, headers)
         location = response.headers.get("location")
         if not (spec.follow_redirects and location and response.status in REDIRECT_STATUSES):
             return response
         if redirects >= spec.max_redirects:
-            raise _Failed(f"too many redirects ({spec.max_redirects})")
+            raise CheckFailed(f"too many redirects ({spec.max_redirects})")
         try:
             url = urljoin(url, location)
             parts = urlsplit(url)
         except ValueError:  # "http://[::1", say
-            raise _Failed(f"redirected to {location!r}, which is not a valid URL") from None
+            raise CheckFailed(f"redirected to {location!r}, which is not a valid URL") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise _Failed(f"redirected to {location!r}, which is not an http(s) URL")
+            raise CheckFailed(f"redirected to {location!r}, which is not an http(s) URL")
         try:
             _ascii_host(parts.hostname)
-        except _Failed:  # the target's doing, not the spec's: down, not unknown
-            raise _Failed(f"redirected to {location!r}, whose host name is not valid") from None
+        except CheckFailed:  # the target's doing, not the spec's: down, not unknown
+            raise CheckFailed(f"redirected to {location!r}, whose host name is not valid") from None
         redirects += 1
         if _origin(parts) != origin:
             # What curl and browsers do: credentials go to the origin they were set for only.
@@ -246,7 +233,7 @@ def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
 
 async def _fetch(
     spec: HttpSpec,
-    probe: Probe,
+    timer: PhaseTimer,
     url: str,
     method: str,
     body: str | None,
@@ -254,46 +241,44 @@ async def _fetch(
 ) -> _Response:
     """One request on a fresh connection: a pooled one would hide an outage."""
     for key in _HOP_EVIDENCE:
-        probe.evidence.pop(key, None)
+        timer.evidence.pop(key, None)
     parts = urlsplit(url)
     https = parts.scheme == "https"
     host = _ascii_host(parts.hostname or "")
     try:
         port = parts.port or (443 if https else 80)
     except ValueError:
-        raise _Failed(f"{_redact(url)!r} has an invalid port") from None
+        raise CheckFailed(f"{_redact(url)!r} has an invalid port") from None
 
-    with probe.phase("resolve"):
-        addresses = await _resolve(host, spec.ip_family)
-    probe.evidence["addresses"] = addresses
-    reader, writer = await _connect(probe, addresses, port)
+    addresses = await resolve_host(timer, host, spec.ip_family)
+    reader, writer = await open_first(timer, addresses, port, limit=HEADER_LIMIT)
     clean, stage = False, "tls"
     try:
         if https:
-            await _start_tls(spec, probe, writer, host)
+            await _start_tls(spec, timer, writer, host)
         stage = "processing"
-        with probe.phase("processing"):
+        with timer.phase("processing"):
             writer.write(_request(parts, host, port, method, request_headers, body))
             await writer.drain()
             status, version, headers = await _read_head(reader)
-        probe.evidence["status_code"] = status
-        probe.evidence["http_version"] = version
-        probe.evidence["headers"] = {k: headers[k] for k in _INTERESTING_HEADERS if k in headers}
+        timer.evidence["status_code"] = status
+        timer.evidence["http_version"] = version
+        timer.evidence["headers"] = {k: headers[k] for k in _INTERESTING_HEADERS if k in headers}
         length = _content_length(headers)
         if length is not None:
-            probe.evidence["content_length"] = length
+            timer.evidence["content_length"] = length
         stage = "transfer"
-        with probe.phase("transfer"):
+        with timer.phase("transfer"):
             data, truncated = await _read_body(reader, method, status, headers, length, spec)
-        probe.evidence["body_bytes"] = len(data)
-        probe.evidence["body_truncated"] = truncated
-        probe.evidence["body_excerpt"] = data[:EXCERPT_BYTES].decode("utf-8", "replace")
+        timer.evidence["body_bytes"] = len(data)
+        timer.evidence["body_truncated"] = truncated
+        timer.evidence["body_excerpt"] = data[:EXCERPT_BYTES].decode("utf-8", "replace")
         clean = not truncated
         return _Response(status, headers, data, truncated)
     except ssl.SSLError as err:
-        raise _Failed(f"TLS error during {stage}: {_ssl_reason(err)}") from err
+        raise CheckFailed(f"TLS error during {stage}: {describe_ssl_error(err)}") from err
     except OSError as err:
-        raise _Failed(f"{describe_os_error(err)} during {stage}") from err
+        raise CheckFailed(f"{describe_os_error(err)} during {stage}") from err
     finally:
         # A connection left mid-response (a capped body, an error) is aborted so that the
         # server stops sending at once. So is a TLS one with the response whole: closing it
@@ -312,62 +297,23 @@ def _ascii_host(host: str) -> str:
     try:
         return host.encode("idna").decode("ascii")
     except UnicodeError:
-        raise _Failed(f"{host!r} is not a valid host name", "unknown") from None
+        raise CheckFailed(f"{host!r} is not a valid host name", "unknown") from None
 
 
-async def _resolve(host: str, family: IpFamily) -> list[str]:
-    try:
-        addresses = await resolve(host, family)
-    except socket.gaierror as err:
-        raise _Failed(describe_os_error(err)) from err
-    except OSError as err:  # an address literal of the other family: the spec contradicts itself
-        raise _Failed(describe_os_error(err), "unknown") from err
-    if not addresses:
-        raise _Failed("name does not resolve")
-    return addresses
-
-
-async def _connect(
-    probe: Probe, addresses: list[str], port: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connects to the first address that accepts; the first error says why none did."""
-    first_error: OSError | None = None
-    for address in addresses:
-        with probe.phase("connect"):
-            try:
-                reader, writer = await asyncio.open_connection(address, port, limit=HEADER_LIMIT)
-            except OSError as err:
-                first_error = first_error or err
-                continue
-        probe.evidence["address"] = address
-        return reader, writer
-    assert first_error is not None
-    local = first_error.errno in _LOCAL_ERRNOS
-    raise _Failed(describe_os_error(first_error), "unknown" if local else "down")
-
-
-async def _start_tls(spec: HttpSpec, probe: Probe, writer: asyncio.StreamWriter, host: str) -> None:
-    ctx = _client_context(spec.tls_verify, spec.ca_file)
-    with probe.phase("tls"):
-        try:
-            await writer.start_tls(ctx, server_hostname=host)
-        except ssl.SSLCertVerificationError as err:
-            message = (err.verify_message or _ssl_reason(err)).rstrip(".")
-            reason = message[:1].lower() + message[1:]
-            raise _Failed(f"TLS certificate verify failed: {reason}") from err
-        except ssl.SSLError as err:
-            raise _Failed(f"TLS handshake failed: {_ssl_reason(err)}") from err
-        except OSError as err:
-            raise _Failed(f"{describe_os_error(err)} during the TLS handshake") from err
-    tls = writer.get_extra_info("ssl_object")
+async def _start_tls(
+    spec: HttpSpec, timer: PhaseTimer, writer: asyncio.StreamWriter, host: str
+) -> None:
+    context = client_context(spec.ca_file, verify=spec.tls_verify, check_hostname=True,
+                             alpn=_ALPN)
+    tls = await handshake(timer, writer, context, host)
     if isinstance(tls, ssl.SSLObject):
         version = tls.version()
         if version:
-            probe.evidence["tls_version"] = tls_version_name(version)
+            timer.evidence["tls_version"] = tls_version_name(version)
         der = tls.getpeercert(binary_form=True)
         not_after = _not_after(der) if der else None
         if not_after is not None:
-            probe.evidence["cert_not_after"] = not_after
+            timer.evidence["cert_not_after"] = not_after
 
 
 @functools.lru_cache(maxsize=1024)
@@ -377,33 +323,6 @@ def _not_after(der: bytes) -> str | None:
         return x509.load_der_x509_certificate(der).not_valid_after_utc.isoformat()
     except ValueError:  # a certificate OpenSSL took but cryptography cannot parse
         return None
-
-
-def _client_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
-    try:
-        stamp = ca_file.stat().st_mtime_ns if ca_file else 0
-        return _cached_context(verify, str(ca_file) if ca_file else None, stamp)
-    except OSError as err:  # ssl.SSLError is one
-        raise _Failed(f"cannot load ca_file {str(ca_file)!r}: {err}", "unknown") from err
-
-
-# Loading a trust store costs milliseconds: build each context once, again if ca_file changes.
-@functools.lru_cache(maxsize=32)
-def _cached_context(verify: bool, ca_file: str | None, _stamp: int) -> ssl.SSLContext:
-    if verify:
-        ctx = ssl.create_default_context(cafile=ca_file)
-    else:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
-
-
-def _ssl_reason(err: ssl.SSLError) -> str:
-    if err.reason:
-        return str(err.reason).lower().replace("_", " ")
-    return str(err) or type(err).__name__
 
 
 def _request(
@@ -450,10 +369,10 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, 
         line = await _header_line(reader, budget)
         budget -= len(line)
         if not line:
-            raise _Failed("the server closed the connection without a response")
+            raise CheckFailed("the server closed the connection without a response")
         match = _STATUS_LINE.fullmatch(line)
         if not match:
-            raise _Failed(f"malformed HTTP response: {_show(line)}")
+            raise CheckFailed(f"malformed HTTP response: {_show(line)}")
         headers: dict[str, str] = {}
         name = ""
         while True:
@@ -462,13 +381,13 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, 
             if line in (b"\r\n", b"\n"):
                 break
             if not line.endswith(b"\n"):
-                raise _Failed("the server closed the connection in the middle of the headers")
+                raise CheckFailed("the server closed the connection in the middle of the headers")
             if line[:1] in (b" ", b"\t") and name:  # an obsolete folded continuation line
                 headers[name] += " " + line.strip().decode("latin-1")
                 continue
             raw_name, colon, raw_value = line.partition(b":")
             if not colon or not raw_name or raw_name != raw_name.strip():
-                raise _Failed(f"malformed HTTP response: header line {_show(line)}")
+                raise CheckFailed(f"malformed HTTP response: header line {_show(line)}")
             name = raw_name.decode("latin-1").lower()
             value = raw_value.strip().decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
@@ -484,7 +403,7 @@ async def _header_line(reader: asyncio.StreamReader, budget: int) -> bytes:
         line = b""
         budget = -1
     if len(line) > budget:
-        raise _Failed("response headers larger than 64 KiB")
+        raise CheckFailed("response headers larger than 64 KiB")
     return line
 
 
@@ -500,7 +419,7 @@ def _content_length(headers: dict[str, str]) -> int | None:
     text = values.pop()
     # More than 19 digits is no length a body has, and past 4300 int() refuses to read them.
     if values or not (text.isascii() and text.isdigit()) or len(text) > 19:
-        raise _Failed(f"malformed HTTP response: Content-Length {value!r}")
+        raise CheckFailed(f"malformed HTTP response: Content-Length {value!r}")
     return int(text)
 
 
@@ -524,7 +443,7 @@ async def _read_body(
             return await reader.readexactly(want), length > cap
         except asyncio.IncompleteReadError as err:
             got = len(err.partial)
-            raise _Failed(f"the response body ended after {got} of {length} bytes") from err
+            raise CheckFailed(f"the response body ended after {got} of {length} bytes") from err
     data = bytearray()
     while len(data) < cap:
         chunk = await reader.read(cap - len(data))
@@ -541,7 +460,7 @@ async def _read_chunked(reader: asyncio.StreamReader, cap: int) -> tuple[bytes, 
             line = await reader.readline()
             size_text = line.split(b";", 1)[0].strip()
             if not line.endswith(b"\n") or not _CHUNK_SIZE.fullmatch(size_text):
-                raise _Failed(f"invalid chunked encoding: chunk size {_show(line)}")
+                raise CheckFailed(f"invalid chunked encoding: chunk size {_show(line)}")
             size = int(size_text, 16)
             if size == 0:
                 while (await reader.readline()).strip():  # trailers: not wanted
@@ -556,11 +475,12 @@ async def _read_chunked(reader: asyncio.StreamReader, cap: int) -> tuple[bytes, 
             if not end:
                 raise asyncio.IncompleteReadError(end, 2)
             if end not in (b"\r\n", b"\n"):
-                raise _Failed("invalid chunked encoding: a chunk is longer than its size")
+                raise CheckFailed("invalid chunked encoding: a chunk is longer than its size")
     except asyncio.IncompleteReadError as err:
-        raise _Failed("invalid chunked encoding: the body ended in the middle of a chunk") from err
+        raise CheckFailed(
+            "invalid chunked encoding: the body ended in the middle of a chunk") from err
     except ValueError as err:  # a line longer than the stream's limit
-        raise _Failed("invalid chunked encoding: a line longer than 64 KiB") from err
+        raise CheckFailed("invalid chunked encoding: a line longer than 64 KiB") from err
 
 
 def _redact(url: str) -> str:

@@ -27,20 +27,9 @@ from typing import ClassVar
 from icmplib import ICMPError, ICMPReply
 from pydantic import field_validator
 
-from checks.base import (
-    Duration,
-    Gauge,
-    IpFamily,
-    Kind,
-    Percent,
-    Probe,
-    Result,
-    Spec,
-    describe_os_error,
-    format_duration,
-    is_address,
-    resolve,
-)
+from checks.base import Gauge, Kind, PhaseTimer, Result, Spec
+from checks.net import IpFamily, describe_os_error, is_address, resolve
+from checks.values import Duration, Percent, format_duration
 
 PHASES = ("resolve", "setup", "rtt")
 
@@ -84,7 +73,7 @@ class IcmpSpec(Spec):
 
 
 async def run(spec: IcmpSpec, *, timeout: float) -> Result:
-    probe = Probe(IcmpSpec.kind, spec.target, PHASES)
+    timer = PhaseTimer(IcmpSpec.kind, spec.target, PHASES)
     deadline = asyncio.get_running_loop().time() + timeout
     # Only a name lookup needs a timeout: the echoes keep to the deadline by themselves (see
     # _exchange), and a timeout is a tenth of the CPU of a check of loopback.
@@ -92,36 +81,36 @@ async def run(spec: IcmpSpec, *, timeout: float) -> Result:
         contextlib.nullcontext() if is_address(spec.host) else asyncio.timeout_at(deadline)
     )
     try:
-        with probe.phase("resolve"):
+        with timer.phase("resolve"):
             async with bound:
                 address = (await resolve(spec.host, spec.ip_family))[0]
     except TimeoutError:
-        return probe.timed_out(timeout)
+        return timer.timed_out(timeout)
     except OSError as err:
-        return probe.down(describe_os_error(err))
-    probe.evidence["address"] = address
+        return timer.down(describe_os_error(err))
+    timer.evidence["address"] = address
 
-    with probe.phase("setup"):
+    with timer.phase("setup"):
         try:
             privileged = _icmp_mode()
             if privileged is None:
-                return probe.unknown(_not_permitted())
+                return timer.unknown(_not_permitted())
             pinger = _pinger(socket.AF_INET6 if ":" in address else socket.AF_INET, privileged)
         except PermissionError:
-            return probe.unknown(_not_permitted())
+            return timer.unknown(_not_permitted())
         except OSError as err:
-            return probe.unknown(f"could not open an ICMP socket: {describe_os_error(err)}")
-    probe.evidence["privileged"] = privileged
+            return timer.unknown(f"could not open an ICMP socket: {describe_os_error(err)}")
+    timer.evidence["privileged"] = privileged
 
     # The rtt phase holds the average round trip, not the time spent; this only names the
     # phase in a timeout reason.
-    probe.current = "rtt"
+    timer.current = "rtt"
     window = min(_REPLY_WAIT, timeout / 2)
     echoes = await _exchange(pinger, address, spec, deadline - _MARGIN, window)
     if echoes.failure is None and not echoes.settled() and echoes.waited < window:
         # Resolving took nearly all the time: the first echo never had a fair chance.
-        return probe.timed_out(timeout)
-    return _judge(probe, spec, echoes)
+        return timer.timed_out(timeout)
+    return _judge(timer, spec, echoes)
 
 
 # --- the socket mode -----------------------------------------------------------------------
@@ -441,15 +430,15 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _judge(probe: Probe, spec: IcmpSpec, echoes: _Echoes) -> Result:
+def _judge(timer: PhaseTimer, spec: IcmpSpec, echoes: _Echoes) -> Result:
     rtts = [echoes.rtts[sequence] for sequence in sorted(echoes.rtts)]
     sent = len(echoes.sent)
     loss = 1 - len(rtts) / sent if sent else 1.0
     average = sum(rtts) / len(rtts) if rtts else 0.0
     # The mean difference between consecutive round trips, as icmplib and RFC 3550 have it.
     jitter = sum(abs(b - a) for a, b in pairwise(rtts)) / (len(rtts) - 1) if len(rtts) > 1 else 0.0
-    probe.phases["rtt"] = average
-    probe.evidence.update(
+    timer.phases["rtt"] = average
+    timer.evidence.update(
         sent=sent,
         received=len(rtts),
         loss=round(loss, 4),
@@ -461,11 +450,11 @@ def _judge(probe: Probe, spec: IcmpSpec, echoes: _Echoes) -> Result:
     )
     if echoes.failure is not None:
         if echoes.ours:
-            return probe.unknown(f"the ICMP socket broke ({echoes.failure}): a new one is opened")
-        return probe.down(echoes.failure)
+            return timer.unknown(f"the ICMP socket broke ({echoes.failure}): a new one is opened")
+        return timer.down(echoes.failure)
     if not rtts:
         said = f": {next(iter(echoes.errors.values()))}" if echoes.errors else ""
-        return probe.down(f"100% packet loss ({sent} sent){said}")
+        return timer.down(f"100% packet loss ({sent} sent){said}")
 
     failures = []
     if spec.max_loss is not None and loss > spec.max_loss:
@@ -477,7 +466,7 @@ def _judge(probe: Probe, spec: IcmpSpec, echoes: _Echoes) -> Result:
     if spec.max_jitter is not None and jitter > spec.max_jitter:
         most = format_duration(spec.max_jitter)
         failures.append(f"jitter {format_duration(jitter)} (max {most})")
-    return probe.down("; ".join(failures)) if failures else probe.up()
+    return timer.down("; ".join(failures)) if failures else timer.up()
 
 
 def _percent(fraction: float) -> str:

@@ -6,7 +6,9 @@ handshake before we see the certificate, so for a rejected one a second handshak
 verification, fetches it: every problem is then told in its own words ("certificate expired 3
 days ago (2026-11-20)") rather than OpenSSL's, and the ticket still shows the certificate.
 Dates and the host name are checked here, on the parsed certificate, so that `verify: false`
-and `verify_hostname: false` each switch off only their own part.
+and `verify_hostname: false` each switch off only their own part. A chain OpenSSL refuses for
+anything else reads as http and tcp word it ("TLS certificate rejected: self-signed
+certificate"), with the unknown CA named.
 """
 
 from __future__ import annotations
@@ -25,25 +27,21 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from checks.base import (
-    Duration,
-    Gauge,
+from checks.base import Gauge, Kind, PhaseTimer, Result, Spec
+from checks.net import (
+    CertificateRejected,
+    CheckFailed,
     IpFamily,
-    Kind,
-    Port,
-    Probe,
-    ReadableFile,
-    Result,
-    Spec,
+    certificate_rejected,
+    client_context,
+    handshake,
+    open_first,
+    resolve_host,
     tls_version_name,
 )
-from checks.tcp import CheckFailed, client_context, handshake, open_first, resolve_host, too_slow
+from checks.values import Duration, Port, ReadableFile
 
 PHASES = ("resolve", "connect", "tls")
-
-# OpenSSL's X509_V_ERR_* codes that mean "no trusted root found for this chain".
-_SELF_SIGNED_LEAF = 18
-_UNKNOWN_ISSUER = {2, 19, 20, 21}
 
 
 class TlsSpec(Spec):
@@ -65,47 +63,47 @@ class TlsSpec(Spec):
 
 
 async def run(spec: TlsSpec, *, timeout: float) -> Result:
-    probe = Probe(TlsSpec.kind, spec.target, PHASES)
+    timer = PhaseTimer(TlsSpec.kind, spec.target, PHASES)
     try:
         async with asyncio.timeout(timeout):
-            chain, rejected = await _fetch_chain(spec, probe)
+            chain, rejected = await _fetch_chain(spec, timer)
     except TimeoutError:
-        return probe.timed_out(timeout)
+        return timer.timed_out(timeout)
     except CheckFailed as failed:
-        return failed.result(probe)
+        return failed.result(timer)
     problem = _problem(spec, chain, rejected)
     if problem:
-        return probe.down(problem)
+        return timer.down(problem)
     expiry = _expiry(spec, chain[0])
     if expiry:
         # The target still works: a ticket may say so, and take a lower priority than an outage.
-        probe.evidence["expiring"] = True
-        return probe.down(expiry)
-    return too_slow(probe, spec.max_latency) or probe.up()
+        timer.evidence["expiring"] = True
+        return timer.down(expiry)
+    return timer.too_slow(spec.max_latency) or timer.up()
 
 
 async def _fetch_chain(
-    spec: TlsSpec, probe: Probe
+    spec: TlsSpec, timer: PhaseTimer
 ) -> tuple[list[x509.Certificate], ssl.SSLCertVerificationError | None]:
     """The certificates the server sent, leaf first, and OpenSSL's verdict if it rejected them."""
     server_name = spec.server_name or spec.host
     context = client_context(spec.ca_file, verify=spec.verify, check_hostname=False)
-    addresses = await resolve_host(probe, spec.host, spec.ip_family)
+    addresses = await resolve_host(timer, spec.host, spec.ip_family)
     rejected = None
-    _, writer = await open_first(probe, addresses, spec.port)
+    _, writer = await open_first(timer, addresses, spec.port)
     try:
         try:
-            tls = await handshake(probe, writer, context, server_name)
-        except ssl.SSLCertVerificationError as err:
-            rejected = err
+            tls = await handshake(timer, writer, context, server_name)
+        except CertificateRejected as refused:
+            rejected = refused.error
             writer.close()
-            _, writer = await open_first(probe, [probe.evidence["address"]], spec.port)
+            _, writer = await open_first(timer, [timer.evidence["address"]], spec.port)
             unverified = client_context(None, verify=False, check_hostname=False)
-            tls = await handshake(probe, writer, unverified, server_name)
+            tls = await handshake(timer, writer, unverified, server_name)
         ders = tuple(_peer_chain(tls))
         cipher = tls.cipher()
-        probe.evidence["tls_version"] = tls_version_name(tls.version())
-        probe.evidence["cipher"] = cipher[0] if cipher else None
+        timer.evidence["tls_version"] = tls_version_name(tls.version())
+        timer.evidence["cipher"] = cipher[0] if cipher else None
     finally:
         # Nothing was said over the connection: drop it rather than wait for the server's
         # answer to a close_notify (a round trip, and a wake-up, for nothing).
@@ -114,7 +112,7 @@ async def _fetch_chain(
         raise CheckFailed("the server sent no certificate")
     chain, described = _read(ders)
     leaf_days = (chain[0].not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds() / 86400
-    probe.evidence.update(described, sans=list(described["sans"]), days_left=round(leaf_days, 2))
+    timer.evidence.update(described, sans=list(described["sans"]), days_left=round(leaf_days, 2))
     return list(chain), rejected
 
 
@@ -156,14 +154,8 @@ def _problem(
     if now > not_after:
         return f"certificate expired {_span(now - not_after)} ago ({not_after.date()})"
     if rejected is not None:
-        if rejected.verify_code == _SELF_SIGNED_LEAF or (
-            rejected.verify_code in _UNKNOWN_ISSUER and leaf.issuer == leaf.subject
-        ):
-            return "certificate is self-signed"
-        if rejected.verify_code in _UNKNOWN_ISSUER:
-            issuer = _printable(chain[-1].issuer.rfc4514_string())
-            return f"certificate issued by an unknown CA: {issuer}"
-        return f"certificate is not trusted: {rejected.verify_message}"
+        return certificate_rejected(rejected, self_issued=leaf.issuer == leaf.subject,
+                                    issuer=_printable(chain[-1].issuer.rfc4514_string()))
     name = (spec.server_name or spec.host).strip("[]")
     if spec.verify_hostname and not _matches(name, _names(leaf)):
         names = _names(leaf)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from checks import execute
-from checks.base import Result, format_duration
+from checks.base import Result
+from checks.values import format_duration
 from probe import control, daemon, log, version, webconfig
 from probe.config import Check, Config, ConfigError, load, source_files
 from probe.demo import demo as run_demo

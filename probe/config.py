@@ -32,12 +32,12 @@ from pydantic import (
 )
 
 from checks import KINDS
-from checks.base import (
+from checks.base import Spec
+from checks.values import (
     SENSITIVE_NAME,
     Duration,
     Percent,
     ReadableFile,
-    Spec,
     StrictModel,
     format_duration,
     host_port,

@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel
 
 from checks import KINDS
-from checks.base import format_duration, parse_duration, parse_percent
+from checks.values import format_duration, parse_duration, parse_percent
 from probe.config import Check, CheckBase, Config, Defaults, Ticketing
 
 # Where the reference file (config/probe.example.yaml) puts a key other than where its model

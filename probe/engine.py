@@ -24,7 +24,8 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from checks.base import State, format_duration
+from checks.base import State
+from checks.values import format_duration
 from probe.config import Check, Maintenance
 from probe.facts import Facts, Member
 

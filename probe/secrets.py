@@ -28,14 +28,8 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from pydantic import AfterValidator, ValidationInfo, model_validator
 
-from checks.base import (
-    ENV_REF,
-    SENSITIVE_NAME,
-    HeaderUnavailable,
-    Result,
-    StrictModel,
-    header_values,
-)
+from checks.base import Result
+from checks.values import ENV_REF, SENSITIVE_NAME, HeaderUnavailable, StrictModel, header_values
 
 
 def _env_ref(value: str, info: ValidationInfo) -> str:

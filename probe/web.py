@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from checks.base import parse_duration
+from checks.values import parse_duration
 from probe.config import Maintenance, error_text
 from probe.engine import window_active
 from probe.metrics import Metrics, exposition

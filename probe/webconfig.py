@@ -44,7 +44,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
-from checks.base import StrictModel
+from checks.values import StrictModel
 from probe.configerrors import PLAIN, ConfigError, ConfigIssue, issue, locate
 from probe.yamlpos import KeyPath, Position, YamlError, load_with_positions
 

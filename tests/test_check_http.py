@@ -386,7 +386,7 @@ async def test_it_refuses_a_self_signed_certificate_unless_told_not_to_verify(
         unverified = await check(url=f"https://127.0.0.1:{port}/ok", tls_verify=False)
 
     assert verified.state == "down"
-    assert verified.reason == "TLS certificate verify failed: self-signed certificate"
+    assert verified.reason == "TLS certificate rejected: self-signed certificate"
     assert unverified.state == "up", unverified.reason
     assert unverified.evidence["cert_not_after"] == issued.cert.not_valid_after_utc.isoformat()
 
@@ -400,7 +400,7 @@ async def test_it_refuses_an_expired_certificate(certs: CertFactory) -> None:
         result = await check(url=f"https://127.0.0.1:{port}/ok", ca_file=str(certs.ca.cert_file))
 
     assert result.state == "down"
-    assert result.reason == "TLS certificate verify failed: certificate has expired"
+    assert result.reason == "TLS certificate rejected: certificate has expired"
 
 
 async def test_it_refuses_a_certificate_for_another_host(certs: CertFactory) -> None:
@@ -409,7 +409,7 @@ async def test_it_refuses_a_certificate_for_another_host(certs: CertFactory) -> 
         result = await check(url=f"https://localhost:{port}/ok", ca_file=str(certs.ca.cert_file))
 
     assert result.state == "down"
-    assert result.reason.startswith("TLS certificate verify failed: hostname mismatch")
+    assert result.reason.startswith("TLS certificate rejected: hostname mismatch")
     assert "'localhost'" in result.reason
 
 

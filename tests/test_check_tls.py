@@ -126,7 +126,8 @@ async def test_it_is_up_when_expiry_is_further_than_min_days_left(certs: CertFac
 async def test_it_reports_a_self_signed_certificate(certs: CertFactory) -> None:
     leaf = certs.issue(self_signed=True)
     result = await check_served(leaf, certs.ca.cert_file)
-    assert (result.state, result.reason) == ("down", "certificate is self-signed")
+    assert (result.state, result.reason) == (
+        "down", "TLS certificate rejected: self-signed certificate")
     assert result.evidence["issuer"] == result.evidence["subject"] == "CN=localhost"
 
 
@@ -163,7 +164,7 @@ async def test_it_reports_a_certificate_from_an_unknown_ca(certs: CertFactory) -
     result = await check_served(certs.issue(issuer=rogue), certs.ca.cert_file)
     assert (result.state, result.reason) == (
         "down",
-        "certificate issued by an unknown CA: CN=probe rogue CA",
+        "TLS certificate rejected: issued by an unknown CA (CN=probe rogue CA)",
     )
     assert result.evidence["issuer"] == "CN=probe rogue CA"
 
@@ -173,7 +174,7 @@ async def test_it_verifies_against_the_system_cas_without_a_ca_file(certs: CertF
         result = await check(port, server_name="localhost")
     assert (result.state, result.reason) == (
         "down",
-        "certificate issued by an unknown CA: CN=probe test CA",
+        "TLS certificate rejected: issued by an unknown CA (CN=probe test CA)",
     )
 
 
@@ -205,7 +206,7 @@ async def test_it_reports_a_missing_intermediate_as_an_unknown_ca(certs: CertFac
     result = await check_served(certs.issue(issuer=intermediate), certs.ca.cert_file)
     assert (result.state, result.reason) == (
         "down",
-        "certificate issued by an unknown CA: CN=probe intermediate CA",
+        "TLS certificate rejected: issued by an unknown CA (CN=probe intermediate CA)",
     )
 
 
@@ -268,9 +269,10 @@ async def test_a_chain_is_judged_again_as_soon_as_the_server_changes_it(
             before = len(handshakes)
             result = await check(port, server_name="localhost", ca_file=certs.ca.cert_file)
             states.append((result.state, result.reason, len(handshakes) - before))
+    rejected = "TLS certificate rejected: self-signed certificate"
     assert [(state, reason) for state, reason, _ in states] == [
         ("up", ""), ("up", ""), ("up", ""),
-        ("down", "certificate is self-signed"), ("down", "certificate is self-signed"),
+        ("down", rejected), ("down", rejected),
         ("up", ""), ("up", ""),
     ]
     assert [n for *_, n in states][:3] == [1, 1, 1]  # an unchanged, accepted chain: one each

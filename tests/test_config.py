@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from checks.base import format_duration, parse_duration, parse_percent
+from checks.values import format_duration, parse_duration, parse_percent
 from probe.config import ConfigError, load
 from probe.secrets import SecretError
 from tests.harness.configs import edited

@@ -31,7 +31,7 @@ from checks import http as http_check
 from checks import tcp as tcp_check
 from checks import tls as tls_check
 from checks.base import Result
-from checks.tcp import CheckFailed
+from checks.net import CheckFailed
 from tests.harness import hostile_certs
 from tests.harness.certs import CertFactory, Issued
 from tests.harness.httpserver import serve_raw
@@ -258,7 +258,7 @@ async def test_it_refuses_a_certificate_with_a_critical_unknown_extension(
 ) -> None:
     result = await tls(hostile_certs.leaf(certs, extensions=unknown_extension(True)), certs)
     assert (result.state, result.reason) == (
-        "down", "certificate is not trusted: unhandled critical extension")
+        "down", "TLS certificate rejected: unhandled critical extension")
 
 
 async def test_it_accepts_a_certificate_with_a_non_critical_unknown_extension(
@@ -294,7 +294,7 @@ async def test_a_line_break_in_a_certificate_name_stays_out_of_the_reason(
     ca = certs.make_ca("Evil\r\nCA")
     result = await tls(hostile_certs.leaf(certs, issuer=ca), certs)
     assert (result.state, result.reason) == (
-        "down", "certificate issued by an unknown CA: CN=Evil\\r\\nCA")
+        "down", "TLS certificate rejected: issued by an unknown CA (CN=Evil\\r\\nCA)")
 
 
 async def test_it_shows_a_negative_serial_as_it_is(certs: CertFactory) -> None:
@@ -304,7 +304,7 @@ async def test_it_shows_a_negative_serial_as_it_is(certs: CertFactory) -> None:
     # OpenSSL 3.0 takes it, as browsers do; a stricter verifier (Python 3.13's X509_STRICT)
     # may not. Either way the serial is shown as the certificate has it.
     if result.state == "down":
-        assert result.reason.startswith("certificate is not trusted: "), result.reason
+        assert result.reason.startswith("TLS certificate rejected: "), result.reason
     assert result.evidence["serial"] == "FF:10:20:30"
 
 
@@ -359,7 +359,7 @@ async def test_it_refuses_a_chain_with_an_expired_intermediate(certs: CertFactor
     served = hostile_certs.leaf(certs, issuer=intermediates[0])
     result = await tls(served, certs, tuple(intermediates))
     assert (result.state, result.reason) == (
-        "down", "certificate is not trusted: certificate has expired")
+        "down", "TLS certificate rejected: certificate has expired")
 
 
 async def _alert(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -402,7 +402,7 @@ async def test_the_http_check_takes_an_odd_certificate_in_its_stride(
         result = well_formed(await http_check.run(spec, timeout=2.0), http_check.PHASES)
     assert result.state in ("up", "down")
     if result.state == "down":
-        assert result.reason.startswith("TLS certificate verify failed: "), result.reason
+        assert result.reason.startswith("TLS certificate rejected: "), result.reason
 
 
 async def _answer_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

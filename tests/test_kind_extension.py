@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from checks import KINDS, execute
-from checks.base import Gauge, Kind, Probe, Result, Spec
+from checks.base import Gauge, Kind, PhaseTimer, Result, Spec
 from probe.config import Check, Flapping, TicketPolicy
 from probe.metrics import Metrics, View, exposition
 from probe.tickets import triage
@@ -40,13 +40,13 @@ PHASES = ("walk", "knock")
 
 
 async def knock(spec: DoorSpec, *, timeout: float) -> Result:
-    probe = Probe(DoorSpec.kind, spec.target, PHASES)
-    with probe.phase("knock"):
+    timer = PhaseTimer(DoorSpec.kind, spec.target, PHASES)
+    with timer.phase("knock"):
         _, writer = await asyncio.open_connection(spec.host, spec.port)
     writer.close()
     await writer.wait_closed()
-    probe.evidence.update(knocks=3, answer="come in")
-    return probe.up()
+    timer.evidence.update(knocks=3, answer="come in")
+    return timer.up()
 
 
 def door_gauges(result: Result) -> Iterator[Gauge]:

@@ -14,7 +14,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from checks.base import format_duration, parse_duration, parse_percent
+from checks.values import format_duration, parse_duration, parse_percent
 from probe.config import load
 from probe.effective import duration_text, percent_text
 from tests.harness.proc import PROBE

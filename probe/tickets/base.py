@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
 
-from checks.base import Duration, ReadableFile
+from checks.values import Duration, ReadableFile
 from probe.log import fields
 from probe.secrets import Secrets, known
 

@@ -34,7 +34,8 @@ from typing import Annotated, ClassVar, Literal
 import aiosmtplib
 from pydantic import AfterValidator, Field, model_validator
 
-from checks.base import describe_os_error, host_port
+from checks.net import describe_os_error
+from checks.values import host_port
 from probe.secrets import EnvRef, SecretError
 from probe.tickets import base
 from probe.tickets.base import Priority, RouteBase, Ticket, TicketError, TicketState

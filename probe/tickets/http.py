@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from checks.base import describe_os_error
+from checks.net import describe_os_error
 from probe import __version__
 from probe.tickets.base import RouteBase, TicketError, ssl_context
 

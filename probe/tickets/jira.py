@@ -46,7 +46,7 @@ from urllib.parse import quote
 
 from pydantic import AfterValidator, model_validator
 
-from checks.base import Duration
+from checks.values import Duration
 from probe.secrets import EnvRef, SecretError
 from probe.tickets import base
 from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState

@@ -13,7 +13,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from checks.base import format_duration
+from checks.values import format_duration
 from probe.facts import Facts, Member
 from probe.tickets.base import Priority, Ticket
 

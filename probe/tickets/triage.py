@@ -17,11 +17,12 @@ import dns.exception
 import dns.resolver
 
 from checks import KINDS, execute
-from checks.base import Result, Spec, format_duration
+from checks.base import Result, Spec
 from checks.http import HttpSpec
 from checks.icmp import IcmpSpec
 from checks.tcp import TcpSpec
 from checks.tls import TlsSpec
+from checks.values import format_duration
 from probe.config import Check
 from probe.secrets import known
 

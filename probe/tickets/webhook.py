@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, model_validator
 
-from checks.base import ENV_REF, SENSITIVE_NAME, HeaderSettings, HeaderUnavailable
+from checks.values import ENV_REF, SENSITIVE_NAME, HeaderSettings, HeaderUnavailable
 from probe.secrets import EnvRef, SecretError, known
 from probe.tickets import base
 from probe.tickets.base import RouteBase, Ticket, TicketError, TicketState, endpoint_url

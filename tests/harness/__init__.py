@@ -4,6 +4,7 @@ Helpers:
   wait       `until` (and `until_blocking`): poll a condition with a deadline and a message
   ports      `free_port`, `closed_port`
   proc       PROBE, the installed console script; `module_command` for `python -m tests...`
+  starved    `starved`: the `probe` command with no file descriptor left for a check's socket
   daemon     `ProbeProcess`: `probe run` as a subprocess; `Target`, the flaky HTTP target
   inloop     `Runner`: daemons in the test's own event loop
   helpdesk   `Helpdesk`: the local backend's tickets and notes, read from its tables
