@@ -5,6 +5,7 @@ own state directory and loopback port), and what the benchmark reads of it — i
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import time
@@ -94,8 +95,8 @@ def start(
     cpus: set[int] | None = None,
     source: Path = REPO,
 ) -> Daemon:
-    """Start `probe run` on `checks` and wait until it is ready. `source` holds the probe and
-    checks packages to run (`python -m` takes them from its working directory)."""
+    """Start `probe run` on `checks` and wait until it is ready: the installed probe, or with
+    `source` other than the checkout (`--rev`), the probe and checks packages found there."""
     directory.mkdir(parents=True, exist_ok=True)
     for _ in range(5):
         try:
@@ -136,9 +137,11 @@ def _start(
         config["ticketing"] = ticketing
     path = directory / "probe.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    # -P: never the checkout by accident (the working directory); PYTHONPATH for --rev's copy.
+    env = None if source == REPO else {**os.environ, "PYTHONPATH": str(source)}
     process = processes.start(
-        "probe", [sys.executable, "-P", "-m", "probe", "run", "--config", str(path)],  # installed
-        log=directory / "probe.log", cpus=cpus, cwd=source,
+        "probe", [sys.executable, "-P", "-m", "probe", "run", "--config", str(path)],
+        log=directory / "probe.log", cpus=cpus, env=env, cwd=directory,
     )
     url = f"http://127.0.0.1:{port}"
     try:
