@@ -59,8 +59,3 @@ def watchdog_timeout() -> float | None:
         return None
     return usec / 1_000_000
 
-
-def watchdog_interval() -> float | None:
-    """How often to send "WATCHDOG=1", in seconds: half systemd's WatchdogSec, or None."""
-    timeout = watchdog_timeout()
-    return timeout / 2 if timeout is not None else None
