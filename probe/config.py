@@ -45,9 +45,9 @@ from checks.base import (
 from probe.configerrors import PLAIN, issue, locate, place
 from probe.configerrors import ConfigError as ConfigError
 from probe.configerrors import ConfigIssue as ConfigIssue
+from probe.helpdesks import AnyRoute
+from probe.helpdesks.base import Priority, RouteBase
 from probe.secrets import SecretError, from_settings
-from probe.tickets import AnyRoute
-from probe.tickets.base import Priority, RouteBase
 from probe.webconfig import config_issues
 from probe.yamlpos import KeyPath, Position, YamlError, load_with_positions, show_path
 

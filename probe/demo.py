@@ -13,7 +13,7 @@ from aiohttp import web
 
 from probe.config import load
 from probe.daemon import Daemon
-from probe.tickets.local import LocalTickets
+from probe.helpdesks.local import LocalTickets
 
 UP_FIRST, DOWN_FOR = 6.0, 25.0
 

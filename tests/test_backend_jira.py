@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from probe.tickets.base import Ticket, TicketError
-from probe.tickets.jira import Backend, Route, key_label
+from probe.helpdesks.base import Ticket, TicketError
+from probe.helpdesks.jira import Backend, Route, key_label
 from tests.harness.daemon import Target
 from tests.harness.fake_jira import EMAIL, PAT, TOKEN, FakeJira, reset_in, serve_jira
 from tests.harness.inloop import Runner

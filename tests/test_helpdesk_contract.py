@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 import pytest
 
-from probe.tickets.base import Ticket, TicketError
-from probe.tickets.freshdesk import key_tag
-from probe.tickets.github import key_label as github_label
-from probe.tickets.jira import key_label as jira_label
+from probe.helpdesks.base import Ticket, TicketError
+from probe.helpdesks.freshdesk import key_tag
+from probe.helpdesks.github import key_label as github_label
+from probe.helpdesks.jira import key_label as jira_label
 from tests.harness import desks
 from tests.harness.desks import HELPDESKS, Desk, GitHubDesk
 from tests.harness.ports import closed_port

@@ -28,8 +28,8 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probe.tickets import HELPDESKS
-from probe.tickets.base import MAX_MESSAGE, Backend, Ticket, TicketError
+from probe.helpdesks import HELPDESKS
+from probe.helpdesks.base import MAX_MESSAGE, Backend, Ticket, TicketError
 from tests.harness.hostile_helpdesk import (
     FIELDS,
     INNER,
@@ -139,7 +139,7 @@ async def test_a_broken_promise_is_a_ticket_error_or_nothing(
     except Exception as err:
         site = crash_site(err)
         if site in KNOWN_CRASHES:
-            pytest.xfail(f"known crash in probe/tickets/{site}: {KNOWN_CRASHES[site]}")
+            pytest.xfail(f"known crash in probe/helpdesks/{site}: {KNOWN_CRASHES[site]}")
         raise
     finally:
         await desk.close()
@@ -149,7 +149,7 @@ async def test_a_broken_promise_is_a_ticket_error_or_nothing(
 def crash_site(err: BaseException) -> str:
     """`module.py:function` of the innermost backend function an exception came from."""
     for frame in reversed(traceback.extract_tb(err.__traceback__)):
-        if "/probe/tickets/" in frame.filename and not frame.name.startswith("<"):
+        if "/probe/helpdesks/" in frame.filename and not frame.name.startswith("<"):
             return f"{frame.filename.rsplit('/', 1)[1]}:{frame.name}"
     return "?"
 

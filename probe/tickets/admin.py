@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from probe.config import Config
+from probe.helpdesks import make_backend
+from probe.helpdesks.base import PRIORITIES, Ticket, TicketError
+from probe.helpdesks.local import LocalTickets
 from probe.store import Store, StoreError
-from probe.tickets import make_backend
-from probe.tickets.base import PRIORITIES, Ticket, TicketError
-from probe.tickets.local import LocalTickets
 
 
 def tickets_command(config: Config, action: str, ticket_id: int | None, owner: str) -> int:

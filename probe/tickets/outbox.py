@@ -34,10 +34,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from probe.config import Check
 from probe.engine import TransitionKind
+from probe.helpdesks import make_backend
+from probe.helpdesks.base import Backend, RouteBase, TicketError
 from probe.log import fields
 from probe.store import Store
-from probe.tickets import make_backend, render, triage
-from probe.tickets.base import Backend, RouteBase, TicketError
+from probe.tickets import render, triage
 
 log = logging.getLogger("probe.tickets")
 

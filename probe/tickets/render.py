@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from checks.base import format_duration
-from probe.tickets.base import Priority, Ticket
+from probe.helpdesks.base import Priority, Ticket
 
 Facts = Mapping[str, Any]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from probe.tickets.freshdesk import Route
+from probe.helpdesks.freshdesk import Route
 from tests.harness.httpserver import serve_app
 
 API_KEY = "fd-key-Qm9Y3"

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from probe.tickets.zendesk import Route
+from probe.helpdesks.zendesk import Route
 from tests.harness.httpserver import serve_app
 
 EMAIL = "probe@example.com"

@@ -30,7 +30,7 @@ from multidict import CIMultiDictProxy
 
 from checks.base import describe_os_error
 from probe import __version__
-from probe.tickets.base import RouteBase, TicketError, ssl_context
+from probe.helpdesks.base import RouteBase, TicketError, ssl_context
 
 TRANSIENT = {408, 425, 429}
 MAX_ERROR_TEXT = 300

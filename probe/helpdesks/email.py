@@ -35,9 +35,9 @@ import aiosmtplib
 from pydantic import AfterValidator, Field, model_validator
 
 from checks.base import describe_os_error, host_port
+from probe.helpdesks import base
+from probe.helpdesks.base import Priority, RouteBase, Ticket, TicketError, TicketState
 from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import Priority, RouteBase, Ticket, TicketError, TicketState
 
 log = logging.getLogger(__name__)
 

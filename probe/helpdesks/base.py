@@ -24,7 +24,7 @@ from checks.base import Duration, ReadableFile
 from probe.log import fields
 from probe.secrets import Secrets, known
 
-log = logging.getLogger("probe.tickets")
+log = logging.getLogger("probe.helpdesks")
 
 Priority = Literal["urgent", "high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("urgent", "high", "normal", "low")

@@ -39,10 +39,10 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, model_validator
 
 from checks.base import ENV_REF, SENSITIVE_NAME, HeaderSettings, HeaderUnavailable
+from probe.helpdesks import base
+from probe.helpdesks.base import RouteBase, Ticket, TicketError, TicketState, endpoint_url
+from probe.helpdesks.http import Http
 from probe.secrets import EnvRef, SecretError, known
-from probe.tickets import base
-from probe.tickets.base import RouteBase, Ticket, TicketError, TicketState, endpoint_url
-from probe.tickets.http import Http
 
 VERSION = 1
 Action = Literal["open", "note", "resolve", "reopen"]

@@ -33,10 +33,10 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Http, Response
 from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response
 
 TABLE = "/api/now/table/incident"
 SYS_ID = re.compile(r"[0-9a-f]{32}")

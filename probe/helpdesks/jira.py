@@ -47,10 +47,10 @@ from urllib.parse import quote
 from pydantic import AfterValidator, model_validator
 
 from checks.base import Duration
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Http, Response
 from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response
 
 KEY_LABEL = "probe-key-"
 SUMMARY_CHARS = 255

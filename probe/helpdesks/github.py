@@ -27,7 +27,7 @@ GitHub's published OpenAPI description):
   deleted one, 301 for one transferred to another repository (not followed: the error says
   where it went).
 - Rate limits: 403 or 429, with x-ratelimit-remaining: 0 and x-ratelimit-reset (epoch) for the
-  primary limit, or with retry-after for a secondary one (probe.tickets.http makes both
+  primary limit, or with retry-after for a secondary one (probe.helpdesks.http makes both
   transient). A secondary limit may come with neither header, only its message: then probe
   waits a minute, as GitHub asks.
 
@@ -47,13 +47,13 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, model_validator
 
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Http, Response, helpdesk_message
 from probe.log import fields
 from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response, helpdesk_message
 
-log = logging.getLogger("probe.tickets")
+log = logging.getLogger("probe.helpdesks")
 
 API_VERSION = "2022-11-28"
 MAX_LABEL = 50

@@ -42,10 +42,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
 
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Http, Response, helpdesk_message
 from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response, helpdesk_message
 
 OPEN, PENDING, RESOLVED, CLOSED = 2, 3, 4, 5
 REFUSED = (400, 404, 409, 422)  # answered with Freshdesk's own reasons, see _refused

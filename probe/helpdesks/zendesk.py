@@ -43,10 +43,10 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Http, Response, helpdesk_message
 from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response, helpdesk_message
 
 CLOSED = ("solved", "closed")
 REFUSED = (400, 404, 409, 422)  # answered with Zendesk's own reasons, see _refused

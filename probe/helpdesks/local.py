@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from probe.tickets import base
-from probe.tickets.base import RouteBase, Ticket, TicketError, TicketState
+from probe.helpdesks import base
+from probe.helpdesks.base import RouteBase, Ticket, TicketError, TicketState
 
 
 class Route(RouteBase):

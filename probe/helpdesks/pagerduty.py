@@ -39,13 +39,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
 
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Http, Response, helpdesk_message
 from probe.log import fields
 from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response, helpdesk_message
 
-log = logging.getLogger("probe.tickets")
+log = logging.getLogger("probe.helpdesks")
 
 Severity = Literal["critical", "error", "warning", "info"]
 

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, Priority, PriorityMap, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Http, Response
 from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, Priority, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response
 
 SUBJECT_BYTES = 200
 CLOSED = ("resolved", "rejected")
