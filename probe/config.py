@@ -327,8 +327,7 @@ class Config(StrictModel):
 
     @property
     def routes(self) -> dict[str, RouteBase]:
-        routes: dict[str, RouteBase] = self.ticketing.routes
-        return routes
+        return self.ticketing.routes
 
     def summary(self) -> str:
         kinds: dict[str, int] = {}

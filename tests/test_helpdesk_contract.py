@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 import pytest
 
-from probe.helpdesks.base import Ticket, TicketError
+from probe.helpdesks import webhook
+from probe.helpdesks.base import Helpdesk, RouteBase, Ticket, TicketError
 from probe.helpdesks.freshdesk import key_tag
 from probe.helpdesks.github import key_label as github_label
 from probe.helpdesks.jira import key_label as jira_label
@@ -262,3 +263,15 @@ async def test_an_unreachable_helpdesk_is_a_transient_error_for_every_call(desk:
         assert not caught.value.permanent, name
         assert caught.value.message.endswith("cannot connect: connection refused"), name
     assert time.monotonic() - started < 5  # refused at once: nothing waits for a timeout
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+
+def test_a_helpdesk_whose_route_does_not_name_it_is_refused_where_it_is_declared() -> None:
+    class Unnamed(RouteBase):
+        backend: str  # any name: the configuration could not tell this route from another
+
+    with pytest.raises(TypeError, match=r'Unnamed: backend must be Literal\["<name of the'):
+        Helpdesk[Any](route=Unnamed, backend=webhook.Backend)
+

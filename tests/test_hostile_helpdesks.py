@@ -111,13 +111,12 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def backend(name: str, url: str, token: Path, timeout: str = TIMEOUT) -> Backend[Any]:
     settings = {k: v.format(url=url, token=token) if isinstance(v, str) else v
                 for k, v in ROUTES[name].items()}
-    module = HELPDESKS[settings["backend"]]
+    helpdesk = HELPDESKS[settings["backend"]]
     # tls_verify off: the URLs are http://, and loading the system's CAs for each backend
     # would cost more than the rest of a test.
-    route = module.Route.model_validate({"url": url, "timeout": timeout, "tls_verify": False,
-                                         **settings})
-    made: Backend[Any] = module.Backend(name, route)
-    return made
+    route = helpdesk.route.model_validate({"url": url, "timeout": timeout, "tls_verify": False,
+                                           **settings})
+    return helpdesk.backend(name, route)
 
 
 @pytest.mark.parametrize("call", list(CALLS))

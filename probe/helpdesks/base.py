@@ -14,8 +14,9 @@ import functools
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
@@ -114,16 +115,20 @@ class Ticket:
 
 class Backend(abc.ABC, Generic[R]):
     """One helpdesk. Every call either succeeds or raises TicketError; `open` must carry
-    `ticket.key` where `find` looks for it."""
+    `ticket.key` where `find` looks for it.
 
-    kind: ClassVar[str]
+    Every backend is made alike, `Backend(name, route, database=path)`: `name` is the route's,
+    `database` probe's state database, for a helpdesk that keeps its tickets there (local);
+    the others leave it alone."""
+
     # False where the helpdesk cannot be asked (email, webhook): find() then returns None,
     # status() "open", and escalation / human-close detection do not apply.
     tracks_status: ClassVar[bool] = True
 
-    def __init__(self, name: str, route: R) -> None:
+    def __init__(self, name: str, route: R, *, database: Path | None = None) -> None:
         self.name = name
         self.route = route
+        self.kind = route.backend  # the helpdesk's name, for messages
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -186,6 +191,25 @@ def _only_ticket_errors(call: F) -> F:
                               f"the shape its API promises ({type(err).__name__}: {err})") from err
 
     return guarded  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Helpdesk(Generic[R]):
+    """A helpdesk as the rest of probe sees it: the configuration validates a route to it with
+    `route`, the outbox makes a `backend` for each such route. Its `name` is the one value
+    `route.backend` takes, which a configuration's `backend:` names it by; a route model whose
+    `backend` is not one `Literal` string is refused when its module is imported."""
+
+    route: type[R]
+    backend: type[Backend[R]]
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = get_args(self.route.model_fields["backend"].annotation)
+        if len(names) != 1 or not isinstance(names[0], str):
+            raise TypeError(f"{self.route.__module__}.{self.route.__qualname__}: backend must "
+                            'be Literal["<name of the helpdesk>"]')
+        object.__setattr__(self, "name", names[0])
 
 
 def ssl_context(route: RouteBase) -> ssl.SSLContext | bool:

@@ -85,7 +85,6 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind = "email"
     tracks_status = False
 
     async def find(self, key: str) -> str | None:
@@ -232,3 +231,6 @@ def _error(route: Route, err: BaseException) -> TicketError:
 
 def _flat(text: str) -> str:
     return " ".join(text.split())
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

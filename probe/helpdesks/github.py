@@ -93,10 +93,8 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "github"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
         self._http = Http(route, route.url, headers={
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
@@ -241,3 +239,6 @@ def validation_errors(text: str) -> str:
         else:
             details.append(str(error))
     return f"{message} ({'; '.join(details)})" if details else message
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

@@ -102,10 +102,8 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "jira"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
         self._cloud = route.deployment == "cloud"
         self._api = "/rest/api/3" if self._cloud else "/rest/api/2"
         self._http = Http(route, route.url, headers={"Accept": "application/json"})
@@ -370,3 +368,6 @@ def _path(ref: str) -> str:
 def basic_auth(user: str, secret: str) -> str:
     """An Authorization header for HTTP Basic (RFC 7617, UTF-8)."""
     return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

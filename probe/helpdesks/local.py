@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from probe.helpdesks import base
 from probe.helpdesks.base import RouteBase, Ticket, TicketError, TicketState
@@ -86,10 +86,8 @@ class LocalTickets:
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "local"
-
     def __init__(self, name: str, route: Route, *, database: Path) -> None:
-        super().__init__(name, route)
+        super().__init__(name, route, database=database)
         self.tickets = LocalTickets(database)
 
     async def find(self, key: str) -> str | None:
@@ -137,3 +135,6 @@ class Backend(base.Backend[Route]):
 
     async def close(self) -> None:
         self.tickets.close()
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

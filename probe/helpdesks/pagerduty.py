@@ -85,10 +85,8 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "pagerduty"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
         # The dispatcher reads tracks_status per backend: only the REST API can tell it.
         self.tracks_status = route.has_secret("api_token")  # type: ignore[misc]
         self._events = Http(route, route.url)
@@ -234,3 +232,6 @@ def invalid_event(text: str) -> str:
     if isinstance(errors, list) and errors:
         return f"{message} ({'; '.join(map(str, errors))})"
     return message
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

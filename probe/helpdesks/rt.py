@@ -52,10 +52,8 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "rt"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
         self._http = Http(route, route.url + "/REST/2.0")
         self._key_field_checked = False
 
@@ -224,3 +222,6 @@ def _key_in_subject(text: str) -> str:
 def sql_string(value: str) -> str:
     """A TicketSQL string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

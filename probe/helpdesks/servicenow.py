@@ -65,10 +65,8 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "servicenow"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
         self._http = Http(route, route.url, headers={"Accept": "application/json"})
         self._references: dict[tuple[str, str], str] = {}
 
@@ -261,3 +259,6 @@ def _cut(text: str, limit: int) -> str:
 def basic_auth(user: str, secret: str) -> str:
     """An Authorization header for HTTP Basic (RFC 7617, UTF-8)."""
     return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

@@ -84,11 +84,10 @@ class Route(RouteBase, HeaderSettings):
 
 
 class Backend(base.Backend[Route]):
-    kind = "webhook"
     tracks_status = False
 
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
         self._http = Http(route, "")  # for the origin of the first URL read
 
     async def find(self, key: str) -> str | None:
@@ -187,3 +186,6 @@ def idempotency_id(key: str, action: str, fields: dict[str, Any]) -> str:
 def signature(secret: str, body: bytes) -> str:
     """The `X-Probe-Signature-256` value of `body`: GitHub's `sha256=<hex>` scheme."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

@@ -67,10 +67,8 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "zendesk"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
         self._http = Http(route, route.url + "/api/v2")
         self._me: int | None = None
 
@@ -234,3 +232,6 @@ def _refused(response: Response, *, permanent: bool) -> TicketError:
 def _basic_auth(user: str, password: str) -> str:
     # an Authorization value per request: the secret is read when it is used, never kept
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)
