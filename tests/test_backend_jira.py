@@ -171,7 +171,7 @@ async def test_jiras_field_errors_are_permanent_and_name_the_route_setting(
         await desk.open(ticket())
     assert caught.value.permanent
     message = caught.value.message
-    assert message.startswith("POST /rest/api/3/issue: Jira refused it: ")
+    assert message.startswith("POST /rest/api/3/issue: HTTP 400: ")
     assert "priority: Priority name 'P1' is not valid (the route's priorities)" in message
     assert "issuetype: Specify a valid issue type (the route's issue_type)" in message
     assert jira.issues == {}

@@ -9,6 +9,7 @@ indexes, field limits, the daemon end to end) stay in tests/test_backend_<name>.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -263,6 +264,26 @@ async def test_an_unreachable_helpdesk_is_a_transient_error_for_every_call(desk:
         assert not caught.value.permanent, name
         assert caught.value.message.endswith("cannot connect: connection refused"), name
     assert time.monotonic() - started < 5  # refused at once: nothing waits for a timeout
+
+
+@pytest.mark.parametrize("desk", every_backend(), indirect=True)
+async def test_a_secret_that_cannot_be_read_is_a_permanent_error_that_names_the_setting(
+    desk: Desk, tmp_path: Path
+) -> None:
+    files = {name: str(tmp_path / "missing") for name in desk.settings
+             if name.endswith("_file")}
+    if not files:
+        pytest.skip(f"the {desk.name} route of the contract has no secret")
+    key = new_key()
+    with pytest.raises(TicketError) as caught:
+        await desk.backend(**files).open(ticket(key))
+    assert caught.value.permanent
+    # (the redactor takes "api_key: api_key_file:" for a credential: freshdesk's reads
+    # "api_key: <redacted> cannot read")
+    assert re.fullmatch(rf"{desk.name} (\w+): (\1_file:|<redacted>) cannot read "
+                        rf"{tmp_path}/missing: No such file or directory",
+                        caught.value.message), caught.value.message
+    assert await desk.tickets(key) == 0
 
 
 # --- the registry ------------------------------------------------------------------------------

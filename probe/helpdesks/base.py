@@ -23,7 +23,7 @@ from pydantic import AfterValidator
 
 from checks.base import Duration, ReadableFile
 from probe.log import fields
-from probe.secrets import Secrets, known
+from probe.secrets import SecretError, Secrets, known
 
 log = logging.getLogger("probe.helpdesks")
 
@@ -99,6 +99,16 @@ class TicketError(Exception):
         # The helpdesk answered that it did not do it (a 4xx, a 503): nothing was created,
         # so a retried open need not ask find() first.
         self.refused = refused
+
+
+def reveal(route: RouteBase, secret: str) -> str:
+    """The route's `secret` (a setting name: "token"), read now. One that cannot be read is a
+    permanent TicketError that names the route's helpdesk and setting: no retry will make a
+    missing file appear or an unset variable set."""
+    try:
+        return route.reveal(secret)
+    except SecretError as err:
+        raise TicketError(f"{route.backend} {secret}: {err}", permanent=True) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,10 +33,8 @@ resolved or closed is "closed"; deleted, spam or unknown is "gone".
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -44,11 +42,10 @@ from pydantic import model_validator
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.helpdesks.http import Http, Response, helpdesk_message
-from probe.secrets import EnvRef, SecretError
+from probe.helpdesks.http import Authorization, Http, basic
+from probe.secrets import EnvRef
 
 OPEN, PENDING, RESOLVED, CLOSED = 2, 3, 4, 5
-REFUSED = (400, 404, 409, 422)  # answered with Freshdesk's own reasons, see _refused
 RECENT = 100  # the requester's newest tickets that find() reads before it searches
 
 
@@ -77,7 +74,8 @@ class Route(RouteBase):
 class Backend(base.Backend[Route]):
     def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
         super().__init__(name, route, database=database)
-        self._http = Http(route, route.url + "/api/v2")
+        api_key = Authorization("api_key", lambda api_key: basic(api_key, "X"))
+        self._http = Http(route, route.url + "/api/v2", authorization=api_key, words=_reasons)
 
     async def find(self, key: str) -> str | None:
         route = self.route
@@ -87,11 +85,11 @@ class Backend(base.Backend[Route]):
         )
         params = {**requester, "order_by": "created_at", "order_type": "desc",
                   "per_page": str(RECENT)}
-        recent = (await self._request("GET", "/tickets", params=params)).json()
+        recent = (await self._http.request("GET", "/tickets", params=params)).json()
         ref = self._newest(recent, key)
         if ref is None:
             query = f"\"tag:'{key_tag(key)}'\""
-            found = await self._request("GET", "/search/tickets", params={"query": query})
+            found = await self._http.request("GET", "/search/tickets", params={"query": query})
             ref = self._newest(found.json_object().get("results"), key)
         return ref
 
@@ -114,7 +112,7 @@ class Backend(base.Backend[Route]):
             body["responder_id"] = route.responder_id
         if route.key_field:
             body["custom_fields"] = {route.key_field: ticket.key}
-        response = await self._request("POST", "/tickets", json_body=body)
+        response = await self._http.request("POST", "/tickets", json_body=body)
         ref = response.json_object().get("id")
         if not ref:
             raise TicketError(f"{response.what}: HTTP {response.status} without a ticket id")
@@ -122,7 +120,7 @@ class Backend(base.Backend[Route]):
 
     async def note(self, ref: str, text: str) -> None:
         body = {"body": as_html(text), "private": True}
-        await self._request("POST", f"{ticket_path(ref)}/notes", json_body=body)
+        await self._http.request("POST", f"{ticket_path(ref)}/notes", json_body=body)
 
     async def resolve(self, ref: str, text: str) -> None:
         ticket = await self._ticket(ref)
@@ -166,25 +164,12 @@ class Backend(base.Backend[Route]):
                 ids.append(item["id"])
         return str(max(ids)) if ids else None
 
-    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (),
-                       **kwargs: Any) -> Response:
-        try:
-            api_key = self.route.reveal("api_key")
-        except SecretError as err:
-            raise TicketError(f"freshdesk api_key: {err}", permanent=True) from None
-        auth = _basic_auth(api_key, "X")
-        response = await self._http.request(
-            method, path, headers={"Authorization": auth}, ok=ok + REFUSED, **kwargs)
-        if response.status in REFUSED and response.status not in ok:
-            raise _refused(response)
-        return response
-
     async def _ticket(self, ref: str) -> dict[str, Any] | None:
-        response = await self._request("GET", ticket_path(ref), ok=(404,))
+        response = await self._http.request("GET", ticket_path(ref), ok=(404,))
         return None if response.status == 404 else response.json_object()
 
     async def _set_status(self, ref: str, status: int) -> None:
-        await self._request("PUT", ticket_path(ref), json_body={"status": status})
+        await self._http.request("PUT", ticket_path(ref), json_body={"status": status})
 
 
 def ticket_path(ref: str) -> str:
@@ -206,30 +191,19 @@ def _binned(ticket: dict[str, Any]) -> bool:
     return bool(ticket.get("deleted") or ticket.get("spam"))
 
 
-def _refused(response: Response) -> TicketError:
-    """A permanent error with Freshdesk's reasons: "Validation failed" alone says little, the
-    per-field errors say why."""
-    try:
-        data = json.loads(response.text)
-    except ValueError:
-        data = None
+def _reasons(error: dict[str, Any]) -> str:
+    """Freshdesk's reasons: "Validation failed" alone says little, the per-field errors say
+    why."""
     words: list[str] = []
-    if isinstance(data, dict):
-        said = data.get("description") or data.get("message")
-        if isinstance(said, str) and said:
-            words.append(said)
-        for error in data.get("errors") or []:
-            if isinstance(error, dict):
-                field, text = error.get("field"), error.get("message") or error.get("code")
-                words.append(f"{field}: {text}" if field else str(text))
-    reason = ": ".join(words) or helpdesk_message(response.text)
-    message = f"{response.what}: HTTP {response.status}" + (f": {reason}" if reason else "")
-    return TicketError(message, permanent=True)
-
-
-def _basic_auth(user: str, password: str) -> str:
-    # an Authorization value per request: the secret is read when it is used, never kept
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    said = error.get("description") or error.get("message")
+    if isinstance(said, str) and said:
+        words.append(said)
+    errors = error.get("errors")
+    for problem in errors if isinstance(errors, list) else []:
+        if isinstance(problem, dict):
+            field, text = problem.get("field"), problem.get("message") or problem.get("code")
+            words.append(f"{field}: {text}" if field else str(text))
+    return ": ".join(words)
 
 
 HELPDESK = base.Helpdesk(route=Route, backend=Backend)

@@ -39,7 +39,6 @@ any other open issue is "open".
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from pathlib import Path
@@ -49,9 +48,9 @@ from pydantic import AfterValidator, model_validator
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.helpdesks.http import Http, Response, helpdesk_message
+from probe.helpdesks.http import Authorization, Http, Response
 from probe.log import fields
-from probe.secrets import EnvRef, SecretError
+from probe.secrets import EnvRef
 
 log = logging.getLogger("probe.helpdesks")
 
@@ -95,7 +94,8 @@ class Route(RouteBase):
 class Backend(base.Backend[Route]):
     def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
         super().__init__(name, route, database=database)
-        self._http = Http(route, route.url, headers={
+        token = Authorization("token", "Bearer {}".format)
+        self._http = Http(route, route.url, authorization=token, words=reasons, headers={
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
         })
@@ -188,27 +188,16 @@ class Backend(base.Backend[Route]):
         response = await self._request("GET", self._issue(ref), ok=(404, 410))
         return None if response.status in (404, 410) else response.json_object()
 
-    async def _request(
-        self, method: str, path: str, *, ok: tuple[int, ...] = (), **kwargs: Any
-    ) -> Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Response:
         try:
-            token = self.route.reveal("token")
-        except SecretError as err:
-            raise TicketError(f"github token: {err}", permanent=True) from None
-        headers = {"Authorization": f"Bearer {token}"}
-        try:
-            response = await self._http.request(method, path, headers=headers,
-                                                ok=(*ok, 422), **kwargs)
+            return await self._http.request(method, path, **kwargs)
         except TicketError as err:
+            # A secondary rate limit may come as a 403 with neither header, only its message.
             if err.permanent and " HTTP 403: " in err.message and (
                 "rate limit" in err.message.lower()
             ):
                 raise TicketError(err.message, retry_after=SECONDARY_LIMIT_WAIT) from err
             raise
-        if response.status == 422 and 422 not in ok:
-            raise TicketError(f"{response.what}: HTTP 422: {validation_errors(response.text)}",
-                              permanent=True)
-        return response
 
 
 def key_label(key: str) -> str:
@@ -222,23 +211,22 @@ def cut(text: str) -> str:
     return text[: MAX_TEXT - 30].rstrip() + "\n\n… (cut to fit GitHub)"
 
 
-def validation_errors(text: str) -> str:
-    """GitHub's 422: "Validation Failed" says little; the errors list says what failed."""
-    message = helpdesk_message(text)
-    try:
-        errors = json.loads(text).get("errors")
-    except (ValueError, AttributeError):
-        return message
+def reasons(error: dict[str, Any]) -> str:
+    """GitHub's reasons: on a 422, "Validation Failed" says little; the errors list says what
+    failed."""
+    message = error.get("message")
+    said = message if isinstance(message, str) else ""
+    errors = error.get("errors")
     details = []
-    for error in errors if isinstance(errors, list) else []:
-        if isinstance(error, dict):
-            what = " ".join(str(error[k]) for k in ("resource", "field") if error.get(k))
-            said = error.get("message") or error.get("code") or ""
-            value = f" {error['value']!r}" if "value" in error else ""
-            details.append(f"{what}{value} {said}".strip())
+    for problem in errors if isinstance(errors, list) else []:
+        if isinstance(problem, dict):
+            what = " ".join(str(problem[k]) for k in ("resource", "field") if problem.get(k))
+            text = problem.get("message") or problem.get("code") or ""
+            value = f" {problem['value']!r}" if "value" in problem else ""
+            details.append(f"{what}{value} {text}".strip())
         else:
-            details.append(str(error))
-    return f"{message} ({'; '.join(details)})" if details else message
+            details.append(str(problem))
+    return f"{said} ({'; '.join(details)})".lstrip() if details else said
 
 
 HELPDESK = base.Helpdesk(route=Route, backend=Backend)

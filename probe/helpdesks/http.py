@@ -1,10 +1,15 @@
 """The one HTTP path every web helpdesk takes: a session per route with its TLS settings and
-timeout, and the translation of whatever comes back into a response or a TicketError.
+timeout, the route's credentials on each request, and the translation of whatever comes back
+into a response or a TicketError.
 
+- the Authorization header is made from the route's secret as each request is sent (a rotated
+  secret file takes effect at once, the value is kept nowhere); a secret that cannot be read is
+  a permanent error, since no retry makes the file appear;
 - network errors, timeouts, 408, 429 and 5xx are transient, and so is a 403 that is a rate limit
-  (X-RateLimit-Remaining: 0, or a Retry-After); so is a 2xx whose body is not the JSON the API
-  promises;
-- other 4xx are permanent, with the helpdesk's own message;
+  (X-RateLimit-Remaining: 0, or a Retry-After), and any status the helpdesk documents as "try
+  again" (`transient`: Zendesk's 409); so is a 2xx whose body is not the JSON the API promises;
+- other 4xx are permanent, with the helpdesk's own message (`words` reads it where the
+  helpdesk's error body says more than a `message` field);
 - `Retry-After` (seconds or an HTTP date) and rate-limit reset headers (epoch seconds, ISO
   8601, or seconds to wait) become `retry_after`.
 
@@ -16,12 +21,13 @@ than MAX_DEPTH is answered as if it were not in `ok`.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import email.utils
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +36,7 @@ from multidict import CIMultiDictProxy
 
 from checks.base import describe_os_error
 from probe import __version__
-from probe.helpdesks.base import RouteBase, TicketError, ssl_context
+from probe.helpdesks.base import RouteBase, TicketError, reveal, ssl_context
 
 TRANSIENT = {408, 425, 429}
 MAX_ERROR_TEXT = 300
@@ -63,25 +69,53 @@ class Response:
         return data
 
 
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """The Authorization header of a route's requests: `scheme` makes its value from the
+    route's `secret` (a setting name: "token", "api_key"), read as each request is sent."""
+
+    secret: str
+    scheme: Callable[[str], str]
+
+    def value(self, route: RouteBase) -> str:
+        return self.scheme(reveal(route, self.secret))
+
+
+def basic(user: str, password: str) -> str:
+    """An Authorization value for HTTP Basic (RFC 7617, UTF-8)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# A helpdesk's reasons, read from its JSON error body where a `message` field is not where it
+# says them; "" when the body holds none, and then helpdesk_message() looks.
+Words = Callable[[dict[str, Any]], str]
+
+
 class Http:
+    """A route's client: `authorization` goes on every request, `headers` too; `words` reads
+    the helpdesk's error bodies; a status in `transient` is retried as a 503 would be."""
+
     def __init__(
         self,
         route: RouteBase,
         base_url: str,
         *,
-        auth: aiohttp.BasicAuth | None = None,
+        authorization: Authorization | None = None,
         headers: Mapping[str, str] | None = None,
+        words: Words | None = None,
+        transient: tuple[int, ...] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._route = route
-        self._auth = auth
+        self._authorization = authorization
         self._headers = {"User-Agent": f"probe/{__version__}", **(headers or {})}
+        self._words = words
+        self._transient = transient
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                auth=self._auth,
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=self._route.timeout),
                 connector=aiohttp.TCPConnector(ssl=ssl_context(self._route)),
@@ -103,6 +137,8 @@ class Http:
         means "gone", say); any other non-2xx raises TicketError."""
         url = path if path.startswith(("http://", "https://")) else self.base_url + path
         what = f"{method} {path.split('?')[0]}"
+        if self._authorization is not None:
+            headers = {"Authorization": self._authorization.value(self._route), **(headers or {})}
         try:
             async with self._client().request(
                 method, url, json=json_body, data=data, params=params, headers=headers,
@@ -118,7 +154,39 @@ class Http:
             return result  # Response.json() refuses a body nested too deep
         if result.status in ok and _depth(text) <= MAX_DEPTH:
             return result  # the backend reads the helpdesk's reasons from it
-        raise _error(result)
+        raise self._error(result)
+
+    def _error(self, response: Response) -> TicketError:
+        status = response.status
+        message = f"{response.what}: HTTP {status}"
+        detail = self._detail(response.text)
+        if detail:
+            message += f": {detail}"
+        wait = retry_after(response.headers)
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "?")
+            return TicketError(f"{message} (redirected to {location}: check the route's url)",
+                               permanent=True, refused=True)
+        # A 403 is a rate limit when the quota is spent or the server says when to retry
+        # (GitHub's primary and secondary limits); any other 403 is a refusal.
+        limited = response.headers.get("X-RateLimit-Remaining") == "0" or bool(
+            response.headers.get("Retry-After"))
+        again = status in TRANSIENT or status in self._transient
+        if again or status >= 500 or (status == 403 and limited):
+            # A 503, a 429, a 408, a rate-limit 403 or a status the helpdesk documents as "try
+            # again" says the work was not done; a 500, 502 or 504 may come after it was.
+            refused = again or status in (403, 503)
+            return TicketError(message, retry_after=wait, refused=refused)
+        return TicketError(message, permanent=True, refused=True)
+
+    def _detail(self, text: str) -> str:
+        """The helpdesk's own words from an error body."""
+        if self._words is not None:
+            data = error_object(text)
+            said = self._words(data) if data is not None else ""
+            if said:
+                return said
+        return helpdesk_message(text)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -162,37 +230,20 @@ def _describe(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def _error(response: Response) -> TicketError:
-    status = response.status
-    message = f"{response.what}: HTTP {status}"
-    detail = helpdesk_message(response.text)
-    if detail:
-        message += f": {detail}"
-    wait = retry_after(response.headers)
-    if 300 <= status < 400:
-        location = response.headers.get("Location", "?")
-        return TicketError(f"{message} (redirected to {location}: check the route's url)",
-                           permanent=True, refused=True)
-    # A 403 is a rate limit when the quota is spent or the server says when to retry (GitHub's
-    # primary and secondary limits); any other 403 is a refusal.
-    limited = response.headers.get("X-RateLimit-Remaining") == "0" or bool(
-        response.headers.get("Retry-After"))
-    if status in TRANSIENT or status >= 500 or (status == 403 and limited):
-        # A 503, a 429, a 408 or a rate-limit 403 says the work was not done; a 500, 502 or
-        # 504 may come after it was.
-        refused = status in TRANSIENT or status in (403, 503)
-        return TicketError(message, retry_after=wait, refused=refused)
-    return TicketError(message, permanent=True, refused=True)
+def error_object(text: str) -> dict[str, Any] | None:
+    """An error body as the JSON object helpdesks send; None when it is not one."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def helpdesk_message(text: str) -> str:
     """The helpdesk's own words from an error body: a JSON message field if there is one,
     else the start of the text."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        return _excerpt(text)
-    if isinstance(data, dict):
+    data = error_object(text)
+    if data is not None:
         for key in ("message", "error", "description", "errorMessages", "errors", "details"):
             value = data.get(key)
             if value:

@@ -36,7 +36,6 @@ transition to category new, so a reopened issue escalates again.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import re
 import textwrap
@@ -49,8 +48,8 @@ from pydantic import AfterValidator, model_validator
 from checks.base import Duration
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.helpdesks.http import Http, Response
-from probe.secrets import EnvRef, SecretError
+from probe.helpdesks.http import Authorization, Http, basic
+from probe.secrets import EnvRef
 
 KEY_LABEL = "probe-key-"
 SUMMARY_CHARS = 255
@@ -106,7 +105,10 @@ class Backend(base.Backend[Route]):
         super().__init__(name, route, database=database)
         self._cloud = route.deployment == "cloud"
         self._api = "/rest/api/3" if self._cloud else "/rest/api/2"
-        self._http = Http(route, route.url, headers={"Accept": "application/json"})
+        token = (Authorization("token", lambda token: basic(route.email or "", token))
+                 if self._cloud else Authorization("token", "Bearer {}".format))
+        self._http = Http(route, route.url, authorization=token, words=reasons,
+                          headers={"Accept": "application/json"})
 
     async def find(self, key: str) -> str | None:
         label = key_label(key)
@@ -120,7 +122,7 @@ class Backend(base.Backend[Route]):
         deadline = loop.time() + self.route.search_lag
         pause = 0.25
         while True:
-            found = (await self._request("POST", path, json_body=body)).json_object()
+            found = (await self._http.request("POST", path, json_body=body)).json_object()
             for issue in found.get("issues") or []:
                 labels = (issue.get("fields") or {}).get("labels") or []
                 if issue.get("key") and label in labels:
@@ -144,7 +146,8 @@ class Backend(base.Backend[Route]):
             "labels": labels,
             "description": self._text(ticket.body[:TEXT_CHARS]),
         }
-        response = await self._request("POST", f"{self._api}/issue", json_body={"fields": fields})
+        response = await self._http.request("POST", f"{self._api}/issue",
+                                            json_body={"fields": fields})
         ref = response.json_object().get("key")
         if not ref:
             raise TicketError(f"{response.what}: HTTP {response.status} without an issue key")
@@ -153,12 +156,12 @@ class Backend(base.Backend[Route]):
     async def note(self, ref: str, text: str) -> None:
         if self.route.service_desk:
             body: dict[str, Any] = {"body": text, "public": False}
-            await self._request("POST", f"/rest/servicedeskapi/request/{_path(ref)}/comment",
-                                json_body=body)
+            path = f"/rest/servicedeskapi/request/{_path(ref)}/comment"
+            await self._http.request("POST", path, json_body=body)
         else:
             body = {"body": self._text(text)}
-            await self._request("POST", f"{self._api}/issue/{_path(ref)}/comment",
-                                json_body=body)
+            path = f"{self._api}/issue/{_path(ref)}/comment"
+            await self._http.request("POST", path, json_body=body)
 
     async def resolve(self, ref: str, text: str) -> None:
         issue = await self._issue(ref)
@@ -192,37 +195,23 @@ class Backend(base.Backend[Route]):
 
     # --- helpers -------------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (),
-                       **kwargs: Any) -> Response:
-        try:
-            token = self.route.reveal("token")
-        except SecretError as err:
-            raise TicketError(f"jira token: {err}", permanent=True) from None
-        auth = basic_auth(self.route.email or "", token) if self._cloud else f"Bearer {token}"
-        response = await self._http.request(method, path, headers={"Authorization": auth},
-                                             ok=(400, *ok), **kwargs)
-        if response.status == 400:
-            raise TicketError(f"{response.what}: Jira refused it: {refusal(response)}",
-                              permanent=True)
-        return response
-
     def _text(self, text: str) -> Any:
         if self._cloud:
             return adf(text)
         return "{noformat}\n" + text.replace("{noformat}", "{ noformat}") + "\n{noformat}"
 
     async def _issue(self, ref: str) -> dict[str, Any] | None:
-        response = await self._request("GET", f"{self._api}/issue/{_path(ref)}",
-                                       params={"fields": "status,assignee"}, ok=(404,))
+        response = await self._http.request("GET", f"{self._api}/issue/{_path(ref)}",
+                                            params={"fields": "status,assignee"}, ok=(404,))
         if response.status != 404:
             return response.json_object()
         # Jira answers 404 to credentials it took for anonymous too: they must work.
-        await self._request("GET", f"{self._api}/myself")
+        await self._http.request("GET", f"{self._api}/myself")
         return None
 
     async def _transition(self, ref: str, issue: dict[str, Any], purpose: str) -> None:
         path = f"{self._api}/issue/{_path(ref)}/transitions"
-        response = await self._request("GET", path, params={"expand": "transitions.fields"})
+        response = await self._http.request("GET", path, params={"expand": "transitions.fields"})
         offered = [t for t in response.json_object().get("transitions") or []
                    if isinstance(t, dict) and t.get("id")]
         status = ((issue.get("fields") or {}).get("status") or {}).get("name", "?")
@@ -232,7 +221,7 @@ class Backend(base.Backend[Route]):
             resolution = self._resolution(chosen)
             if resolution:
                 body["fields"] = {"resolution": {"name": resolution}}
-        await self._request("POST", path, json_body=body)
+        await self._http.request("POST", path, json_body=body)
 
     def _choose(self, offered: list[dict[str, Any]], purpose: str, ref: str,
                 status: str) -> dict[str, Any]:
@@ -329,22 +318,20 @@ def _code(text: str) -> dict[str, Any]:
     return {"type": "codeBlock", "content": [{"type": "text", "text": text}]}
 
 
-def refusal(response: Response) -> str:
-    """Jira's reasons from a 400, each field's naming the route setting behind it."""
-    try:
-        data = response.json_object()
-    except TicketError:
-        return response.text[:300] or "no reason given"
-    reasons = [str(m) for m in data.get("errorMessages") or []]
-    for field, message in (data.get("errors") or {}).items():
+def reasons(error: dict[str, Any]) -> str:
+    """Jira's reasons from an error body ({errorMessages, errors: {field: message}}), each
+    field's naming the route setting behind it."""
+    messages, errors = error.get("errorMessages"), error.get("errors")
+    said = [str(m) for m in messages] if isinstance(messages, list) else []
+    for field, message in errors.items() if isinstance(errors, dict) else ():
         if field in SETTINGS:
             hint = f" (the route's {SETTINGS[field]})"
         elif field in ("summary", "description"):
             hint = ""
         else:
             hint = " (probe does not set this field: make it optional or give it a default)"
-        reasons.append(f"{field}: {message}{hint}")
-    return "; ".join(reasons) or "no reason given"
+        said.append(f"{field}: {message}{hint}")
+    return "; ".join(said)
 
 
 def _category(issue: dict[str, Any]) -> str | None:
@@ -364,10 +351,6 @@ def _path(ref: str) -> str:
         raise TicketError(f"{ref!r} is not a Jira issue key", permanent=True)
     return quote(ref, safe="")
 
-
-def basic_auth(user: str, secret: str) -> str:
-    """An Authorization header for HTTP Basic (RFC 7617, UTF-8)."""
-    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
 
 
 HELPDESK = base.Helpdesk(route=Route, backend=Backend)

@@ -29,8 +29,8 @@ from urllib.parse import quote
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, Priority, PriorityMap, RouteBase, TicketError, TicketState
-from probe.helpdesks.http import Http, Response
-from probe.secrets import EnvRef, SecretError
+from probe.helpdesks.http import Authorization, Http
+from probe.secrets import EnvRef
 
 SUBJECT_BYTES = 200
 CLOSED = ("resolved", "rejected")
@@ -54,7 +54,8 @@ class Route(RouteBase):
 class Backend(base.Backend[Route]):
     def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
         super().__init__(name, route, database=database)
-        self._http = Http(route, route.url + "/REST/2.0")
+        token = Authorization("token", "token {}".format)
+        self._http = Http(route, route.url + "/REST/2.0", authorization=token)
         self._key_field_checked = False
 
     async def find(self, key: str) -> str | None:
@@ -72,7 +73,7 @@ class Backend(base.Backend[Route]):
             "fields": "Subject",
             "per_page": "100",
         }
-        found = (await self._request("GET", "/tickets", params=params)).json_object()
+        found = (await self._http.request("GET", "/tickets", params=params)).json_object()
         for item in found.get("items") or []:
             if item.get("id") and (field or str(item.get("Subject", "")).endswith(token)):
                 return str(item["id"])
@@ -85,7 +86,7 @@ class Backend(base.Backend[Route]):
         query = f"{column} LIKE {sql_string(prefix if field else '[probe:' + prefix)}"
         params = {"query": f"({query}) AND Status = '__Active__'", "orderby": "id",
                   "order": "ASC", "per_page": "100", "fields": "Subject,CustomFields"}
-        found = (await self._request("GET", "/tickets", params=params)).json_object()
+        found = (await self._http.request("GET", "/tickets", params=params)).json_object()
         tickets: dict[str, str] = {}
         for item in found.get("items") or []:
             keys = [
@@ -115,7 +116,7 @@ class Backend(base.Backend[Route]):
             body["Subject"] = subject(ticket.title, ticket.key)
         if ticket.follows:
             body["RefersTo"] = ticket.follows
-        response = await self._request("POST", "/ticket", json_body=body)
+        response = await self._http.request("POST", "/ticket", json_body=body)
         ref = response.json_object().get("id")
         if not ref:
             raise TicketError(f"{response.what}: HTTP {response.status} without a ticket id")
@@ -123,7 +124,7 @@ class Backend(base.Backend[Route]):
 
     async def note(self, ref: str, text: str) -> None:
         body = {"Content": text, "ContentType": "text/plain"}
-        await self._request("POST", f"{ticket_path(ref)}/comment", json_body=body)
+        await self._http.request("POST", f"{ticket_path(ref)}/comment", json_body=body)
 
     async def resolve(self, ref: str, text: str) -> None:
         ticket = await self._ticket(ref)
@@ -153,21 +154,13 @@ class Backend(base.Backend[Route]):
     async def close(self) -> None:
         await self._http.close()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Response:
-        try:
-            token = self.route.reveal("token")
-        except SecretError as err:
-            raise TicketError(f"rt token: {err}", permanent=True) from None
-        headers = {"Authorization": f"token {token}"}
-        return await self._http.request(method, path, headers=headers, **kwargs)
-
     async def _ticket(self, ref: str) -> dict[str, Any] | None:
-        response = await self._request("GET", ticket_path(ref), ok=(404,))
+        response = await self._http.request("GET", ticket_path(ref), ok=(404,))
         return None if response.status == 404 else response.json_object()
 
     async def _set_status(self, ref: str, status: str) -> None:
         change = {"Status": status}
-        messages = (await self._request("PUT", ticket_path(ref), json_body=change)).json()
+        messages = (await self._http.request("PUT", ticket_path(ref), json_body=change)).json()
         if isinstance(messages, list) and any(f"to '{status}'" in str(m) for m in messages):
             return
         # RT says 200 whether or not it made the change: ask it what the status is now.
@@ -184,7 +177,7 @@ class Backend(base.Backend[Route]):
         if self._key_field_checked:
             return
         queue = self.route.queue
-        response = await self._request("GET", f"/queue/{quote(queue, safe='')}", ok=(404,))
+        response = await self._http.request("GET", f"/queue/{quote(queue, safe='')}", ok=(404,))
         if response.status == 404:
             raise TicketError(f"RT has no queue {queue!r} that this token can see", permanent=True)
         fields = [cf.get("name") for cf in response.json_object().get("TicketCustomFields") or []]

@@ -27,7 +27,6 @@ without assigned_to is "open"; 404 is "gone".
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 from pathlib import Path
@@ -35,8 +34,8 @@ from typing import Any, ClassVar, Literal
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.helpdesks.http import Http, Response
-from probe.secrets import EnvRef, SecretError
+from probe.helpdesks.http import Authorization, Http, Response, basic
+from probe.secrets import EnvRef
 
 TABLE = "/api/now/table/incident"
 SYS_ID = re.compile(r"[0-9a-f]{32}")
@@ -67,7 +66,9 @@ class Route(RouteBase):
 class Backend(base.Backend[Route]):
     def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
         super().__init__(name, route, database=database)
-        self._http = Http(route, route.url, headers={"Accept": "application/json"})
+        password = Authorization("password", lambda password: basic(route.username, password))
+        self._http = Http(route, route.url, authorization=password,
+                          headers={"Accept": "application/json"})
         self._references: dict[tuple[str, str], str] = {}
 
     async def find(self, key: str) -> str | None:
@@ -167,15 +168,9 @@ class Backend(base.Backend[Route]):
 
     async def _request(self, method: str, path: str, *, params: dict[str, str] | None = None,
                        **kwargs: Any) -> Response:
-        try:
-            password = self.route.reveal("password")
-        except SecretError as err:
-            raise TicketError(f"servicenow password: {err}", permanent=True) from None
-        auth = basic_auth(self.route.username, password)
         # reference fields as plain sys_ids rather than {link, value}
         params = {**(params or {}), "sysparm_exclude_reference_link": "true"}
-        return await self._http.request(method, path, params=params,
-                                        headers={"Authorization": auth}, **kwargs)
+        return await self._http.request(method, path, params=params, **kwargs)
 
     async def _incident(self, ref: str) -> dict[str, Any] | None:
         response = await self._request("GET", f"{TABLE}/{_sys_id(ref)}",
@@ -255,10 +250,6 @@ def _state(incident: dict[str, Any]) -> str:
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
-
-def basic_auth(user: str, secret: str) -> str:
-    """An Authorization header for HTTP Basic (RFC 7617, UTF-8)."""
-    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
 
 
 HELPDESK = base.Helpdesk(route=Route, backend=Backend)

@@ -40,7 +40,14 @@ from pydantic import AfterValidator, model_validator
 
 from checks.base import ENV_REF, SENSITIVE_NAME, HeaderSettings, HeaderUnavailable
 from probe.helpdesks import base
-from probe.helpdesks.base import RouteBase, Ticket, TicketError, TicketState, endpoint_url
+from probe.helpdesks.base import (
+    RouteBase,
+    Ticket,
+    TicketError,
+    TicketState,
+    endpoint_url,
+    reveal,
+)
 from probe.helpdesks.http import Http
 from probe.secrets import EnvRef, SecretError, known
 
@@ -156,11 +163,7 @@ class Backend(base.Backend[Route]):
             "Idempotency-Key": event_id,
         }
         if self.route.has_secret("secret"):
-            try:
-                secret = self.route.reveal("secret")
-            except SecretError as err:
-                raise TicketError(f"webhook secret: {err}", permanent=True) from None
-            headers["X-Probe-Signature-256"] = signature(secret, body)
+            headers["X-Probe-Signature-256"] = signature(reveal(self.route, "secret"), body)
         try:
             url, url_is_secret = self.route.endpoint()
         except SecretError as err:

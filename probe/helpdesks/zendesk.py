@@ -37,7 +37,6 @@ nothing, and a ticket probe reopens is "open" with no new owner); solved or clos
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from pathlib import Path
@@ -45,11 +44,10 @@ from typing import Any, ClassVar, Literal
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, RouteBase, TicketError, TicketState
-from probe.helpdesks.http import Http, Response, helpdesk_message
-from probe.secrets import EnvRef, SecretError
+from probe.helpdesks.http import Authorization, Http, basic
+from probe.secrets import EnvRef
 
 CLOSED = ("solved", "closed")
-REFUSED = (400, 404, 409, 422)  # answered with Zendesk's own reasons, see _refused
 CONFLICT = 409  # two updates of one ticket at once: Zendesk asks for a retry
 
 
@@ -69,12 +67,14 @@ class Route(RouteBase):
 class Backend(base.Backend[Route]):
     def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
         super().__init__(name, route, database=database)
-        self._http = Http(route, route.url + "/api/v2")
+        token = Authorization("token", lambda token: basic(f"{route.email}/token", token))
+        self._http = Http(route, route.url + "/api/v2", authorization=token, words=_reasons,
+                          transient=(CONFLICT,))
         self._me: int | None = None
 
     async def find(self, key: str) -> str | None:
         params = {"external_id": key, "per_page": "100"}
-        found = (await self._request("GET", "/tickets.json", params=params)).json_object()
+        found = (await self._http.request("GET", "/tickets.json", params=params)).json_object()
         ids = [
             int(item["id"])
             for item in found.get("tickets") or []
@@ -102,7 +102,8 @@ class Backend(base.Backend[Route]):
         body = {"ticket": fields}
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         headers = {"Idempotency-Key": f"probe-{digest}"}
-        response = await self._request("POST", "/tickets.json", json_body=body, headers=headers)
+        response = await self._http.request("POST", "/tickets.json", json_body=body,
+                                            headers=headers)
         created = response.json_object().get("ticket")
         ref = created.get("id") if isinstance(created, dict) else None
         if not ref:
@@ -153,30 +154,8 @@ class Backend(base.Backend[Route]):
     async def close(self) -> None:
         await self._http.close()
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        ok: tuple[int, ...] = (),
-        headers: dict[str, str] | None = None,
-        **kwargs: Any,
-    ) -> Response:
-        try:
-            token = self.route.reveal("token")
-        except SecretError as err:
-            raise TicketError(f"zendesk token: {err}", permanent=True) from None
-        auth = _basic_auth(f"{self.route.email}/token", token)
-        response = await self._http.request(
-            method, path, headers={"Authorization": auth, **(headers or {})},
-            ok=ok + REFUSED, **kwargs,
-        )
-        if response.status in REFUSED and response.status not in ok:
-            raise _refused(response, permanent=response.status != CONFLICT)
-        return response
-
     async def _ticket(self, ref: str) -> dict[str, Any] | None:
-        response = await self._request("GET", ticket_path(ref), ok=(404,))
+        response = await self._http.request("GET", ticket_path(ref), ok=(404,))
         if response.status == 404:
             return None
         ticket = response.json_object().get("ticket")
@@ -185,11 +164,11 @@ class Backend(base.Backend[Route]):
         return ticket
 
     async def _update(self, ref: str, change: dict[str, Any]) -> None:
-        await self._request("PUT", ticket_path(ref), json_body={"ticket": change})
+        await self._http.request("PUT", ticket_path(ref), json_body={"ticket": change})
 
     async def _my_id(self) -> int:
         if self._me is None:
-            response = await self._request("GET", "/users/me.json")
+            response = await self._http.request("GET", "/users/me.json")
             user = response.json_object().get("user")
             me = user.get("id") if isinstance(user, dict) else None
             if not isinstance(me, int) or not me:
@@ -204,34 +183,22 @@ def ticket_path(ref: str) -> str:
     return f"/tickets/{ref}.json"
 
 
-def _refused(response: Response, *, permanent: bool) -> TicketError:
-    """An error with Zendesk's reasons: its `error` alone ("RecordInvalid") says
-    little, the description and the per-field details say why."""
-    try:
-        data = json.loads(response.text)
-    except ValueError:
-        data = None
+def _reasons(error: dict[str, Any]) -> str:
+    """Zendesk's reasons: its `error` alone ("RecordInvalid") says little, the description and
+    the per-field details say why."""
     words: list[str] = []
-    if isinstance(data, dict):
-        for name in ("description", "error"):
-            value = data.get(name)
-            if isinstance(value, str) and value and not words:
-                words.append(value)
-        details = data.get("details")
-        if isinstance(details, dict):
-            for problems in details.values():
-                for problem in problems if isinstance(problems, list) else [problems]:
-                    said = problem.get("description") if isinstance(problem, dict) else problem
-                    if said:
-                        words.append(str(said))
-    reason = ": ".join(words) or helpdesk_message(response.text)
-    message = f"{response.what}: HTTP {response.status}" + (f": {reason}" if reason else "")
-    return TicketError(message, permanent=permanent)
-
-
-def _basic_auth(user: str, password: str) -> str:
-    # an Authorization value per request: the secret is read when it is used, never kept
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    for name in ("description", "error"):
+        value = error.get(name)
+        if isinstance(value, str) and value and not words:
+            words.append(value)
+    details = error.get("details")
+    if isinstance(details, dict):
+        for problems in details.values():
+            for problem in problems if isinstance(problems, list) else [problems]:
+                said = problem.get("description") if isinstance(problem, dict) else problem
+                if said:
+                    words.append(str(said))
+    return ": ".join(words)
 
 
 HELPDESK = base.Helpdesk(route=Route, backend=Backend)
