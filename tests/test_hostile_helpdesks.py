@@ -75,8 +75,9 @@ ROUTES: dict[str, dict[str, Any]] = {
 # Crashes these tests found in backend modules this change did not touch (reported with it):
 # until they are fixed there, a crash in one of these functions is an expected failure. The
 # entries go as the fixes land; a crash anywhere else fails.
-# Backend calls whose parser may crash on a wrong-shaped answer: none. Base.Backend turns such
-# a crash into a transient TicketError; a crash that still escapes fails the test.
+# Backend calls whose parser may crash on a wrong-shaped answer: none. Backends read answers
+# through http.Fields, which turns a wrong type into a transient TicketError; nothing wraps
+# a backend's calls, so a crash that escapes is a bug, and fails the test.
 KNOWN_CRASHES: dict[str, str] = {}
 # A reference of the form each backend hands out, for the calls that take one.
 REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "jira": "PROJ-42",

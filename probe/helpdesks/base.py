@@ -10,22 +10,16 @@ recover the ticket after a crash) and the reference it returned for later calls.
 from __future__ import annotations
 
 import abc
-import functools
-import logging
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
+from typing import Annotated, ClassVar, Generic, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
 
 from checks.base import Duration, ReadableFile
-from probe.log import fields
 from probe.secrets import SecretError, Secrets, known
-
-log = logging.getLogger("probe.helpdesks")
 
 Priority = Literal["urgent", "high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("urgent", "high", "normal", "low")
@@ -124,8 +118,12 @@ class Ticket:
 
 
 class Backend(abc.ABC, Generic[R]):
-    """One helpdesk. Every call either succeeds or raises TicketError; `open` must carry
-    `ticket.key` where `find` looks for it.
+    """One helpdesk. Every call either succeeds or raises TicketError for what the helpdesk
+    did (refused, failed, timed out, or answered in a shape its API does not promise: the
+    answer is read through http.Fields, which checks it); `open` must carry `ticket.key` where
+    `find` looks for it. Any other exception is a bug in probe, and is left to propagate: the
+    outbox logs it with its traceback, counts it and fails the action after a few attempts,
+    rather than retrying it for ever as if the helpdesk were flaky.
 
     Every backend is made alike, `Backend(name, route, database=path)`: `name` is the route's,
     `database` probe's state database, for a helpdesk that keeps its tickets there (local);
@@ -139,12 +137,6 @@ class Backend(abc.ABC, Generic[R]):
         self.name = name
         self.route = route
         self.kind = route.backend  # the helpdesk's name, for messages
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for method in _CALLS:
-            if method in cls.__dict__:
-                setattr(cls, method, _only_ticket_errors(cls.__dict__[method]))
 
     @abc.abstractmethod
     async def find(self, key: str) -> str | None:
@@ -178,29 +170,6 @@ class Backend(abc.ABC, Generic[R]):
 
     async def close(self) -> None:
         """Release connections."""
-
-
-_CALLS = ("find", "open", "note", "resolve", "reopen", "status", "open_tickets")
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def _only_ticket_errors(call: F) -> F:
-    """Hold every backend to its promise, whatever its parser meets: an answer of the wrong
-    shape (a list where an object was promised, a null id) is a transient TicketError, logged
-    with where it broke, never an AttributeError escaping into the dispatcher."""
-
-    @functools.wraps(call)
-    async def guarded(self: Backend[Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await call(self, *args, **kwargs)
-        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:
-            log.warning("unexpected answer from the helpdesk %s", fields(
-                route=self.name, call=call.__name__, error=f"{type(err).__name__}: {err}"),
-                exc_info=True)
-            raise TicketError(f"{self.kind} {call.__name__}: the helpdesk's answer is not of "
-                              f"the shape its API promises ({type(err).__name__}: {err})") from err
-
-    return guarded  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ from pydantic import model_validator
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.helpdesks.http import Authorization, Http, basic
+from probe.helpdesks.http import Authorization, Fields, Http, basic
 from probe.secrets import EnvRef
 
 OPEN, PENDING, RESOLVED, CLOSED = 2, 3, 4, 5
@@ -85,12 +85,12 @@ class Backend(base.Backend[Route]):
         )
         params = {**requester, "order_by": "created_at", "order_type": "desc",
                   "per_page": str(RECENT)}
-        recent = (await self._http.request("GET", "/tickets", params=params)).json()
+        recent = (await self._http.request("GET", "/tickets", params=params)).items()
         ref = self._newest(recent, key)
         if ref is None:
             query = f"\"tag:'{key_tag(key)}'\""
             found = await self._http.request("GET", "/search/tickets", params={"query": query})
-            ref = self._newest(found.json_object().get("results"), key)
+            ref = self._newest(found.fields().objects("results"), key)
         return ref
 
     async def open(self, ticket: base.Ticket) -> str:
@@ -113,7 +113,7 @@ class Backend(base.Backend[Route]):
         if route.key_field:
             body["custom_fields"] = {route.key_field: ticket.key}
         response = await self._http.request("POST", "/tickets", json_body=body)
-        ref = response.json_object().get("id")
+        ref = response.fields().number("id")
         if not ref:
             raise TicketError(f"{response.what}: HTTP {response.status} without a ticket id")
         return str(ref)
@@ -128,7 +128,7 @@ class Backend(base.Backend[Route]):
             return  # nothing left to resolve
         # The status first: a retry after a failed note then adds the note alone, not twice
         # (a private note leaves a resolved ticket resolved).
-        if ticket.get("status") not in (RESOLVED, CLOSED):
+        if ticket.number("status") not in (RESOLVED, CLOSED):
             await self._set_status(ref, RESOLVED)
         await self.note(ref, text)
 
@@ -140,10 +140,10 @@ class Backend(base.Backend[Route]):
         ticket = await self._ticket(ref)
         if ticket is None or _binned(ticket):
             return "gone"
-        state = ticket.get("status")
+        state = ticket.number("status")
         if state in (RESOLVED, CLOSED):
             return "closed"
-        responder = ticket.get("responder_id")
+        responder = ticket.number("responder_id")
         if state != OPEN or (responder and responder != self.route.responder_id):
             return "acknowledged"
         return "open"
@@ -151,22 +151,23 @@ class Backend(base.Backend[Route]):
     async def close(self) -> None:
         await self._http.close()
 
-    def _newest(self, tickets: Any, key: str) -> str | None:
+    def _newest(self, tickets: list[Fields], key: str) -> str | None:
         """The id of the newest ticket in `tickets` that carries `key`."""
         field, tag = self.route.key_field, key_tag(key)
         ids = []
-        for item in tickets if isinstance(tickets, list) else []:
-            if not isinstance(item, dict) or not isinstance(item.get("id"), int) or _binned(item):
+        for item in tickets:
+            ticket_id = item.number("id")
+            if not ticket_id or _binned(item):
                 continue
-            custom = item.get("custom_fields")
-            in_field = bool(field) and isinstance(custom, dict) and custom.get(field) == key
-            if in_field or tag in (item.get("tags") or []):
-                ids.append(item["id"])
+            custom = item.object("custom_fields")
+            in_field = bool(field and custom is not None and custom.get(field) == key)
+            if in_field or tag in item.texts("tags"):
+                ids.append(ticket_id)
         return str(max(ids)) if ids else None
 
-    async def _ticket(self, ref: str) -> dict[str, Any] | None:
+    async def _ticket(self, ref: str) -> Fields | None:
         response = await self._http.request("GET", ticket_path(ref), ok=(404,))
-        return None if response.status == 404 else response.json_object()
+        return None if response.status == 404 else response.fields()
 
     async def _set_status(self, ref: str, status: int) -> None:
         await self._http.request("PUT", ticket_path(ref), json_body={"status": status})
@@ -187,8 +188,8 @@ def as_html(text: str) -> str:
     return f"<pre>{html.escape(text)}</pre>"
 
 
-def _binned(ticket: dict[str, Any]) -> bool:
-    return bool(ticket.get("deleted") or ticket.get("spam"))
+def _binned(ticket: Fields) -> bool:
+    return bool(ticket.flag("deleted") or ticket.flag("spam"))
 
 
 def _reasons(error: dict[str, Any]) -> str:

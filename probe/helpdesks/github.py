@@ -48,7 +48,7 @@ from pydantic import AfterValidator, model_validator
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.helpdesks.http import Authorization, Http, Response
+from probe.helpdesks.http import Authorization, Fields, Http, Response
 from probe.log import fields
 from probe.secrets import EnvRef
 
@@ -110,12 +110,10 @@ class Backend(base.Backend[Route]):
             "per_page": "100",
         }
         response = await self._request("GET", self._issues, params=params)
-        items = response.json()
-        if not isinstance(items, list):
-            raise TicketError(f"{response.what}: expected a list of issues")
-        for item in items:
-            if isinstance(item, dict) and "pull_request" not in item and item.get("number"):
-                return str(item["number"])
+        for item in response.items():
+            number = item.number("number")
+            if number and "pull_request" not in item:
+                return str(number)
         return None
 
     async def open(self, ticket: base.Ticket) -> str:
@@ -133,12 +131,11 @@ class Backend(base.Backend[Route]):
         if route.assignees:
             issue["assignees"] = route.assignees
         response = await self._request("POST", self._issues, json_body=issue)
-        created = response.json_object()
-        number = created.get("number")
-        if not isinstance(number, int):
+        created = response.fields()
+        number = created.number("number")
+        if number is None:
             raise TicketError(f"{response.what}: HTTP {response.status} without an issue number")
-        labels = {item.get("name") for item in created.get("labels") or []
-                  if isinstance(item, dict)}
+        labels = {item.text("name") for item in created.objects("labels")}
         if label not in labels:
             log.warning("GitHub dropped the labels of a new issue: the token lacks push access,"
                         " and probe cannot find the issue again after a crash %s",
@@ -154,7 +151,7 @@ class Backend(base.Backend[Route]):
             return  # nothing left to resolve
         # Closed first: a retry after a failed comment then finds it closed and only comments,
         # so no closing note is posted twice.
-        if issue.get("state") != "closed":
+        if issue.text("state") != "closed":
             change = {"state": "closed", "state_reason": "completed"}
             await self._request("PATCH", self._issue(ref), json_body=change)
         await self.note(ref, text)
@@ -168,10 +165,9 @@ class Backend(base.Backend[Route]):
         issue = await self._get(ref)
         if issue is None:
             return "gone"
-        if issue.get("state") == "closed":
+        if issue.text("state") == "closed":
             return "closed"
-        assignees = {item.get("login") for item in issue.get("assignees") or []
-                     if isinstance(item, dict)}
+        assignees = {item.text("login") for item in issue.objects("assignees")}
         if assignees - set(self.route.assignees):
             return "acknowledged"
         return "open"
@@ -184,9 +180,9 @@ class Backend(base.Backend[Route]):
             raise TicketError(f"{ref!r} is not a GitHub issue number", permanent=True)
         return f"{self._issues}/{ref}"
 
-    async def _get(self, ref: str) -> dict[str, Any] | None:
+    async def _get(self, ref: str) -> Fields | None:
         response = await self._request("GET", self._issue(ref), ok=(404, 410))
-        return None if response.status in (404, 410) else response.json_object()
+        return None if response.status in (404, 410) else response.fields()
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Response:
         try:

@@ -7,7 +7,8 @@ into a response or a TicketError.
   a permanent error, since no retry makes the file appear;
 - network errors, timeouts, 408, 429 and 5xx are transient, and so is a 403 that is a rate limit
   (X-RateLimit-Remaining: 0, or a Retry-After), and any status the helpdesk documents as "try
-  again" (`transient`: Zendesk's 409); so is a 2xx whose body is not the JSON the API promises;
+  again" (`transient`: Zendesk's 409); so is a 2xx whose body is not the JSON the API promises,
+  which the backends read through `Fields`, whose getters check each value's type;
 - other 4xx are permanent, with the helpdesk's own message (`words` reads it where the
   helpdesk's error body says more than a `message` field);
 - `Retry-After` (seconds or an HTTP date) and rate-limit reset headers (epoch seconds, ISO
@@ -29,7 +30,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -38,6 +39,7 @@ from checks.base import describe_os_error
 from probe import __version__
 from probe.helpdesks.base import RouteBase, TicketError, reveal, ssl_context
 
+T = TypeVar("T")
 TRANSIENT = {408, 425, 429}
 MAX_ERROR_TEXT = 300
 MAX_BODY = 16 * 1024 * 1024  # a hundred GitHub issues of 65536 characters fit, with room
@@ -62,11 +64,117 @@ class Response:
                 f"{_excerpt(self.text)!r}"
             ) from None
 
-    def json_object(self) -> dict[str, Any]:
+    def fields(self) -> Fields:
+        """The body, which the API promises is a JSON object."""
+        return Fields.of(self.json(), self.what)
+
+    def items(self) -> list[Fields]:
+        """The body, which the API promises is a JSON list of objects."""
         data = self.json()
-        if not isinstance(data, dict):
-            raise TicketError(f"{self.what}: expected a JSON object, got {type(data).__name__}")
-        return data
+        if not isinstance(data, list):
+            raise shape_error(self.what, "", "a list", data)
+        return [Fields.of(item, self.what, f"[{i}]") for i, item in enumerate(data)]
+
+
+SHAPE = "the helpdesk's answer is not of the shape its API promises"
+
+
+def shape_error(what: str, where: str, expected: str, value: Any) -> TicketError:
+    """An answer of the wrong shape: transient, as the helpdesk's next answer may be right
+    (a proxy's page, a half-deployed release), and never a crash of the backend reading it."""
+    place = f"{where}: " if where else ""
+    return TicketError(f"{what}: {SHAPE} ({place}expected {expected}, got {_json_type(value)})")
+
+
+class Fields:
+    """A JSON object in a helpdesk's answer, read through getters that check the type its API
+    promises. A value of another type is `shape_error`, naming the request and the place in
+    the answer ("tickets[2].id"); a key that is missing or null reads as None (an empty list
+    for `objects` and `texts`), and whether that will do is the backend's to judge. `get`
+    returns a value unchecked, for a comparison that needs no type (`== "closed"`)."""
+
+    __slots__ = ("_data", "_what", "_where")
+
+    def __init__(self, data: dict[str, Any], what: str, where: str = "") -> None:
+        self._data = data
+        self._what = what  # "GET /tickets/42.json"
+        self._where = where  # this object's place in the answer: "", "ticket", "issues[0]"
+
+    @classmethod
+    def of(cls, value: Any, what: str, where: str = "") -> Fields:
+        if not isinstance(value, dict):
+            raise shape_error(what, where, "an object", value)
+        return cls(value, what, where)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def get(self, key: str) -> Any:
+        return self._data.get(key)
+
+    def object(self, key: str) -> Fields | None:
+        value = self._data.get(key)
+        return None if value is None else Fields.of(value, self._what, self._path(key))
+
+    def objects(self, key: str) -> list[Fields]:
+        where = self._path(key)
+        return [Fields.of(item, self._what, f"{where}[{i}]")
+                for i, item in enumerate(self._list(key, "a list of objects"))]
+
+    def text(self, key: str) -> str | None:
+        return self._typed(key, str, "a string")
+
+    def texts(self, key: str) -> list[str]:
+        values = self._list(key, "a list of strings")
+        for i, value in enumerate(values):
+            if not isinstance(value, str):
+                raise shape_error(self._what, f"{self._path(key)}[{i}]", "a string", value)
+        return values
+
+    def flag(self, key: str) -> bool | None:
+        return self._typed(key, bool, "true or false")
+
+    def number(self, key: str) -> int | None:
+        value = self._data.get(key)
+        if isinstance(value, bool):  # JSON's true is no id
+            raise shape_error(self._what, self._path(key), "a whole number", value)
+        return self._typed(key, int, "a whole number")
+
+    def ref(self, key: str) -> str | None:
+        """An id, which helpdesks send as a number or a string, as text."""
+        value = self._data.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return self._typed(key, str, "an id (a number or a string)")
+
+    def _list(self, key: str, expected: str) -> list[Any]:
+        value = self._data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise shape_error(self._what, self._path(key), expected, value)
+        return value
+
+    def _typed(self, key: str, kind: type[T], expected: str) -> T | None:
+        value = self._data.get(key)
+        if value is None or isinstance(value, kind):
+            return value
+        raise shape_error(self._what, self._path(key), expected, value)
+
+    def _path(self, key: str) -> str:
+        return f"{self._where}.{key}" if self._where else key
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 @dataclass(frozen=True, slots=True)

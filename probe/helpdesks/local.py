@@ -107,18 +107,18 @@ class Backend(base.Backend[Route]):
         return str(ticket_id)
 
     async def note(self, ref: str, text: str) -> None:
-        await asyncio.to_thread(self.tickets.add_note, int(ref), "note", text)
+        await asyncio.to_thread(self.tickets.add_note, _number(ref), "note", text)
 
     async def resolve(self, ref: str, text: str) -> None:
-        await asyncio.to_thread(self.tickets.add_note, int(ref), "resolve", text, "resolved")
+        await asyncio.to_thread(self.tickets.add_note, _number(ref), "resolve", text, "resolved")
 
     async def reopen(self, ref: str, text: str) -> None:
-        await asyncio.to_thread(self.tickets.add_note, int(ref), "reopen", text, "open")
+        await asyncio.to_thread(self.tickets.add_note, _number(ref), "reopen", text, "open")
 
     async def status(self, ref: str) -> TicketState:
         rows = await asyncio.to_thread(
             self.tickets.execute, "SELECT status, owner FROM local_tickets WHERE id = ?",
-            (int(ref),))
+            (_number(ref),))
         if not rows:
             return "gone"
         status, owner = rows[0]
@@ -135,6 +135,12 @@ class Backend(base.Backend[Route]):
 
     async def close(self) -> None:
         self.tickets.close()
+
+
+def _number(ref: str) -> int:
+    if not ref.isdigit():
+        raise TicketError(f"{ref!r} is not a local ticket number", permanent=True)
+    return int(ref)
 
 
 HELPDESK = base.Helpdesk(route=Route, backend=Backend)

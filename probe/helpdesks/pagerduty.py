@@ -40,7 +40,7 @@ from pydantic import model_validator
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState, reveal
-from probe.helpdesks.http import Authorization, Http, Response
+from probe.helpdesks.http import Authorization, Fields, Http, Response
 from probe.log import fields
 from probe.secrets import EnvRef
 
@@ -140,7 +140,7 @@ class Backend(base.Backend[Route]):
         does not keep the first trigger, so the incident's title (when the REST API can be
         asked) or the text becomes the summary, and the severity is the route's for urgent."""
         incident = await self._incident(ref) if self.tracks_status else None
-        title = str(incident.get("title") or text) if incident else text
+        title = (incident.text("title") if incident else None) or text
         source = ref.split("/", 1)[0] or "probe"  # keys begin with the agent's name
         await self._trigger(ref, title, source, self.route.severities["urgent"], None,
                             {"reopened": text, "incident_key": ref})
@@ -151,10 +151,11 @@ class Backend(base.Backend[Route]):
         incident = await self._incident(ref)
         if incident is None:
             raise TicketError(f"PagerDuty has no incident with dedup_key {ref!r} (yet)")
-        state = STATES.get(str(incident.get("status")))
+        status = incident.text("status")
+        state = STATES.get(status or "")
         if state is None:
             raise TicketError(f"PagerDuty incident {incident.get('id')} has an unknown status "
-                              f"{incident.get('status')!r}")
+                              f"{status!r}")
         return state
 
     async def close(self) -> None:
@@ -175,8 +176,7 @@ class Backend(base.Backend[Route]):
             payload["component"] = payload["group"] = group
         event = {"event_action": "trigger", "dedup_key": key, "client": "probe",
                  "payload": payload}
-        answer = (await self._event(event)).json_object()
-        return str(answer.get("dedup_key") or key)
+        return (await self._event(event)).fields().text("dedup_key") or key
 
     async def _event(self, event: dict[str, Any]) -> Response:
         # The Events API takes its credential in the body: the routing key.
@@ -184,18 +184,17 @@ class Backend(base.Backend[Route]):
         return await self._events.request("POST", "/v2/enqueue",
                                           json_body={"routing_key": routing_key, **event})
 
-    async def _incident(self, key: str) -> dict[str, Any] | None:
+    async def _incident(self, key: str) -> Fields | None:
         """The newest incident with the dedup_key, resolved or not."""
         params = {"incident_key": key, "date_range": "all", "sort_by": "created_at:desc"}
         response = await self._rest.request("GET", "/incidents", params=params)
-        incidents = [item for item in response.json_object().get("incidents") or []
-                     if isinstance(item, dict)]
+        incidents = response.fields().objects("incidents")
         if not incidents:
             return None
-        return max(incidents, key=lambda item: str(item.get("created_at") or ""))
+        return max(incidents, key=lambda item: item.text("created_at") or "")
 
-    async def _add_note(self, incident: dict[str, Any], text: str) -> None:
-        incident_id = str(incident.get("id") or "")
+    async def _add_note(self, incident: Fields, text: str) -> None:
+        incident_id = incident.text("id") or ""
         if not incident_id.isalnum():
             raise TicketError(f"PagerDuty answered an incident id {incident_id!r}")
         await self._rest.request("POST", f"/incidents/{incident_id}/notes",

@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Literal
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, RouteBase, TicketError, TicketState
-from probe.helpdesks.http import Authorization, Http, basic
+from probe.helpdesks.http import Authorization, Fields, Http, basic
 from probe.secrets import EnvRef
 
 CLOSED = ("solved", "closed")
@@ -74,13 +74,12 @@ class Backend(base.Backend[Route]):
 
     async def find(self, key: str) -> str | None:
         params = {"external_id": key, "per_page": "100"}
-        found = (await self._http.request("GET", "/tickets.json", params=params)).json_object()
-        ids = [
-            int(item["id"])
-            for item in found.get("tickets") or []
-            if isinstance(item, dict) and isinstance(item.get("id"), int)
-            and item.get("external_id") == key and item.get("status") != "deleted"
-        ]
+        found = (await self._http.request("GET", "/tickets.json", params=params)).fields()
+        ids = []
+        for item in found.objects("tickets"):
+            ticket_id = item.number("id")
+            if ticket_id and item.get("external_id") == key and item.get("status") != "deleted":
+                ids.append(ticket_id)
         return str(max(ids)) if ids else None
 
     async def open(self, ticket: base.Ticket) -> str:
@@ -104,8 +103,8 @@ class Backend(base.Backend[Route]):
         headers = {"Idempotency-Key": f"probe-{digest}"}
         response = await self._http.request("POST", "/tickets.json", json_body=body,
                                             headers=headers)
-        created = response.json_object().get("ticket")
-        ref = created.get("id") if isinstance(created, dict) else None
+        created = response.fields().object("ticket")
+        ref = created.number("id") if created is not None else None
         if not ref:
             raise TicketError(f"{response.what}: HTTP {response.status} without a ticket id")
         return str(ref)
@@ -115,13 +114,13 @@ class Backend(base.Backend[Route]):
 
     async def resolve(self, ref: str, text: str) -> None:
         ticket = await self._ticket(ref)
-        if ticket is None or ticket.get("status") == "closed":
+        if ticket is None or ticket.text("status") == "closed":
             return  # gone, or closed for good: Zendesk takes no more comments on it
         change: dict[str, Any] = {
             "comment": {"body": text, "public": False},
             "status": "solved",
         }
-        if not ticket.get("assignee_id"):
+        if not ticket.number("assignee_id"):
             change["assignee_id"] = await self._my_id()
         await self._update(ref, change)
 
@@ -129,7 +128,7 @@ class Backend(base.Backend[Route]):
         ticket = await self._ticket(ref)
         if ticket is None:
             raise TicketError(f"Zendesk ticket {ref} is gone: nothing to reopen", permanent=True)
-        if ticket.get("status") == "closed":
+        if ticket.text("status") == "closed":
             raise TicketError(
                 f"Zendesk ticket {ref} is closed, and Zendesk never reopens a closed ticket: "
                 "set on_human_close: new to open a follow-up ticket instead",
@@ -139,14 +138,14 @@ class Backend(base.Backend[Route]):
 
     async def status(self, ref: str) -> TicketState:
         ticket = await self._ticket(ref)
-        state = None if ticket is None else ticket.get("status")
+        state = None if ticket is None else ticket.text("status")
         if ticket is None or state == "deleted":
             return "gone"
         if state in CLOSED:
             return "closed"
         if state in ("pending", "hold"):
             return "acknowledged"
-        assignee = ticket.get("assignee_id")
+        assignee = ticket.number("assignee_id")
         if state == "open" and assignee and assignee != self.route.assignee_id:
             return "acknowledged"
         return "open"
@@ -154,12 +153,12 @@ class Backend(base.Backend[Route]):
     async def close(self) -> None:
         await self._http.close()
 
-    async def _ticket(self, ref: str) -> dict[str, Any] | None:
+    async def _ticket(self, ref: str) -> Fields | None:
         response = await self._http.request("GET", ticket_path(ref), ok=(404,))
         if response.status == 404:
             return None
-        ticket = response.json_object().get("ticket")
-        if not isinstance(ticket, dict):
+        ticket = response.fields().object("ticket")
+        if ticket is None:
             raise TicketError(f"{response.what}: HTTP {response.status} without a ticket")
         return ticket
 
@@ -169,9 +168,9 @@ class Backend(base.Backend[Route]):
     async def _my_id(self) -> int:
         if self._me is None:
             response = await self._http.request("GET", "/users/me.json")
-            user = response.json_object().get("user")
-            me = user.get("id") if isinstance(user, dict) else None
-            if not isinstance(me, int) or not me:
+            user = response.fields().object("user")
+            me = user.number("id") if user is not None else None
+            if not me:
                 raise TicketError(f"{response.what}: Zendesk did not say who this token is")
             self._me = me
         return self._me
