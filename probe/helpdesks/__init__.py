@@ -3,7 +3,7 @@
 Adding a helpdesk is one module and one line in `HELPDESKS`. The module has a `Route` model (its
 settings, `backend: Literal["<name>"]`), a `Backend` that speaks the helpdesk's API, and a
 `HELPDESK = Helpdesk(route=Route, backend=Backend)` that pairs them. The configuration takes
-`AnyRoute`, the outbox calls `make_backend`: nothing else names a helpdesk.
+`AnyRoute`, the outbox and `probe test-ticket` call `make_backend`.
 
 This package knows nothing of checks, incidents or the configuration that holds its routes: a
 backend is handed a validated route and a rendered `Ticket`.
