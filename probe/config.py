@@ -45,9 +45,9 @@ from checks.values import (
 from probe.configerrors import PLAIN, issue, locate, place
 from probe.configerrors import ConfigError as ConfigError
 from probe.configerrors import ConfigIssue as ConfigIssue
+from probe.helpdesks import AnyRoute
+from probe.helpdesks.base import Priority, RouteBase
 from probe.secrets import SecretError, from_settings
-from probe.tickets import AnyRoute
-from probe.tickets.base import Priority, RouteBase
 from probe.webconfig import config_issues
 from probe.yamlpos import KeyPath, Position, YamlError, load_with_positions, show_path
 
@@ -327,8 +327,7 @@ class Config(StrictModel):
 
     @property
     def routes(self) -> dict[str, RouteBase]:
-        routes: dict[str, RouteBase] = self.ticketing.routes
-        return routes
+        return self.ticketing.routes
 
     def summary(self) -> str:
         kinds: dict[str, int] = {}

@@ -70,11 +70,13 @@ class Daemon:
         )
         self.ledger = SqliteLedger(self.store)
         self.backends = Backends(config.routes, database=self.store.path)
+        outbox = OutboxMetrics(self.registry)
         self.watcher = Watcher(self.ledger, self.backends, agent=config.agent.name,
                                group_health=lambda group: groups.health(self.engine, group),
                                wake=lambda: self.dispatcher.wake(),
+                               internal_error=outbox.internal_errors.inc,
                                poll_interval=config.ticketing.poll_interval)
-        self.dispatcher = Dispatcher(self.ledger, self.backends, OutboxMetrics(self.registry),
+        self.dispatcher = Dispatcher(self.ledger, self.backends, outbox,
                                      self._context, orphans=self.watcher.orphans,
                                      reconciled=self.watcher.reconciled)
         self.writer = Writer(self.store, self.metrics, written=self.dispatcher.wake)

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from probe.config import load
 from probe.daemon import Daemon
-from probe.tickets.local import LocalTickets
+from probe.helpdesks.local import LocalTickets
 
 UP_FIRST, DOWN_FOR = 6.0, 25.0
 
@@ -77,7 +77,7 @@ async def demo(listen: str = "127.0.0.1:9469") -> int:
                 await asyncio.sleep(0.5)
                 for line in _news(tickets, shown):
                     print(line, flush=True)
-                if tickets.execute("SELECT 1 FROM local_tickets WHERE status = 'resolved'"):
+                if any(ticket.status == "resolved" for ticket in tickets.all()):
                     break
         finally:
             daemon.stopping.set()
@@ -93,19 +93,16 @@ async def demo(listen: str = "127.0.0.1:9469") -> int:
 
 def _news(tickets: LocalTickets, shown: set[tuple[str, float]]) -> list[str]:
     out = []
-    for ticket_id, title, priority, created in tickets.execute(
-        "SELECT id, title, priority, created_at FROM local_tickets"
-    ):
-        if ("open", created) not in shown:
-            shown.add(("open", created))
-            out.append(f"{time.strftime('%H:%M:%S')}  ticket #{ticket_id} opened "
-                       f"({priority}): {title}")
-    for ticket_id, at, kind, text in tickets.execute(
-        "SELECT ticket_id, at, kind, text FROM local_notes ORDER BY at"
-    ):
-        if (kind, at) not in shown:
-            shown.add((kind, at))
-            first = text.splitlines()[0]
-            label = {"resolve": "resolved", "note": "note"}.get(kind, kind)
-            out.append(f"{time.strftime('%H:%M:%S')}  ticket #{ticket_id} {label}: {first}")
+    for ticket in reversed(tickets.all()):  # oldest first
+        if ("open", ticket.created_at) not in shown:
+            shown.add(("open", ticket.created_at))
+            out.append(f"{time.strftime('%H:%M:%S')}  ticket #{ticket.id} opened "
+                       f"({ticket.priority}): {ticket.title}")
+    for note in tickets.notes():
+        if (note.kind, note.at) not in shown:
+            shown.add((note.kind, note.at))
+            first = note.text.splitlines()[0]
+            label = {"resolve": "resolved", "note": "note"}.get(note.kind, note.kind)
+            out.append(f"{time.strftime('%H:%M:%S')}  ticket #{note.ticket_id} {label}: "
+                       f"{first}")
     return out

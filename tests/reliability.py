@@ -74,10 +74,12 @@ def _hostile(junit: Path) -> list[str]:
         out.append(f"| {title} | {sum(c.values())} | {c['passed']} | {c['known']} | "
                    f"{c['failed']} |")
     out += ["", "A crash would be an exception other than TicketError out of a backend (a "
-            "parser meeting JSON of the wrong type). Backend turns those into transient "
-            "TicketErrors, logged with where they broke; had one escaped, the dispatcher "
-            "would still catch it and retry the action, so no ticket would be lost. The "
-            "tests list any that remain (tests/test_hostile_helpdesks.py, KNOWN_CRASHES): "
+            "parser meeting JSON of the wrong type). Backends read answers through "
+            "`probe.helpdesks.http.Fields`, whose getters turn a value of the wrong type into "
+            "a transient TicketError that names the request and the place in the answer; had "
+            "a crash escaped, it would be a bug in probe, which the outbox logs with its "
+            "traceback and fails after a few attempts, where `probe tickets failed` lists it. "
+            "The tests list any that remain (tests/test_hostile_helpdesks.py, KNOWN_CRASHES): "
             "none do, and a new one fails the test."]
     return out
 

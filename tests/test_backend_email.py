@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from probe.tickets.base import Ticket, TicketError
-from probe.tickets.email import Backend, Route
+from probe.helpdesks.base import Ticket, TicketError
+from probe.helpdesks.email import Backend, Route
 from tests.harness.certs import CertFactory
 from tests.harness.httpserver import serve_raw, silent
 from tests.harness.ports import closed_port

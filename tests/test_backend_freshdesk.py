@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from probe.tickets.base import Ticket, TicketError
-from probe.tickets.freshdesk import Backend, key_tag
+from probe.helpdesks.base import Ticket, TicketError
+from probe.helpdesks.freshdesk import Backend, key_tag
 from tests.harness.daemon import Target
 from tests.harness.fake_freshdesk import (
     DAY,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from probe.tickets.base import Ticket, TicketError
-from probe.tickets.github import Backend, Route, key_label
+from probe.helpdesks.base import Ticket, TicketError
+from probe.helpdesks.github import Backend, Route, key_label
 from tests.harness import fake_github
 from tests.harness.daemon import Target
 from tests.harness.fake_github import REPOSITORY, TOKEN, FakeGitHub
@@ -221,7 +221,7 @@ async def test_without_push_access_github_drops_the_labels_and_probe_says_so(
     gh: Backend, github: FakeGitHub, caplog: pytest.LogCaptureFixture
 ) -> None:
     github.push_access = False
-    with caplog.at_level(logging.WARNING, logger="probe.tickets"):
+    with caplog.at_level(logging.WARNING, logger="probe.helpdesks"):
         ref = await gh.open(TICKET)
 
     assert github.issues[int(ref)]["labels"] == []

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from probe.tickets.base import Ticket, TicketError
-from probe.tickets.jira import Backend, Route, key_label
+from probe.helpdesks.base import Ticket, TicketError
+from probe.helpdesks.jira import Backend, Route, key_label
 from tests.harness.daemon import Target
 from tests.harness.fake_jira import EMAIL, PAT, TOKEN, FakeJira, reset_in, serve_jira
 from tests.harness.inloop import Runner
@@ -171,7 +171,7 @@ async def test_jiras_field_errors_are_permanent_and_name_the_route_setting(
         await desk.open(ticket())
     assert caught.value.permanent
     message = caught.value.message
-    assert message.startswith("POST /rest/api/3/issue: Jira refused it: ")
+    assert message.startswith("POST /rest/api/3/issue: HTTP 400: ")
     assert "priority: Priority name 'P1' is not valid (the route's priorities)" in message
     assert "issuetype: Specify a valid issue type (the route's issue_type)" in message
     assert jira.issues == {}

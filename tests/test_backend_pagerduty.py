@@ -15,8 +15,8 @@ import pydantic
 import pytest
 import yaml
 
-from probe.tickets.base import Priority, Ticket, TicketError
-from probe.tickets.pagerduty import Backend, Route
+from probe.helpdesks.base import Priority, Ticket, TicketError
+from probe.helpdesks.pagerduty import Backend, Route
 from tests.harness import fake_pagerduty
 from tests.harness.daemon import Target
 from tests.harness.fake_pagerduty import API_TOKEN, ROUTING_KEY, USER_EMAIL, FakePagerDuty

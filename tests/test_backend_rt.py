@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from probe.tickets.base import Ticket, TicketError
-from probe.tickets.rt import Backend
+from probe.helpdesks.base import Ticket, TicketError
+from probe.helpdesks.rt import Backend
 from tests.harness.rtpeer import RtApi, RtPeer
 
 MakeBackend = Callable[..., Backend]

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from probe.tickets.base import Ticket, TicketError
-from probe.tickets.servicenow import Backend, Route
+from probe.helpdesks.base import Ticket, TicketError
+from probe.helpdesks.servicenow import Backend, Route
 from tests.harness.daemon import Target
 from tests.harness.fake_servicenow import PASSWORD, USERNAME, FakeServiceNow, serve_servicenow
 from tests.harness.inloop import Runner

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from probe.tickets.base import Ticket, TicketError
-from probe.tickets.webhook import Backend, Route
+from probe.helpdesks.base import Ticket, TicketError
+from probe.helpdesks.webhook import Backend, Route
 from tests.harness.httpserver import replying, serve_app, serve_raw
 from tests.harness.ports import closed_port
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from probe.tickets.base import Ticket, TicketError
-from probe.tickets.zendesk import Backend
+from probe.helpdesks.base import Ticket, TicketError
+from probe.helpdesks.zendesk import Backend
 from tests.harness.daemon import Target
 from tests.harness.fake_zendesk import EMAIL, ME, UPDATE_LIMITED, FakeZendesk, serve_zendesk
 from tests.harness.inloop import Runner

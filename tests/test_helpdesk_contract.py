@@ -9,6 +9,8 @@ indexes, field limits, the daemon end to end) stay in tests/test_backend_<name>.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,12 +20,15 @@ from typing import Any, Literal
 
 import pytest
 
-from probe.tickets.base import Ticket, TicketError
-from probe.tickets.freshdesk import key_tag
-from probe.tickets.github import key_label as github_label
-from probe.tickets.jira import key_label as jira_label
+from probe.helpdesks import webhook
+from probe.helpdesks.base import Backend, Helpdesk, RouteBase, Ticket, TicketError
+from probe.helpdesks.freshdesk import key_tag
+from probe.helpdesks.github import key_label as github_label
+from probe.helpdesks.http import SHAPE
+from probe.helpdesks.jira import key_label as jira_label
 from tests.harness import desks
 from tests.harness.desks import HELPDESKS, Desk, GitHubDesk
+from tests.harness.hostile_helpdesk import FIELDS, Misbehaviour, serve_helpdesk
 from tests.harness.ports import closed_port
 
 Outcome = Literal["gone", "open", "delivered", "permanent error", "transient error"]
@@ -141,6 +146,19 @@ def ticket(key: str) -> Ticket:
     )
 
 
+def calls(backend: Backend[Any], key: str, ref: str) -> dict[Call, Callable[[], Awaitable[object]]]:
+    """Every call of the contract, on `key` and its ticket `ref`."""
+    return {
+        "find": lambda: backend.find(key),
+        "open": lambda: backend.open(ticket(key)),
+        "note": lambda: backend.note(ref, NOTE),
+        "resolve": lambda: backend.resolve(ref, CLOSING),
+        "reopen": lambda: backend.reopen(ref, REOPENING),
+        "status": lambda: backend.status(ref),
+        "open_tickets": lambda: backend.open_tickets("probe-eu-1/"),
+    }
+
+
 async def outcome(call: Awaitable[object]) -> object:
     """What a call came to: its answer, or the kind of TicketError it raised."""
     try:
@@ -242,18 +260,8 @@ async def test_an_unknown_ref_gets_the_answer_the_helpdesk_documents(desk: Desk)
 async def test_an_unreachable_helpdesk_is_a_transient_error_for_every_call(desk: Desk) -> None:
     promise = PROMISES[desk.name]
     backend = desk.unreachable(closed_port())
-    key, ref = new_key(), desk.unknown_ref
-    calls: dict[Call, Callable[[], Awaitable[object]]] = {
-        "find": lambda: backend.find(key),
-        "open": lambda: backend.open(ticket(key)),
-        "note": lambda: backend.note(ref, NOTE),
-        "resolve": lambda: backend.resolve(ref, CLOSING),
-        "reopen": lambda: backend.reopen(ref, REOPENING),
-        "status": lambda: backend.status(ref),
-        "open_tickets": lambda: backend.open_tickets("probe-eu-1/"),
-    }
     started = time.monotonic()
-    for name, call in calls.items():
+    for name, call in calls(backend, new_key(), desk.unknown_ref).items():
         if name in promise.unasked:
             assert await call() == UNASKED[name], name
             continue
@@ -262,3 +270,76 @@ async def test_an_unreachable_helpdesk_is_a_transient_error_for_every_call(desk:
         assert not caught.value.permanent, name
         assert caught.value.message.endswith("cannot connect: connection refused"), name
     assert time.monotonic() - started < 5  # refused at once: nothing waits for a timeout
+
+
+ANSWERS_NOTHING = pytest.mark.skip(reason="reads no answer of the helpdesk's: nothing to misshape")
+
+
+@pytest.mark.parametrize("desk", every_backend(local=ANSWERS_NOTHING, email=ANSWERS_NOTHING,
+                                               webhook=ANSWERS_NOTHING), indirect=True)
+async def test_an_answer_of_the_wrong_shape_is_a_transient_error_that_says_so(desk: Desk) -> None:
+    promise = PROMISES[desk.name]
+    # 200 to everything, and every field any backend reads a list of a number: no call that
+    # reads the answer can take it for what its API promises. (A note that reads nothing back
+    # has nothing to doubt.)
+    every_field_a_list = json.dumps({field: [7] for field in FIELDS}).encode()
+    async with serve_helpdesk() as helpdesk:
+        helpdesk.now = Misbehaviour("every-field-a-list", body=every_field_a_list)
+        backend = desk.backend(**desk.elsewhere(int(helpdesk.url.rsplit(":", 1)[1])))
+        doubted = set()
+        for name, call in calls(backend, new_key(), desk.unknown_ref).items():
+            if name in promise.unasked:
+                continue
+            try:
+                await call()
+            except TicketError as err:
+                assert not err.permanent, f"{name}: {err.message}"
+                assert SHAPE in err.message, f"{name}: {err.message}"
+                doubted.add(name)
+    assert {"find", "open", "status"} - promise.unasked <= doubted
+
+
+@pytest.mark.parametrize("desk", every_backend(), indirect=True)
+async def test_a_secret_that_cannot_be_read_is_a_permanent_error_that_names_the_setting(
+    desk: Desk, tmp_path: Path
+) -> None:
+    files = {name: str(tmp_path / "missing") for name in desk.settings
+             if name.endswith("_file")}
+    if not files:
+        pytest.skip(f"the {desk.name} route of the contract has no secret")
+    key = new_key()
+    with pytest.raises(TicketError) as caught:
+        await desk.backend(**files).open(ticket(key))
+    assert caught.value.permanent
+    # (the redactor takes "api_key: api_key_file:" for a credential: freshdesk's reads
+    # "api_key: <redacted> cannot read")
+    assert re.fullmatch(rf"{desk.name} (\w+): (\1_file:|<redacted>) cannot read "
+                        rf"{tmp_path}/missing: No such file or directory",
+                        caught.value.message), caught.value.message
+    assert await desk.tickets(key) == 0
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+
+def test_a_helpdesk_whose_route_does_not_name_it_is_refused_where_it_is_declared() -> None:
+    class Unnamed(RouteBase):
+        backend: str  # any name: the configuration could not tell this route from another
+
+    with pytest.raises(TypeError, match=r'Unnamed: backend must be Literal\["<name of the'):
+        Helpdesk[Any](route=Unnamed, backend=webhook.Backend)
+
+
+
+async def test_a_bug_in_a_backend_propagates_as_itself_not_as_a_helpdesk_error() -> None:
+    # A backend's own mistake is no flaky helpdesk: the outbox must see the KeyError, to log
+    # its traceback and fail the action after a few attempts (tests/test_internal_errors.py),
+    # not a transient TicketError that it would retry for ever.
+    class Mistaken(webhook.Backend):
+        async def find(self, key: str) -> str | None:
+            known: dict[str, str] = {}
+            return known[key]
+
+    route = webhook.Route.model_validate({"backend": "webhook", "url": "http://127.0.0.1:9/"})
+    with pytest.raises(KeyError):
+        await Mistaken("desk", route).find("probe-eu-1/shop/1")

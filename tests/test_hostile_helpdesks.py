@@ -28,8 +28,8 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probe.tickets import HELPDESKS
-from probe.tickets.base import MAX_MESSAGE, Backend, Ticket, TicketError
+from probe.helpdesks import HELPDESKS
+from probe.helpdesks.base import MAX_MESSAGE, Backend, Ticket, TicketError
 from tests.harness.hostile_helpdesk import (
     FIELDS,
     INNER,
@@ -75,8 +75,9 @@ ROUTES: dict[str, dict[str, Any]] = {
 # Crashes these tests found in backend modules this change did not touch (reported with it):
 # until they are fixed there, a crash in one of these functions is an expected failure. The
 # entries go as the fixes land; a crash anywhere else fails.
-# Backend calls whose parser may crash on a wrong-shaped answer: none. Base.Backend turns such
-# a crash into a transient TicketError; a crash that still escapes fails the test.
+# Backend calls whose parser may crash on a wrong-shaped answer: none. Backends read answers
+# through http.Fields, which turns a wrong type into a transient TicketError; nothing wraps
+# a backend's calls, so a crash that escapes is a bug, and fails the test.
 KNOWN_CRASHES: dict[str, str] = {}
 # A reference of the form each backend hands out, for the calls that take one.
 REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "jira": "PROJ-42",
@@ -111,13 +112,12 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def backend(name: str, url: str, token: Path, timeout: str = TIMEOUT) -> Backend[Any]:
     settings = {k: v.format(url=url, token=token) if isinstance(v, str) else v
                 for k, v in ROUTES[name].items()}
-    module = HELPDESKS[settings["backend"]]
+    helpdesk = HELPDESKS[settings["backend"]]
     # tls_verify off: the URLs are http://, and loading the system's CAs for each backend
     # would cost more than the rest of a test.
-    route = module.Route.model_validate({"url": url, "timeout": timeout, "tls_verify": False,
-                                         **settings})
-    made: Backend[Any] = module.Backend(name, route)
-    return made
+    route = helpdesk.route.model_validate({"url": url, "timeout": timeout, "tls_verify": False,
+                                           **settings})
+    return helpdesk.backend(name, route)
 
 
 @pytest.mark.parametrize("call", list(CALLS))
@@ -139,7 +139,7 @@ async def test_a_broken_promise_is_a_ticket_error_or_nothing(
     except Exception as err:
         site = crash_site(err)
         if site in KNOWN_CRASHES:
-            pytest.xfail(f"known crash in probe/tickets/{site}: {KNOWN_CRASHES[site]}")
+            pytest.xfail(f"known crash in probe/helpdesks/{site}: {KNOWN_CRASHES[site]}")
         raise
     finally:
         await desk.close()
@@ -149,7 +149,7 @@ async def test_a_broken_promise_is_a_ticket_error_or_nothing(
 def crash_site(err: BaseException) -> str:
     """`module.py:function` of the innermost backend function an exception came from."""
     for frame in reversed(traceback.extract_tb(err.__traceback__)):
-        if "/probe/tickets/" in frame.filename and not frame.name.startswith("<"):
+        if "/probe/helpdesks/" in frame.filename and not frame.name.startswith("<"):
             return f"{frame.filename.rsplit('/', 1)[1]}:{frame.name}"
     return "?"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from probe.facts import HumanClose, Policy
-from probe.tickets.base import TicketState
+from probe.helpdesks.base import TicketState
 from probe.tickets.watcher import (
     GroupHealth,
     Orphans,

@@ -40,7 +40,8 @@ def source_files() -> set[str]:
 def test_every_file_of_probe_and_checks_in_the_source_tree_is_in_the_installed_wheel() -> None:
     # 0.1.0's wheel had no probe/tickets/: `probe run` died at start on every install.
     assert source_files() - installed_files() == set()
-    assert {"probe/tickets/outbox.py", "probe/py.typed", "checks/py.typed"} <= installed_files()
+    assert {"probe/tickets/outbox.py", "probe/helpdesks/http.py", "probe/py.typed",
+            "checks/py.typed"} <= installed_files()
 
 
 def test_the_installed_wheel_holds_nothing_the_source_tree_does_not() -> None:

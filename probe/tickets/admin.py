@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from probe.config import Config
+from probe.helpdesks import make_backend
+from probe.helpdesks.base import PRIORITIES, Ticket, TicketError
+from probe.helpdesks.local import LocalTickets
 from probe.store import Store, StoreError
-from probe.tickets import make_backend
-from probe.tickets.base import PRIORITIES, Ticket, TicketError
 from probe.tickets.ledger import SqliteLedger
-from probe.tickets.local import LocalTickets
 
 
 def tickets_command(config: Config, action: str, ticket_id: int | None, owner: str) -> int:
@@ -34,13 +34,13 @@ def _tickets(store: Store, action: str, ticket_id: int | None, owner: str) -> in
     local = LocalTickets(store.path)
     try:
         if action == "list":
-            rows = local.execute("SELECT id, status, priority, owner, created_at, title"
-                                 " FROM local_tickets ORDER BY id DESC")
-            if not rows:
+            tickets = local.all()
+            if not tickets:
                 print("no local tickets")
-            for tid, status, priority, who, created, title in rows:
-                opened = time.strftime("%Y-%m-%d %H:%M", time.localtime(created))
-                print(f"#{tid:<5} {status:<9} {priority:<7} {who or '-':<10} {opened}  {title}")
+            for t in tickets:
+                opened = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.created_at))
+                print(f"#{t.id:<5} {t.status:<9} {t.priority:<7} {t.owner or '-':<10} {opened}"
+                      f"  {t.title}")
             return 0
         ledger = SqliteLedger(store)
         if action == "failed":
@@ -58,14 +58,13 @@ def _tickets(store: Store, action: str, ticket_id: int | None, owner: str) -> in
         if ticket_id is None:
             print(f"probe tickets {action} needs a ticket number")
             return 2
-        if not local.execute("SELECT 1 FROM local_tickets WHERE id = ?", (ticket_id,)):
+        if not local.exists(ticket_id):
             print(f"no local ticket {ticket_id}")
             return 1
         if action == "show":
             print(local.show(ticket_id))
         elif action == "ack":
-            local.execute("UPDATE local_tickets SET owner = ?, status = 'open' WHERE id = ?",
-                          (owner, ticket_id))
+            local.take(ticket_id, owner)
             print(f"#{ticket_id} taken by {owner}")
         else:
             local.add_note(ticket_id, "resolve", f"closed by hand ({owner})", "resolved")

@@ -30,9 +30,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from probe.facts import Policy
+from probe.helpdesks.base import Backend, TicketError
 from probe.log import fields
 from probe.tickets import render, triage
-from probe.tickets.base import Backend, TicketError
 from probe.tickets.groups import Context
 from probe.tickets.ledger import Action, Head, Ledger, Row
 from probe.tickets.pool import Backends
@@ -66,7 +66,8 @@ class OutboxMetrics:
                                 ["route", "action", "kind"], registry=registry)
         self.internal_errors = Counter(
             "probe_internal_errors_total",
-            "Ticket deliveries that met a bug in probe's own code (logged with a traceback)",
+            "Ticket deliveries and looks at open tickets that met a bug in probe's own code"
+            " (logged with a traceback)",
             registry=registry)
 
 

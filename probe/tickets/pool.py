@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from probe.tickets import make_backend
-from probe.tickets.base import Backend, RouteBase, TicketError
+from probe.helpdesks import make_backend
+from probe.helpdesks.base import Backend, RouteBase, TicketError
 
 
 class Backends:

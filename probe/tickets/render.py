@@ -15,7 +15,7 @@ from typing import Any
 
 from checks.values import format_duration
 from probe.facts import Facts, Member
-from probe.tickets.base import Priority, Ticket
+from probe.helpdesks.base import Priority, Ticket
 
 
 def when(epoch: float) -> str:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from probe.facts import Policy
+from probe.helpdesks.base import Backend, TicketError, TicketState
 from probe.log import fields
-from probe.tickets.base import Backend, TicketError, TicketState
 from probe.tickets.ledger import Followup, Ledger, Watched
 from probe.tickets.pool import Backends
 
@@ -125,6 +125,7 @@ class Watcher:
         agent: str,
         group_health: Callable[[str], GroupHealth],
         wake: Callable[[], None],
+        internal_error: Callable[[], None] = lambda: None,
         poll_interval: float = 60.0,
     ) -> None:
         self.ledger = ledger
@@ -132,6 +133,7 @@ class Watcher:
         self.agent = agent
         self.group_health = group_health
         self.wake = wake  # the dispatcher's: an action was queued
+        self.internal_error = internal_error  # counts probe_internal_errors_total
         self.poll_interval = poll_interval
         self.orphans = Orphans()
         self.reconciled = asyncio.Event()  # the first reconcile is done (or failed)
@@ -177,6 +179,9 @@ class Watcher:
                 log.info("ticket status unknown %s", fields(route=ticket.route, ref=ticket.ref,
                                                             error=err.message))
                 continue
+            except Exception:  # a bug in probe: said and counted; the other tickets go on
+                self._bug("status", ticket.route, ticket.ref)
+                continue
             escalate_to = self.backends.escalate_to(ticket.route)
             decision = on_status(state, ticket.policy, opened_at=ticket.opened_at,
                                  escalated_at=ticket.escalated_at, escalate_to=escalate_to,
@@ -206,6 +211,11 @@ class Watcher:
                                       ticket.ref, ticket.facts)
         self.wake()
 
+    def _bug(self, call: str, route: str, ref: str | None) -> None:
+        log.exception("watching tickets crashed: a bug in probe %s", fields(
+            call=call, route=route, ref=ref))
+        self.internal_error()
+
     # --- tickets probe lost --------------------------------------------------------------------
 
     async def reconcile(self, progress: Callable[[], None] = lambda: None) -> None:
@@ -218,6 +228,9 @@ class Watcher:
                 found = await backend.open_tickets(prefix)
             except TicketError as err:
                 log.info("reconcile skipped %s", fields(route=route, error=err.message))
+                continue
+            except Exception:  # a bug in probe: said and counted; the other routes go on
+                self._bug("open_tickets", route, None)
                 continue
             for key, ref in (found or {}).items():
                 progress()

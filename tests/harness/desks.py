@@ -1,6 +1,6 @@
 """Every helpdesk backend paired with its peer on loopback, for the contract every backend keeps
 (tests/test_helpdesk_contract.py): the backend built as the daemon builds it
-(`probe.tickets.make_backend` on a validated route), and the ticket read back from the peer's
+(`probe.helpdesks.make_backend` on a validated route), and the ticket read back from the peer's
 own records — the fake's tickets and comments, Request Tracker's REST answers, the mails the
 SMTP server took, the webhook deliveries, the local backend's tables — never from what the
 backend returned.
@@ -32,12 +32,12 @@ import aiohttp
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from probe.helpdesks import HELPDESKS as BACKENDS
+from probe.helpdesks import ROUTES, make_backend
+from probe.helpdesks.base import Backend
+from probe.helpdesks.github import key_label as github_label
+from probe.helpdesks.jira import key_label as jira_label
 from probe.store import Store
-from probe.tickets import HELPDESKS as BACKENDS
-from probe.tickets import ROUTES, make_backend
-from probe.tickets.base import Backend
-from probe.tickets.github import key_label as github_label
-from probe.tickets.jira import key_label as jira_label
 from tests.harness import fake_github, fake_jira, fake_pagerduty, fake_servicenow, fake_zendesk
 from tests.harness.fake_freshdesk import API_KEY, REQUESTER_EMAIL, FakeFreshdesk, serve_freshdesk
 from tests.harness.fake_freshdesk import KEY_FIELD as FRESHDESK_KEY_FIELD

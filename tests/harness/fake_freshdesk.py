@@ -8,7 +8,6 @@ live in memory, so a test asserts what the helpdesk holds."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import re
 import time
@@ -19,7 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from probe.tickets.freshdesk import Route
+from probe.helpdesks.freshdesk import Route
+from tests.harness.fakes import Fault, Faults, basic
 from tests.harness.httpserver import serve_app
 
 API_KEY = "fd-key-Qm9Y3"
@@ -40,7 +40,7 @@ class FakeFreshdesk:
     indexed: set[int] = field(default_factory=set)  # what the search index has caught up with
     stall_creates: int = 0  # this many creates are made, then answered too late to be heard
     released: asyncio.Event = field(default_factory=asyncio.Event)  # ends stalled answers
-    _canned: list[tuple[str, str, web.Response]] = field(default_factory=list)
+    _planted: Faults = field(default_factory=Faults)
     _next_id: int = 1
 
     @property
@@ -57,10 +57,8 @@ class FakeFreshdesk:
     def answer(self, method: str, path: str, status: int, body: Any = None, *,
                headers: dict[str, str] | None = None, times: int = 1) -> None:
         """The next `times` requests to `path...` get this answer instead of Freshdesk's."""
-        for _ in range(times):
-            response = (web.json_response(body, status=status, headers=headers)
-                        if body is not None else web.Response(status=status, headers=headers))
-            self._canned.append((method, path, response))
+        self._planted.add(Fault(method, re.escape(path), status,
+                                "" if body is None else body, headers or {}, times))
 
     def catch_up(self) -> None:
         """The search index has caught up with every ticket."""
@@ -85,16 +83,13 @@ class FakeFreshdesk:
     @web.middleware
     async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((request.method, request.path))
-        expected = "Basic " + base64.b64encode(f"{API_KEY}:X".encode()).decode()
-        if request.headers.get("Authorization") != expected:
+        if request.headers.get("Authorization") != basic(API_KEY, "X"):
             return web.json_response({"code": "invalid_credentials", "message":
                                       "You have to be logged in to perform this action."},
                                      status=401)
-        for canned in self._canned:
-            method, path, response = canned
-            if request.method == method and request.path.startswith(path):
-                self._canned.remove(canned)
-                return response
+        planted = self._planted.take(request)
+        if planted is not None:
+            return planted.response()
         answer: web.StreamResponse = await handler(request)
         return answer
 

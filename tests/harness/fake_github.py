@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.harness.fakes import Fault, Faults
 from tests.harness.httpserver import serve_app
 from tests.harness.openapi import Request
 
@@ -34,14 +35,6 @@ class Recorded:
 
 
 @dataclass
-class Failure:
-    method: str
-    status: int
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-@dataclass
 class FakeGitHub:
     port: int = 0
     issues: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -53,7 +46,7 @@ class FakeGitHub:
     push_access: bool = True
     issues_enabled: bool = True
     stall_creates: int = 0  # this many creates are made, then answered only on release
-    failures: list[Failure] = field(default_factory=list)
+    failures: Faults = field(default_factory=Faults)
     released: asyncio.Event = field(default_factory=asyncio.Event)
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -66,8 +59,7 @@ class FakeGitHub:
         """Answer the next `times` requests of `method` with `status` instead of serving them."""
         body = {"message": message or HTTPStatus(status).phrase, "documentation_url": DOCS,
                 "status": str(status)}
-        for _ in range(times):
-            self.failures.append(Failure(method, status, headers or {}, body))
+        self.failures.add(Fault(method, "", status, body, headers or {}, times))
 
     # --- what people do on GitHub ----------------------------------------------------------
 
@@ -111,11 +103,9 @@ class FakeGitHub:
             dict(request.headers)))
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return _error(401, "Bad credentials")
-        for failure in self.failures:
-            if failure.method == request.method:
-                self.failures.remove(failure)
-                return web.json_response(failure.body, status=failure.status,
-                                         headers=failure.headers)
+        failure = self.failures.take(request)
+        if failure is not None:
+            return failure.response()
         prefix = f"/repos/{REPOSITORY}/issues"
         if not request.path.startswith(prefix):
             return _error(404, "Not Found")

@@ -13,7 +13,6 @@ as for an anonymous user. `faults` lets a test make it fail, stall or rate-limit
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as dt
 import re
@@ -24,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.harness.fakes import Fault, Faults, basic
 from tests.harness.httpserver import serve_app
 
 EMAIL, TOKEN, PAT = "ops@example.com", "jira-api-token", "jira-dc-personal-token"
@@ -41,20 +41,6 @@ ADF_NODES = {"doc", "paragraph", "text", "hardBreak", "codeBlock", "heading", "b
              "listItem"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Fault:
-    """The next `times` requests whose method and path match answer `status` (with `headers`
-    and `body`); with `stall`, Jira does the work and then does not answer for that long."""
-
-    method: str
-    path: str  # a regular expression, matched at the start of the path
-    status: int = 503
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    times: int = 1
-    stall: float = 0.0
 
 
 @dataclass
@@ -92,14 +78,16 @@ class FakeJira:
         self.resolutions = ["Done", "Won't Do", "Duplicate"]
         self.index_lag = 0.0  # seconds before a new issue shows in search
         self.issues: dict[str, Issue] = {}
-        self.faults: list[Fault] = []
+        self.faults = Faults()
         self.seen: list[tuple[str, str, int]] = []  # (method, path, status)
         self._next_id = 10000
 
     # --- what a test does to the helpdesk ------------------------------------------------------
 
     def fail(self, method: str, path: str, status: int = 503, **kwargs: Any) -> None:
-        self.faults.append(Fault(method, path, status, **kwargs))
+        """The next requests of `method` to a path `path` (a regular expression) matches
+        answer `status`, or stall: see fakes.Fault."""
+        self.faults.add(Fault(method, path, status, **kwargs))
 
     def only(self) -> Issue:
         (issue,) = self.issues.values()
@@ -139,15 +127,10 @@ class FakeJira:
 
     @web.middleware
     async def _faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        fault = next((f for f in self.faults if f.method == request.method
-                      and re.match(f.path, request.path)), None)
-        if fault is not None:
-            fault.times -= 1
-            if fault.times <= 0:
-                self.faults.remove(fault)
+        fault = self.faults.take(request)
         if fault is not None and not fault.stall:
             self.seen.append((request.method, request.path, fault.status))
-            return web.json_response(fault.body, status=fault.status, headers=fault.headers)
+            return fault.response()
         if not self._authorised(request):
             status = 404 if request.method == "GET" and "/issue/" in request.path else 401
             self.seen.append((request.method, request.path, status))
@@ -163,7 +146,7 @@ class FakeJira:
 
     def _authorised(self, request: web.Request) -> bool:
         given = request.headers.get("Authorization", "")
-        cloud = "Basic " + base64.b64encode(f"{EMAIL}:{TOKEN}".encode()).decode()
+        cloud = basic(EMAIL, TOKEN)
         if request.path.startswith("/rest/api/3"):
             return given == cloud
         if request.path.startswith("/rest/api/2"):

@@ -12,12 +12,14 @@ import contextlib
 import datetime as dt
 import itertools
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from tests.harness.fakes import Fault, Faults
 from tests.harness.httpserver import serve_app
 
 ROUTING_KEY = "0123456789abcdef0123456789abcdef"  # 32 characters, as PagerDuty's are
@@ -68,7 +70,7 @@ class FakePagerDuty:
     requests: list[Received] = field(default_factory=list)
     lag: float = 0.0  # seconds between the 202 and the incident, as in PagerDuty
     stall_events: int = 0  # this many events are processed, then answered only on release
-    failures: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
+    failures: Faults = field(default_factory=Faults)
     released: asyncio.Event = field(default_factory=asyncio.Event)
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -79,8 +81,9 @@ class FakePagerDuty:
 
     def fail(self, path: str, status: int, headers: dict[str, str] | None = None,
              times: int = 1) -> None:
-        for _ in range(times):
-            self.failures.append((path, status, headers or {}))
+        self.failures.add(Fault(None, re.escape(path), status,
+                                {"status": "error", "message": "try again later"},
+                                headers or {}, times))
 
     def with_key(self, key: str) -> list[Incident]:
         return [i for i in self.incidents if i.incident_key == key]
@@ -110,11 +113,9 @@ class FakePagerDuty:
             body = ValueError
         self.requests.append(Received(request.method, request.path, dict(request.query),
                                       dict(request.headers), body))
-        for failure in self.failures:
-            if request.path.startswith(failure[0]):
-                self.failures.remove(failure)
-                return web.json_response({"status": "error", "message": "try again later"},
-                                         status=failure[1], headers=failure[2])
+        failure = self.failures.take(request)
+        if failure is not None:
+            return failure.response()
         if request.path == "/v2/enqueue" and request.method == "POST":
             return await self._enqueue(body)
         if not request.path.startswith("/incidents"):

@@ -14,16 +14,14 @@ it fail, stall or rate-limit on purpose.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from tests.harness.fakes import Fault, Faults, basic
 from tests.harness.httpserver import serve_app
 
 USERNAME, PASSWORD = "probe", "snow-password"
@@ -45,20 +43,6 @@ PRIORITY = {("1", "1"): "1", ("1", "2"): "2", ("2", "1"): "2", ("1", "3"): "3", 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass
-class Fault:
-    """The next `times` requests whose method and path match answer `status` (with `headers`
-    and `body`); with `stall`, ServiceNow does the work and then does not answer that long."""
-
-    method: str
-    path: str  # a regular expression, matched at the start of the path
-    status: int = 503
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    times: int = 1
-    stall: float = 0.0
-
-
 class FakeServiceNow:
     def __init__(self) -> None:
         self.url = ""
@@ -75,7 +59,7 @@ class FakeServiceNow:
                 row.setdefault("sys_created_on", "2026-01-01 00:00:00")
         self.hidden: set[str] = set()  # fields this user may not query on
         self.journal: dict[str, list[tuple[str, str]]] = {}  # sys_id -> (field, text)
-        self.faults: list[Fault] = []
+        self.faults = Faults()
         self.seen: list[tuple[str, str, int]] = []
         self._numbers = 10000
         self._clock = 0
@@ -94,7 +78,9 @@ class FakeServiceNow:
         return next(s for s, row in self.tables[table].items() if row.get(field_name) == value)
 
     def fail(self, method: str, path: str, status: int = 503, **kwargs: Any) -> None:
-        self.faults.append(Fault(method, path, status, **kwargs))
+        """The next requests of `method` to a path `path` (a regular expression) matches
+        answer `status`, or stall: see fakes.Fault."""
+        self.faults.add(Fault(method, path, status, **kwargs))
 
     def add_incident(self, **values: str) -> str:
         """An incident someone else opened."""
@@ -112,17 +98,11 @@ class FakeServiceNow:
 
     @web.middleware
     async def _faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        fault = next((f for f in self.faults if f.method == request.method
-                      and re.match(f.path, request.path)), None)
-        if fault is not None:
-            fault.times -= 1
-            if fault.times <= 0:
-                self.faults.remove(fault)
+        fault = self.faults.take(request)
         if fault is not None and not fault.stall:
             self.seen.append((request.method, request.path, fault.status))
-            return web.json_response(fault.body, status=fault.status, headers=fault.headers)
-        basic = "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
-        if request.headers.get("Authorization") != basic:
+            return fault.response()
+        if request.headers.get("Authorization") != basic(USERNAME, PASSWORD):
             self.seen.append((request.method, request.path, 401))
             return _error(401, "User Not Authenticated", "Required to provide Auth information")
         response = await handler(request)

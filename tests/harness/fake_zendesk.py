@@ -7,10 +7,10 @@ needs an assignee, a closed ticket refuses every update (422), the per-ticket up
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from probe.tickets.zendesk import Route
+from probe.helpdesks.zendesk import Route
+from tests.harness.fakes import Fault, Faults, basic
 from tests.harness.httpserver import serve_app
 
 EMAIL = "probe@example.com"
@@ -31,22 +32,12 @@ UPDATE_LIMITED = ("Rate limit for ticket updates exceeded, please wait before up
 
 
 @dataclass
-class Canned:
-    method: str
-    path: str  # a prefix of the request path
-    status: int
-    body: str
-    headers: dict[str, str]
-    content_type: str
-
-
-@dataclass
 class FakeZendesk:
     port: int = 0
     tickets: dict[int, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     stall_creates: int = 0  # this many creates are made, then answered too late to be heard
-    _canned: list[Canned] = field(default_factory=list)
+    _planted: Faults = field(default_factory=Faults)
     _idempotency: dict[str, tuple[str, int, dict[str, Any]]] = field(default_factory=dict)
     _next_id: int = 1
     released: asyncio.Event = field(default_factory=asyncio.Event)  # ends stalled answers
@@ -65,10 +56,9 @@ class FakeZendesk:
     def answer(self, method: str, path: str, status: int, body: Any = "", *,
                headers: dict[str, str] | None = None, times: int = 1) -> None:
         """The next `times` requests to `path...` get this answer instead of Zendesk's."""
-        text, kind = ((json.dumps(body), "application/json") if isinstance(body, dict)
-                      else (str(body), "text/plain"))
-        for _ in range(times):
-            self._canned.append(Canned(method, path, status, text, headers or {}, kind))
+        self._planted.add(Fault(method, re.escape(path), status,
+                                body if isinstance(body, dict) else str(body),
+                                headers or {}, times))
 
     def comments(self, ticket_id: int) -> list[tuple[bool, str]]:
         return [(c["public"], c["body"]) for c in self.tickets[ticket_id]["comments"]]
@@ -91,14 +81,11 @@ class FakeZendesk:
     @web.middleware
     async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((request.method, request.path))
-        expected = "Basic " + base64.b64encode(f"{EMAIL}/token:{TOKEN}".encode()).decode()
-        if request.headers.get("Authorization") != expected:
+        if request.headers.get("Authorization") != basic(f"{EMAIL}/token", TOKEN):
             return web.json_response({"error": "Couldn't authenticate you"}, status=401)
-        for canned in self._canned:
-            if request.method == canned.method and request.path.startswith(canned.path):
-                self._canned.remove(canned)
-                return web.Response(status=canned.status, text=canned.body,
-                                    headers=canned.headers, content_type=canned.content_type)
+        planted = self._planted.take(request)
+        if planted is not None:
+            return planted.response()
         response: web.StreamResponse = await handler(request)
         return response
 

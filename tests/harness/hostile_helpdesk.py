@@ -178,7 +178,7 @@ def plausible(key: str) -> dict[str, Any]:
     """An answer every backend could take for any of its calls about the ticket of `key`:
     the fields each one reads, with the values its helpdesk would send. Changing one of them
     to a wrong type reaches code that a wholly wrong answer stops short of."""
-    from probe.tickets import freshdesk, github, jira
+    from probe.helpdesks import freshdesk, github, jira
 
     return {
         "id": 42, "key": "PROJ-42", "number": 42, "dedup_key": key, "state": "open",

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from checks import KINDS
 from probe.config import Agent, CheckBase, Defaults, Flapping, Maintenance, TicketPolicy
-from probe.tickets import ROUTES
+from probe.helpdesks import ROUTES
 
 ANCHORS = ("a", "b", "c")
 TAGS = (

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from probe.tickets.rt import Route
+from probe.helpdesks.rt import Route
 
 KEY_FIELD = "IncidentKey"
 REPO = Path(__file__).resolve().parents[2]

@@ -37,19 +37,17 @@ nothing, and a ticket probe reopens is "open" with no new owner); solved or clos
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response, helpdesk_message
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Authorization, Fields, Http, basic
+from probe.secrets import EnvRef
 
 CLOSED = ("solved", "closed")
-REFUSED = (400, 404, 409, 422)  # answered with Zendesk's own reasons, see _refused
 CONFLICT = 409  # two updates of one ticket at once: Zendesk asks for a retry
 
 
@@ -67,22 +65,21 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "zendesk"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
-        self._http = Http(route, route.url + "/api/v2")
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
+        token = Authorization("token", lambda token: basic(f"{route.email}/token", token))
+        self._http = Http(route, route.url + "/api/v2", authorization=token, words=_reasons,
+                          transient=(CONFLICT,))
         self._me: int | None = None
 
     async def find(self, key: str) -> str | None:
         params = {"external_id": key, "per_page": "100"}
-        found = (await self._request("GET", "/tickets.json", params=params)).json_object()
-        ids = [
-            int(item["id"])
-            for item in found.get("tickets") or []
-            if isinstance(item, dict) and isinstance(item.get("id"), int)
-            and item.get("external_id") == key and item.get("status") != "deleted"
-        ]
+        found = (await self._http.request("GET", "/tickets.json", params=params)).fields()
+        ids = []
+        for item in found.objects("tickets"):
+            ticket_id = item.number("id")
+            if ticket_id and item.get("external_id") == key and item.get("status") != "deleted":
+                ids.append(ticket_id)
         return str(max(ids)) if ids else None
 
     async def open(self, ticket: base.Ticket) -> str:
@@ -104,9 +101,10 @@ class Backend(base.Backend[Route]):
         body = {"ticket": fields}
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         headers = {"Idempotency-Key": f"probe-{digest}"}
-        response = await self._request("POST", "/tickets.json", json_body=body, headers=headers)
-        created = response.json_object().get("ticket")
-        ref = created.get("id") if isinstance(created, dict) else None
+        response = await self._http.request("POST", "/tickets.json", json_body=body,
+                                            headers=headers)
+        created = response.fields().object("ticket")
+        ref = created.number("id") if created is not None else None
         if not ref:
             raise TicketError(f"{response.what}: HTTP {response.status} without a ticket id")
         return str(ref)
@@ -116,13 +114,13 @@ class Backend(base.Backend[Route]):
 
     async def resolve(self, ref: str, text: str) -> None:
         ticket = await self._ticket(ref)
-        if ticket is None or ticket.get("status") == "closed":
+        if ticket is None or ticket.text("status") == "closed":
             return  # gone, or closed for good: Zendesk takes no more comments on it
         change: dict[str, Any] = {
             "comment": {"body": text, "public": False},
             "status": "solved",
         }
-        if not ticket.get("assignee_id"):
+        if not ticket.number("assignee_id"):
             change["assignee_id"] = await self._my_id()
         await self._update(ref, change)
 
@@ -130,7 +128,7 @@ class Backend(base.Backend[Route]):
         ticket = await self._ticket(ref)
         if ticket is None:
             raise TicketError(f"Zendesk ticket {ref} is gone: nothing to reopen", permanent=True)
-        if ticket.get("status") == "closed":
+        if ticket.text("status") == "closed":
             raise TicketError(
                 f"Zendesk ticket {ref} is closed, and Zendesk never reopens a closed ticket: "
                 "set on_human_close: new to open a follow-up ticket instead",
@@ -140,14 +138,14 @@ class Backend(base.Backend[Route]):
 
     async def status(self, ref: str) -> TicketState:
         ticket = await self._ticket(ref)
-        state = None if ticket is None else ticket.get("status")
+        state = None if ticket is None else ticket.text("status")
         if ticket is None or state == "deleted":
             return "gone"
         if state in CLOSED:
             return "closed"
         if state in ("pending", "hold"):
             return "acknowledged"
-        assignee = ticket.get("assignee_id")
+        assignee = ticket.number("assignee_id")
         if state == "open" and assignee and assignee != self.route.assignee_id:
             return "acknowledged"
         return "open"
@@ -155,46 +153,24 @@ class Backend(base.Backend[Route]):
     async def close(self) -> None:
         await self._http.close()
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        ok: tuple[int, ...] = (),
-        headers: dict[str, str] | None = None,
-        **kwargs: Any,
-    ) -> Response:
-        try:
-            token = self.route.reveal("token")
-        except SecretError as err:
-            raise TicketError(f"zendesk token: {err}", permanent=True) from None
-        auth = _basic_auth(f"{self.route.email}/token", token)
-        response = await self._http.request(
-            method, path, headers={"Authorization": auth, **(headers or {})},
-            ok=ok + REFUSED, **kwargs,
-        )
-        if response.status in REFUSED and response.status not in ok:
-            raise _refused(response, permanent=response.status != CONFLICT)
-        return response
-
-    async def _ticket(self, ref: str) -> dict[str, Any] | None:
-        response = await self._request("GET", ticket_path(ref), ok=(404,))
+    async def _ticket(self, ref: str) -> Fields | None:
+        response = await self._http.request("GET", ticket_path(ref), ok=(404,))
         if response.status == 404:
             return None
-        ticket = response.json_object().get("ticket")
-        if not isinstance(ticket, dict):
+        ticket = response.fields().object("ticket")
+        if ticket is None:
             raise TicketError(f"{response.what}: HTTP {response.status} without a ticket")
         return ticket
 
     async def _update(self, ref: str, change: dict[str, Any]) -> None:
-        await self._request("PUT", ticket_path(ref), json_body={"ticket": change})
+        await self._http.request("PUT", ticket_path(ref), json_body={"ticket": change})
 
     async def _my_id(self) -> int:
         if self._me is None:
-            response = await self._request("GET", "/users/me.json")
-            user = response.json_object().get("user")
-            me = user.get("id") if isinstance(user, dict) else None
-            if not isinstance(me, int) or not me:
+            response = await self._http.request("GET", "/users/me.json")
+            user = response.fields().object("user")
+            me = user.number("id") if user is not None else None
+            if not me:
                 raise TicketError(f"{response.what}: Zendesk did not say who this token is")
             self._me = me
         return self._me
@@ -206,31 +182,22 @@ def ticket_path(ref: str) -> str:
     return f"/tickets/{ref}.json"
 
 
-def _refused(response: Response, *, permanent: bool) -> TicketError:
-    """An error with Zendesk's reasons: its `error` alone ("RecordInvalid") says
-    little, the description and the per-field details say why."""
-    try:
-        data = json.loads(response.text)
-    except ValueError:
-        data = None
+def _reasons(error: dict[str, Any]) -> str:
+    """Zendesk's reasons: its `error` alone ("RecordInvalid") says little, the description and
+    the per-field details say why."""
     words: list[str] = []
-    if isinstance(data, dict):
-        for name in ("description", "error"):
-            value = data.get(name)
-            if isinstance(value, str) and value and not words:
-                words.append(value)
-        details = data.get("details")
-        if isinstance(details, dict):
-            for problems in details.values():
-                for problem in problems if isinstance(problems, list) else [problems]:
-                    said = problem.get("description") if isinstance(problem, dict) else problem
-                    if said:
-                        words.append(str(said))
-    reason = ": ".join(words) or helpdesk_message(response.text)
-    message = f"{response.what}: HTTP {response.status}" + (f": {reason}" if reason else "")
-    return TicketError(message, permanent=permanent)
+    for name in ("description", "error"):
+        value = error.get(name)
+        if isinstance(value, str) and value and not words:
+            words.append(value)
+    details = error.get("details")
+    if isinstance(details, dict):
+        for problems in details.values():
+            for problem in problems if isinstance(problems, list) else [problems]:
+                said = problem.get("description") if isinstance(problem, dict) else problem
+                if said:
+                    words.append(str(said))
+    return ": ".join(words)
 
 
-def _basic_auth(user: str, password: str) -> str:
-    # an Authorization value per request: the secret is read when it is used, never kept
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

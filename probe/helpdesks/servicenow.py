@@ -27,16 +27,16 @@ without assigned_to is "open"; 404 is "gone".
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Authorization, Fields, Http, Response, basic
+from probe.secrets import EnvRef
 
 TABLE = "/api/now/table/incident"
 SYS_ID = re.compile(r"[0-9a-f]{32}")
@@ -65,11 +65,11 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "servicenow"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
-        self._http = Http(route, route.url, headers={"Accept": "application/json"})
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
+        password = Authorization("password", lambda password: basic(route.username, password))
+        self._http = Http(route, route.url, authorization=password,
+                          headers={"Accept": "application/json"})
         self._references: dict[tuple[str, str], str] = {}
 
     async def find(self, key: str) -> str | None:
@@ -81,8 +81,9 @@ class Backend(base.Backend[Route]):
         }
         for row in _rows(await self._request("GET", TABLE, params=params)):
             # A query ServiceNow could not apply returns other incidents: never take those.
-            if row.get("correlation_id") == correlation and row.get("sys_id"):
-                return str(row["sys_id"])
+            sys_id = row.text("sys_id")
+            if row.get("correlation_id") == correlation and sys_id:
+                return sys_id
         return None
 
     async def open(self, ticket: base.Ticket) -> str:
@@ -103,19 +104,19 @@ class Backend(base.Backend[Route]):
                 "sys_user", "user_name", route.caller_id, "caller_id")
         response = await self._request("POST", TABLE, json_body=record,
                                        params={"sysparm_fields": FIELDS})
-        sys_id = _record(response).get("sys_id")
+        sys_id = _record(response).text("sys_id")
         if not sys_id:
             raise TicketError(f"{response.what}: HTTP {response.status} without a sys_id")
-        return str(sys_id)
+        return sys_id
 
     async def note(self, ref: str, text: str) -> None:
         await self._update(ref, {"work_notes": text})
 
     async def resolve(self, ref: str, text: str) -> None:
         incident = await self._incident(ref)
-        if incident is None or incident.get("state") in (CLOSED, CANCELED):
+        if incident is None or incident.state in (CLOSED, CANCELED):
             return  # nothing left to resolve, and closed incidents are read-only
-        if incident.get("state") == RESOLVED:
+        if incident.state == RESOLVED:
             await self.note(ref, text)
             return
         code = self.route.close_code
@@ -127,9 +128,9 @@ class Backend(base.Backend[Route]):
                 raise TicketError(f"{err.message} (resolving with the route's close_code "
                                   f"{code!r})", permanent=True) from None
             raise
-        if now.get("state") != RESOLVED:
+        if now.state != RESOLVED:
             raise TicketError(
-                f"ServiceNow left incident {_name(incident, ref)} {_state(now)}, not Resolved: "
+                f"ServiceNow left incident {incident.name(ref)} {now.described()}, not Resolved: "
                 f"is the route's close_code {code!r} one of this instance's resolution codes?",
                 permanent=True)
 
@@ -137,28 +138,26 @@ class Backend(base.Backend[Route]):
         incident = await self._incident(ref)
         if incident is None:
             raise TicketError(f"ServiceNow incident {ref} no longer exists", permanent=True)
-        state = incident.get("state")
-        if state in (CLOSED, CANCELED):
+        if incident.state in (CLOSED, CANCELED):
             raise TicketError(
-                f"ServiceNow does not reopen incident {_name(incident, ref)}: it is "
-                f"{_state(incident)}, and closed incidents stay closed. Set on_human_close: "
-                "new to get a new incident instead", permanent=True)
-        if state != RESOLVED:
+                f"ServiceNow does not reopen incident {incident.name(ref)}: it is "
+                f"{incident.described()}, and closed incidents stay closed. Set "
+                "on_human_close: new to get a new incident instead", permanent=True)
+        if incident.state != RESOLVED:
             await self.note(ref, text)  # someone reopened it already
             return
         now = await self._update(ref, {"state": IN_PROGRESS, "work_notes": text})
-        if now.get("state") != IN_PROGRESS:
-            raise TicketError(f"ServiceNow left incident {_name(incident, ref)} {_state(now)}, "
-                              "not In Progress", permanent=True)
+        if now.state != IN_PROGRESS:
+            raise TicketError(f"ServiceNow left incident {incident.name(ref)} "
+                              f"{now.described()}, not In Progress", permanent=True)
 
     async def status(self, ref: str) -> TicketState:
         incident = await self._incident(ref)
         if incident is None:
             return "gone"
-        state = incident.get("state")
-        if state in (RESOLVED, CLOSED, CANCELED):
+        if incident.state in (RESOLVED, CLOSED, CANCELED):
             return "closed"
-        if incident.get("assigned_to") or state in (IN_PROGRESS, ON_HOLD):
+        if incident.assigned or incident.state in (IN_PROGRESS, ON_HOLD):
             return "acknowledged"
         return "open"
 
@@ -169,22 +168,16 @@ class Backend(base.Backend[Route]):
 
     async def _request(self, method: str, path: str, *, params: dict[str, str] | None = None,
                        **kwargs: Any) -> Response:
-        try:
-            password = self.route.reveal("password")
-        except SecretError as err:
-            raise TicketError(f"servicenow password: {err}", permanent=True) from None
-        auth = basic_auth(self.route.username, password)
         # reference fields as plain sys_ids rather than {link, value}
         params = {**(params or {}), "sysparm_exclude_reference_link": "true"}
-        return await self._http.request(method, path, params=params,
-                                        headers={"Authorization": auth}, **kwargs)
+        return await self._http.request(method, path, params=params, **kwargs)
 
-    async def _incident(self, ref: str) -> dict[str, Any] | None:
+    async def _incident(self, ref: str) -> Incident | None:
         response = await self._request("GET", f"{TABLE}/{_sys_id(ref)}",
                                        params={"sysparm_fields": FIELDS}, ok=(404,))
         return None if response.status == 404 else _incident_of(response)
 
-    async def _update(self, ref: str, change: dict[str, str]) -> dict[str, Any]:
+    async def _update(self, ref: str, change: dict[str, str]) -> Incident:
         response = await self._request("PATCH", f"{TABLE}/{_sys_id(ref)}", json_body=change,
                                        params={"sysparm_fields": FIELDS})
         return _incident_of(response)
@@ -200,16 +193,16 @@ class Backend(base.Backend[Route]):
                               "sys_id", permanent=True)
         params = {"sysparm_query": f"{field}={value}", "sysparm_fields": f"sys_id,{field}",
                   "sysparm_limit": "2"}
-        rows = [row for row in _rows(await self._request("GET", f"/api/now/table/{table}",
-                                                         params=params))
-                if row.get(field) == value and row.get("sys_id")]
-        if len(rows) != 1:
-            problem = "no" if not rows else "more than one"
+        rows = _rows(await self._request("GET", f"/api/now/table/{table}", params=params))
+        sys_ids = [sys_id for row in rows
+                   if row.get(field) == value and (sys_id := row.text("sys_id"))]
+        if len(sys_ids) != 1:
+            problem = "no" if not sys_ids else "more than one"
             raise TicketError(f"ServiceNow has {problem} {table} record with {field} {value!r} "
                               f"(the route's {setting}): give its exact {field} or its sys_id",
                               permanent=True)
-        self._references[(table, value)] = str(rows[0]["sys_id"])
-        return self._references[(table, value)]
+        self._references[(table, value)] = sys_ids[0]
+        return sys_ids[0]
 
 
 def correlation_id(key: str) -> str:
@@ -219,24 +212,39 @@ def correlation_id(key: str) -> str:
     return "probe-sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def _rows(response: Response) -> list[dict[str, Any]]:
-    result = response.json_object().get("result")
-    if not isinstance(result, list):
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """What probe reads of an incident record."""
+
+    state: str  # a choice value: "1", not 1
+    number: str | None  # INC0010042
+    assigned: bool
+
+    def name(self, ref: str) -> str:
+        return self.number or ref
+
+    def described(self) -> str:
+        return f"{STATES.get(self.state, 'state')} ({self.state})"
+
+
+def _rows(response: Response) -> list[Fields]:
+    answer = response.fields()
+    if answer.get("result") is None:
         raise TicketError(f"{response.what}: HTTP {response.status} without a list of records")
-    return [row for row in result if isinstance(row, dict)]
+    return answer.objects("result")
 
 
-def _record(response: Response) -> dict[str, Any]:
-    result = response.json_object().get("result")
-    if not isinstance(result, dict):
+def _record(response: Response) -> Fields:
+    result = response.fields().object("result")
+    if result is None:
         raise TicketError(f"{response.what}: HTTP {response.status} without a record")
     return result
 
 
-def _incident_of(response: Response) -> dict[str, Any]:
-    incident = _record(response)
-    incident["state"] = str(incident.get("state", ""))  # a choice value: "1", not 1
-    return incident
+def _incident_of(response: Response) -> Incident:
+    record = _record(response)
+    return Incident(state=record.ref("state") or "", number=record.text("number"),
+                    assigned=bool(record.text("assigned_to")))
 
 
 def _sys_id(ref: str) -> str:
@@ -245,19 +253,9 @@ def _sys_id(ref: str) -> str:
     return ref
 
 
-def _name(incident: dict[str, Any], ref: str) -> str:
-    return str(incident.get("number") or ref)
-
-
-def _state(incident: dict[str, Any]) -> str:
-    state = str(incident.get("state", "?"))
-    return f"{STATES.get(state, 'state')} ({state})"
-
-
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def basic_auth(user: str, secret: str) -> str:
-    """An Authorization header for HTTP Basic (RFC 7617, UTF-8)."""
-    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

@@ -39,10 +39,17 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, model_validator
 
 from checks.values import ENV_REF, SENSITIVE_NAME, HeaderSettings, HeaderUnavailable
+from probe.helpdesks import base
+from probe.helpdesks.base import (
+    RouteBase,
+    Ticket,
+    TicketError,
+    TicketState,
+    endpoint_url,
+    reveal,
+)
+from probe.helpdesks.http import Http
 from probe.secrets import EnvRef, SecretError, known
-from probe.tickets import base
-from probe.tickets.base import RouteBase, Ticket, TicketError, TicketState, endpoint_url
-from probe.tickets.http import Http
 
 VERSION = 1
 Action = Literal["open", "note", "resolve", "reopen"]
@@ -84,11 +91,10 @@ class Route(RouteBase, HeaderSettings):
 
 
 class Backend(base.Backend[Route]):
-    kind = "webhook"
     tracks_status = False
 
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
         self._http = Http(route, "")  # for the origin of the first URL read
 
     async def find(self, key: str) -> str | None:
@@ -157,11 +163,7 @@ class Backend(base.Backend[Route]):
             "Idempotency-Key": event_id,
         }
         if self.route.has_secret("secret"):
-            try:
-                secret = self.route.reveal("secret")
-            except SecretError as err:
-                raise TicketError(f"webhook secret: {err}", permanent=True) from None
-            headers["X-Probe-Signature-256"] = signature(secret, body)
+            headers["X-Probe-Signature-256"] = signature(reveal(self.route, "secret"), body)
         try:
             url, url_is_secret = self.route.endpoint()
         except SecretError as err:
@@ -187,3 +189,6 @@ def idempotency_id(key: str, action: str, fields: dict[str, Any]) -> str:
 def signature(secret: str, body: bytes) -> str:
     """The `X-Probe-Signature-256` value of `body`: GitHub's `sha256=<hex>` scheme."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

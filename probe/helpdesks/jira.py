@@ -36,7 +36,6 @@ transition to category new, so a reopened issue escalates again.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import re
 import textwrap
@@ -47,10 +46,10 @@ from urllib.parse import quote
 from pydantic import AfterValidator, model_validator
 
 from checks.values import Duration
-from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Authorization, Fields, Http, basic
+from probe.secrets import EnvRef
 
 KEY_LABEL = "probe-key-"
 SUMMARY_CHARS = 255
@@ -102,13 +101,14 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "jira"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
         self._cloud = route.deployment == "cloud"
         self._api = "/rest/api/3" if self._cloud else "/rest/api/2"
-        self._http = Http(route, route.url, headers={"Accept": "application/json"})
+        token = (Authorization("token", lambda token: basic(route.email or "", token))
+                 if self._cloud else Authorization("token", "Bearer {}".format))
+        self._http = Http(route, route.url, authorization=token, words=reasons,
+                          headers={"Accept": "application/json"})
 
     async def find(self, key: str) -> str | None:
         label = key_label(key)
@@ -122,11 +122,11 @@ class Backend(base.Backend[Route]):
         deadline = loop.time() + self.route.search_lag
         pause = 0.25
         while True:
-            found = (await self._request("POST", path, json_body=body)).json_object()
-            for issue in found.get("issues") or []:
-                labels = (issue.get("fields") or {}).get("labels") or []
-                if issue.get("key") and label in labels:
-                    return str(issue["key"])
+            found = (await self._http.request("POST", path, json_body=body)).fields()
+            for issue in found.objects("issues"):
+                issue_key, fields = issue.text("key"), issue.object("fields")
+                if issue_key and fields is not None and label in fields.texts("labels"):
+                    return issue_key
             left = deadline - loop.time()
             if left <= 0:
                 return None
@@ -146,21 +146,22 @@ class Backend(base.Backend[Route]):
             "labels": labels,
             "description": self._text(ticket.body[:TEXT_CHARS]),
         }
-        response = await self._request("POST", f"{self._api}/issue", json_body={"fields": fields})
-        ref = response.json_object().get("key")
+        response = await self._http.request("POST", f"{self._api}/issue",
+                                            json_body={"fields": fields})
+        ref = response.fields().text("key")
         if not ref:
             raise TicketError(f"{response.what}: HTTP {response.status} without an issue key")
-        return str(ref)
+        return ref
 
     async def note(self, ref: str, text: str) -> None:
         if self.route.service_desk:
             body: dict[str, Any] = {"body": text, "public": False}
-            await self._request("POST", f"/rest/servicedeskapi/request/{_path(ref)}/comment",
-                                json_body=body)
+            path = f"/rest/servicedeskapi/request/{_path(ref)}/comment"
+            await self._http.request("POST", path, json_body=body)
         else:
             body = {"body": self._text(text)}
-            await self._request("POST", f"{self._api}/issue/{_path(ref)}/comment",
-                                json_body=body)
+            path = f"{self._api}/issue/{_path(ref)}/comment"
+            await self._http.request("POST", path, json_body=body)
 
     async def resolve(self, ref: str, text: str) -> None:
         issue = await self._issue(ref)
@@ -185,7 +186,8 @@ class Backend(base.Backend[Route]):
         category = _category(issue)
         if category == "done":
             return "closed"
-        if (issue.get("fields") or {}).get("assignee") or category == "indeterminate":
+        fields = issue.object("fields")
+        if (fields is not None and fields.object("assignee")) or category == "indeterminate":
             return "acknowledged"
         return "open"
 
@@ -194,66 +196,55 @@ class Backend(base.Backend[Route]):
 
     # --- helpers -------------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (),
-                       **kwargs: Any) -> Response:
-        try:
-            token = self.route.reveal("token")
-        except SecretError as err:
-            raise TicketError(f"jira token: {err}", permanent=True) from None
-        auth = basic_auth(self.route.email or "", token) if self._cloud else f"Bearer {token}"
-        response = await self._http.request(method, path, headers={"Authorization": auth},
-                                             ok=(400, *ok), **kwargs)
-        if response.status == 400:
-            raise TicketError(f"{response.what}: Jira refused it: {refusal(response)}",
-                              permanent=True)
-        return response
-
     def _text(self, text: str) -> Any:
         if self._cloud:
             return adf(text)
         return "{noformat}\n" + text.replace("{noformat}", "{ noformat}") + "\n{noformat}"
 
-    async def _issue(self, ref: str) -> dict[str, Any] | None:
-        response = await self._request("GET", f"{self._api}/issue/{_path(ref)}",
-                                       params={"fields": "status,assignee"}, ok=(404,))
+    async def _issue(self, ref: str) -> Fields | None:
+        response = await self._http.request("GET", f"{self._api}/issue/{_path(ref)}",
+                                            params={"fields": "status,assignee"}, ok=(404,))
         if response.status != 404:
-            return response.json_object()
+            return response.fields()
         # Jira answers 404 to credentials it took for anonymous too: they must work.
-        await self._request("GET", f"{self._api}/myself")
+        await self._http.request("GET", f"{self._api}/myself")
         return None
 
-    async def _transition(self, ref: str, issue: dict[str, Any], purpose: str) -> None:
+    async def _transition(self, ref: str, issue: Fields, purpose: str) -> None:
         path = f"{self._api}/issue/{_path(ref)}/transitions"
-        response = await self._request("GET", path, params={"expand": "transitions.fields"})
-        offered = [t for t in response.json_object().get("transitions") or []
-                   if isinstance(t, dict) and t.get("id")]
-        status = ((issue.get("fields") or {}).get("status") or {}).get("name", "?")
-        chosen = self._choose(offered, purpose, ref, status)
-        body: dict[str, Any] = {"transition": {"id": str(chosen["id"])}}
+        response = await self._http.request("GET", path, params={"expand": "transitions.fields"})
+        offered = [(transition_id, t) for t in response.fields().objects("transitions")
+                   if (transition_id := t.ref("id"))]
+        status = _status(issue)
+        chosen_id, chosen = self._choose(offered, purpose, ref,
+                                         (status.text("name") if status else None) or "?")
+        body: dict[str, Any] = {"transition": {"id": chosen_id}}
         if purpose == "resolve":
             resolution = self._resolution(chosen)
             if resolution:
                 body["fields"] = {"resolution": {"name": resolution}}
-        await self._request("POST", path, json_body=body)
+        await self._http.request("POST", path, json_body=body)
 
-    def _choose(self, offered: list[dict[str, Any]], purpose: str, ref: str,
-                status: str) -> dict[str, Any]:
+    def _choose(self, offered: list[tuple[str, Fields]], purpose: str, ref: str,
+                status: str) -> tuple[str, Fields]:
+        """The transition (its id, and itself) that does `purpose`, of those `offered`."""
         setting = f"{purpose}_transition"
         wanted: str | None = getattr(self.route, setting)
         listing = ", ".join(f"{t.get('name')} (to {_target(t)[0]}, {_target(t)[1]})"
-                            for t in offered) or "none"
+                            for _, t in offered) or "none"
         where = f"Jira issue {ref} in status {status!r} offers"
         if wanted:
-            for t in offered:
+            for choice in offered:
+                t = choice[1]
                 if wanted.casefold() in (str(t.get("name")).casefold(),
-                                         str(_target(t)[0]).casefold()):
-                    return t
+                                         _target(t)[0].casefold()):
+                    return choice
             raise TicketError(f"{where} no transition named {wanted!r} (the route's {setting}); "
                               f"it offers: {listing}", permanent=True)
         if purpose == "resolve":
-            done = [t for t in offered if _target(t)[1] == "done"]
-            named = [t for t in done if str(t.get("name")).casefold() in RESOLVE_NAMES
-                     or str(_target(t)[0]).casefold() in RESOLVE_NAMES]
+            done = [c for c in offered if _target(c[1])[1] == "done"]
+            named = [c for c in done if str(c[1].get("name")).casefold() in RESOLVE_NAMES
+                     or _target(c[1])[0].casefold() in RESOLVE_NAMES]
             if len(done) == 1 or named:
                 return (named or done)[0]
             problem = ("several transitions to a done status and none plainly resolves it"
@@ -261,23 +252,23 @@ class Backend(base.Backend[Route]):
             raise TicketError(f"{where} {problem}; it offers: {listing}. Set the route's "
                               f"{setting} to the one that resolves it", permanent=True)
         for category in ("new", "indeterminate"):
-            for t in offered:
-                if _target(t)[1] == category:
-                    return t
+            for choice in offered:
+                if _target(choice[1])[1] == category:
+                    return choice
         raise TicketError(f"{where} no transition back to an open status; it offers: "
                           f"{listing}. Set the route's {setting}, or on_human_close: new",
                           permanent=True)
 
-    def _resolution(self, transition: dict[str, Any]) -> str | None:
-        field = (transition.get("fields") or {}).get("resolution")
-        if not isinstance(field, dict):
+    def _resolution(self, transition: Fields) -> str | None:
+        fields = transition.object("fields")
+        field = fields.object("resolution") if fields is not None else None
+        if field is None:
             return None
-        allowed = [str(v.get("name")) for v in field.get("allowedValues") or []
-                   if isinstance(v, dict)]
+        allowed = [str(v.get("name")) for v in field.objects("allowedValues")]
         wanted = self.route.resolution
         if wanted in allowed:
             return wanted
-        if field.get("required"):
+        if field.flag("required"):
             raise TicketError(
                 f"the transition {transition.get('name')!r} needs a resolution and Jira has "
                 f"none named {wanted!r} (the route's resolution); it has: "
@@ -331,34 +322,41 @@ def _code(text: str) -> dict[str, Any]:
     return {"type": "codeBlock", "content": [{"type": "text", "text": text}]}
 
 
-def refusal(response: Response) -> str:
-    """Jira's reasons from a 400, each field's naming the route setting behind it."""
-    try:
-        data = response.json_object()
-    except TicketError:
-        return response.text[:300] or "no reason given"
-    reasons = [str(m) for m in data.get("errorMessages") or []]
-    for field, message in (data.get("errors") or {}).items():
+def reasons(error: dict[str, Any]) -> str:
+    """Jira's reasons from an error body ({errorMessages, errors: {field: message}}), each
+    field's naming the route setting behind it."""
+    messages, errors = error.get("errorMessages"), error.get("errors")
+    said = [str(m) for m in messages] if isinstance(messages, list) else []
+    for field, message in errors.items() if isinstance(errors, dict) else ():
         if field in SETTINGS:
             hint = f" (the route's {SETTINGS[field]})"
         elif field in ("summary", "description"):
             hint = ""
         else:
             hint = " (probe does not set this field: make it optional or give it a default)"
-        reasons.append(f"{field}: {message}{hint}")
-    return "; ".join(reasons) or "no reason given"
+        said.append(f"{field}: {message}{hint}")
+    return "; ".join(said)
 
 
-def _category(issue: dict[str, Any]) -> str | None:
-    status = (issue.get("fields") or {}).get("status") or {}
-    category = (status.get("statusCategory") or {}).get("key")
-    return str(category) if category else None
+def _status(issue: Fields) -> Fields | None:
+    fields = issue.object("fields")
+    return fields.object("status") if fields is not None else None
 
 
-def _target(transition: dict[str, Any]) -> tuple[str, str | None]:
-    to = transition.get("to") or {}
-    category = (to.get("statusCategory") or {}).get("key")
-    return str(to.get("name", "?")), str(category) if category else None
+def _category(issue: Fields) -> str | None:
+    return _category_of(_status(issue))
+
+
+def _category_of(status: Fields | None) -> str | None:
+    """The key of a status's category: new, indeterminate or done."""
+    category = status.object("statusCategory") if status is not None else None
+    return (category.text("key") or None) if category is not None else None
+
+
+def _target(transition: Fields) -> tuple[str, str | None]:
+    """The name and category of the status a transition leads to."""
+    to = transition.object("to")
+    return (to.text("name") if to else None) or "?", _category_of(to)
 
 
 def _path(ref: str) -> str:
@@ -367,6 +365,5 @@ def _path(ref: str) -> str:
     return quote(ref, safe="")
 
 
-def basic_auth(user: str, secret: str) -> str:
-    """An Authorization header for HTTP Basic (RFC 7617, UTF-8)."""
-    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

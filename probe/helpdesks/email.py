@@ -36,9 +36,9 @@ from pydantic import AfterValidator, Field, model_validator
 
 from checks.net import describe_os_error
 from checks.values import host_port
+from probe.helpdesks import base
+from probe.helpdesks.base import Priority, RouteBase, Ticket, TicketError, TicketState
 from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import Priority, RouteBase, Ticket, TicketError, TicketState
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,6 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind = "email"
     tracks_status = False
 
     async def find(self, key: str) -> str | None:
@@ -233,3 +232,6 @@ def _error(route: Route, err: BaseException) -> TicketError:
 
 def _flat(text: str) -> str:
     return " ".join(text.split())
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

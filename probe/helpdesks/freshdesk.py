@@ -33,22 +33,19 @@ resolved or closed is "closed"; deleted, spam or unknown is "gone".
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
 
-from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response, helpdesk_message
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Authorization, Fields, Http, basic
+from probe.secrets import EnvRef
 
 OPEN, PENDING, RESOLVED, CLOSED = 2, 3, 4, 5
-REFUSED = (400, 404, 409, 422)  # answered with Freshdesk's own reasons, see _refused
 RECENT = 100  # the requester's newest tickets that find() reads before it searches
 
 
@@ -75,11 +72,10 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "freshdesk"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
-        self._http = Http(route, route.url + "/api/v2")
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
+        api_key = Authorization("api_key", lambda api_key: basic(api_key, "X"))
+        self._http = Http(route, route.url + "/api/v2", authorization=api_key, words=_reasons)
 
     async def find(self, key: str) -> str | None:
         route = self.route
@@ -89,12 +85,12 @@ class Backend(base.Backend[Route]):
         )
         params = {**requester, "order_by": "created_at", "order_type": "desc",
                   "per_page": str(RECENT)}
-        recent = (await self._request("GET", "/tickets", params=params)).json()
+        recent = (await self._http.request("GET", "/tickets", params=params)).items()
         ref = self._newest(recent, key)
         if ref is None:
             query = f"\"tag:'{key_tag(key)}'\""
-            found = await self._request("GET", "/search/tickets", params={"query": query})
-            ref = self._newest(found.json_object().get("results"), key)
+            found = await self._http.request("GET", "/search/tickets", params={"query": query})
+            ref = self._newest(found.fields().objects("results"), key)
         return ref
 
     async def open(self, ticket: base.Ticket) -> str:
@@ -116,15 +112,15 @@ class Backend(base.Backend[Route]):
             body["responder_id"] = route.responder_id
         if route.key_field:
             body["custom_fields"] = {route.key_field: ticket.key}
-        response = await self._request("POST", "/tickets", json_body=body)
-        ref = response.json_object().get("id")
+        response = await self._http.request("POST", "/tickets", json_body=body)
+        ref = response.fields().number("id")
         if not ref:
             raise TicketError(f"{response.what}: HTTP {response.status} without a ticket id")
         return str(ref)
 
     async def note(self, ref: str, text: str) -> None:
         body = {"body": as_html(text), "private": True}
-        await self._request("POST", f"{ticket_path(ref)}/notes", json_body=body)
+        await self._http.request("POST", f"{ticket_path(ref)}/notes", json_body=body)
 
     async def resolve(self, ref: str, text: str) -> None:
         ticket = await self._ticket(ref)
@@ -132,7 +128,7 @@ class Backend(base.Backend[Route]):
             return  # nothing left to resolve
         # The status first: a retry after a failed note then adds the note alone, not twice
         # (a private note leaves a resolved ticket resolved).
-        if ticket.get("status") not in (RESOLVED, CLOSED):
+        if ticket.number("status") not in (RESOLVED, CLOSED):
             await self._set_status(ref, RESOLVED)
         await self.note(ref, text)
 
@@ -144,10 +140,10 @@ class Backend(base.Backend[Route]):
         ticket = await self._ticket(ref)
         if ticket is None or _binned(ticket):
             return "gone"
-        state = ticket.get("status")
+        state = ticket.number("status")
         if state in (RESOLVED, CLOSED):
             return "closed"
-        responder = ticket.get("responder_id")
+        responder = ticket.number("responder_id")
         if state != OPEN or (responder and responder != self.route.responder_id):
             return "acknowledged"
         return "open"
@@ -155,38 +151,26 @@ class Backend(base.Backend[Route]):
     async def close(self) -> None:
         await self._http.close()
 
-    def _newest(self, tickets: Any, key: str) -> str | None:
+    def _newest(self, tickets: list[Fields], key: str) -> str | None:
         """The id of the newest ticket in `tickets` that carries `key`."""
         field, tag = self.route.key_field, key_tag(key)
         ids = []
-        for item in tickets if isinstance(tickets, list) else []:
-            if not isinstance(item, dict) or not isinstance(item.get("id"), int) or _binned(item):
+        for item in tickets:
+            ticket_id = item.number("id")
+            if not ticket_id or _binned(item):
                 continue
-            custom = item.get("custom_fields")
-            in_field = bool(field) and isinstance(custom, dict) and custom.get(field) == key
-            if in_field or tag in (item.get("tags") or []):
-                ids.append(item["id"])
+            custom = item.object("custom_fields")
+            in_field = bool(field and custom is not None and custom.get(field) == key)
+            if in_field or tag in item.texts("tags"):
+                ids.append(ticket_id)
         return str(max(ids)) if ids else None
 
-    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (),
-                       **kwargs: Any) -> Response:
-        try:
-            api_key = self.route.reveal("api_key")
-        except SecretError as err:
-            raise TicketError(f"freshdesk api_key: {err}", permanent=True) from None
-        auth = _basic_auth(api_key, "X")
-        response = await self._http.request(
-            method, path, headers={"Authorization": auth}, ok=ok + REFUSED, **kwargs)
-        if response.status in REFUSED and response.status not in ok:
-            raise _refused(response)
-        return response
-
-    async def _ticket(self, ref: str) -> dict[str, Any] | None:
-        response = await self._request("GET", ticket_path(ref), ok=(404,))
-        return None if response.status == 404 else response.json_object()
+    async def _ticket(self, ref: str) -> Fields | None:
+        response = await self._http.request("GET", ticket_path(ref), ok=(404,))
+        return None if response.status == 404 else response.fields()
 
     async def _set_status(self, ref: str, status: int) -> None:
-        await self._request("PUT", ticket_path(ref), json_body={"status": status})
+        await self._http.request("PUT", ticket_path(ref), json_body={"status": status})
 
 
 def ticket_path(ref: str) -> str:
@@ -204,31 +188,23 @@ def as_html(text: str) -> str:
     return f"<pre>{html.escape(text)}</pre>"
 
 
-def _binned(ticket: dict[str, Any]) -> bool:
-    return bool(ticket.get("deleted") or ticket.get("spam"))
+def _binned(ticket: Fields) -> bool:
+    return bool(ticket.flag("deleted") or ticket.flag("spam"))
 
 
-def _refused(response: Response) -> TicketError:
-    """A permanent error with Freshdesk's reasons: "Validation failed" alone says little, the
-    per-field errors say why."""
-    try:
-        data = json.loads(response.text)
-    except ValueError:
-        data = None
+def _reasons(error: dict[str, Any]) -> str:
+    """Freshdesk's reasons: "Validation failed" alone says little, the per-field errors say
+    why."""
     words: list[str] = []
-    if isinstance(data, dict):
-        said = data.get("description") or data.get("message")
-        if isinstance(said, str) and said:
-            words.append(said)
-        for error in data.get("errors") or []:
-            if isinstance(error, dict):
-                field, text = error.get("field"), error.get("message") or error.get("code")
-                words.append(f"{field}: {text}" if field else str(text))
-    reason = ": ".join(words) or helpdesk_message(response.text)
-    message = f"{response.what}: HTTP {response.status}" + (f": {reason}" if reason else "")
-    return TicketError(message, permanent=True)
+    said = error.get("description") or error.get("message")
+    if isinstance(said, str) and said:
+        words.append(said)
+    errors = error.get("errors")
+    for problem in errors if isinstance(errors, list) else []:
+        if isinstance(problem, dict):
+            field, text = problem.get("field"), problem.get("message") or problem.get("code")
+            words.append(f"{field}: {text}" if field else str(text))
+    return ": ".join(words)
 
 
-def _basic_auth(user: str, password: str) -> str:
-    # an Authorization value per request: the secret is read when it is used, never kept
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

@@ -27,7 +27,7 @@ GitHub's published OpenAPI description):
   deleted one, 301 for one transferred to another repository (not followed: the error says
   where it went).
 - Rate limits: 403 or 429, with x-ratelimit-remaining: 0 and x-ratelimit-reset (epoch) for the
-  primary limit, or with retry-after for a secondary one (probe.tickets.http makes both
+  primary limit, or with retry-after for a secondary one (probe.helpdesks.http makes both
   transient). A secondary limit may come with neither header, only its message: then probe
   waits a minute, as GitHub asks.
 
@@ -39,7 +39,6 @@ any other open issue is "open".
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from pathlib import Path
@@ -47,13 +46,13 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, model_validator
 
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Authorization, Fields, Http, Response
 from probe.log import fields
-from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response, helpdesk_message
+from probe.secrets import EnvRef
 
-log = logging.getLogger("probe.tickets")
+log = logging.getLogger("probe.helpdesks")
 
 API_VERSION = "2022-11-28"
 MAX_LABEL = 50
@@ -93,11 +92,10 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "github"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
-        self._http = Http(route, route.url, headers={
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
+        token = Authorization("token", "Bearer {}".format)
+        self._http = Http(route, route.url, authorization=token, words=reasons, headers={
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
         })
@@ -112,12 +110,10 @@ class Backend(base.Backend[Route]):
             "per_page": "100",
         }
         response = await self._request("GET", self._issues, params=params)
-        items = response.json()
-        if not isinstance(items, list):
-            raise TicketError(f"{response.what}: expected a list of issues")
-        for item in items:
-            if isinstance(item, dict) and "pull_request" not in item and item.get("number"):
-                return str(item["number"])
+        for item in response.items():
+            number = item.number("number")
+            if number and "pull_request" not in item:
+                return str(number)
         return None
 
     async def open(self, ticket: base.Ticket) -> str:
@@ -135,12 +131,11 @@ class Backend(base.Backend[Route]):
         if route.assignees:
             issue["assignees"] = route.assignees
         response = await self._request("POST", self._issues, json_body=issue)
-        created = response.json_object()
-        number = created.get("number")
-        if not isinstance(number, int):
+        created = response.fields()
+        number = created.number("number")
+        if number is None:
             raise TicketError(f"{response.what}: HTTP {response.status} without an issue number")
-        labels = {item.get("name") for item in created.get("labels") or []
-                  if isinstance(item, dict)}
+        labels = {item.text("name") for item in created.objects("labels")}
         if label not in labels:
             log.warning("GitHub dropped the labels of a new issue: the token lacks push access,"
                         " and probe cannot find the issue again after a crash %s",
@@ -156,7 +151,7 @@ class Backend(base.Backend[Route]):
             return  # nothing left to resolve
         # Closed first: a retry after a failed comment then finds it closed and only comments,
         # so no closing note is posted twice.
-        if issue.get("state") != "closed":
+        if issue.text("state") != "closed":
             change = {"state": "closed", "state_reason": "completed"}
             await self._request("PATCH", self._issue(ref), json_body=change)
         await self.note(ref, text)
@@ -170,10 +165,9 @@ class Backend(base.Backend[Route]):
         issue = await self._get(ref)
         if issue is None:
             return "gone"
-        if issue.get("state") == "closed":
+        if issue.text("state") == "closed":
             return "closed"
-        assignees = {item.get("login") for item in issue.get("assignees") or []
-                     if isinstance(item, dict)}
+        assignees = {item.text("login") for item in issue.objects("assignees")}
         if assignees - set(self.route.assignees):
             return "acknowledged"
         return "open"
@@ -186,31 +180,20 @@ class Backend(base.Backend[Route]):
             raise TicketError(f"{ref!r} is not a GitHub issue number", permanent=True)
         return f"{self._issues}/{ref}"
 
-    async def _get(self, ref: str) -> dict[str, Any] | None:
+    async def _get(self, ref: str) -> Fields | None:
         response = await self._request("GET", self._issue(ref), ok=(404, 410))
-        return None if response.status in (404, 410) else response.json_object()
+        return None if response.status in (404, 410) else response.fields()
 
-    async def _request(
-        self, method: str, path: str, *, ok: tuple[int, ...] = (), **kwargs: Any
-    ) -> Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Response:
         try:
-            token = self.route.reveal("token")
-        except SecretError as err:
-            raise TicketError(f"github token: {err}", permanent=True) from None
-        headers = {"Authorization": f"Bearer {token}"}
-        try:
-            response = await self._http.request(method, path, headers=headers,
-                                                ok=(*ok, 422), **kwargs)
+            return await self._http.request(method, path, **kwargs)
         except TicketError as err:
+            # A secondary rate limit may come as a 403 with neither header, only its message.
             if err.permanent and " HTTP 403: " in err.message and (
                 "rate limit" in err.message.lower()
             ):
                 raise TicketError(err.message, retry_after=SECONDARY_LIMIT_WAIT) from err
             raise
-        if response.status == 422 and 422 not in ok:
-            raise TicketError(f"{response.what}: HTTP 422: {validation_errors(response.text)}",
-                              permanent=True)
-        return response
 
 
 def key_label(key: str) -> str:
@@ -224,20 +207,22 @@ def cut(text: str) -> str:
     return text[: MAX_TEXT - 30].rstrip() + "\n\n… (cut to fit GitHub)"
 
 
-def validation_errors(text: str) -> str:
-    """GitHub's 422: "Validation Failed" says little; the errors list says what failed."""
-    message = helpdesk_message(text)
-    try:
-        errors = json.loads(text).get("errors")
-    except (ValueError, AttributeError):
-        return message
+def reasons(error: dict[str, Any]) -> str:
+    """GitHub's reasons: on a 422, "Validation Failed" says little; the errors list says what
+    failed."""
+    message = error.get("message")
+    said = message if isinstance(message, str) else ""
+    errors = error.get("errors")
     details = []
-    for error in errors if isinstance(errors, list) else []:
-        if isinstance(error, dict):
-            what = " ".join(str(error[k]) for k in ("resource", "field") if error.get(k))
-            said = error.get("message") or error.get("code") or ""
-            value = f" {error['value']!r}" if "value" in error else ""
-            details.append(f"{what}{value} {said}".strip())
+    for problem in errors if isinstance(errors, list) else []:
+        if isinstance(problem, dict):
+            what = " ".join(str(problem[k]) for k in ("resource", "field") if problem.get(k))
+            text = problem.get("message") or problem.get("code") or ""
+            value = f" {problem['value']!r}" if "value" in problem else ""
+            details.append(f"{what}{value} {text}".strip())
         else:
-            details.append(str(error))
-    return f"{message} ({'; '.join(details)})" if details else message
+            details.append(str(problem))
+    return f"{said} ({'; '.join(details)})".lstrip() if details else said
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

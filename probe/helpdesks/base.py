@@ -10,21 +10,16 @@ recover the ticket after a crash) and the reference it returned for later calls.
 from __future__ import annotations
 
 import abc
-import functools
-import logging
 import ssl
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, ClassVar, Generic, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
 
 from checks.values import Duration, ReadableFile
-from probe.log import fields
-from probe.secrets import Secrets, known
-
-log = logging.getLogger("probe.tickets")
+from probe.secrets import SecretError, Secrets, known
 
 Priority = Literal["urgent", "high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("urgent", "high", "normal", "low")
@@ -100,6 +95,16 @@ class TicketError(Exception):
         self.refused = refused
 
 
+def reveal(route: RouteBase, secret: str) -> str:
+    """The route's `secret` (a setting name: "token"), read now. One that cannot be read is a
+    permanent TicketError that names the route's helpdesk and setting: no retry will make a
+    missing file appear or an unset variable set."""
+    try:
+        return route.reveal(secret)
+    except SecretError as err:
+        raise TicketError(f"{route.backend} {secret}: {err}", permanent=True) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     key: str  # the incident's stable key, e.g. "probe-eu-1/shop/3"
@@ -113,23 +118,25 @@ class Ticket:
 
 
 class Backend(abc.ABC, Generic[R]):
-    """One helpdesk. Every call either succeeds or raises TicketError; `open` must carry
-    `ticket.key` where `find` looks for it."""
+    """One helpdesk. Every call either succeeds or raises TicketError for what the helpdesk
+    did (refused, failed, timed out, or answered in a shape its API does not promise: the
+    answer is read through http.Fields, which checks it); `open` must carry `ticket.key` where
+    `find` looks for it. Any other exception is a bug in probe, and is left to propagate: the
+    outbox logs it with its traceback, counts it and fails the action after a few attempts,
+    rather than retrying it for ever as if the helpdesk were flaky.
 
-    kind: ClassVar[str]
+    Every backend is made alike, `Backend(name, route, database=path)`: `name` is the route's,
+    `database` probe's state database, for a helpdesk that keeps its tickets there (local);
+    the others leave it alone."""
+
     # False where the helpdesk cannot be asked (email, webhook): find() then returns None,
     # status() "open", and escalation / human-close detection do not apply.
     tracks_status: ClassVar[bool] = True
 
-    def __init__(self, name: str, route: R) -> None:
+    def __init__(self, name: str, route: R, *, database: Path | None = None) -> None:
         self.name = name
         self.route = route
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for method in _CALLS:
-            if method in cls.__dict__:
-                setattr(cls, method, _only_ticket_errors(cls.__dict__[method]))
+        self.kind = route.backend  # the helpdesk's name, for messages
 
     @abc.abstractmethod
     async def find(self, key: str) -> str | None:
@@ -165,27 +172,23 @@ class Backend(abc.ABC, Generic[R]):
         """Release connections."""
 
 
-_CALLS = ("find", "open", "note", "resolve", "reopen", "status", "open_tickets")
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+@dataclass(frozen=True, slots=True)
+class Helpdesk(Generic[R]):
+    """A helpdesk as the rest of probe sees it: the configuration validates a route to it with
+    `route`, the outbox makes a `backend` for each such route. Its `name` is the one value
+    `route.backend` takes, which a configuration's `backend:` names it by; a route model whose
+    `backend` is not one `Literal` string is refused when its module is imported."""
 
+    route: type[R]
+    backend: type[Backend[R]]
+    name: str = field(init=False)
 
-def _only_ticket_errors(call: F) -> F:
-    """Hold every backend to its promise, whatever its parser meets: an answer of the wrong
-    shape (a list where an object was promised, a null id) is a transient TicketError, logged
-    with where it broke, never an AttributeError escaping into the dispatcher."""
-
-    @functools.wraps(call)
-    async def guarded(self: Backend[Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await call(self, *args, **kwargs)
-        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:
-            log.warning("unexpected answer from the helpdesk %s", fields(
-                route=self.name, call=call.__name__, error=f"{type(err).__name__}: {err}"),
-                exc_info=True)
-            raise TicketError(f"{self.kind} {call.__name__}: the helpdesk's answer is not of "
-                              f"the shape its API promises ({type(err).__name__}: {err})") from err
-
-    return guarded  # type: ignore[return-value]
+    def __post_init__(self) -> None:
+        names = get_args(self.route.model_fields["backend"].annotation)
+        if len(names) != 1 or not isinstance(names[0], str):
+            raise TypeError(f"{self.route.__module__}.{self.route.__qualname__}: backend must "
+                            'be Literal["<name of the helpdesk>"]')
+        object.__setattr__(self, "name", names[0])
 
 
 def ssl_context(route: RouteBase) -> ssl.SSLContext | bool:

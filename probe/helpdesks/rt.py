@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
-from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, Priority, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, Priority, PriorityMap, RouteBase, TicketError, TicketState
+from probe.helpdesks.http import Authorization, Fields, Http, shape_error
+from probe.secrets import EnvRef
 
 SUBJECT_BYTES = 200
 CLOSED = ("resolved", "rejected")
@@ -52,11 +52,10 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "rt"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
-        self._http = Http(route, route.url + "/REST/2.0")
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
+        token = Authorization("token", "token {}".format)
+        self._http = Http(route, route.url + "/REST/2.0", authorization=token)
         self._key_field_checked = False
 
     async def find(self, key: str) -> str | None:
@@ -74,10 +73,11 @@ class Backend(base.Backend[Route]):
             "fields": "Subject",
             "per_page": "100",
         }
-        found = (await self._request("GET", "/tickets", params=params)).json_object()
-        for item in found.get("items") or []:
-            if item.get("id") and (field or str(item.get("Subject", "")).endswith(token)):
-                return str(item["id"])
+        found = (await self._http.request("GET", "/tickets", params=params)).fields()
+        for item in found.objects("items"):
+            ref = item.ref("id")
+            if ref and (field or (item.text("Subject") or "").endswith(token)):
+                return ref
         return None
 
     async def open_tickets(self, prefix: str) -> dict[str, str] | None:
@@ -87,18 +87,18 @@ class Backend(base.Backend[Route]):
         query = f"{column} LIKE {sql_string(prefix if field else '[probe:' + prefix)}"
         params = {"query": f"({query}) AND Status = '__Active__'", "orderby": "id",
                   "order": "ASC", "per_page": "100", "fields": "Subject,CustomFields"}
-        found = (await self._request("GET", "/tickets", params=params)).json_object()
+        found = (await self._http.request("GET", "/tickets", params=params)).fields()
         tickets: dict[str, str] = {}
-        for item in found.get("items") or []:
+        for item in found.objects("items"):
+            ref = item.ref("id")
             keys = [
-                str(value)
-                for cf in item.get("CustomFields") or []
-                if isinstance(cf, dict) and cf.get("name") == field
-                for value in cf.get("values") or []
-            ] if field else [_key_in_subject(str(item.get("Subject", "")))]
+                value
+                for cf in item.objects("CustomFields") if cf.get("name") == field
+                for value in cf.texts("values")
+            ] if field else [_key_in_subject(item.text("Subject") or "")]
             for key in keys:
-                if key.startswith(prefix) and item.get("id"):
-                    tickets[key] = str(item["id"])
+                if key.startswith(prefix) and ref:
+                    tickets[key] = ref
         return tickets
 
     async def open(self, ticket: base.Ticket) -> str:
@@ -117,22 +117,22 @@ class Backend(base.Backend[Route]):
             body["Subject"] = subject(ticket.title, ticket.key)
         if ticket.follows:
             body["RefersTo"] = ticket.follows
-        response = await self._request("POST", "/ticket", json_body=body)
-        ref = response.json_object().get("id")
+        response = await self._http.request("POST", "/ticket", json_body=body)
+        ref = response.fields().ref("id")
         if not ref:
             raise TicketError(f"{response.what}: HTTP {response.status} without a ticket id")
-        return str(ref)
+        return ref
 
     async def note(self, ref: str, text: str) -> None:
         body = {"Content": text, "ContentType": "text/plain"}
-        await self._request("POST", f"{ticket_path(ref)}/comment", json_body=body)
+        await self._http.request("POST", f"{ticket_path(ref)}/comment", json_body=body)
 
     async def resolve(self, ref: str, text: str) -> None:
         ticket = await self._ticket(ref)
-        if ticket is None or ticket.get("Status") == "deleted":
+        if ticket is None or ticket.text("Status") == "deleted":
             return  # nothing left to resolve
         await self.note(ref, text)
-        if ticket.get("Status") not in CLOSED:
+        if ticket.text("Status") not in CLOSED:
             await self._set_status(ref, "resolved")
 
     async def reopen(self, ref: str, text: str) -> None:
@@ -141,13 +141,14 @@ class Backend(base.Backend[Route]):
 
     async def status(self, ref: str) -> TicketState:
         ticket = await self._ticket(ref)
-        state = None if ticket is None else ticket.get("Status")
+        state = None if ticket is None else ticket.text("Status")
         if ticket is None or state == "deleted":
             return "gone"
         if state in CLOSED:
             return "closed"
-        owner = ticket.get("Owner")
-        owner_name = owner.get("id") if isinstance(owner, dict) else owner
+        # RT 5 sends the owner as {"id": name, ...}; older releases send the name
+        owner = ticket.object("Owner") if isinstance(ticket.get("Owner"), dict) else None
+        owner_name = owner.text("id") if owner is not None else ticket.text("Owner")
         if (owner_name and owner_name != "Nobody") or state == "stalled":
             return "acknowledged"
         return "open"
@@ -155,29 +156,23 @@ class Backend(base.Backend[Route]):
     async def close(self) -> None:
         await self._http.close()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Response:
-        try:
-            token = self.route.reveal("token")
-        except SecretError as err:
-            raise TicketError(f"rt token: {err}", permanent=True) from None
-        headers = {"Authorization": f"token {token}"}
-        return await self._http.request(method, path, headers=headers, **kwargs)
-
-    async def _ticket(self, ref: str) -> dict[str, Any] | None:
-        response = await self._request("GET", ticket_path(ref), ok=(404,))
-        return None if response.status == 404 else response.json_object()
+    async def _ticket(self, ref: str) -> Fields | None:
+        response = await self._http.request("GET", ticket_path(ref), ok=(404,))
+        return None if response.status == 404 else response.fields()
 
     async def _set_status(self, ref: str, status: str) -> None:
         change = {"Status": status}
-        messages = (await self._request("PUT", ticket_path(ref), json_body=change)).json()
-        if isinstance(messages, list) and any(f"to '{status}'" in str(m) for m in messages):
+        response = await self._http.request("PUT", ticket_path(ref), json_body=change)
+        messages = response.json()
+        if not isinstance(messages, list):
+            raise shape_error(response.what, "", "a list of messages", messages)
+        if any(f"to '{status}'" in str(m) for m in messages):
             return
         # RT says 200 whether or not it made the change: ask it what the status is now.
         ticket = await self._ticket(ref)
-        now = None if ticket is None else ticket.get("Status")
+        now = None if ticket is None else ticket.text("Status")
         if now != status:
-            said = "; ".join(map(str, messages)) if isinstance(messages, list) else messages
-            said = said or "no reason given"
+            said = "; ".join(map(str, messages)) or "no reason given"
             raise TicketError(
                 f"RT left ticket {ref} {now or 'missing'}, not {status}: {said}", permanent=True
             )
@@ -186,10 +181,10 @@ class Backend(base.Backend[Route]):
         if self._key_field_checked:
             return
         queue = self.route.queue
-        response = await self._request("GET", f"/queue/{quote(queue, safe='')}", ok=(404,))
+        response = await self._http.request("GET", f"/queue/{quote(queue, safe='')}", ok=(404,))
         if response.status == 404:
             raise TicketError(f"RT has no queue {queue!r} that this token can see", permanent=True)
-        fields = [cf.get("name") for cf in response.json_object().get("TicketCustomFields") or []]
+        fields = [cf.text("name") for cf in response.fields().objects("TicketCustomFields")]
         if field not in fields:
             raise TicketError(
                 f"queue {queue!r} has no ticket custom field {field!r} "
@@ -224,3 +219,6 @@ def _key_in_subject(text: str) -> str:
 def sql_string(value: str) -> str:
     """A TicketSQL string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)

@@ -32,20 +32,19 @@ the Events API may not have made it yet.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
 
+from probe.helpdesks import base
+from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState, reveal
+from probe.helpdesks.http import Authorization, Fields, Http, Response
 from probe.log import fields
-from probe.secrets import EnvRef, SecretError
-from probe.tickets import base
-from probe.tickets.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
-from probe.tickets.http import Http, Response, helpdesk_message
+from probe.secrets import EnvRef
 
-log = logging.getLogger("probe.tickets")
+log = logging.getLogger("probe.helpdesks")
 
 Severity = Literal["critical", "error", "warning", "info"]
 
@@ -85,15 +84,15 @@ class Route(RouteBase):
 
 
 class Backend(base.Backend[Route]):
-    kind: ClassVar[str] = "pagerduty"
-
-    def __init__(self, name: str, route: Route) -> None:
-        super().__init__(name, route)
+    def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
+        super().__init__(name, route, database=database)
         # The dispatcher reads tracks_status per backend: only the REST API can tell it.
         self.tracks_status = route.has_secret("api_token")  # type: ignore[misc]
-        self._events = Http(route, route.url)
-        self._rest = Http(route, route.api_url, headers={
+        self._events = Http(route, route.url, words=invalid_event)
+        api_token = Authorization("api_token", "Token token={}".format)
+        self._rest = Http(route, route.api_url, authorization=api_token, headers={
             "Accept": "application/vnd.pagerduty+json;version=2",
+            "From": route.from_email or "",
         })
 
     async def find(self, key: str) -> str | None:
@@ -141,7 +140,7 @@ class Backend(base.Backend[Route]):
         does not keep the first trigger, so the incident's title (when the REST API can be
         asked) or the text becomes the summary, and the severity is the route's for urgent."""
         incident = await self._incident(ref) if self.tracks_status else None
-        title = str(incident.get("title") or text) if incident else text
+        title = (incident.text("title") if incident else None) or text
         source = ref.split("/", 1)[0] or "probe"  # keys begin with the agent's name
         await self._trigger(ref, title, source, self.route.severities["urgent"], None,
                             {"reopened": text, "incident_key": ref})
@@ -152,10 +151,11 @@ class Backend(base.Backend[Route]):
         incident = await self._incident(ref)
         if incident is None:
             raise TicketError(f"PagerDuty has no incident with dedup_key {ref!r} (yet)")
-        state = STATES.get(str(incident.get("status")))
+        status = incident.text("status")
+        state = STATES.get(status or "")
         if state is None:
             raise TicketError(f"PagerDuty incident {incident.get('id')} has an unknown status "
-                              f"{incident.get('status')!r}")
+                              f"{status!r}")
         return state
 
     async def close(self) -> None:
@@ -176,45 +176,28 @@ class Backend(base.Backend[Route]):
             payload["component"] = payload["group"] = group
         event = {"event_action": "trigger", "dedup_key": key, "client": "probe",
                  "payload": payload}
-        answer = (await self._event(event)).json_object()
-        return str(answer.get("dedup_key") or key)
+        return (await self._event(event)).fields().text("dedup_key") or key
 
     async def _event(self, event: dict[str, Any]) -> Response:
-        try:
-            routing_key = self.route.reveal("routing_key")
-        except SecretError as err:
-            raise TicketError(f"pagerduty routing key: {err}", permanent=True) from None
-        response = await self._events.request("POST", "/v2/enqueue",
-                                              json_body={"routing_key": routing_key, **event},
-                                              ok=(400,))
-        if response.status == 400:
-            raise TicketError(f"{response.what}: HTTP 400: {invalid_event(response.text)}",
-                              permanent=True)
-        return response
+        # The Events API takes its credential in the body: the routing key.
+        routing_key = reveal(self.route, "routing_key")
+        return await self._events.request("POST", "/v2/enqueue",
+                                          json_body={"routing_key": routing_key, **event})
 
-    async def _rest_request(self, method: str, path: str, **kwargs: Any) -> Response:
-        try:
-            token = self.route.reveal("api_token")
-        except SecretError as err:
-            raise TicketError(f"pagerduty api token: {err}", permanent=True) from None
-        headers = {"Authorization": f"Token token={token}", "From": self.route.from_email or ""}
-        return await self._rest.request(method, path, headers=headers, **kwargs)
-
-    async def _incident(self, key: str) -> dict[str, Any] | None:
+    async def _incident(self, key: str) -> Fields | None:
         """The newest incident with the dedup_key, resolved or not."""
         params = {"incident_key": key, "date_range": "all", "sort_by": "created_at:desc"}
-        response = await self._rest_request("GET", "/incidents", params=params)
-        incidents = [item for item in response.json_object().get("incidents") or []
-                     if isinstance(item, dict)]
+        response = await self._rest.request("GET", "/incidents", params=params)
+        incidents = response.fields().objects("incidents")
         if not incidents:
             return None
-        return max(incidents, key=lambda item: str(item.get("created_at") or ""))
+        return max(incidents, key=lambda item: item.text("created_at") or "")
 
-    async def _add_note(self, incident: dict[str, Any], text: str) -> None:
-        incident_id = str(incident.get("id") or "")
+    async def _add_note(self, incident: Fields, text: str) -> None:
+        incident_id = incident.text("id") or ""
         if not incident_id.isalnum():
             raise TicketError(f"PagerDuty answered an incident id {incident_id!r}")
-        await self._rest_request("POST", f"/incidents/{incident_id}/notes",
+        await self._rest.request("POST", f"/incidents/{incident_id}/notes",
                                  json_body={"note": {"content": text}})
 
 
@@ -224,13 +207,13 @@ def dedup_key(key: str) -> str:
     return "probe:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def invalid_event(text: str) -> str:
+def invalid_event(error: dict[str, Any]) -> str:
     """PagerDuty's 400: the message ("Event object is invalid") and the errors that say why."""
-    message = helpdesk_message(text)
-    try:
-        errors = json.loads(text).get("errors")
-    except (ValueError, AttributeError):
-        return message
+    message, errors = error.get("message"), error.get("errors")
+    said = message if isinstance(message, str) else ""
     if isinstance(errors, list) and errors:
-        return f"{message} ({'; '.join(map(str, errors))})"
-    return message
+        return f"{said} ({'; '.join(map(str, errors))})".lstrip()
+    return said
+
+
+HELPDESK = base.Helpdesk(route=Route, backend=Backend)
