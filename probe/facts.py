@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from checks.base import State
+
 HumanClose = Literal["reopen", "new", "leave"]
 Priority = Literal["urgent", "high", "normal", "low"]
 
@@ -24,7 +26,7 @@ class Member:
 
     kind: str | None = None
     target: str | None = None
-    state: str | None = None
+    state: State | None = None
     consecutive_failures: int = 0
     reason: str = ""  # its latest failure reason while failing, else ""
     flapping: bool = False
