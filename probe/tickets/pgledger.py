@@ -1,0 +1,414 @@
+"""The ledger on PostgreSQL: the same tables as in SQLite (outbox, tickets, incidents), their
+schema and its migrations, and every statement on them, behind `probe.tickets.ledger.Ledger`.
+This is the store of a cluster of agents sharing one database; no other module runs SQL on
+these tables.
+
+- Migrations (`MIGRATIONS`) are applied by `migrate` in one transaction that first locks the
+  `schema_version` table (SHARE ROW EXCLUSIVE: migrators queue, readers do not wait), so that
+  agents starting together apply each one exactly once: the others wait on the lock, then find
+  the schema up to date. An agent that finds it up to date takes no lock and changes nothing.
+  No advisory lock: they do not survive PgBouncer's transaction pooling. DDL is transactional
+  in PostgreSQL, so a migration that fails leaves nothing half done.
+- Times are `timestamptz` (an operator reads them in psql); the ledger's records carry them as
+  seconds since the epoch, as SqliteLedger's do. They are the agent's clock, as in SQLite, since
+  the dispatcher compares an action's `next_attempt_at` with its own clock; once delivery is
+  leased per incident, the comparisons move into the database and so do the stamps (now()).
+- Facts and payloads are JSON kept as text, not jsonb: jsonb refuses NaN, NUL and lone
+  surrogates, which a sick target's answer can put in a reason, and a decision must never fail
+  to be written for the words of a reason.
+- Each call takes a connection from the pool (autocommit); the calls that write more than one
+  statement run them in a transaction. `record_transitions` runs in the caller's transaction,
+  so that a decision and its actions are written together or not at all.
+
+Designed for what comes next (issue 12, then the per-site votes of issue 13), built only for
+what `Ledger` needs now. Incidents are keyed by their stable key and carry their group, so that
+a decision taken under a lock on the group's row, with the votes behind it kept in tables of
+their own (a check's vote per site, the snapshot behind each decision, referring to the
+incident by key), writes here unchanged; `incidents_open` becomes unique (one open incident per
+group, enforced by the database) in that step. The outbox is ordered per incident by its
+identity column, so that a lease on an incident's stream (a table keyed by incident_key, with
+its fencing token) keeps today's order of delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+from psycopg import AsyncConnection, errors
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from probe.engine import Transition
+from probe.facts import Facts, Policy
+from probe.tickets.ledger import (
+    Action,
+    Backlog,
+    Failed,
+    Followup,
+    Head,
+    Heads,
+    Row,
+    Ticket,
+    TicketState,
+    Watched,
+)
+
+Connection = AsyncConnection[TupleRow]
+NO_FOLLOWUP = Followup()
+Pool = AsyncConnectionPool[Connection]
+
+# Each entry takes the schema from version i to i + 1. Never edit one that has shipped.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE incidents (
+        key text PRIMARY KEY,
+        grp text NOT NULL,
+        opened_at timestamptz NOT NULL,
+        resolved_at timestamptz,
+        facts text NOT NULL
+    );
+    CREATE INDEX incidents_open ON incidents (grp) WHERE resolved_at IS NULL;
+
+    CREATE TABLE outbox (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        incident_key text NOT NULL,
+        action text NOT NULL,
+        route text NOT NULL,
+        created_at timestamptz NOT NULL,
+        payload text NOT NULL,
+        status text NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'delivered', 'failed')),
+        attempts integer NOT NULL DEFAULT 0,
+        next_attempt_at timestamptz NOT NULL,
+        -- Set before a call that may create a ticket, cleared when the helpdesk answered
+        -- that it did not: while set, the next attempt asks find() first.
+        unknown_outcome boolean NOT NULL DEFAULT false,
+        last_error text,
+        delivered_at timestamptz
+    );
+    -- Only pending and failed actions are ever looked for; delivered ones are history.
+    CREATE INDEX outbox_pending ON outbox (incident_key, id) WHERE status = 'pending';
+    CREATE INDEX outbox_failed ON outbox (id) WHERE status = 'failed';
+    CREATE INDEX outbox_incident ON outbox (incident_key, action);
+
+    -- The helpdesk tickets of incidents: usually one, more when a human closed one and the
+    -- policy opened a new one. `ticket_key` is what the helpdesk carries.
+    CREATE TABLE tickets (
+        ticket_key text PRIMARY KEY,
+        incident_key text NOT NULL,
+        route text NOT NULL,
+        ref text NOT NULL,
+        state text NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'resolved', 'left')),
+        opened_at timestamptz NOT NULL,
+        escalated_at timestamptz,
+        policy text NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX tickets_incident ON tickets (incident_key);
+    CREATE INDEX tickets_ref ON tickets (ref);
+    """,
+]
+
+
+class SchemaError(Exception):
+    """The database's schema is newer than this probe knows."""
+
+
+async def migrate(pool: Pool) -> int:
+    """Bring the schema up to date; safe when several agents start at once. The version."""
+    async with pool.connection() as conn:
+        return await migrate_connection(conn)
+
+
+async def migrate_connection(conn: Connection, migrations: Sequence[str] = MIGRATIONS) -> int:
+    """`migrate` on one connection, with these migrations (the tests pass a release's next)."""
+    # Two agents creating the table at once: one of them fails on the catalog's unique index
+    # once the other commits, and then finds the table there on its second try.
+    for attempt in range(3):
+        try:
+            async with conn.transaction():
+                return await _migrate(conn, migrations)
+        except (errors.UniqueViolation, errors.DuplicateTable):
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _migrate(conn: Connection, migrations: Sequence[str]) -> int:
+    # Up to date, as at nearly every start: read only, no lock taken, so that an agent whose
+    # role may not change the schema starts all the same.
+    if await _version(conn, migrations) == len(migrations):
+        return len(migrations)
+    await conn.execute("CREATE TABLE IF NOT EXISTS schema_version ("
+                       " one boolean PRIMARY KEY DEFAULT true CHECK (one),"
+                       " version integer NOT NULL)")
+    # SHARE ROW EXCLUSIVE conflicts with itself and not with readers: migrators queue here,
+    # one at a time, and the next one finds what the first did.
+    await conn.execute("LOCK TABLE schema_version IN SHARE ROW EXCLUSIVE MODE")
+    version = await _version(conn, migrations)
+    for number in range(version, len(migrations)):
+        await conn.execute(migrations[number])  # several statements: no parameters
+    await conn.execute("DELETE FROM schema_version")
+    await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (len(migrations),))
+    return len(migrations)
+
+
+async def _version(conn: Connection, migrations: Sequence[str]) -> int:
+    found = await (await conn.execute("SELECT to_regclass('schema_version') IS NOT NULL")
+                   ).fetchone()
+    if not (found and found[0]):
+        return 0
+    found = await (await conn.execute("SELECT version FROM schema_version")).fetchone()
+    version = int(found[0]) if found else 0
+    if version > len(migrations):
+        raise SchemaError(f"the database has schema version {version}, newer than this probe "
+                          f"knows ({len(migrations)}): was it written by a newer release?")
+    return version
+
+
+async def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4,
+                    timeout: float = 10) -> Pool:
+    """A pool of autocommit connections to the database, opened, with the schema migrated.
+    The caller closes it."""
+    pool: Pool = AsyncConnectionPool(
+        conninfo, min_size=min_size, max_size=max_size, timeout=timeout, open=False,
+        kwargs={"autocommit": True},
+        # A connection the server dropped (a restart, a failover) is replaced at checkout
+        # instead of failing the call that drew it.
+        check=AsyncConnectionPool.check_connection,
+    )
+    await pool.open(wait=True, timeout=timeout)
+    try:
+        await migrate(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
+# A time column read as seconds since the epoch, as SqliteLedger's records carry times (they are
+# written with to_timestamp).
+def _epoch(column: str) -> str:
+    return f"extract(epoch FROM {column})::float8"
+
+
+class PgLedger:
+    """The ledger in PostgreSQL, through a pool of autocommit connections (`open_pool`)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def _rows(self, query: str, params: tuple[Any, ...] = ()) -> list[TupleRow]:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute(query, params)).fetchall()
+
+    async def _write(self, query: str, params: tuple[Any, ...]) -> int:
+        async with self._pool.connection() as conn:
+            return (await conn.execute(query, params)).rowcount
+
+    # --- delivery ------------------------------------------------------------------------------
+
+    async def heads(self) -> Heads:
+        # One statement, so that the heads and the count are of the same moment.
+        rows = await self._rows(
+            "WITH p AS (SELECT id, incident_key, route, next_attempt_at FROM outbox"
+            "           WHERE status = 'pending')"
+            " SELECT h.id, h.incident_key, h.route, " + _epoch("h.next_attempt_at") +
+            ", (SELECT count(*) FROM p) FROM"
+            " (SELECT DISTINCT ON (incident_key) * FROM p ORDER BY incident_key, id) h"
+            " ORDER BY h.incident_key")
+        return Heads([Head(*row[:4]) for row in rows], rows[0][4] if rows else 0)
+
+    async def load(self, action_id: int) -> Row | None:
+        found = await self._rows(
+            "SELECT id, incident_key, action, route, " + _epoch("created_at") + ", payload,"
+            " attempts, unknown_outcome FROM outbox WHERE id = %s AND status = 'pending'",
+            (action_id,))
+        return Row(*found[0]) if found else None
+
+    async def count_attempt(self, action_id: int) -> None:
+        await self._write("UPDATE outbox SET attempts = attempts + 1, unknown_outcome = true"
+                          " WHERE id = %s", (action_id,))
+
+    async def refused(self, action_id: int) -> None:
+        await self._write("UPDATE outbox SET unknown_outcome = false WHERE id = %s",
+                          (action_id,))
+
+    async def postpone(self, action_id: int, *, counted: int, until: float, error: str) -> None:
+        await self._write("UPDATE outbox SET attempts = attempts + %s,"
+                          " next_attempt_at = to_timestamp(%s), last_error = %s WHERE id = %s",
+                          (counted, until, error, action_id))
+
+    async def give_up(self, action_id: int, *, counted: int, error: str) -> None:
+        await self._write("UPDATE outbox SET status = 'failed', last_error = %s,"
+                          " attempts = attempts + %s WHERE id = %s", (error, counted, action_id))
+
+    async def delivered(self, action_id: int) -> None:
+        await self._write(_DELIVERED, (time.time(), action_id))
+
+    async def opened(self, action_id: int, ticket_key: str, incident_key: str, route: str,
+                     ref: str, policy: Policy | None) -> None:
+        policy_json = json.dumps(policy.to_json() if policy is not None else {})
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("INSERT INTO tickets (ticket_key, incident_key, route, ref,"
+                               " opened_at, policy) VALUES (%s, %s, %s, %s, to_timestamp(%s), %s)"
+                               " ON CONFLICT (ticket_key) DO NOTHING",
+                               (ticket_key, incident_key, route, ref, time.time(), policy_json))
+            await conn.execute(_DELIVERED, (time.time(), action_id))
+
+    async def enqueue(self, incident_key: str, action: Action, route: str, facts: Facts,
+                      followup: Followup = NO_FOLLOWUP) -> None:
+        async with self._pool.connection() as conn:
+            await _enqueue(conn, incident_key, action, route, facts, followup)
+
+    # --- tickets -------------------------------------------------------------------------------
+
+    async def ticket_ref(self, ticket_key: str) -> str | None:
+        found = await self._rows("SELECT ref FROM tickets WHERE ticket_key = %s", (ticket_key,))
+        return str(found[0][0]) if found else None
+
+    async def open_tickets(self, incident_key: str) -> list[Ticket]:
+        return [Ticket(*row) for row in await self._rows(
+            "SELECT ticket_key, route, ref FROM tickets WHERE incident_key = %s"
+            " AND state = 'open' ORDER BY opened_at, ticket_key", (incident_key,))]
+
+    async def failed_open(self, incident_key: str) -> str | None:
+        found = await self._rows("SELECT last_error FROM outbox WHERE incident_key = %s AND"
+                                 " action = 'open' AND status = 'failed' ORDER BY id LIMIT 1",
+                                 (incident_key,))
+        return str(found[0][0]) if found else None
+
+    async def set_state(self, ticket_key: str, state: TicketState) -> None:
+        await self._write("UPDATE tickets SET state = %s WHERE ticket_key = %s",
+                          (state, ticket_key))
+
+    async def knows(self, ticket_key: str, ref: str) -> bool:
+        return bool(await self._rows("SELECT 1 FROM tickets WHERE ticket_key = %s OR ref = %s"
+                                     " LIMIT 1", (ticket_key, ref)))
+
+    async def adopt(self, ticket_key: str, incident_key: str, route: str, ref: str) -> None:
+        # Taken up whole, as a ticket of its own opened now: whatever was known of one by that
+        # key (its state, escalation, policy) is replaced.
+        await self._write(
+            "INSERT INTO tickets (ticket_key, incident_key, route, ref, opened_at)"
+            " VALUES (%s, %s, %s, %s, to_timestamp(%s)) ON CONFLICT (ticket_key) DO UPDATE SET"
+            " incident_key = excluded.incident_key, route = excluded.route,"
+            " ref = excluded.ref, opened_at = excluded.opened_at, state = 'open',"
+            " escalated_at = NULL, policy = '{}'",
+            (ticket_key, incident_key, route, ref, time.time()))
+
+    async def pending(self, incident_key: str, actions: Collection[Action] | None = None,
+                      ) -> bool:
+        if actions is None:
+            return bool(await self._rows("SELECT 1 FROM outbox WHERE incident_key = %s"
+                                         " AND status = 'pending' LIMIT 1", (incident_key,)))
+        return bool(await self._rows("SELECT 1 FROM outbox WHERE incident_key = %s"
+                                     " AND status = 'pending' AND action = ANY(%s) LIMIT 1",
+                                     (incident_key, sorted(actions))))
+
+    async def watched(self) -> list[Watched]:
+        rows = await self._rows(
+            "SELECT t.ticket_key, t.incident_key, t.route, t.ref, " + _epoch("t.opened_at") +
+            ", " + _epoch("t.escalated_at") + ", t.policy, i.facts FROM tickets t"
+            " JOIN incidents i ON i.key = t.incident_key"
+            " WHERE t.state = 'open' AND i.resolved_at IS NULL ORDER BY t.opened_at, t.ticket_key")
+        watched = []
+        for ticket_key, incident_key, route, ref, opened_at, escalated_at, policy, facts in rows:
+            terms = Policy.from_json(json.loads(policy))
+            watched.append(Watched(ticket_key, incident_key, route, ref, opened_at, escalated_at,
+                                   terms, Facts.from_json(json.loads(facts)).with_ticket(terms)))
+        return watched
+
+    async def replace(self, ticket_key: str, incident_key: str, route: str, ref: str,
+                      facts: Facts) -> None:
+        async with self._pool.connection() as conn, conn.transaction():
+            # The ticket's row first: a second replace of it waits here for this one.
+            await conn.execute("UPDATE tickets SET state = 'left' WHERE ticket_key = %s",
+                               (ticket_key,))
+            found = await (await conn.execute("SELECT count(*) FROM tickets"
+                                              " WHERE incident_key = %s", (incident_key,))
+                           ).fetchone()
+            count = found[0] if found else 0
+            await _enqueue(conn, incident_key, "new-ticket", route, facts,
+                           Followup(ticket_key=f"{incident_key}+{count}", follows=ref))
+
+    async def escalate(self, ticket_key: str, incident_key: str, route: str, facts: Facts,
+                       followup: Followup) -> None:
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("UPDATE tickets SET escalated_at = to_timestamp(%s)"
+                               " WHERE ticket_key = %s", (time.time(), ticket_key))
+            await _enqueue(conn, incident_key, "escalate", route, facts, followup)
+
+    # --- the operator's view -------------------------------------------------------------------
+
+    async def failed(self, *, newest_first: bool = False, limit: int | None = None,
+                     ) -> list[Failed]:
+        order = "DESC" if newest_first else "ASC"
+        rows = await self._rows(
+            "SELECT id, incident_key, action, route, attempts, last_error FROM outbox"
+            f" WHERE status = 'failed' ORDER BY id {order} LIMIT %s", (limit,))
+        return [Failed(*row) for row in rows]
+
+    async def retry_failed(self) -> int:
+        return await self._write("UPDATE outbox SET status = 'pending',"
+                                 " next_attempt_at = to_timestamp(0) WHERE status = 'failed'", ())
+
+    async def backlog(self) -> Backlog:
+        (count, oldest, attempts), = await self._rows(
+            "SELECT count(*), " + _epoch("min(created_at)") + ", max(attempts) FROM outbox"
+            " WHERE status = 'pending'")
+        return Backlog(count, oldest, attempts or 0)
+
+    # --- decisions -----------------------------------------------------------------------------
+
+    async def record(self, transitions: Iterable[tuple[Transition, str | None]]) -> None:
+        """The engine's transitions in a transaction of their own (`record_transitions` writes
+        them in the caller's, with the decision's other changes)."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await record_transitions(conn, transitions)
+
+
+async def record_transitions(conn: Connection,
+                             transitions: Iterable[tuple[Transition, str | None]]) -> None:
+    """The engine's transitions, in the caller's transaction: the incident opened or resolved,
+    and each action queued on the route its ticket opens on (notes and the resolve go where the
+    open went, whatever the configuration says by then; None: no ticket). As
+    probe.tickets.ledger.record_transitions does in SQLite."""
+    for transition, route in transitions:
+        facts = json.dumps(transition.facts.to_json(), default=str)
+        if transition.kind == "open":
+            await conn.execute("INSERT INTO incidents (key, grp, opened_at, facts)"
+                               " VALUES (%s, %s, to_timestamp(%s), %s)"
+                               " ON CONFLICT (key) DO NOTHING",
+                               (transition.key, transition.group, transition.at, facts))
+        elif transition.kind == "resolve":
+            await conn.execute("UPDATE incidents SET resolved_at = to_timestamp(%s),"
+                               " facts = %s WHERE key = %s",
+                               (transition.at, facts, transition.key))
+        if transition.kind != "open":
+            found = await (await conn.execute(
+                "SELECT route FROM outbox WHERE incident_key = %s AND action = 'open'"
+                " ORDER BY id LIMIT 1", (transition.key,))).fetchone()
+            route = found[0] if found else None
+        if route is not None:
+            await conn.execute("INSERT INTO outbox (incident_key, action, route, created_at,"
+                               " payload, next_attempt_at) VALUES (%s, %s, %s, to_timestamp(%s),"
+                               " %s, to_timestamp(%s))",
+                               (transition.key, transition.kind, route, transition.at, facts,
+                                transition.at))
+
+
+_DELIVERED = ("UPDATE outbox SET status = 'delivered', delivered_at = to_timestamp(%s)"
+              " WHERE id = %s")
+
+
+async def _enqueue(conn: Connection, incident_key: str, action: Action, route: str,
+                   facts: Facts, followup: Followup) -> None:
+    now = time.time()
+    payload = {**facts.to_json(), **followup.to_json()}
+    await conn.execute("INSERT INTO outbox (incident_key, action, route, created_at, payload,"
+                       " next_attempt_at) VALUES (%s, %s, %s, to_timestamp(%s), %s,"
+                       " to_timestamp(%s))",
+                       (incident_key, action, route, now, json.dumps(payload, default=str), now))
