@@ -475,7 +475,9 @@ async def test_the_daemon_opens_one_issue_informs_it_and_closes_it_after_recover
     target.down = False
     await until("the close", lambda: github.issues[number]["state"] == "closed")
     assert github.issues[number]["state_reason"] == "completed"
-    assert comments(github, number)[-1].startswith("Recovered: web (http ")
+    # closed first, then the closing note (so that a retry never posts it twice)
+    await until("the closing note", lambda: comments(github, number)[-1].startswith(
+        "Recovered: web (http "))
     assert len(github.labelled(label)) == 1
 
 
