@@ -21,7 +21,7 @@ import pytest
 from probe.engine import Transition, TransitionKind
 from probe.facts import Facts, Policy
 from probe.store import Batch, Store
-from probe.tickets.ledger import Followup, Ledger, SqliteLedger
+from probe.tickets.ledger import Followup, Ledger, LedgerError, SqliteLedger
 from probe.tickets.pgledger import (
     MIGRATIONS,
     PgLedger,
@@ -38,6 +38,7 @@ class Subject:
     ledger: Ledger
     # The engine's transitions, written as the writer writes them (record_transitions)
     record: Callable[[Transitions], Awaitable[None]]
+    lose: Callable[[], Awaitable[None]]  # the database goes away under the ledger
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -49,13 +50,16 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         async def write(transitions: Transitions) -> None:
             await asyncio.to_thread(store.write, Batch(transitions=list(transitions)))
 
-        yield Subject(sqlite, write)
+        async def lose() -> None:
+            store.close()
+
+        yield Subject(sqlite, write, lose)
         store.close()
     else:
         pool = await open_pool(request.getfixturevalue("pg_database"))
         pg = PgLedger(pool)
         ledger: Ledger = pg
-        yield Subject(ledger, pg.record)
+        yield Subject(ledger, pg.record, pool.close)
         await pool.close()
 
 
@@ -89,6 +93,22 @@ class Unprintable:
 
 def unwritable_facts() -> Facts:
     return facts(reason=cast(str, Unprintable()))
+
+
+# --- a database that refuses ------------------------------------------------------------------
+
+
+async def test_a_database_gone_is_a_ledger_error_for_the_dispatcher_to_wait_out(
+    subject: Subject,
+) -> None:
+    # The dispatcher pauses delivery on a LedgerError (a delivery it cannot record would be
+    # made twice) and takes anything else for a bug: each ledger says which is which.
+    await opened(subject, "web#1")
+    await subject.lose()
+    with pytest.raises(LedgerError):
+        await subject.ledger.heads()
+    with pytest.raises(LedgerError):
+        await subject.ledger.enqueue("web#1", "reopen", "desk", facts())
 
 
 # --- delivery --------------------------------------------------------------------------------

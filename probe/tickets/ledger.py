@@ -136,7 +136,15 @@ class Backlog:
     most_attempts: int
 
 
+class LedgerError(Exception):
+    """The ledger's database refuses or cannot be reached (read-only, full, gone): what the
+    call was to write is not written. The dispatcher delivers nothing until it answers again,
+    since a delivery that cannot be recorded would be made twice."""
+
+
 class Ledger(Protocol):
+    """Every call raises LedgerError when its database refuses; any other exception is a bug."""
+
     # --- delivery: the outbox --------------------------------------------------------------
     async def heads(self) -> Heads: ...
     async def load(self, action_id: int) -> Row | None: ...
@@ -192,7 +200,10 @@ class SqliteLedger:
         self._db = db
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.to_thread(self._db.run, work)
+        try:
+            return await asyncio.to_thread(self._db.run, work)
+        except sqlite3.Error as err:
+            raise LedgerError(f"the state database: {err}") from err
 
     async def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return await self._run(lambda db: db.execute(sql, params).fetchall())

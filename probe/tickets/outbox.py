@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,7 +33,7 @@ from probe.helpdesks.base import Backend, TicketError
 from probe.log import fields
 from probe.tickets import render, triage
 from probe.tickets.groups import Context
-from probe.tickets.ledger import Action, Head, Ledger, Row
+from probe.tickets.ledger import Action, Head, Ledger, LedgerError, Row
 from probe.tickets.pool import Backends
 from probe.tickets.watcher import Orphans, adopt
 
@@ -131,7 +130,7 @@ class Dispatcher:
             self._wake.clear()
             try:
                 wait = await self._dispatch_due()
-            except sqlite3.Error as err:
+            except LedgerError as err:
                 wait = self._state_failed(err)
             try:
                 async with asyncio.timeout(wait):
@@ -177,15 +176,15 @@ class Dispatcher:
                     await self._perform(row)
                 except TicketError as err:
                     await self._failed(row, err)
-                except sqlite3.Error:
-                    raise  # the state database, not the helpdesk: see below
+                except LedgerError:
+                    raise  # the ledger's database, not the helpdesk: see below
                 except Exception as err:  # a bug in probe, not a flaky helpdesk
                     await self._failed(row, self._internal_error(row, err))
                 else:
                     self._precounted.pop(row.id, None)
                     self.metrics.latency.labels(row.route, row.action).observe(
                         max(0.0, time.time() - row.created_at))
-        except sqlite3.Error as err:
+        except LedgerError as err:
             self._state_failed(err)
         finally:
             self._busy.discard(head.incident_key)
@@ -204,7 +203,7 @@ class Dispatcher:
                            f"{f'{INTERNAL_ATTEMPTS} attempts' if final else ''}): {err!r}",
                            permanent=final)
 
-    def _state_failed(self, err: sqlite3.Error) -> float:
+    def _state_failed(self, err: LedgerError) -> float:
         """The state database refuses (read-only, full): deliver nothing until it takes
         writes again, since a delivery that cannot be recorded would be made twice."""
         if time.time() >= self._state_pause:

@@ -32,14 +32,15 @@ its fencing token) keeps today's order of delivery.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from typing import Any
 
-from psycopg import AsyncConnection, errors
+from psycopg import AsyncConnection, OperationalError, errors
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from probe.engine import Transition
 from probe.facts import Facts, Policy
@@ -50,6 +51,7 @@ from probe.tickets.ledger import (
     Followup,
     Head,
     Heads,
+    LedgerError,
     Row,
     Ticket,
     TicketState,
@@ -200,12 +202,23 @@ class PgLedger:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A connection from the pool; the database gone, restarting, read-only or out of
+        reach is a LedgerError (the dispatcher pauses and tries again), a wrong statement
+        stays what it is (a bug)."""
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (OperationalError, PoolTimeout, errors.ReadOnlySqlTransaction) as err:
+            raise LedgerError(f"the cluster's database: {err}") from err
+
     async def _rows(self, query: str, params: tuple[Any, ...] = ()) -> list[TupleRow]:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             return await (await conn.execute(query, params)).fetchall()
 
     async def _write(self, query: str, params: tuple[Any, ...]) -> int:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             return (await conn.execute(query, params)).rowcount
 
     # --- delivery ------------------------------------------------------------------------------
@@ -251,7 +264,7 @@ class PgLedger:
     async def opened(self, action_id: int, ticket_key: str, incident_key: str, route: str,
                      ref: str, policy: Policy | None) -> None:
         policy_json = json.dumps(policy.to_json() if policy is not None else {})
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute("INSERT INTO tickets (ticket_key, incident_key, route, ref,"
                                " opened_at, policy) VALUES (%s, %s, %s, %s, to_timestamp(%s), %s)"
                                " ON CONFLICT (ticket_key) DO NOTHING",
@@ -260,7 +273,7 @@ class PgLedger:
 
     async def enqueue(self, incident_key: str, action: Action, route: str, facts: Facts,
                       followup: Followup = NO_FOLLOWUP) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await _enqueue(conn, incident_key, action, route, facts, followup)
 
     # --- tickets -------------------------------------------------------------------------------
@@ -323,7 +336,7 @@ class PgLedger:
 
     async def replace(self, ticket_key: str, incident_key: str, route: str, ref: str,
                       facts: Facts) -> None:
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             # The ticket's row first: a second replace of it waits here for this one.
             await conn.execute("UPDATE tickets SET state = 'left' WHERE ticket_key = %s",
                                (ticket_key,))
@@ -336,7 +349,7 @@ class PgLedger:
 
     async def escalate(self, ticket_key: str, incident_key: str, route: str, facts: Facts,
                        followup: Followup) -> None:
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute("UPDATE tickets SET escalated_at = to_timestamp(%s)"
                                " WHERE ticket_key = %s", (time.time(), ticket_key))
             await _enqueue(conn, incident_key, "escalate", route, facts, followup)
@@ -366,7 +379,7 @@ class PgLedger:
     async def record(self, transitions: Iterable[tuple[Transition, str | None]]) -> None:
         """The engine's transitions in a transaction of their own (`record_transitions` writes
         them in the caller's, with the decision's other changes)."""
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await record_transitions(conn, transitions)
 
 
