@@ -174,7 +174,9 @@ async def test_an_untaken_ticket_is_escalated_and_a_taken_one_is_not(
     target.down = True
     escalation = await until("the escalation ticket", lambda: desk.tickets()[1:])
     assert escalation[0][1] == "t/shop/1/escalation"
-    assert any("probe escalated it to the oncall route" in t for _, t in desk.notes(1))
+    # the escalation ticket first, then the note on the untaken one
+    await until("the escalation note", lambda: any(
+        "probe escalated it to the oncall route" in t for _, t in desk.notes(1)))
 
 
 async def test_a_taken_ticket_is_not_escalated(target: Target, run: Runner) -> None:
