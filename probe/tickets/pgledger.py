@@ -1,7 +1,8 @@
 """The ledger on PostgreSQL: the same tables as in SQLite (outbox, tickets, incidents), their
 schema and its migrations, and every statement on them, behind `probe.tickets.ledger.Ledger`.
 This is the store of a cluster of agents sharing one database; no other module runs SQL on
-these tables.
+these tables. The schema's one list of migrations also creates the cluster's `agents` table,
+whose statements are probe.cluster.members' (one schema, one version for an operator to read).
 
 - Migrations (`MIGRATIONS`) are applied by `migrate` in one transaction that first locks the
   `schema_version` table (SHARE ROW EXCLUSIVE: migrators queue, readers do not wait), so that
@@ -111,6 +112,23 @@ MIGRATIONS: list[str] = [
     CREATE INDEX tickets_incident ON tickets (incident_key);
     CREATE INDEX tickets_ref ON tickets (ref);
     """,
+    # The cluster's membership: one row per agent, kept by the agent itself. Every time is the
+    # database's (now()), never an agent's. Its statements are in probe.cluster.members.
+    """
+    CREATE TABLE agents (
+        name text PRIMARY KEY,
+        site text NOT NULL,
+        host text NOT NULL,
+        version text NOT NULL,
+        config_hash text NOT NULL,
+        started_at timestamptz NOT NULL,
+        heartbeat_at timestamptz NOT NULL,
+        -- Still heartbeating, owning no checks: a stopping agent finishing what it holds.
+        draining boolean NOT NULL DEFAULT false
+    );
+    -- No index beyond the key: a few rows, read whole, and an index on heartbeat_at would
+    -- keep each heartbeat's update from being a HOT one (more bloat, once a second per agent).
+    """,
 ]
 
 
@@ -190,6 +208,19 @@ async def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4,
     return pool
 
 
+@contextlib.asynccontextmanager
+async def connection(pool: Pool) -> AsyncIterator[Connection]:
+    """A connection from the pool; the database gone, restarting, read-only or out of reach
+    (or the pool closed) is a LedgerError (the dispatcher pauses and tries again), a wrong
+    statement stays what it is (a bug). Every call on the cluster's database goes through
+    here, the ledger's and the membership's alike."""
+    try:
+        async with pool.connection() as conn:
+            yield conn
+    except (OperationalError, PoolTimeout, errors.ReadOnlySqlTransaction) as err:
+        raise LedgerError(f"the cluster's database: {err}") from err
+
+
 # A time column read as seconds since the epoch, as SqliteLedger's records carry times (they are
 # written with to_timestamp).
 def _epoch(column: str) -> str:
@@ -202,16 +233,8 @@ class PgLedger:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Connection]:
-        """A connection from the pool; the database gone, restarting, read-only or out of
-        reach is a LedgerError (the dispatcher pauses and tries again), a wrong statement
-        stays what it is (a bug)."""
-        try:
-            async with self._pool.connection() as conn:
-                yield conn
-        except (OperationalError, PoolTimeout, errors.ReadOnlySqlTransaction) as err:
-            raise LedgerError(f"the cluster's database: {err}") from err
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        return connection(self._pool)
 
     async def _rows(self, query: str, params: tuple[Any, ...] = ()) -> list[TupleRow]:
         async with self._connection() as conn:
