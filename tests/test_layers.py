@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "probe.secrets", "probe.configerrors", "probe.control", "probe.facts")),
     ("helpdesks", ("probe.helpdesks", "probe.helpdesks.*")),
     ("configuration", ("probe.webconfig", "probe.config", "probe.effective")),
-    ("core", ("probe.engine", "probe.store", "probe.scheduler", "probe.metrics",
+    ("core", ("probe.engine", "probe.store", "probe.state", "probe.scheduler", "probe.metrics",
               "probe.supervisor", "probe.tickets", "probe.tickets.render", "probe.tickets.triage",
               "probe.tickets.ledger", "probe.tickets.pgledger",
               "probe.tickets.pool", "probe.tickets.watcher",

@@ -2,7 +2,9 @@
 schema and its migrations, and every statement on them, behind `probe.tickets.ledger.Ledger`.
 This is the store of a cluster of agents sharing one database; no other module runs SQL on
 these tables. The schema's one list of migrations also creates the cluster's `agents` table,
-whose statements are probe.cluster.members' (one schema, one version for an operator to read).
+whose statements are probe.cluster.members', and the daemon's state (check_state, group_state,
+results, maintenance), whose statements are probe.cluster.pgstate's (one schema, one version for
+an operator to read).
 
 - Migrations (`MIGRATIONS`) are applied by `migrate` in one transaction that first locks the
   `schema_version` table (SHARE ROW EXCLUSIVE: migrators queue, readers do not wait), so that
@@ -128,6 +130,30 @@ MIGRATIONS: list[str] = [
     );
     -- No index beyond the key: a few rows, read whole, and an index on heartbeat_at would
     -- keep each heartbeat's update from being a HOT one (more bloat, once a second per agent).
+    """,
+    # The daemon's state, as probe.store keeps it in SQLite: check and group states (their
+    # data as the engine saves it, JSON as text), the last results of each check in a ring of
+    # `history` slots, and the maintenance windows set at run time. Its statements are in
+    # probe.cluster.pgstate. A group's row is where its decisions will be taken under a lock.
+    """
+    CREATE TABLE check_state (name text PRIMARY KEY, data text NOT NULL);
+    CREATE TABLE group_state (name text PRIMARY KEY, data text NOT NULL);
+    CREATE TABLE results (
+        check_name text NOT NULL,
+        slot integer NOT NULL,          -- seq modulo the history kept
+        seq bigint NOT NULL,            -- per check, counted by the database
+        at timestamptz NOT NULL,
+        state text NOT NULL,
+        duration float8 NOT NULL,
+        reason text NOT NULL,           -- JSON (a string): text refuses NUL
+        evidence text NOT NULL,         -- JSON; '{}' for a success
+        PRIMARY KEY (check_name, slot)
+    );
+    CREATE TABLE maintenance (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        data text NOT NULL,
+        ends_at timestamptz NOT NULL
+    );
     """,
 ]
 

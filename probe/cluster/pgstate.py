@@ -1,0 +1,166 @@
+"""The daemon's state on PostgreSQL, the cluster's: what probe.store.Store keeps in SQLite, behind
+probe.state.State. The tables (check_state, group_state, results, maintenance) are a migration of
+probe.tickets.pgledger; every statement on them is here.
+
+- A batch is one transaction, the engine's transitions in it (pgledger.record_transitions): a
+  decision and its ticket actions are written together or not at all. Each kind of change is one
+  statement over arrays (unnest), whatever the batch's size, so that a batch costs a handful of
+  statements, not one per result.
+- The results are a ring per check, as in SQLite: `seq` counts a check's results, `slot` is seq
+  modulo `history`. The database counts (the greatest seq stored, plus one), not the agent, so
+  that a check that moves to another agent goes on where it was. Two agents writing the same
+  check's results at once (only while it moves) may write one slot twice: the newer wins, the
+  history is only history.
+- Rows are written in the order of their keys, whichever agent writes them, so that two agents
+  writing the same rows at once (a check moving between them) wait for each other instead of
+  deadlocking.
+- JSON as text, never jsonb (pgledger's note); the reason too is kept as JSON, since text
+  refuses NUL and a reason comes from whatever a sick target answered.
+- Times are timestamptz, carried as seconds since the epoch as Store's are; they are the
+  agent's clock, as in SQLite, until decisions move into the database.
+- The database refusing (gone, restarting, read-only, out of reach, the pool closed) is a
+  StoreError, the writer's signal to keep the batch and try again; pgledger.connection says
+  which errors those are, for every call on the cluster's database alike.
+
+Not yet here (issue 12, next): the decision on a group taken under a lock on its group_state row
+(SELECT ... FOR UPDATE in the transaction that writes it and its actions). A group whose state is
+deleted loses its row; that step keeps the row as the lock's anchor, or inserts it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from checks.base import Result
+from probe.engine import Changes
+from probe.store import Batch, Snapshot, StoreError
+from probe.tickets.ledger import LedgerError
+from probe.tickets.pgledger import Connection, Pool, connection, record_transitions
+
+
+def _epoch(column: str) -> str:
+    return f"extract(epoch FROM {column})::float8"
+
+
+# The batch's results for each check numbered on from the greatest seq stored; only the newest
+# `history` of each are written (one statement may not update a slot twice).
+_RESULTS = """
+WITH new AS (
+    SELECT n.check_name, n.at, n.state, n.duration, n.reason, n.evidence,
+           count(*) OVER (PARTITION BY n.check_name) AS total,
+           row_number() OVER (PARTITION BY n.check_name ORDER BY n.ord) AS number
+    FROM unnest(%(names)s::text[], %(ats)s::float8[], %(states)s::text[],
+                %(durations)s::float8[], %(reasons)s::text[], %(evidences)s::text[])
+         WITH ORDINALITY AS n(check_name, at, state, duration, reason, evidence, ord)
+), numbered AS (
+    SELECT new.*, coalesce((SELECT max(r.seq) FROM results r
+                            WHERE r.check_name = new.check_name), 0) + number AS seq
+    FROM new WHERE number > total - %(history)s
+)
+INSERT INTO results (check_name, slot, seq, at, state, duration, reason, evidence)
+SELECT check_name, seq %% %(history)s, seq, to_timestamp(at), state, duration, reason, evidence
+FROM numbered ORDER BY check_name, seq
+ON CONFLICT (check_name, slot) DO UPDATE SET seq = excluded.seq, at = excluded.at,
+    state = excluded.state, duration = excluded.duration, reason = excluded.reason,
+    evidence = excluded.evidence
+"""
+
+
+class PgState:
+    """The state in PostgreSQL, through the cluster's pool (pgledger.open_pool, which migrates
+    the schema), keeping the last `history` results of each check."""
+
+    def __init__(self, pool: Pool, *, history: int = 50) -> None:
+        if history < 1:
+            raise ValueError(f"history must be at least 1, not {history}")
+        self._pool = pool
+        self.history = history
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        try:
+            async with connection(self._pool) as conn:
+                yield conn
+        except LedgerError as err:
+            raise StoreError(str(err)) from err
+
+    async def close(self) -> None:
+        """The pool is the caller's (the ledger and the membership share it): nothing to do."""
+
+    async def load(self) -> Snapshot:
+        async with self._connection() as conn:
+            checks = await (await conn.execute("SELECT name, data FROM check_state")).fetchall()
+            groups = await (await conn.execute("SELECT name, data FROM group_state")).fetchall()
+        return Snapshot({n: json.loads(d) for n, d in checks},
+                        {n: json.loads(d) for n, d in groups})
+
+    async def write(self, batch: Batch) -> None:
+        async with self._connection() as conn, conn.transaction():
+            await _upsert(conn, "check_state", batch.checks)
+            await _upsert(conn, "group_state", batch.groups)
+            if batch.results:
+                await conn.execute(_RESULTS, self._results(batch.results))
+            await record_transitions(conn, batch.transitions)
+
+    def _results(self, results: list[tuple[str, Result]]) -> dict[str, Any]:
+        columns: dict[str, list[Any]] = {
+            "names": [], "ats": [], "states": [], "durations": [], "reasons": [], "evidences": []}
+        for name, result in results:
+            columns["names"].append(name)
+            columns["ats"].append(result.started_at)
+            columns["states"].append(result.state)
+            columns["durations"].append(result.duration)
+            columns["reasons"].append(json.dumps(result.reason))
+            # As Store: the evidence of a success is in /metrics already.
+            columns["evidences"].append(
+                "{}" if result.ok else json.dumps(result.evidence, default=str))
+        return {**columns, "history": self.history}
+
+    async def recent_results(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
+        async with self._connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT " + _epoch("at") + ", state, duration, reason, evidence FROM results"
+                " WHERE check_name = %s ORDER BY seq DESC LIMIT %s", (name, limit))).fetchall()
+        return [
+            {"at": at, "state": state, "duration": duration, "reason": json.loads(reason),
+             "evidence": json.loads(evidence)}
+            for at, state, duration, reason, evidence in rows
+        ]
+
+    async def windows(self, since: float) -> dict[int, dict[str, Any]]:
+        # One statement: the SELECT sees the table as it was before the DELETE, hence its own
+        # test of the end.
+        async with self._connection() as conn:
+            rows = await (await conn.execute(
+                "WITH gone AS (DELETE FROM maintenance WHERE ends_at <= to_timestamp(%(since)s))"
+                " SELECT id, data FROM maintenance WHERE ends_at > to_timestamp(%(since)s)"
+                " ORDER BY id", {"since": since})).fetchall()
+        return {int(number): json.loads(data) for number, data in rows}
+
+    async def add_window(self, data: dict[str, Any], ends_at: float) -> int:
+        async with self._connection() as conn:
+            found = await (await conn.execute(
+                "INSERT INTO maintenance (data, ends_at) VALUES (%s, to_timestamp(%s))"
+                " RETURNING id", (json.dumps(data), ends_at))).fetchone()
+        assert found is not None
+        return int(found[0])
+
+    async def end_window(self, number: int) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM maintenance WHERE id = %s", (number,))
+
+
+async def _upsert(conn: Connection, table: str, changes: Changes) -> None:
+    gone = sorted(name for name, data in changes.items() if data is None)
+    kept = sorted((name, json.dumps(data)) for name, data in changes.items() if data is not None)
+    # `table` is one of this module's two names, never an input.
+    if gone:
+        await conn.execute(f"DELETE FROM {table} WHERE name = ANY(%s)", (gone,))
+    if kept:
+        await conn.execute(
+            f"INSERT INTO {table} (name, data) SELECT * FROM unnest(%s::text[], %s::text[])"
+            " ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+            ([n for n, _ in kept], [d for _, d in kept]))
