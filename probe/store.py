@@ -234,9 +234,12 @@ class Store:
         _upsert(db, "check_state", batch.checks)
         _upsert(db, "group_state", batch.groups)
         rows = []
+        # Counted apart and kept only once committed: a write refused half-way must not cost
+        # the next try its places in the ring (an older result pushed out before its time).
+        seqs: dict[str, int] = {}
         for name, result in batch.results:
-            seq = self._seq.get(name, 0) + 1
-            self._seq[name] = seq
+            seq = seqs.get(name, self._seq.get(name, 0)) + 1
+            seqs[name] = seq
             # The evidence of a failure is what a ticket and an operator look at; that of a
             # success is in /metrics already and would cost a JSON encoding per check.
             evidence = "{}" if result.ok else json.dumps(result.evidence, default=str)
@@ -247,6 +250,7 @@ class Store:
         db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         record_transitions(db, batch.transitions)
         db.execute("COMMIT")
+        self._seq.update(seqs)
 
     def recent_results(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
         with self._lock:

@@ -47,13 +47,22 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     if request.param == "sqlite":
         store = Store(tmp_path, history=HISTORY)
 
-        def query_only(on: bool) -> Callable[[], Awaitable[None]]:
+        def full(on: bool) -> Callable[[], Awaitable[None]]:
+            # As a full disk refuses: each statement that writes fails, the first one of a
+            # transaction or one half-way through it.
+            statements = [
+                f"DROP TRIGGER IF EXISTS temp.full_{table}_{op}" if not on else
+                f"CREATE TEMP TRIGGER full_{table}_{op} BEFORE {op} ON {table}"
+                " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+                for table in ("check_state", "group_state", "results", "maintenance", "outbox",
+                              "incidents")
+                for op in ("INSERT", "UPDATE", "DELETE")]
+
             async def switch() -> None:
-                store.run(lambda db: db.execute(f"PRAGMA query_only = {int(on)}"))
+                store.run(lambda db: [db.execute(s) for s in statements])
             return switch
 
-        yield Subject(SqliteState(store), SqliteLedger(store), query_only(True),
-                      query_only(False))
+        yield Subject(SqliteState(store), SqliteLedger(store), full(True), full(False))
         store.close()
     else:
         dsn = request.getfixturevalue("pg_database")
@@ -328,3 +337,19 @@ async def test_a_check_that_moves_to_another_agent_goes_on_with_its_results(
 def test_a_history_of_nothing_is_refused() -> None:
     with pytest.raises(ValueError, match="history must be at least 1, not 0"):
         PgState(cast(Pool, None), history=0)
+
+
+async def test_a_refused_write_costs_no_place_in_the_ring(subject: Subject) -> None:
+    # The results of a write the database refused, written on the next try, take the places
+    # after the last ones written: none of those is pushed out before its time.
+    state = subject.state
+    await state.write(Batch(results=[("web-a", result(at=1000.0)), ("web-a", result(at=1001.0))]))
+    batch = Batch(results=[("web-a", result(at=1002.0))])
+    await subject.refuse()
+    with pytest.raises(StoreError):
+        await state.write(batch)
+    await subject.restore()
+    await answering(state)
+    await state.write(batch)
+    assert [r["at"] for r in await state.recent_results("web-a")] == pytest.approx(
+        [1002.0, 1001.0, 1000.0])
