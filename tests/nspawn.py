@@ -20,6 +20,7 @@ import ctypes
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -233,7 +234,7 @@ def boot(tarball: Path, binds: Sequence[Path] = ()) -> Iterator[Container]:
         with console.open("wb") as out:
             nspawn = subprocess.Popen(
                 ["systemd-nspawn", "--quiet", f"--directory={root}", "--boot",
-                 f"--machine={work.name.replace('_', '-')}",
+                 f"--machine={machine_name(work.name)}",
                  "--register=no", "--keep-unit", "--private-network", "--link-journal=no",
                  # The container resolves names as the host does: for pip, which runs in the
                  # host's network.
@@ -290,6 +291,12 @@ def host_environment() -> dict[str, str]:
     """The host's proxy and index settings, for commands that reach PyPI from the
     container."""
     return {k: os.environ[k] for k in PROXY_VARIABLES if k in os.environ}
+
+
+def machine_name(directory: str) -> str:
+    """A name nspawn takes for the machine, from its temporary directory's (letters, digits and
+    inner dashes: "probe-x_4w6dkmg_" became "probe-x-4w6dkmg-", which nspawn refused)."""
+    return re.sub(r"[^A-Za-z0-9-]+", "-", directory).strip("-")[:64].rstrip("-")
 
 
 def _child_in_other_pid_namespace(parent: int) -> int:
