@@ -136,6 +136,15 @@ class Backlog:
     most_attempts: int
 
 
+def watched_row(ticket_key: str, incident_key: str, route: str, ref: str, opened_at: float,
+                escalated_at: float | None, policy: str, facts: str) -> Watched:
+    """A watched ticket from its row (the policy and the incident's facts as stored JSON): the
+    facts carry the policy its ticket opened with."""
+    terms = Policy.from_json(json.loads(policy))
+    return Watched(ticket_key, incident_key, route, ref, opened_at, escalated_at, terms,
+                   Facts.from_json(json.loads(facts)).with_ticket(terms))
+
+
 class LedgerError(Exception):
     """The ledger's database refuses or cannot be reached (read-only, full, gone): what the
     call was to write is not written. The dispatcher delivers nothing until it answers again,
@@ -312,12 +321,7 @@ class SqliteLedger:
             "SELECT t.ticket_key, t.incident_key, t.route, t.ref, t.opened_at, t.escalated_at,"
             " t.policy, i.facts FROM tickets t JOIN incidents i ON i.key = t.incident_key"
             " WHERE t.state = 'open' AND i.resolved_at IS NULL")
-        watched = []
-        for ticket_key, incident_key, route, ref, opened_at, escalated_at, policy, facts in rows:
-            terms = Policy.from_json(json.loads(policy))
-            watched.append(Watched(ticket_key, incident_key, route, ref, opened_at, escalated_at,
-                                   terms, Facts.from_json(json.loads(facts)).with_ticket(terms)))
-        return watched
+        return [watched_row(*row) for row in rows]
 
     async def replace(self, ticket_key: str, incident_key: str, route: str, ref: str,
                       facts: Facts) -> None:

@@ -59,6 +59,7 @@ from probe.tickets.ledger import (
     Ticket,
     TicketState,
     Watched,
+    watched_row,
 )
 
 Connection = AsyncConnection[TupleRow]
@@ -376,12 +377,7 @@ class PgLedger:
             ", " + _epoch("t.escalated_at") + ", t.policy, i.facts FROM tickets t"
             " JOIN incidents i ON i.key = t.incident_key"
             " WHERE t.state = 'open' AND i.resolved_at IS NULL ORDER BY t.opened_at, t.ticket_key")
-        watched = []
-        for ticket_key, incident_key, route, ref, opened_at, escalated_at, policy, facts in rows:
-            terms = Policy.from_json(json.loads(policy))
-            watched.append(Watched(ticket_key, incident_key, route, ref, opened_at, escalated_at,
-                                   terms, Facts.from_json(json.loads(facts)).with_ticket(terms)))
-        return watched
+        return [watched_row(*row) for row in rows]
 
     async def replace(self, ticket_key: str, incident_key: str, route: str, ref: str,
                       facts: Facts) -> None:
