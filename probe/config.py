@@ -3,15 +3,19 @@ and errors that name the file, the line and the key path.
 
 `load(path)` returns a `Config` or raises `ConfigError` with every problem found.
 `Config.effective_checks()` gives each check with the defaults applied: what the daemon runs.
+`Config.config_hash()` fingerprints what the agents of one cluster site must agree on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import difflib
 import fnmatch
 import functools
+import hashlib
+import json
 import pickle
 import re
 import socket
@@ -19,10 +23,13 @@ import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     AfterValidator,
+    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -47,7 +54,7 @@ from probe.configerrors import ConfigError as ConfigError
 from probe.configerrors import ConfigIssue as ConfigIssue
 from probe.helpdesks import AnyRoute
 from probe.helpdesks.base import Priority, RouteBase
-from probe.secrets import SecretError, from_settings
+from probe.secrets import EnvRef, SecretError, Secrets, from_settings, redact
 from probe.webconfig import config_issues
 from probe.yamlpos import KeyPath, Position, YamlError, load_with_positions, show_path
 
@@ -81,6 +88,58 @@ class Agent(StrictModel):
     max_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 200
     history: Annotated[int, Field(ge=1, le=10_000)] = 50  # results kept per check
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+# An agent silent this long has left the cluster and its checks move to the others: under a
+# second a busy event loop or a slow commit would have agents leave and come back all day;
+# over ten minutes a dead agent's checks would go unwatched for longer than any check's
+# interval is meant to allow.
+MIN_AGENT_TTL, MAX_AGENT_TTL = 1.0, 600.0
+
+
+def _agent_ttl(value: float) -> float:
+    if value < MIN_AGENT_TTL:
+        raise ValueError(f"must be at least {format_duration(MIN_AGENT_TTL)}")
+    if value > MAX_AGENT_TTL:
+        raise ValueError(f"must be at most {format_duration(MAX_AGENT_TTL)}")
+    return value
+
+
+class Cluster(Secrets):
+    """Several agents sharing one PostgreSQL database (issue 12). The connection string may
+    hold a password, so it is a secret like a helpdesk's token: `database: env:NAME` or
+    `database_file: PATH`, read when the daemon connects (`dsn()`), never at load time, so
+    that `probe validate` runs without it."""
+
+    database: EnvRef | None = None
+    database_file: Path | None = None
+    site: Name = "default"  # agents of one site share its checks
+    agent_ttl: Annotated[Duration, AfterValidator(_agent_ttl)] = 5.0
+
+    secrets: ClassVar[dict[str, bool]] = {"database": True}
+
+    def dsn(self) -> str:
+        """The libpq connection string or URI, read now; SecretError when it cannot be."""
+        value = self.reveal("database")
+        if not value:
+            # libpq would take "" as "the local server, as this user": not what anyone meant
+            raise SecretError(f"database: {self.source()} holds an empty connection string")
+        return value
+
+    def source(self) -> str:
+        """Where the connection string comes from, for messages: never the string itself."""
+        return self.database or f"the file {self.database_file}"
+
+
+def _dsn_secrets(dsn: str) -> set[str]:
+    """The connection string, and its password on its own: a message may quote one without
+    the other (libpq's key=value form puts the password anywhere in it)."""
+    found = {dsn}
+    with contextlib.suppress(ProgrammingError):  # malformed: connecting will say so
+        password = conninfo_to_dict(dsn).get("password")
+        if isinstance(password, str) and password:
+            found.add(password)
+    return found
 
 
 class Flapping(StrictModel):
@@ -273,6 +332,7 @@ class Config(StrictModel):
     model_config = ConfigDict(json_schema_extra={"patternProperties": {"^x-": {}}})
 
     agent: Agent = Agent()
+    cluster: Cluster | None = None  # absent: one agent on its own SQLite state, as ever
     defaults: Defaults = Defaults()
     ticketing: Ticketing = Ticketing()
     maintenance: list[Maintenance] = []
@@ -323,7 +383,34 @@ class Config(StrictModel):
             found.update(from_settings(route))
         for check in self.checks:
             found.update(from_settings(check.spec))
+        if self.cluster is not None:
+            with contextlib.suppress(SecretError):  # the daemon says so when it connects
+                found.update(_dsn_secrets(self.cluster.dsn()))
         return found
+
+    def config_hash(self) -> str:
+        """A fingerprint of what the agents of one site must agree on, so that a cluster can
+        tell an agent that runs other checks or another ticket policy from its peers: the
+        effective checks (their services and dependencies with them), the maintenance
+        windows, the routes and the ticketing policy, and the cluster's site and agent_ttl.
+
+        What is each agent's own is left out: the agent section (name, listen, state_dir,
+        web_config, log_level, ...) and where it reads the database's connection string.
+        Secrets appear only as their references; a credential written in a check's URL is
+        taken out before hashing, so the hash cannot be used to guess it. Canonical JSON
+        (sorted keys, checks in name order, floats as repr) keeps it equal across processes
+        and Python versions, and however the YAML was ordered."""
+        checks = sorted(self.effective_checks(), key=lambda check: check.name)
+        windows = sorted((_data(w) for w in self.maintenance), key=_canonical)
+        shared = {
+            "checks": [_data(check) for check in checks],
+            "maintenance": windows,
+            "ticketing": _data(self.ticketing),
+            "cluster": None if self.cluster is None else {
+                "site": self.cluster.site, "agent_ttl": self.cluster.agent_ttl},
+        }
+        text = redact(_canonical(shared), ())
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def routes(self) -> dict[str, RouteBase]:
@@ -334,15 +421,57 @@ class Config(StrictModel):
         for check in self.checks:
             kinds[check.kind] = kinds.get(check.kind, 0) + 1
         per_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-        return (
+        text = (
             f"{_count(len(self.checks), 'check')} ({per_kind or 'none'}), "
             f"{_count(len(self.routes), 'route')}, "
             f"{_count(len(self.maintenance), 'maintenance window')}"
         )
+        if self.cluster is not None:
+            # The hash is what an operator compares between the agents of a site.
+            c = self.cluster
+            text += (f"; cluster site {c.site} as agent {self.agent.name}, agents leave after "
+                     f"{format_duration(c.agent_ttl)} silent, database from {c.source()}, "
+                     f"config hash {self.config_hash()}")
+        return text
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _data(value: Any) -> Any:
+    """`value` (a model, an effective Check, plain data) as JSON data for `config_hash`."""
+    if isinstance(value, BaseModel):
+        return _exact(value, value.model_dump(mode="json"))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_data(v) for v in value]
+    return value
+
+
+def _exact(value: Any, dumped: Any) -> Any:
+    """A model's JSON dump (`dumped`: paths, times and patterns as text) with its floats as
+    they are: the dump writes a duration as format_duration rounds it for display (1.25ms as
+    1ms), in either mode, and two different intervals must not hash alike."""
+    if isinstance(value, BaseModel):
+        return {name: _exact(getattr(value, name), dumped[name])
+                for name in type(value).model_fields}
+    if isinstance(value, dict):
+        return {key: _exact(v, d)
+                for (key, d), v in zip(dumped.items(), value.values(), strict=True)}
+    if isinstance(value, set | frozenset):  # iterated in the order of the process's hash seed
+        return sorted(dumped, key=_canonical)
+    if isinstance(value, list | tuple):
+        return [_exact(v, d) for v, d in zip(value, dumped, strict=True)]
+    if isinstance(value, float):
+        return value
+    return dumped
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False)
 
 
 # --- loading and errors --------------------------------------------------------------------
@@ -566,6 +695,7 @@ def _cross_checks(
         issues.append(issue(positions, at, "dependency cycle: " + " -> ".join(cycle)))
 
     issues += _route_checks(data, positions, checks)
+    issues += _cluster_checks(data, positions)
     windows = data.get("maintenance") if isinstance(data, dict) else None
     for i, window in enumerate(windows if isinstance(windows, list) else []):
         if not isinstance(window, dict):
@@ -613,6 +743,36 @@ def _route_checks(
                 and isinstance(check, dict)):
             issues.append(issue(positions, ("checks", i),
                                  "several routes exist: set ticket.route here or in defaults"))
+    return issues
+
+
+def _cluster_checks(data: Any, positions: dict[KeyPath, Position]) -> list[ConfigIssue]:
+    """What a cluster asks of the rest: an agent name of its own, and no local helpdesk."""
+    if not isinstance(data, dict) or "cluster" not in data:
+        return []
+    if data["cluster"] is None:
+        # `cluster:` with every key commented out would run this agent alone, unannounced.
+        return [issue(positions, ("cluster",), "is empty: set database or database_file, or "
+                                               "leave the section out to run one agent alone")]
+    if not isinstance(data["cluster"], dict):
+        return []  # the model's error says what it should be
+    issues = []
+    agent = data.get("agent")
+    if not isinstance(agent, dict) or "name" not in agent:
+        # Said at the agent section, or at the cluster's when there is none.
+        at = positions.get(("agent",), positions[("cluster",)])
+        issues.append(ConfigIssue(at[0], at[1], "agent.name", (
+            "must be set in a cluster: the host name it defaults to is no safe identity for "
+            "a cluster member (two hosts may share one, and a renamed host would come back "
+            "as another agent)")))
+    ticketing = data.get("ticketing")
+    routes = ticketing.get("routes") if isinstance(ticketing, dict) else None
+    for name, route in (routes if isinstance(routes, dict) else {}).items():
+        if isinstance(route, dict) and route.get("backend") == "local":
+            issues.append(issue(positions, ("ticketing", "routes", name, "backend"), (
+                "the local helpdesk keeps its tickets in one agent's state directory, which "
+                "the other agents of the cluster never see: use a helpdesk every agent "
+                "reaches")))
     return issues
 
 

@@ -82,7 +82,8 @@ def test_schema_is_json_schema_of_the_top_level_sections() -> None:
     result = probe("schema")
     assert result.returncode == 0
     schema = json.loads(result.stdout)
-    assert set(schema["properties"]) == {"agent", "defaults", "ticketing", "maintenance", "checks"}
+    assert set(schema["properties"]) == {"agent", "cluster", "defaults", "ticketing",
+                                         "maintenance", "checks"}
     assert schema["additionalProperties"] is False
 
 
