@@ -14,40 +14,55 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
+from psycopg import OperationalError
+from psycopg_pool import PoolTimeout
 
 from checks import execute
 from checks.base import Result
 from probe import control, sdnotify, status, webconfig
+from probe.cluster.claims import Taken
+from probe.cluster.node import ClusterMetrics, Node
+from probe.cluster.pgstate import PgState
 from probe.config import Check, Config, ConfigError, Maintenance, load
 from probe.engine import Engine, Transition, restore_check, restore_group, window_matches
 from probe.facts import Facts
 from probe.log import fields
 from probe.metrics import Metrics, View
 from probe.scheduler import Scheduler
-from probe.secrets import known
-from probe.store import Store, StoreError
+from probe.secrets import SecretError, known
+from probe.state import SqliteState, State
+from probe.store import Batch, Snapshot, Store, StoreError
 from probe.supervisor import EXIT_LOOP_FAILED, Progress, Supervisor
 from probe.tickets import groups
 from probe.tickets.groups import Context
-from probe.tickets.ledger import SqliteLedger
+from probe.tickets.ledger import Ledger, LedgerError, SqliteLedger
 from probe.tickets.outbox import Dispatcher, OutboxMetrics
+from probe.tickets.pgledger import PgLedger, Pool, Terms, open_pool
 from probe.tickets.pool import Backends
 from probe.tickets.watcher import Watcher
 from probe.web import serve_http
-from probe.writer import FLUSH_RETRY, Writer
+from probe.writer import FLUSH_EVERY, FLUSH_RETRY, Writer
 
 log = logging.getLogger("probe")
 
 TICK_EVERY = 1.0  # seconds between engine ticks (maintenance ends, notes due)
 STATE_RETRY = 10.0  # seconds between attempts to open the state database at start
+CLUSTER_FLUSH_EVERY = 1.0  # a cluster's state writes: fewer statements on the shared database
+POOL_TIMEOUT = 10.0  # seconds a call waits for a connection to the cluster's database
+WINDOWS_EVERY = 2.0  # seconds between reads of the cluster's windows set at run time
 
 
 class Daemon:
-    def __init__(self, config_path: Path, config: Config) -> None:
+    """One agent. Alone, its state is a SQLite file in its state directory; in a cluster
+    (`pool`: the cluster's database, opened by `open_database`) it is in PostgreSQL, shared,
+    and the agent runs and decides for the groups its probe.cluster.node.Node holds."""
+
+    def __init__(self, config_path: Path, config: Config, pool: Pool | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.checks: dict[str, Check] = {c.name: c for c in config.effective_checks()}
@@ -55,21 +70,42 @@ class Daemon:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.metrics = Metrics(self.registry, self._view)
-        self.store = Store(config.agent.state_dir, history=config.agent.history)
-        snapshot = self.store.load()
+        self.database = config.agent.state_dir / Store.FILE  # the local helpdesk's too
         # Windows set at run time (probe maintenance): kept apart from the configuration's,
-        # which a reload replaces.
-        self.adhoc: dict[int, Maintenance] = {n: Maintenance.model_validate(d)
-                      for n, d in self.store.windows(time.time()).items()}
+        # which a reload replaces. Read when serving starts.
+        self.adhoc: dict[int, Maintenance] = {}
+        self.store: Store | None = None
+        self.pool = pool
+        self.node: Node | None = None
+        self.state: State
+        self.ledger: Ledger
+        if pool is None or config.cluster is None:
+            self.store = Store(config.agent.state_dir, history=config.agent.history)
+            snapshot = self.store.load()
+            self.state, self.ledger = SqliteState(self.store), SqliteLedger(self.store)
+            scope, checks = config.agent.name, list(self.checks.values())
+        else:
+            snapshot, scope, checks = Snapshot({}, {}), config.cluster.site, []
+            terms = Terms(config.agent.name)
+            self.state = PgState(pool, history=config.agent.history, terms=terms,
+                                 group_of=self._group_of)
+            self.ledger = PgLedger(pool, terms)
+            self.node = Node(pool, terms, site=config.cluster.site,
+                             agent_ttl=config.cluster.agent_ttl,
+                             config_hash=lambda: self.config.config_hash(),
+                             groups=self._dependencies, take=self._take, give=self._give,
+                             metrics=ClusterMetrics(self.registry))
+            self.node.checks_of(lambda: {g: [n for n in names if n in self.checks]
+                                         for g, names in self._groups_members().items()})
         self.engine = Engine(
             config.agent.name,
-            list(self.checks.values()),
+            checks,
             self.windows(),
             check_states={n: restore_check(s) for n, s in snapshot.checks.items()},
             group_states={g: restore_group(s) for g, s in snapshot.groups.items()},
+            scope=scope,
         )
-        self.ledger = SqliteLedger(self.store)
-        self.backends = Backends(config.routes, database=self.store.path)
+        self.backends = Backends(config.routes, database=self.database)
         outbox = OutboxMetrics(self.registry)
         self.watcher = Watcher(self.ledger, self.backends, agent=config.agent.name,
                                group_health=lambda group: groups.health(self.engine, group),
@@ -78,8 +114,10 @@ class Daemon:
                                poll_interval=config.ticketing.poll_interval)
         self.dispatcher = Dispatcher(self.ledger, self.backends, outbox,
                                      self._context, orphans=self.watcher.orphans,
-                                     reconciled=self.watcher.reconciled)
-        self.writer = Writer(self.store, self.metrics, written=self.dispatcher.wake)
+                                     reconciled=self.watcher.reconciled, lost=self._lose)
+        self.writer = Writer(self.state, self.metrics, written=self.dispatcher.wake,
+                             fenced=self._fenced,
+                             every=FLUSH_EVERY if self.node is None else CLUSTER_FLUSH_EVERY)
         self.ready = False
         self.stopping = asyncio.Event()
         self._scheduler: Scheduler | None = None
@@ -90,6 +128,13 @@ class Daemon:
         self.reloads = 0
         self.loops = Supervisor(self.registry, watchdog=sdnotify.watchdog_timeout())
         self._check_started: Progress = lambda: None  # the scheduler's progress: see _schedule
+        self._windows_due = 0.0
+
+    @property
+    def node_every(self) -> float:
+        """The longest the node's loop goes between heartbeats: its period, and a call that
+        waits its full time for a connection."""
+        return (self.node.every if self.node else 0.0) + POOL_TIMEOUT
 
     def _view(self) -> View:
         return View(self.checks, self.results, self.engine)
@@ -97,8 +142,75 @@ class Daemon:
     def _members(self, group: str) -> list[Check]:
         return [self.checks[n] for n in self.engine.members.get(group, []) if n in self.checks]
 
-    def _context(self, group: str) -> Context:
-        return groups.context(self._members(group), self.store.recent_results)
+    async def _context(self, group: str) -> Context:
+        return await groups.context(self._members(group), self.state.recent_results)
+
+    # --- the groups of a cluster ---------------------------------------------------------------
+
+    def _group_of(self, name: str) -> str | None:
+        check = self.checks.get(name)
+        return check.group if check is not None else None
+
+    def _groups_members(self) -> dict[str, list[str]]:
+        members: dict[str, list[str]] = {}
+        for check in self.checks.values():
+            members.setdefault(check.group, []).append(check.name)
+        return members
+
+    def _dependencies(self) -> dict[str, set[str]]:
+        """Each configured group → the groups its checks depend on."""
+        needs: dict[str, set[str]] = {}
+        for check in self.checks.values():
+            needs.setdefault(check.group, set()).update(
+                self.checks[p].group for p in check.depends_on if p in self.checks)
+        return needs
+
+    def _owned(self) -> list[Check]:
+        """The checks this agent runs: all of them alone, its groups' in a cluster."""
+        if self.node is None:
+            return list(self.checks.values())
+        held = self.node.terms.held
+        return [c for c in self.checks.values() if c.group in held]
+
+    async def _take(self, taken: Taken) -> None:
+        checks = [c for c in self.checks.values() if c.group in taken.groups]
+        self._decided(self.engine.take(
+            checks, {n: restore_check(d) for n, d in taken.checks.items()},
+            {g: restore_group(d) for g, d in taken.group_states.items()}, time.time()))
+        if self._scheduler is not None:
+            self._scheduler.update(self._owned())
+
+    async def _give(self, given: frozenset[str]) -> None:
+        """Stop running the groups' checks and write what was decided for them, while their
+        claims are still this agent's; then forget them."""
+        self._forget(given)
+        self._decided([])
+        if await self.writer.flush() is not None:
+            log.warning("groups handed over before their last state was written %s",
+                        fields(groups=len(given)))
+
+    def _forget(self, given: Collection[str]) -> None:
+        if self._scheduler is not None:
+            self._scheduler.update([c for c in self._owned() if c.group not in given])
+        for name in [n for n, c in self.checks.items() if c.group in given]:
+            self.results.pop(name, None)
+
+    def _lose(self, lost: frozenset[str]) -> None:
+        """Another agent took these groups (a write was refused under their old fence)."""
+        if self.node is None:
+            return
+        self.node.lost(lost)
+        self._forget(lost)
+        self.engine.give(lost)
+
+    def _fenced(self, batch: Batch, lost: frozenset[str]) -> Batch:
+        """The batch without what it held for groups another agent decides for now."""
+        self._lose(lost)
+        names = {n for n, c in self.checks.items() if c.group in lost}
+        return Batch({n: d for n, d in batch.checks.items() if n not in names},
+                     {g: d for g, d in batch.groups.items() if g not in lost},
+                     batch.results,
+                     [(t, r) for t, r in batch.transitions if t.group not in lost])
 
     # --- the work of one check -------------------------------------------------------------
 
@@ -108,8 +220,8 @@ class Daemon:
         # A result may echo a secret (a redirect to a URL with a token, a body that repeats a
         # header): its reason and evidence reach logs, status and tickets.
         result = known.redact_result(await execute(check.spec, timeout=check.timeout))
-        if self.checks.get(check.name) is not check and check.name not in self.checks:
-            return False  # removed by a reload while it ran
+        if check.name not in self.engine.config:
+            return False  # removed by a reload, or handed to another agent, while it ran
         self.results[check.name] = result
         now = time.time()
         transitions = self.engine.observe(check.name, result.state, result.reason, now)
@@ -167,6 +279,21 @@ class Daemon:
             progress()
             await asyncio.sleep(TICK_EVERY)
             self._decided(self.engine.tick(time.time()))
+            if self.node is not None and time.monotonic() >= self._windows_due:
+                self._windows_due = time.monotonic() + WINDOWS_EVERY
+                await self._read_windows()
+
+    async def _read_windows(self) -> None:
+        """The windows set at run time, as the database has them: in a cluster, any agent may
+        have set or ended one."""
+        try:
+            stored = await self.state.windows(time.time())
+        except StoreError as err:
+            log.debug("maintenance windows not read %s", fields(error=err))
+            return
+        if stored.keys() != self.adhoc.keys():
+            self.adhoc = {n: Maintenance.model_validate(d) for n, d in stored.items()}
+            self._maintenance_changed()
 
     # --- reload and stop ---------------------------------------------------------------------
 
@@ -189,10 +316,11 @@ class Daemon:
             for name in list(self.results):
                 if name not in self.checks:
                     del self.results[name]
-            self._decided(self.engine.reconfigure(list(self.checks.values()),
-                                                  self.windows(), time.time()))
+            self._decided(self.engine.reconfigure(self._owned(), self.windows(), time.time()))
             if self._scheduler is not None:
-                self._scheduler.update(list(self.checks.values()))
+                self._scheduler.update(self._owned())
+            if self.node is not None:
+                self.node.wake.set()  # the groups may move
             self.backends.update(config.routes)
             self.dispatcher.wake()
             self.guard = secure(config, self.guard)
@@ -203,7 +331,7 @@ class Daemon:
             return []
         finally:
             self.reloads += 1
-            control.write(self.store.path.parent,
+            control.write(self.config.agent.state_dir,
                           control.Record(os.getpid(), self.reloads, not errors, errors))
             sdnotify.notify("READY=1", f"STATUS={self._status_line()}")
 
@@ -216,13 +344,14 @@ class Daemon:
         """The configuration's windows (no number), then those set at run time."""
         return [*((None, w) for w in self.config.maintenance), *self.adhoc.items()]
 
-    def add_window(self, window: Maintenance) -> int:
+    async def add_window(self, window: Maintenance) -> int:
         """Raises ValueError for a window that matches no check, StoreError when it cannot be
         recorded (a window that is not stored would not outlive a restart)."""
         if not any(window_matches(window, c) for c in self.checks.values()):
             raise ValueError("names no check or service that probe runs")
         assert window.end is not None
-        number = self.store.add_window(window.model_dump(mode="json"), window.end.timestamp())
+        number = await self.state.add_window(window.model_dump(mode="json"),
+                                             window.end.timestamp())
         self.adhoc[number] = window
         self._maintenance_changed()
         log.warning("maintenance set %s", fields(id=number, checks=window.checks,
@@ -231,23 +360,24 @@ class Daemon:
                                                  reason=window.reason))
         return number
 
-    def end_window(self, number: int) -> bool:
+    async def end_window(self, number: int) -> bool:
         """Raises StoreError, and leaves the window on, when that cannot be recorded."""
         if number not in self.adhoc:
             return False
-        self.store.end_window(number)
+        await self.state.end_window(number)
         del self.adhoc[number]
         self._maintenance_changed()
         log.warning("maintenance ended %s", fields(id=number))
         return True
 
     def _maintenance_changed(self) -> None:
-        self._decided(self.engine.reconfigure(list(self.checks.values()), self.windows(),
-                                              time.time()))
+        self._decided(self.engine.reconfigure(self._owned(), self.windows(), time.time()))
 
     def not_ready(self) -> str | None:
         if not self.ready:
             return "starting or stopping"
+        if self.node is not None and self.node.view.error is not None:
+            return f"the cluster's database cannot be reached: {self.node.view.error}"
         if not self.writer.writable:
             return "the state database cannot be written"
         return None
@@ -268,12 +398,17 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        self._decided(self.engine.reconfigure(list(self.checks.values()),
-                                              self.windows(), time.time()))
+        self.adhoc = {n: Maintenance.model_validate(d)
+                      for n, d in (await self.state.windows(time.time())).items()}
+        self._decided(self.engine.reconfigure(self._owned(), self.windows(), time.time()))
         scheduler = self._scheduler = Scheduler(
             self._run_check, self.config.agent.max_concurrency, on_skip=self._skipped,
         )
-        scheduler.update(list(self.checks.values()))
+        if self.node is not None:
+            await self.node.join()
+            await self.node.beat()  # the groups it holds, before the first check
+            self.loops.add("node", self.node.serve, every=lambda: self.node_every)
+        scheduler.update(self._owned())
         self.loops.add("scheduler", self._schedule, every=self._cadence)
         self.loops.add("flusher", self.writer.serve, every=lambda: FLUSH_RETRY)
         self.loops.add("ticker", self._ticker, every=lambda: TICK_EVERY)
@@ -294,7 +429,7 @@ class Daemon:
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
         self.ready = True
-        control.write(self.store.path.parent, control.Record(os.getpid()))
+        control.write(self.config.agent.state_dir, control.Record(os.getpid()))
         sdnotify.notify("READY=1", f"STATUS={self._status_line()}")
         log.info("probe started %s", fields(agent=self.config.agent.name,
                                            listen=self.config.agent.listen,
@@ -311,6 +446,9 @@ class Daemon:
         await scheduler.stop()
         with contextlib.suppress(Exception):
             await runner.cleanup()
+        if self.node is not None:
+            await self.dispatcher.close()  # a delivery cut short: its successor asks find()
+            await self.node.leave()
         try:
             if await self.writer.flush() is not None:
                 log.error("state not saved at stop: the last decisions will be taken again")
@@ -318,8 +456,8 @@ class Daemon:
             log.exception("state not saved at stop: the last decisions will be taken again")
         await self.dispatcher.close()
         await self.backends.close()
-        self.store.close()
-        control.remove(self.store.path.parent, os.getpid())
+        await self.state.close()
+        control.remove(self.config.agent.state_dir, os.getpid())
 
 
 def secure(config: Config, guard: webconfig.Guard | None) -> webconfig.Guard:
@@ -374,6 +512,18 @@ def security_warnings(config: Config, web: webconfig.WebConfig | None) -> list[s
     return [w for w in warnings if w]
 
 
+async def open_database(config: Config) -> Pool | None:
+    """The cluster's database, its schema brought up to date (None: no cluster). StoreError when
+    it cannot be reached or its address read."""
+    if config.cluster is None:
+        return None
+    try:
+        config.agent.state_dir.mkdir(parents=True, exist_ok=True)  # the control record's
+        return await open_pool(config.cluster.dsn(), max_size=4, timeout=POOL_TIMEOUT)
+    except (SecretError, OSError, LedgerError, PoolTimeout, OperationalError) as err:
+        raise StoreError(f"the cluster's database: {err}") from err
+
+
 async def run(config_path: Path, config: Config) -> None:
     """Start, and wait for the state database if it cannot be opened yet (a read-only or
     missing state directory): retrying here beats a restart loop under systemd, and no
@@ -385,7 +535,7 @@ async def run(config_path: Path, config: Config) -> None:
     said = False
     while True:
         try:
-            daemon = Daemon(config_path, config)
+            daemon = Daemon(config_path, config, await open_database(config))
             break
         except StoreError as err:
             if not said:

@@ -70,7 +70,7 @@ async def demo(listen: str = "127.0.0.1:9469") -> int:
         print(f"probe demo: a shop whose health endpoint fails from {UP_FIRST:.0f}s to "
               f"{UP_FIRST + DOWN_FOR:.0f}s; metrics on http://{listen}/metrics\n")
         task = asyncio.create_task(daemon.serve())
-        tickets = LocalTickets(daemon.store.path)
+        tickets = LocalTickets(daemon.database)
         shown: set[tuple[str, float]] = set()
         try:
             while time.monotonic() - started < 90:

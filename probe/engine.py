@@ -20,7 +20,7 @@ import datetime as dt
 import fnmatch
 import itertools
 import zoneinfo
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -90,8 +90,12 @@ class Engine:
         *,
         check_states: dict[str, CheckState] | None = None,
         group_states: dict[str, GroupState] | None = None,
+        scope: str | None = None,
     ) -> None:
-        self.agent = agent
+        self.agent = agent  # who saw it, in the facts
+        # The incident keys' prefix: the agent's name, or in a cluster its site's, so that a
+        # group moving between agents keeps counting its incidents under one name.
+        self.scope = scope or agent
         self.checks: dict[str, CheckState] = dict(check_states or {})
         self.groups: dict[str, GroupState] = dict(group_states or {})
         self.dirty_checks: set[str] = set()
@@ -139,6 +143,32 @@ class Engine:
             del self.groups[group]
             self.dirty_groups.add(group)
         return out
+
+    def take(self, checks: Sequence[Check], check_states: Mapping[str, CheckState],
+             group_states: Mapping[str, GroupState], now: float) -> list[Transition]:
+        """A cluster's groups this agent now decides for, with their checks and the states the
+        previous owner left (a check or group with none starts afresh): the streaks go on where
+        they were. Then the groups are judged as they are now."""
+        self.checks.update(check_states)
+        self.groups.update(group_states)
+        self._configure([*self.config.values(), *checks], self.maintenance)
+        out: list[Transition] = []
+        for group in sorted({c.group for c in checks}):
+            out += self._evaluate(group, now)
+        return out
+
+    def give(self, groups: Collection[str]) -> None:
+        """Groups another agent decides for now: forgotten, without a transition or a write
+        (their state stays in the database as the last write left it)."""
+        kept = [c for c in self.config.values() if c.group not in groups]
+        for name in [n for n, c in self.config.items() if c.group in groups]:
+            self.checks.pop(name, None)
+            self.dirty_checks.discard(name)
+            self.wanted.discard(name)
+        for group in groups:
+            self.groups.pop(group, None)
+            self.dirty_groups.discard(group)
+        self._configure(kept, self.maintenance)
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -306,7 +336,7 @@ class Engine:
             if not self.checks[child].healthy
         })
         gs.incident = Incident(
-            key=f"{self.agent}/{group}/{gs.seq}",
+            key=f"{self.scope}/{group}/{gs.seq}",
             opened_at=now,
             first_failure_at=first_failure,
             why=why,

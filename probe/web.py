@@ -43,10 +43,10 @@ class Status(Protocol):
     def maintenance_windows(self) -> list[tuple[int | None, Maintenance]]:
         """The windows: the configuration's (no number), then those set at run time."""
 
-    def add_window(self, window: Maintenance) -> int:
+    async def add_window(self, window: Maintenance) -> int:
         """Set a window at run time. Raises ValueError, StoreError."""
 
-    def end_window(self, number: int) -> bool: ...
+    async def end_window(self, number: int) -> bool: ...
 
     async def reload(self) -> list[str]: ...
 
@@ -140,7 +140,7 @@ async def add_maintenance(request: web.Request) -> web.Response:
         return web.json_response({"error": "send the window as application/json"}, status=415)
     try:
         window = window_request(await request.json())
-        number = request.app[STATUS].add_window(window)
+        number = await request.app[STATUS].add_window(window)
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         return web.json_response({"error": str(err)}, status=400)
     except StoreError as err:
@@ -151,7 +151,7 @@ async def add_maintenance(request: web.Request) -> web.Response:
 async def end_maintenance(request: web.Request) -> web.Response:
     number = int(request.match_info["id"])
     try:
-        ended = request.app[STATUS].end_window(number)
+        ended = await request.app[STATUS].end_window(number)
     except StoreError as err:
         return web.json_response({"error": str(err)}, status=503)
     if not ended:

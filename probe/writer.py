@@ -1,6 +1,8 @@
-"""The state writer: what the daemon decided, written to the state database in batches by a
-thread, never on a check's path. A write the database refuses (read-only, full) is kept, in
-order, and tried again; the daemon goes on deciding meanwhile."""
+"""The state writer: what the daemon decided, written to the state database in batches, never
+on a check's path. A write the database refuses (read-only, full, gone) is kept, in order, and
+tried again; the daemon goes on deciding meanwhile. In a cluster, a write refused because
+another agent now decides for some of its groups (FenceRejected) loses those groups' part:
+`fenced` takes it out, and the rest is written."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from collections.abc import Callable
 
 from probe.log import fields
 from probe.metrics import Metrics
-from probe.store import Batch, Store, StoreError
+from probe.state import State
+from probe.store import Batch, StoreError
 from probe.supervisor import Progress
+from probe.tickets.ledger import FenceRejected
 
 log = logging.getLogger("probe")
 
@@ -22,10 +26,15 @@ MAX_PENDING_RESULTS = 20_000  # results kept in memory while the state cannot be
 
 
 class Writer:
-    def __init__(self, store: Store, metrics: Metrics, *, written: Callable[[], None]) -> None:
-        self.store = store
+    def __init__(self, state: State, metrics: Metrics, *, written: Callable[[], None],
+                 fenced: Callable[[Batch, frozenset[str]], Batch] | None = None,
+                 every: float = FLUSH_EVERY) -> None:
+        self.state = state
+        self.every = every
+        self._lock = asyncio.Lock()  # one write at a time: a later batch never lands first
         self.metrics = metrics
         self.written = written  # called when a batch with transitions is written
+        self.fenced = fenced  # the batch without the groups another agent holds now
         self.pending = Batch()
         self.writable = True
         self._soon = asyncio.Event()
@@ -39,7 +48,7 @@ class Writer:
         while True:
             progress()
             try:
-                async with asyncio.timeout(FLUSH_EVERY if failing_since is None else FLUSH_RETRY):
+                async with asyncio.timeout(self.every if failing_since is None else FLUSH_RETRY):
                     await self._soon.wait()
             except TimeoutError:
                 pass
@@ -49,11 +58,22 @@ class Writer:
     async def flush(self, failing_since: float | None = None) -> float | None:
         """Write what is pending; on failure keep it, in order, for the next try. Returns when
         writes began to fail (None: they do not)."""
+        async with self._lock:
+            return await self._flush(failing_since)
+
+    async def _flush(self, failing_since: float | None) -> float | None:
         if not self.pending:
             return failing_since
         batch, self.pending = self.pending, Batch()
         try:
-            await asyncio.to_thread(self.store.write, batch)
+            await self.state.write(batch)
+        except FenceRejected as err:
+            if self.fenced is None:
+                raise
+            batch.merge(self.pending)
+            self.pending = self.fenced(batch, err.groups)
+            self.soon()
+            return failing_since
         except StoreError as err:
             batch.merge(self.pending)
             # Decisions and states are kept whatever it costs; the history of results is

@@ -19,7 +19,7 @@ from probe.helpdesks.github import Backend, Route, key_label
 from tests.harness import fake_github
 from tests.harness.daemon import Target
 from tests.harness.fake_github import REPOSITORY, TOKEN, FakeGitHub
-from tests.harness.inloop import Runner
+from tests.harness.inloop import Runner, sqlite
 from tests.harness.openapi import INSTALL_GITHUB, Request, github_description, load
 from tests.harness.wait import until
 
@@ -488,9 +488,9 @@ async def test_the_daemon_finds_the_issue_made_by_an_open_that_timed_out(
     daemon, _ = await run(daemon_config(github, target, token_file, timeout="500ms"))
     target.down = True
     label = key_label("t/shop/1")
-    await until("the ticket recorded", lambda: daemon.store.query(
+    await until("the ticket recorded", lambda: sqlite(daemon).query(
         "SELECT ref FROM tickets WHERE ticket_key = 't/shop/1'"))
-    (ref,) = daemon.store.query("SELECT ref FROM tickets WHERE ticket_key = 't/shop/1'")[0]
+    (ref,) = sqlite(daemon).query("SELECT ref FROM tickets WHERE ticket_key = 't/shop/1'")[0]
     assert [issue["number"] for issue in github.labelled(label)] == [int(ref)]
     assert any(seen.request.query and ("labels", label) in seen.request.query
                for seen in github.requests)  # find() asked before opening again
@@ -520,7 +520,7 @@ async def test_an_issue_closed_by_a_human_during_the_outage(
         before = comments(github, number)
     target.down = False
     await until("the incident to resolve", lambda: not daemon.engine.groups["shop"].incident)
-    await until("the outbox to drain", lambda: not daemon.store.query(
+    await until("the outbox to drain", lambda: not sqlite(daemon).query(
         "SELECT 1 FROM outbox WHERE status = 'pending'"))
     if policy == "leave":
         assert comments(github, number) == before  # left alone

@@ -20,7 +20,7 @@ from probe.helpdesks.pagerduty import Backend, Route
 from tests.harness import fake_pagerduty
 from tests.harness.daemon import Target
 from tests.harness.fake_pagerduty import API_TOKEN, ROUTING_KEY, USER_EMAIL, FakePagerDuty
-from tests.harness.inloop import Runner
+from tests.harness.inloop import Runner, sqlite
 from tests.harness.wait import until
 
 KEY = "probe-eu-1/shop/3"
@@ -479,8 +479,8 @@ async def test_an_incident_resolved_by_a_human_during_the_outage(
         return
     await until("the incident to resolve", lambda: not daemon.engine.groups["shop"].incident)
     # Written with the decision (the next flush), then delivered: drained only after both.
-    await until("the resolve queued", lambda: daemon.store.query(
+    await until("the resolve queued", lambda: sqlite(daemon).query(
         "SELECT 1 FROM outbox WHERE action = 'resolve'"))
-    await until("the outbox to drain", lambda: not daemon.store.query(
+    await until("the outbox to drain", lambda: not sqlite(daemon).query(
         "SELECT 1 FROM outbox WHERE status = 'pending'"))
     assert len(pagerduty.events) == events  # left alone: not even a resolve

@@ -77,7 +77,7 @@ def transition(kind: TransitionKind, key: str, at: float = 1030.0, group: str = 
 async def opened(subject: Subject, key: str, route: str = "desk", *, ticket: str | None = None,
                  ref: str = "T-1", policy: Policy | None = None) -> None:
     """An incident opened, and its open delivered as ticket `ref`."""
-    await subject.record([(transition("open", key), route)])
+    await subject.record([(transition("open", key, group=key.split("#")[0]), route)])
     ledger = subject.ledger
     head = next(h for h in (await ledger.heads()).rows if h.incident_key == key)
     await ledger.opened(head.id, ticket or key, key, route, ref, policy)
@@ -233,8 +233,8 @@ async def test_give_up_fails_an_action_for_good_and_retry_sends_it_again(
 async def test_failed_lists_oldest_or_newest_first_up_to_a_limit(subject: Subject) -> None:
     ledger = subject.ledger
     keys = [f"web#{n}" for n in range(1, 5)]
-    for key in keys:
-        await subject.record([(transition("open", key), "desk")])
+    for n, key in enumerate(keys):
+        await subject.record([(transition("open", key, group=f"web{n}"), "desk")])
         head = next(h for h in (await ledger.heads()).rows if h.incident_key == key)
         await ledger.give_up(head.id, counted=0, error=f"error of {key}")
     assert [f.incident_key for f in await ledger.failed()] == keys
@@ -472,6 +472,7 @@ async def test_agents_starting_together_migrate_the_schema_once(pg_database: str
     assert await tables(pg_database) == {"schema_version": 1, "incidents": 1, "outbox": 1,
                                          "tickets": 1, "agents": 1, "check_state": 1,
                                          "group_state": 1, "results": 1, "maintenance": 1,
+                                         "claims": 1,
                                          "version": len(MIGRATIONS)}
 
 

@@ -21,7 +21,7 @@ import pytest
 from probe.daemon import Daemon
 from probe.engine import Transition
 from tests.harness.daemon import ProbeProcess, Target
-from tests.harness.inloop import Runner
+from tests.harness.inloop import Runner, sqlite
 from tests.harness.ports import free_port
 from tests.harness.wait import until
 
@@ -160,13 +160,13 @@ async def test_a_stuck_loop_stops_the_watchdog_and_fails_health_until_it_moves_a
 
     # The dispatcher's next look at the outbox never comes back, as on a hung disk.
     released = threading.Event()
-    run = daemon.store.run
+    run = sqlite(daemon).run
 
     def hung(work: Callable[[sqlite3.Connection], Any]) -> Any:
         released.wait()
         return run(work)
 
-    monkeypatch.setattr(daemon.store, "run", hung)
+    monkeypatch.setattr(sqlite(daemon), "run", hung)
     try:
         # Stuck once late by WatchdogSec on top of its 5 s between looks.
         _, body = await answer(f"{url}/-/healthy", lambda status, body: status == 503,

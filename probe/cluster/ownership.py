@@ -53,3 +53,26 @@ def owned(checks: Iterable[str], live_agents: Collection[str]) -> dict[str, list
         if holder is not None:
             shares[holder].append(check)
     return shares
+
+
+def shards(groups: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """Each incident group's shard, the unit an agent owns: groups joined by a dependency (a
+    member of one depends on a check of the other: `groups` maps each group to the groups it
+    depends on) are one shard, so that the engine that decides for a child sees its parents'
+    states as it always did. A shard is named by its least group, the same for every agent
+    reading the same configuration."""
+    parent: dict[str, str] = {}
+
+    def root(group: str) -> str:
+        while parent.setdefault(group, group) != group:
+            parent[group] = parent[parent[group]]
+            group = parent[group]
+        return group
+
+    for group, needs in groups.items():
+        for other in needs:
+            a, b = root(group), root(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+        root(group)
+    return {group: root(group) for group in parent}

@@ -22,23 +22,31 @@ probe.tickets.pgledger; every statement on them is here.
   StoreError, the writer's signal to keep the batch and try again; pgledger.connection says
   which errors those are, for every call on the cluster's database alike.
 
-Not yet here (issue 12, next): the decision on a group taken under a lock on its group_state row
-(SELECT ... FOR UPDATE in the transaction that writes it and its actions). A group whose state is
-deleted loses its row; that step keeps the row as the lock's anchor, or inserts it first.
+- In a cluster (`terms` given), a batch that changes a group (its state, its checks' states,
+  its transitions) is written only under the claim on the group (probe.cluster.claims), locked
+  for the transaction and held by this agent with its fence: otherwise nothing is written and
+  FenceRejected names the groups another agent decides for now. The claim's row, not the
+  group_state row, is the lock's anchor: it outlives a group deleted and configured again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from checks.base import Result
 from probe.engine import Changes
 from probe.store import Batch, Snapshot, StoreError
-from probe.tickets.ledger import LedgerError
-from probe.tickets.pgledger import Connection, Pool, connection, record_transitions
+from probe.tickets.ledger import FenceRejected, LedgerError
+from probe.tickets.pgledger import (
+    Connection,
+    Pool,
+    Terms,
+    connection,
+    record_transitions,
+)
 
 
 def _epoch(column: str) -> str:
@@ -73,19 +81,38 @@ class PgState:
     """The state in PostgreSQL, through the cluster's pool (pgledger.open_pool, which migrates
     the schema), keeping the last `history` results of each check."""
 
-    def __init__(self, pool: Pool, *, history: int = 50) -> None:
+    def __init__(self, pool: Pool, *, history: int = 50, terms: Terms | None = None,
+                 group_of: Callable[[str], str | None] = lambda name: None) -> None:
         if history < 1:
             raise ValueError(f"history must be at least 1, not {history}")
         self._pool = pool
         self.history = history
+        self._terms = terms
+        self._group_of = group_of  # a check's group, for the claim its state is written under
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
         try:
             async with connection(self._pool) as conn:
                 yield conn
+        except FenceRejected:
+            raise
         except LedgerError as err:
             raise StoreError(str(err)) from err
+
+    async def _check_claims(self, conn: Connection, batch: Batch) -> None:
+        assert self._terms is not None
+        groups = {*batch.groups, *(t.group for t, _ in batch.transitions)}
+        groups.update(g for name in batch.checks if (g := self._group_of(name)) is not None)
+        if not groups:
+            return  # results only: history, written by whoever ran the check
+        rows = await (await conn.execute(
+            "SELECT grp, owner, fence FROM claims WHERE grp = ANY(%s) ORDER BY grp FOR SHARE",
+            (sorted(groups),))).fetchall()
+        held = {group for group, owner, fence in rows
+                if owner == self._terms.agent and fence == self._terms.held.get(group)}
+        if groups - held:
+            raise FenceRejected(groups - held)
 
     async def close(self) -> None:
         """The pool is the caller's (the ledger and the membership share it): nothing to do."""
@@ -99,6 +126,8 @@ class PgState:
 
     async def write(self, batch: Batch) -> None:
         async with self._connection() as conn, conn.transaction():
+            if self._terms is not None:
+                await self._check_claims(conn, batch)
             await _upsert(conn, "check_state", batch.checks)
             await _upsert(conn, "group_state", batch.groups)
             if batch.results:

@@ -3,7 +3,7 @@ route its tickets go to, what its ticket shows, and whether its outage goes on."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +53,10 @@ def route(members: Sequence[Check]) -> str | None:
     return None
 
 
-def context(members: Sequence[Check],
-            recent_results: Callable[[str], list[dict[str, Any]]]) -> Context:
-    recent = [{**r, "check": check.name} for check in members for r in recent_results(check.name)]
+async def context(members: Sequence[Check],
+                  recent_results: Callable[[str], Awaitable[list[dict[str, Any]]]]) -> Context:
+    recent = [{**r, "check": check.name} for check in members
+              for r in await recent_results(check.name)]
     recent.sort(key=lambda r: r["at"], reverse=True)
     return Context(members, recent[:10])
 

@@ -151,6 +151,16 @@ class LedgerError(Exception):
     since a delivery that cannot be recorded would be made twice."""
 
 
+class FenceRejected(LedgerError):
+    """A write on a group this agent no longer decides for: another agent claimed it (this one
+    was paused, or thought dead) and took a new fence. Nothing was written; the caller drops
+    the group's work, which its new owner does."""
+
+    def __init__(self, groups: Collection[str]) -> None:
+        self.groups = frozenset(groups)
+        super().__init__(f"no longer decides for {', '.join(sorted(self.groups))}")
+
+
 class Ledger(Protocol):
     """Every call raises LedgerError when its database refuses; any other exception is a bug."""
 

@@ -33,7 +33,7 @@ from probe.helpdesks.base import Backend, TicketError
 from probe.log import fields
 from probe.tickets import render, triage
 from probe.tickets.groups import Context
-from probe.tickets.ledger import Action, Head, Ledger, LedgerError, Row
+from probe.tickets.ledger import Action, FenceRejected, Head, Ledger, LedgerError, Row
 from probe.tickets.pool import Backends
 from probe.tickets.watcher import Orphans, adopt
 
@@ -76,10 +76,11 @@ class Dispatcher:
         ledger: Ledger,
         backends: Backends,
         metrics: OutboxMetrics,
-        context: Callable[[str], Context],
+        context: Callable[[str], Awaitable[Context]],
         *,
         orphans: Orphans,
         reconciled: asyncio.Event,
+        lost: Callable[[frozenset[str]], None] = lambda groups: None,
     ) -> None:
         self.ledger = ledger
         self.backends = backends
@@ -87,6 +88,7 @@ class Dispatcher:
         self.context = context
         self.orphans = orphans
         self.reconciled = reconciled  # set by the watcher's first reconcile
+        self.lost = lost  # in a cluster: groups another agent delivers for now
         self._wake = asyncio.Event()
         self._busy: set[str] = set()  # incidents with a delivery in flight
         self._paused: dict[str, float] = {}  # route -> not before (a 429's Retry-After)
@@ -184,6 +186,12 @@ class Dispatcher:
                     self._precounted.pop(row.id, None)
                     self.metrics.latency.labels(row.route, row.action).observe(
                         max(0.0, time.time() - row.created_at))
+        except FenceRejected as err:
+            # Another agent holds the incident's group now (this one was paused, or thought
+            # gone): it delivers, this one stops.
+            log.warning("ticket delivery handed to another agent %s", fields(
+                key=head.incident_key, groups=",".join(sorted(err.groups))))
+            self.lost(err.groups)
         except LedgerError as err:
             self._state_failed(err)
         finally:
@@ -302,7 +310,7 @@ class Dispatcher:
             policy = row.facts.ticket or Policy()
             ticket = render.ticket(
                 row.facts, ticket_key, policy.priority,
-                recent=self.context(row.facts.group).recent,
+                recent=(await self.context(row.facts.group)).recent,
                 links={"runbook": policy.runbook, "dashboard": policy.dashboard},
                 title_template=policy.title_template, body_template=policy.body_template,
                 follows=follows,
@@ -318,7 +326,7 @@ class Dispatcher:
     async def _triage(self, backend: Backend[Any], ref: str, row: Row) -> None:
         """Evidence as the ticket's first note: gathered after the open so that the ticket
         is not delayed by it. Best effort: a few tries, then a log line."""
-        lines = await triage.gather(self.context(row.facts.group).checks)
+        lines = await triage.gather((await self.context(row.facts.group)).checks)
         if not lines:
             return
         for attempt in range(3):
@@ -354,7 +362,7 @@ class Dispatcher:
         if ref is None:
             policy = row.facts.ticket or Policy()
             ticket = render.ticket(row.facts, escalation_key, policy.priority,
-                                   recent=self.context(row.facts.group).recent)
+                                   recent=(await self.context(row.facts.group)).recent)
             await self._count(row)
             await target.open(ticket)
         await self.backends[row.route].note(

@@ -39,7 +39,8 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
 
 from psycopg import AsyncConnection, OperationalError, errors
 from psycopg.rows import TupleRow
@@ -51,6 +52,7 @@ from probe.tickets.ledger import (
     Action,
     Backlog,
     Failed,
+    FenceRejected,
     Followup,
     Head,
     Heads,
@@ -156,11 +158,50 @@ MIGRATIONS: list[str] = [
         ends_at timestamptz NOT NULL
     );
     """,
+    # Who decides for each incident group, and under which term (probe.cluster.claims). A
+    # claim lives while its owner heartbeats; every write on a group's state, its incidents and
+    # their actions carries the term's fence and is refused under another. One open incident
+    # per group is the database's rule too, not only the engine's.
+    """
+    CREATE TABLE claims (
+        grp text PRIMARY KEY,
+        owner text,                     -- NULL: released, anyone may take it
+        fence bigint NOT NULL
+    );
+    DROP INDEX incidents_open;
+    CREATE UNIQUE INDEX incidents_open ON incidents (grp) WHERE resolved_at IS NULL;
+    """,
 ]
 
 
 class SchemaError(Exception):
     """The database's schema is newer than this probe knows."""
+
+
+@dataclass
+class Terms:
+    """The groups an agent of a cluster decides for, each with the fence of its current term
+    (probe.cluster.claims keeps it). `live` is False while the agent cannot tell it is still a
+    member (its heartbeats fail): it then starts no delivery."""
+
+    agent: str
+    held: dict[str, int] = field(default_factory=dict)
+    live: bool = False
+
+
+# The claim behind a write, locked FOR SHARE: a claim taken meanwhile (an UPDATE) waits for the
+# write's transaction, and the write sees the claim as it is when it commits.
+_CLAIM_OF: dict[str, str] = {
+    "action": "SELECT c.grp, c.owner, c.fence FROM outbox o JOIN incidents i"
+              " ON i.key = o.incident_key JOIN claims c ON c.grp = i.grp WHERE o.id = %s"
+              " FOR SHARE OF c",
+    "incident": "SELECT c.grp, c.owner, c.fence FROM incidents i JOIN claims c ON c.grp = i.grp"
+                " WHERE i.key = %s FOR SHARE OF c",
+    "ticket": "SELECT c.grp, c.owner, c.fence FROM tickets t JOIN incidents i"
+              " ON i.key = t.incident_key JOIN claims c ON c.grp = i.grp"
+              " WHERE t.ticket_key = %s FOR SHARE OF c",
+}
+By = Literal["action", "incident", "ticket"]
 
 
 async def migrate(pool: Pool) -> int:
@@ -255,10 +296,16 @@ def _epoch(column: str) -> str:
 
 
 class PgLedger:
-    """The ledger in PostgreSQL, through a pool of autocommit connections (`open_pool`)."""
+    """The ledger in PostgreSQL, through a pool of autocommit connections (`open_pool`).
 
-    def __init__(self, pool: Pool) -> None:
+    In a cluster (`terms` given), the ledger is one agent's view: it delivers and watches the
+    incidents of the groups it holds, and every write on an incident, its actions or its
+    tickets is made under the claim on its group, with the agent's fence (FenceRejected
+    otherwise)."""
+
+    def __init__(self, pool: Pool, terms: Terms | None = None) -> None:
         self._pool = pool
+        self._terms = terms
 
     def _connection(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         return connection(self._pool)
@@ -267,21 +314,38 @@ class PgLedger:
         async with self._connection() as conn:
             return await (await conn.execute(query, params)).fetchall()
 
-    async def _write(self, query: str, params: tuple[Any, ...]) -> int:
-        async with self._connection() as conn:
+    async def _write(self, query: str, params: tuple[Any, ...], *, by: By, of: object) -> int:
+        async with self._guarded(by, of) as conn:
             return (await conn.execute(query, params)).rowcount
+
+    @contextlib.asynccontextmanager
+    async def _guarded(self, by: By, of: object) -> AsyncIterator[Connection]:
+        """A connection in a transaction that holds the claim on the group of the action,
+        incident or ticket `of` under this agent's fence; outside a cluster, a transaction."""
+        async with self._connection() as conn, conn.transaction():
+            if self._terms is not None:
+                await _check_claim(conn, self._terms, by, of)
+            yield conn
 
     # --- delivery ------------------------------------------------------------------------------
 
     async def heads(self) -> Heads:
-        # One statement, so that the heads and the count are of the same moment.
+        # One statement, so that the heads and the count are of the same moment. In a
+        # cluster, the pending actions of the groups this agent holds.
+        mine, params = "", cast(tuple[Any, ...], ())
+        if self._terms is not None:
+            if not self._terms.live:
+                return Heads([], 0)
+            mine = (" AND incident_key IN (SELECT key FROM incidents"
+                    "                      WHERE grp = ANY(%s))")
+            params = (sorted(self._terms.held),)
         rows = await self._rows(
             "WITH p AS (SELECT id, incident_key, route, next_attempt_at FROM outbox"
-            "           WHERE status = 'pending')"
+            "           WHERE status = 'pending'" + mine + ")"
             " SELECT h.id, h.incident_key, h.route, " + _epoch("h.next_attempt_at") +
             ", (SELECT count(*) FROM p) FROM"
             " (SELECT DISTINCT ON (incident_key) * FROM p ORDER BY incident_key, id) h"
-            " ORDER BY h.incident_key")
+            " ORDER BY h.incident_key", params)
         return Heads([Head(*row[:4]) for row in rows], rows[0][4] if rows else 0)
 
     async def load(self, action_id: int) -> Row | None:
@@ -293,28 +357,29 @@ class PgLedger:
 
     async def count_attempt(self, action_id: int) -> None:
         await self._write("UPDATE outbox SET attempts = attempts + 1, unknown_outcome = true"
-                          " WHERE id = %s", (action_id,))
+                          " WHERE id = %s", (action_id,), by="action", of=action_id)
 
     async def refused(self, action_id: int) -> None:
         await self._write("UPDATE outbox SET unknown_outcome = false WHERE id = %s",
-                          (action_id,))
+                          (action_id,), by="action", of=action_id)
 
     async def postpone(self, action_id: int, *, counted: int, until: float, error: str) -> None:
         await self._write("UPDATE outbox SET attempts = attempts + %s,"
                           " next_attempt_at = to_timestamp(%s), last_error = %s WHERE id = %s",
-                          (counted, until, error, action_id))
+                          (counted, until, error, action_id), by="action", of=action_id)
 
     async def give_up(self, action_id: int, *, counted: int, error: str) -> None:
         await self._write("UPDATE outbox SET status = 'failed', last_error = %s,"
-                          " attempts = attempts + %s WHERE id = %s", (error, counted, action_id))
+                          " attempts = attempts + %s WHERE id = %s", (error, counted, action_id),
+                          by="action", of=action_id)
 
     async def delivered(self, action_id: int) -> None:
-        await self._write(_DELIVERED, (time.time(), action_id))
+        await self._write(_DELIVERED, (time.time(), action_id), by="action", of=action_id)
 
     async def opened(self, action_id: int, ticket_key: str, incident_key: str, route: str,
                      ref: str, policy: Policy | None) -> None:
         policy_json = json.dumps(policy.to_json() if policy is not None else {})
-        async with self._connection() as conn, conn.transaction():
+        async with self._guarded("action", action_id) as conn:
             await conn.execute("INSERT INTO tickets (ticket_key, incident_key, route, ref,"
                                " opened_at, policy) VALUES (%s, %s, %s, %s, to_timestamp(%s), %s)"
                                " ON CONFLICT (ticket_key) DO NOTHING",
@@ -323,7 +388,7 @@ class PgLedger:
 
     async def enqueue(self, incident_key: str, action: Action, route: str, facts: Facts,
                       followup: Followup = NO_FOLLOWUP) -> None:
-        async with self._connection() as conn:
+        async with self._guarded("incident", incident_key) as conn:
             await _enqueue(conn, incident_key, action, route, facts, followup)
 
     # --- tickets -------------------------------------------------------------------------------
@@ -345,7 +410,7 @@ class PgLedger:
 
     async def set_state(self, ticket_key: str, state: TicketState) -> None:
         await self._write("UPDATE tickets SET state = %s WHERE ticket_key = %s",
-                          (state, ticket_key))
+                          (state, ticket_key), by="ticket", of=ticket_key)
 
     async def knows(self, ticket_key: str, ref: str) -> bool:
         return bool(await self._rows("SELECT 1 FROM tickets WHERE ticket_key = %s OR ref = %s"
@@ -360,7 +425,7 @@ class PgLedger:
             " incident_key = excluded.incident_key, route = excluded.route,"
             " ref = excluded.ref, opened_at = excluded.opened_at, state = 'open',"
             " escalated_at = NULL, policy = '{}'",
-            (ticket_key, incident_key, route, ref, time.time()))
+            (ticket_key, incident_key, route, ref, time.time()), by="incident", of=incident_key)
 
     async def pending(self, incident_key: str, actions: Collection[Action] | None = None,
                       ) -> bool:
@@ -376,12 +441,15 @@ class PgLedger:
             "SELECT t.ticket_key, t.incident_key, t.route, t.ref, " + _epoch("t.opened_at") +
             ", " + _epoch("t.escalated_at") + ", t.policy, i.facts FROM tickets t"
             " JOIN incidents i ON i.key = t.incident_key"
-            " WHERE t.state = 'open' AND i.resolved_at IS NULL ORDER BY t.opened_at, t.ticket_key")
+            " WHERE t.state = 'open' AND i.resolved_at IS NULL"
+            + ("" if self._terms is None else " AND i.grp = ANY(%s)") +
+            " ORDER BY t.opened_at, t.ticket_key",
+            () if self._terms is None else (sorted(self._terms.held),))
         return [watched_row(*row) for row in rows]
 
     async def replace(self, ticket_key: str, incident_key: str, route: str, ref: str,
                       facts: Facts) -> None:
-        async with self._connection() as conn, conn.transaction():
+        async with self._guarded("incident", incident_key) as conn:
             # The ticket's row first: a second replace of it waits here for this one.
             await conn.execute("UPDATE tickets SET state = 'left' WHERE ticket_key = %s",
                                (ticket_key,))
@@ -394,7 +462,7 @@ class PgLedger:
 
     async def escalate(self, ticket_key: str, incident_key: str, route: str, facts: Facts,
                        followup: Followup) -> None:
-        async with self._connection() as conn, conn.transaction():
+        async with self._guarded("incident", incident_key) as conn:
             await conn.execute("UPDATE tickets SET escalated_at = to_timestamp(%s)"
                                " WHERE ticket_key = %s", (time.time(), ticket_key))
             await _enqueue(conn, incident_key, "escalate", route, facts, followup)
@@ -410,8 +478,11 @@ class PgLedger:
         return [Failed(*row) for row in rows]
 
     async def retry_failed(self) -> int:
-        return await self._write("UPDATE outbox SET status = 'pending',"
-                                 " next_attempt_at = to_timestamp(0) WHERE status = 'failed'", ())
+        # The operator's command, from any agent: the actions go back to their groups' owners.
+        async with self._connection() as conn:
+            return (await conn.execute("UPDATE outbox SET status = 'pending',"
+                                       " next_attempt_at = to_timestamp(0)"
+                                       " WHERE status = 'failed'")).rowcount
 
     async def backlog(self) -> Backlog:
         (count, oldest, attempts), = await self._rows(
@@ -456,6 +527,15 @@ async def record_transitions(conn: Connection,
                                " %s, to_timestamp(%s))",
                                (transition.key, transition.kind, route, transition.at, facts,
                                 transition.at))
+
+
+async def _check_claim(conn: Connection, terms: Terms, by: By, of: object) -> None:
+    found = await (await conn.execute(_CLAIM_OF[by], (of,))).fetchone()
+    if found is None:
+        raise FenceRejected([f"the group of {by} {of}"])
+    group, owner, fence = found
+    if owner != terms.agent or fence != terms.held.get(group):
+        raise FenceRejected([group])
 
 
 _DELIVERED = ("UPDATE outbox SET status = 'delivered', delivered_at = to_timestamp(%s)"

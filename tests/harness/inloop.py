@@ -10,6 +10,7 @@ from typing import Any
 
 from probe.config import load
 from probe.daemon import Daemon
+from probe.store import Store
 from tests.harness.configs import dumped
 from tests.harness.helpdesk import Helpdesk
 from tests.harness.ports import free_port
@@ -34,8 +35,14 @@ agent: {{name: t, state_dir: {self.directory}/state, listen: "127.0.0.1:{free_po
 """)
         daemon = Daemon(config, load(config))
         self.tasks[daemon] = asyncio.create_task(daemon.serve())
-        return daemon, Helpdesk(daemon.store.path)
+        return daemon, Helpdesk(daemon.database)
 
     async def stop(self, daemon: Daemon) -> None:
         daemon.stopping.set()
         await asyncio.wait_for(self.tasks.pop(daemon), 10)
+
+
+def sqlite(daemon: Daemon) -> Store:
+    """The state file of a daemon that runs alone (no cluster)."""
+    assert daemon.store is not None, "a cluster's daemon keeps no SQLite state"
+    return daemon.store

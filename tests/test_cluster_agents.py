@@ -1,0 +1,219 @@
+"""Several `probe run` processes sharing one real PostgreSQL, ticketing into a local server that
+speaks Zendesk's API: what the helpdesk holds after each sequence, never what probe says it did.
+
+- three agents share the checks, and one incident is one ticket, resolved after recovery;
+- an agent killed with -9 gives its checks up after agent_ttl: another agent goes on with the
+  failure streak where the database has it, and the incident still gets one ticket;
+- a stopping agent hands its checks over at once;
+- the last agent standing still tickets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from aiohttp import web
+
+from tests.harness.daemon import ProbeProcess, Target
+from tests.harness.fake_zendesk import EMAIL, TOKEN, FakeZendesk, serve_zendesk
+from tests.harness.httpserver import serve_app
+from tests.harness.ports import free_port
+from tests.harness.wait import until
+
+TTL = 2.0  # agent_ttl: short, so that a killed agent's checks move within the test
+
+
+@pytest.fixture
+async def targets6() -> AsyncIterator[list[Target]]:
+    """Six flaky HTTP targets, one app: /0/health ... /5/health."""
+    targets = [Target() for _ in range(6)]
+    app = web.Application()
+    for n, t in enumerate(targets):
+        app.router.add_get(f"/{n}/health", t.handle)
+    async with serve_app(app) as port:
+        for t in targets:
+            t.port = port
+        yield targets
+
+
+@pytest.fixture
+async def zendesk() -> AsyncIterator[FakeZendesk]:
+    async with serve_zendesk() as fake:
+        yield fake
+
+
+class Cluster:
+    """Agents of one site on one database, each a `probe run` with its own directory."""
+
+    def __init__(self, tmp_path: Path, dsn: str, desk: FakeZendesk, targets: list[Target],
+                 ) -> None:
+        self.tmp_path, self.dsn, self.desk, self.targets = tmp_path, dsn, desk, targets
+        self.agents: dict[str, ProbeProcess] = {}
+        token = tmp_path / "zendesk-token"
+        token.write_text(TOKEN + "\n")
+        self.token = token
+
+    def config(self, name: str, port: int) -> str:
+        checks = "\n".join(f"""
+  - name: web{n}
+    http: {{url: "http://127.0.0.1:{t.port}/{n}/health"}}""" for n, t in enumerate(self.targets))
+        return f"""
+agent: {{name: {name}, state_dir: {self.tmp_path}/{name}/state, listen: "127.0.0.1:{port}"}}
+cluster: {{database: env:PROBE_DATABASE, site: dc1, agent_ttl: {TTL}s}}
+defaults:
+  interval: 300ms
+  retry_interval: 200ms
+  timeout: 300ms
+  failure_threshold: 4
+  success_threshold: 2
+ticketing:
+  routes:
+    desk: {{backend: zendesk, url: "{self.desk.url}", email: {EMAIL},
+            token_file: {self.token}, timeout: 5s}}
+checks:{checks}
+"""
+
+    def start(self, name: str) -> ProbeProcess:
+        port = free_port()
+        directory = self.tmp_path / name
+        directory.mkdir(exist_ok=True)
+        config = directory / "probe.yaml"
+        config.write_text(self.config(name, port))
+        agent = ProbeProcess(config, port, directory / "state",
+                             env={"PROBE_DATABASE": self.dsn})
+        self.agents[name] = agent
+        return agent.start()
+
+    def owners(self) -> dict[str, str]:
+        """check → the agent whose claim holds its group, as the database has it."""
+        with psycopg.connect(self.dsn) as conn:
+            if conn.execute("SELECT to_regclass('claims')").fetchone() == (None,):
+                return {}  # no agent has migrated the schema yet
+            rows = conn.execute("SELECT grp, owner FROM claims WHERE owner IS NOT NULL"
+                                ).fetchall()
+        return {str(g): str(o) for g, o in rows}
+
+    def live(self) -> list[ProbeProcess]:
+        return [a for a in self.agents.values() if a.proc is not None and a.proc.poll() is None]
+
+    def tickets(self) -> list[dict[str, Any]]:
+        return list(self.desk.tickets.values())
+
+    def ticket_keys(self) -> list[str]:
+        """The incident key each ticket carries (probe writes it in every ticket)."""
+        keys = []
+        for ticket in self.tickets():
+            found = re.search(r"dc1/[\w.-]+/\d+", ticket.get("external_id") or "")
+            keys.append(found.group(0) if found else str(ticket.get("external_id")))
+        return keys
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_database: str, zendesk: FakeZendesk) -> Iterator[
+        Callable[[list[Target]], Cluster]]:
+    made: list[Cluster] = []
+
+    def make(targets: list[Target]) -> Cluster:
+        made.append(Cluster(tmp_path, pg_database, zendesk, targets))
+        return made[-1]
+
+    yield make
+    for c in made:
+        for agent in c.agents.values():
+            agent.stop()
+
+
+async def all_owned(cluster: Cluster, count: int) -> dict[str, str]:
+    def owned() -> dict[str, str] | None:
+        owners = cluster.owners()
+        live = {n for n, a in cluster.agents.items() if a.proc and a.proc.poll() is None}
+        return owners if len(owners) == count and set(owners.values()) <= live else None
+
+    found: dict[str, str] = await until("every check owned by a live agent", owned, timeout=30)
+    return found
+
+
+async def test_three_agents_share_the_checks_and_one_incident_is_one_ticket(
+    cluster: Callable[[list[Target]], Cluster], targets6: list[Target]
+) -> None:
+    c = cluster(targets6)
+    for name in ("a", "b", "c"):
+        c.start(name)
+    owners = await all_owned(c, len(targets6))
+    assert len(set(owners.values())) >= 2, f"rendezvous gave every check to one agent: {owners}"
+    # Each agent runs exactly the checks it holds: /metrics shows probe_success for them only.
+    for name, agent in c.agents.items():
+        mine = {g for g, o in c.owners().items() if o == name}
+
+        def successes(agent: ProbeProcess = agent, mine: set[str] = mine) -> bool:
+            return all(agent.metric(f'probe_success{{check="{g}",kind="http",service=""}}') == 1
+                       for g in mine)
+
+        await agent.wait("its checks' results", successes, timeout=20)
+
+    targets6[0].down = True
+    await until("one ticket", c.tickets, timeout=30)
+    await asyncio.sleep(2)  # the other agents had time to open a second one: they must not
+    (ticket,) = c.tickets()
+    assert ticket["priority"] == "urgent"
+    assert "web0" in ticket["subject"]
+    owner = c.owners()["web0"]
+    assert f"agent {owner}" in ticket["comments"][0]["body"] or owner in str(ticket)
+
+    targets6[0].down = False
+    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
+    assert len(c.tickets()) == 1
+
+
+async def test_an_agent_killed_gives_its_checks_up_and_the_streak_goes_on(
+    cluster: Callable[[list[Target]], Cluster], targets6: list[Target]
+) -> None:
+    c = cluster(targets6)
+    for name in ("a", "b", "c"):
+        c.start(name)
+    owners = await all_owned(c, len(targets6))
+    victim = owners["web0"]
+    targets6[0].down = True
+    # Two failures seen by the victim (threshold 4), written: then it dies.
+    agent = c.agents[victim]
+    failures = 'probe_check_consecutive_failures{check="web0",kind="http",service=""}'
+    await agent.wait("two failures of web0", lambda: (agent.metric(failures) or 0) >= 2,
+                     timeout=20)
+    killed_at = time.monotonic()
+    agent.kill9()
+    owners = await until("web0 taken by another agent", lambda: (
+        o := c.owners()).get("web0") not in (None, victim) and o, timeout=3 * TTL + 5)
+    moved_after = time.monotonic() - killed_at
+    assert moved_after < TTL + 3, f"web0 moved after {moved_after:.1f}s"
+    await until("one ticket", c.tickets, timeout=30)
+    await asyncio.sleep(1.5)
+    assert len(c.tickets()) == 1
+    targets6[0].down = False
+    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
+    assert len(c.tickets()) == 1
+
+
+async def test_a_stopping_agent_hands_over_at_once_and_the_last_one_still_tickets(
+    cluster: Callable[[list[Target]], Cluster], targets6: list[Target]
+) -> None:
+    c = cluster(targets6)
+    for name in ("a", "b"):
+        c.start(name)
+    await all_owned(c, len(targets6))
+    stopped_at = time.monotonic()
+    c.agents["a"].stop()
+    await until("b owns every check", lambda: set(c.owners().values()) == {"b"}
+                and len(c.owners()) == len(targets6), timeout=TTL + 5)
+    assert time.monotonic() - stopped_at < TTL, "the handover waited for agent_ttl"
+    targets6[3].down = True
+    await until("one ticket", c.tickets, timeout=30)
+    targets6[3].down = False
+    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
+    assert len(c.tickets()) == 1
