@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
+import urllib.error
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from tests.harness.daemon import ProbeProcess, Target
 from tests.harness.fake_zendesk import EMAIL, TOKEN, FakeZendesk, serve_zendesk
 from tests.harness.httpserver import serve_app
 from tests.harness.ports import free_port
+from tests.harness.postgres import Postgres
 from tests.harness.wait import until
 
 TTL = 2.0  # agent_ttl: short, so that a killed agent's checks move within the test
@@ -216,4 +219,65 @@ async def test_a_stopping_agent_hands_over_at_once_and_the_last_one_still_ticket
     await until("one ticket", c.tickets, timeout=30)
     targets6[3].down = False
     await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
+    assert len(c.tickets()) == 1
+
+
+async def test_an_agent_frozen_past_its_lease_cannot_write_over_its_successor(
+    cluster: Callable[[list[Target]], Cluster], targets6: list[Target]
+) -> None:
+    """SIGSTOP, as a long pause or a VM migration would: the others take its groups after
+    agent_ttl; thawed, it finds its fence stale, and its decisions are refused, not doubled."""
+    c = cluster(targets6)
+    for name in ("a", "b", "c"):
+        c.start(name)
+    owners = await all_owned(c, len(targets6))
+    victim = c.agents[owners["web1"]]
+    targets6[1].down = True
+    failures = 'probe_check_consecutive_failures{check="web1",kind="http",service=""}'
+    await victim.wait("a failure of web1", lambda: (victim.metric(failures) or 0) >= 1,
+                      timeout=20)
+    victim.signal(signal.SIGSTOP)
+    try:
+        await until("web1 taken over", lambda: c.owners().get("web1") not in (
+            None, owners["web1"]), timeout=3 * TTL + 5)
+        await until("one ticket", c.tickets, timeout=30)
+    finally:
+        victim.signal(signal.SIGCONT)
+    # Thawed, it still believes it holds web1 until its first write or heartbeat says not.
+    await victim.wait("the frozen agent back", lambda: victim.metric("probe_cluster_db_up") == 1)
+    await asyncio.sleep(2 * TTL)
+    assert len(c.tickets()) == 1, c.tickets()
+    # What it had decided while frozen was refused by the fence, not written.
+    assert (victim.metric("probe_outbox_fence_rejected_total") or 0) >= 1, victim.log_text()
+    targets6[1].down = False
+    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
+    assert len(c.tickets()) == 1
+
+
+async def test_postgresql_restarting_mid_incident_delays_the_ticket_and_never_doubles_it(
+    cluster: Callable[[list[Target]], Cluster], targets6: list[Target], postgres: Postgres
+) -> None:
+    c = cluster(targets6)
+    for name in ("a", "b"):
+        c.start(name)
+    await all_owned(c, len(targets6))
+    postgres.pg_ctl("stop", "-m", "immediate")
+    try:
+        targets6[2].down = True
+        agent = c.agents["a"]
+        await agent.wait("the database seen gone", lambda: agent.metric(
+            "probe_cluster_db_up") == 0, timeout=15)
+        # Still checking, still serving; not ready, and saying why.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            agent.get("/-/ready")
+        assert "cluster's database" in refused.value.read().decode()
+        await asyncio.sleep(3)
+        assert c.tickets() == []  # no ticket while the database is gone
+    finally:
+        postgres.pg_ctl("start")
+    await until("one ticket", c.tickets, timeout=40)
+    await asyncio.sleep(2)
+    assert len(c.tickets()) == 1
+    targets6[2].down = False
+    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=40)
     assert len(c.tickets()) == 1
