@@ -262,7 +262,9 @@ async def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4,
     The caller closes it."""
     pool: Pool = AsyncConnectionPool(
         conninfo, min_size=min_size, max_size=max_size, timeout=timeout, open=False,
-        kwargs={"autocommit": True},
+        # No server-side prepared statements: a pooler in transaction mode (PgBouncer before
+        # 1.21) hands each transaction another server connection, which would not know them.
+        kwargs={"autocommit": True, "prepare_threshold": None},
         # A connection the server dropped (a restart, a failover) is replaced at checkout
         # instead of failing the call that drew it.
         check=AsyncConnectionPool.check_connection,
