@@ -357,3 +357,15 @@ async def test_a_refusal_is_said_on_stderr_with_exit_1(tmp_path: Path, pg_databa
     assert err.startswith("cluster import refused: no probe state at")
     with psycopg.connect(pg_database) as db:
         assert db.execute("SELECT count(*) FROM incidents").fetchone() == (0,)
+
+
+async def test_an_import_that_fails_half_way_writes_nothing(tmp_path: Path, pool: Pool) -> None:
+    await agent_state(tmp_path)
+    # An action with no route, which the cluster's outbox refuses: written after the incidents
+    # and tickets, before the states, results and windows.
+    store = Store(tmp_path)
+    store.run(lambda db: db.execute("UPDATE outbox SET route = NULL WHERE incident_key = 'db#1'"))
+    store.close()
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        await import_state(tmp_path, pool, now=NOW, history=5)
+    assert set((await everything(pool)).values()) == {0}
