@@ -7,10 +7,12 @@ then sees is read through its own ledger and state (PgLedger, PgState), as its a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -285,6 +287,13 @@ async def command(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+def rows(state_dir: Path, query: str) -> list[tuple[Any, ...]]:
+    """Read the agent's database, and close it: one left open in this process would count as
+    a process using it (ProbeProcess.db leaves closing to the garbage collector)."""
+    with contextlib.closing(sqlite3.connect(state_dir / Store.FILE)) as db:
+        return db.execute(query).fetchall()
+
+
 async def test_an_agent_stopped_with_an_open_incident_goes_on_in_the_cluster(
         tmp_path: Path, target: Target, pg_database: str, pool: Pool) -> None:
     port = free_port()
@@ -302,18 +311,23 @@ checks:
     target.down = True
     agent.start()
     await agent.wait("the daemon to start", lambda: "probe started" in agent.log_text())
-    await agent.wait("the ticket", lambda: agent.db("SELECT ref FROM tickets"))
+    await agent.wait("the ticket", lambda: rows(agent.state, "SELECT ref FROM tickets"))
     env = dict(agent.env, PROBE_DATABASE=pg_database)
     move = ("cluster", "import", "--from", str(agent.state), "-c", str(config))
 
     code, out, err = await command(*move, env=env)
     assert (code, out) == (1, "")
     assert f"a probe daemon (process {agent.proc.pid if agent.proc else 0}) is running" in err
+    # Without its record (as while it starts, before writing one): its open database says so.
+    (agent.state / control.RECORD).unlink()
+    code, out, err = await command(*move, env=env)
+    assert (code, out) == (1, "")
+    assert f"another process has {agent.state}/probe.sqlite3 open" in err
     assert await count(pool, "incidents") == 0
 
     agent.stop()
-    ((ref,),) = agent.db("SELECT ref FROM tickets")
-    streak = json.loads(agent.db("SELECT data FROM check_state WHERE name = 'web'")[0][0])
+    ((ref,),) = rows(agent.state, "SELECT ref FROM tickets")
+    streak = json.loads(rows(agent.state, "SELECT data FROM check_state WHERE name = 'web'")[0][0])
     code, out, err = await command(*move, env=env)
     assert (code, err) == (0, "")
     assert out.startswith(f"{agent.state}: imported 1 incidents, 1 tickets, 0 ticket actions")

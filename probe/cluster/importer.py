@@ -13,10 +13,11 @@ delivered, and delivered actions (history).
   table (SHARE ROW EXCLUSIVE: agents may read, not open an incident, for the few milliseconds it
   takes), so that the checks below and the writes see the same cluster.
 - It refuses, writing nothing, when the state is not a probe state of this release's schema,
-  when a daemon runs on it (its `daemon.json` names a live process: the agent would go on
-  delivering the same actions beside the cluster), when the cluster already holds one of the
-  state's incidents, tickets or newest results (then it was imported already), or when the
-  cluster has an open incident of a group that the state has one open for.
+  when a daemon runs on it (its `daemon.json` names a live process, or another process has its
+  database open: the agent would go on delivering the same actions beside the cluster), when
+  the cluster already holds one of the state's incidents, tickets or newest results (then it
+  was imported already), or when the cluster has an open incident of a group that the state
+  has one open for.
 - An action that may have created a ticket is marked `unknown_outcome` in PostgreSQL, so that
   the cluster asks the helpdesk's find() before creating it again: an import never causes a
   second ticket. SQLite says so in its own `unknown_outcome`; an action counted before that
@@ -30,6 +31,7 @@ transaction of the import's own; they are the import's, one-off, not the daemon'
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -46,6 +48,7 @@ from probe.tickets.pgledger import Connection, Pool, connection
 # The actions whose delivery may create a ticket: the dispatcher asks find() before repeating
 # one whose outcome is unknown.
 CREATING = ("open", "new-ticket", "escalate")
+_DMS = 128  # the byte of a WAL database's -shm file every open connection holds a lock on
 
 
 class ImportRefused(Exception):
@@ -104,6 +107,10 @@ async def import_state(state_dir: Path, pool: Pool, *, now: float | None = None,
             f"a probe daemon (process {pid}) is running on {state_dir}: stop it first, or it "
             f"goes on delivering the same ticket actions beside the cluster (if process {pid} "
             f"is not probe, remove {state_dir / control.RECORD})")
+    if _open_elsewhere(state_dir / Store.FILE):
+        raise ImportRefused(
+            f"another process has {state_dir / Store.FILE} open (a probe daemon starting, or a "
+            "`probe tickets` command): stop it first")
     agent = _read(state_dir, time.time() if now is None else now, history)
     async with connection(pool) as conn, conn.transaction():
         await conn.execute("LOCK TABLE incidents IN SHARE ROW EXCLUSIVE MODE")
@@ -125,6 +132,31 @@ def _daemon(state_dir: Path) -> int | None:
     except PermissionError:  # alive, another user's
         return record.pid
     return record.pid
+
+
+def _open_elsewhere(database: Path) -> bool:
+    """Whether a process has the SQLite database open, the daemon at any moment of its life
+    included (its record is written only once it has started). Each connection to a database in
+    WAL mode holds a shared lock on byte 128 of its `-shm` file for as long as it is open
+    (SQLite's "DMS" lock, https://sqlite.org/walformat.html): an exclusive lock on that byte is
+    refused while any other process holds one. Tried and released at once, on a database this
+    process does not have open (POSIX locks are the process's: releasing one would release its
+    own connection's)."""
+    try:
+        fd = os.open(database.with_name(database.name + "-shm"), os.O_RDWR)
+    except FileNotFoundError:  # removed by the last connection to close
+        return False
+    except OSError:
+        return False  # unreadable here: the database itself will say so
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _DMS)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, _DMS)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _read(state_dir: Path, now: float, history: int) -> _Agent:
