@@ -107,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             "into the cluster (stop the agent first)")
     move.add_argument("--from", dest="source", type=Path, required=True, metavar="STATE_DIR",
                       help="the agent's state directory (its state_dir)")
-    move.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+    move.add_argument("--config", "-c", type=Path, required=True,
+                      help="the cluster's configuration, file or directory (agent.history: "
+                           "the results kept of each check)")
     move.add_argument("--database-env", default="PROBE_DATABASE", metavar="NAME",
                       help="the environment variable that holds the cluster's database "
                            "(a libpq connection string; never on the command line, which "
@@ -369,7 +371,10 @@ def _cluster_import(config: Config, source: Path, variable: str) -> int:
     except ImportRefused as err:
         print(f"cluster import refused: {err}", file=sys.stderr)
         return EXIT_FAILED
-    except (LedgerError, SchemaError, psycopg.Error, PoolTimeout) as err:
+    except LedgerError as err:  # says "the cluster's database: ..." itself
+        print(f"cluster import: {err}; nothing written", file=sys.stderr)
+        return EXIT_FAILED
+    except (SchemaError, psycopg.Error, PoolTimeout) as err:
         print(f"cluster import: the cluster's database: {err}; nothing written",
               file=sys.stderr)
         return EXIT_FAILED
