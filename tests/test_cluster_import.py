@@ -246,6 +246,12 @@ def newer(path: Path) -> None:
         db.execute("PRAGMA user_version = 99")
 
 
+def older(path: Path) -> None:
+    Store(path).close()
+    with sqlite3.connect(path / Store.FILE) as db:
+        db.execute("PRAGMA user_version = 3")
+
+
 def foreign(path: Path) -> None:
     with sqlite3.connect(path / Store.FILE) as db:
         db.execute("CREATE TABLE notes (text TEXT)")
@@ -258,8 +264,9 @@ def garbage(path: Path) -> None:
 @pytest.mark.parametrize(("make", "error"), [
     (lambda path: None, "no probe state at .*probe.sqlite3"),
     (newer, "schema version 99, newer than this probe knows"),
+    (older, "schema version 3, older than this probe's .* start this release's probe on it"),
     (foreign, "is not a probe state"),
-    (garbage, "is not a probe state"),
+    (garbage, "cannot read .*probe.sqlite3: file is not a database"),
 ])
 async def test_what_is_not_this_probes_state_is_refused(
         tmp_path: Path, pool: Pool, make: object, error: str) -> None:

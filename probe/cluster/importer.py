@@ -177,7 +177,7 @@ def _read(state_dir: Path, now: float, history: int) -> _Agent:
             raise ImportRefused(_version_error(path, version))
         return _rows(db, now, history)
     except sqlite3.Error as err:
-        raise ImportRefused(f"{path} is not a probe state: {err}") from err
+        raise ImportRefused(f"cannot read {path}: {err}") from err
     finally:
         db.close()
 
