@@ -1,4 +1,4 @@
-"""The `probe` command: validate, schema, check (and, as the daemon grows, run)."""
+"""The `probe` command: validate, schema, check, run, and the commands beside the daemon."""
 
 from __future__ import annotations
 
@@ -18,15 +18,21 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
 from checks import execute
 from checks.base import Result
 from checks.values import format_duration
 from probe import control, daemon, log, version, webconfig
+from probe.cluster.importer import Imported, ImportRefused, import_state
 from probe.config import Check, Config, ConfigError, load, source_files
 from probe.demo import demo as run_demo
 from probe.effective import effective_yaml
 from probe.secrets import known
 from probe.tickets.admin import test_ticket, tickets_command
+from probe.tickets.ledger import LedgerError
+from probe.tickets.pgledger import SchemaError, open_pool
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 T = TypeVar("T")
@@ -94,6 +100,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     test.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
     test.add_argument("--route", required=True, help="the route to test")
 
+    cluster = commands.add_parser("cluster", help="the cluster's database (several agents)")
+    within = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+    move = within.add_parser("import", help="move a single agent's open incidents, tickets, "
+                                            "ticket actions, states and maintenance windows "
+                                            "into the cluster (stop the agent first)")
+    move.add_argument("--from", dest="source", type=Path, required=True, metavar="STATE_DIR",
+                      help="the agent's state directory (its state_dir)")
+    move.add_argument("--config", "-c", type=Path, required=True,
+                      help="the cluster's configuration, file or directory (agent.history: "
+                           "the results kept of each check)")
+    move.add_argument("--database-env", default="PROBE_DATABASE", metavar="NAME",
+                      help="the environment variable that holds the cluster's database "
+                           "(a libpq connection string; never on the command line, which "
+                           "every user can read); default: PROBE_DATABASE")
+
     demo = commands.add_parser("demo", help="see a ticket open, inform and close (offline)")
     demo.add_argument("--listen", default="127.0.0.1:9469", help="where to serve /metrics")
 
@@ -135,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tickets_command(config, args.action, args.id, args.owner)
     if args.command == "test-ticket":
         return asyncio.run(test_ticket(config, args.route))
+    if args.command == "cluster":
+        return _cluster_import(config, args.source, args.database_env)
     return _check(config, args.names, as_json=args.json)
 
 
@@ -325,6 +348,37 @@ def _reload(config: Config, pid: int | None) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     print(f"reloaded: process {record.pid} runs the new configuration")
+    return EXIT_OK
+
+
+def _cluster_import(config: Config, source: Path, variable: str) -> int:
+    dsn = os.environ.get(variable)
+    if not dsn:
+        print(f"cluster import: the environment variable {variable} is not set: it holds the "
+              "cluster's database (like host=db.example dbname=probe user=probe)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def move() -> Imported:
+        pool = await open_pool(dsn, timeout=10)
+        try:
+            return await import_state(source, pool, history=config.agent.history)
+        finally:
+            await pool.close()
+
+    try:
+        imported = asyncio.run(move())
+    except ImportRefused as err:
+        print(f"cluster import refused: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except LedgerError as err:  # says "the cluster's database: ..." itself
+        print(f"cluster import: {err}; nothing written", file=sys.stderr)
+        return EXIT_FAILED
+    except (SchemaError, psycopg.Error, PoolTimeout) as err:
+        print(f"cluster import: the cluster's database: {err}; nothing written",
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{source}: {imported.summary()}")
     return EXIT_OK
 
 
