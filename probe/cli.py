@@ -25,11 +25,12 @@ from checks import execute
 from checks.base import Result
 from checks.values import format_duration
 from probe import control, daemon, log, version, webconfig
+from probe.cluster import status as cluster_status
 from probe.cluster.importer import Imported, ImportRefused, import_state
 from probe.config import Check, Config, ConfigError, load, source_files
 from probe.demo import demo as run_demo
 from probe.effective import effective_yaml
-from probe.secrets import known
+from probe.secrets import SecretError, known
 from probe.tickets.admin import test_ticket, tickets_command
 from probe.tickets.ledger import LedgerError
 from probe.tickets.pgledger import SchemaError, open_pool
@@ -115,6 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "(a libpq connection string; never on the command line, which "
                            "every user can read); default: PROBE_DATABASE")
 
+    shown = within.add_parser("status", help="the cluster's agents, their heartbeats, the "
+                                             "groups each holds, configuration agreement; "
+                                             "exit 1 when no agent is live")
+    shown.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+    shown.add_argument("--json", action="store_true", help="the status as JSON")
+
     demo = commands.add_parser("demo", help="see a ticket open, inform and close (offline)")
     demo.add_argument("--listen", default="127.0.0.1:9469", help="where to serve /metrics")
 
@@ -156,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tickets_command(config, args.action, args.id, args.owner)
     if args.command == "test-ticket":
         return asyncio.run(test_ticket(config, args.route))
+    if args.command == "cluster" and args.cluster_command == "status":
+        return _cluster_status(config, as_json=args.json)
     if args.command == "cluster":
         return _cluster_import(config, args.source, args.database_env)
     return _check(config, args.names, as_json=args.json)
@@ -351,8 +360,43 @@ def _reload(config: Config, pid: int | None) -> int:
     return EXIT_OK
 
 
+def _cluster_status(config: Config, *, as_json: bool) -> int:
+    if config.cluster is None:
+        print("cluster status: the configuration has no cluster: section", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        dsn = config.cluster.dsn()
+    except SecretError as err:
+        print(f"cluster status: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    cluster = config.cluster
+
+    async def read() -> dict[str, Any]:
+        pool = await open_pool(dsn, timeout=10, migrated=False)
+        try:
+            return await cluster_status.document(pool, agent_ttl=cluster.agent_ttl,
+                                                 config_hash=config.config_hash())
+        finally:
+            await pool.close()
+
+    try:
+        doc = asyncio.run(read())
+    except (LedgerError, SchemaError, psycopg.Error, PoolTimeout) as err:
+        print(f"cluster status: the cluster's database: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(doc, indent=2) if as_json else cluster_status.text(doc))
+    return EXIT_OK if doc["live"] else EXIT_FAILED
+
+
 def _cluster_import(config: Config, source: Path, variable: str) -> int:
+    # The cluster's own configuration says where its database is; else the variable.
     dsn = os.environ.get(variable)
+    if config.cluster is not None:
+        try:
+            dsn = config.cluster.dsn()
+        except SecretError as err:
+            print(f"cluster import: {err}", file=sys.stderr)
+            return EXIT_CONFIG
     if not dsn:
         print(f"cluster import: the environment variable {variable} is not set: it holds the "
               "cluster's database (like host=db.example dbname=probe user=probe)",

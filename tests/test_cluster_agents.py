@@ -11,8 +11,12 @@ speaks Zendesk's API: what the helpdesk holds after each sequence, never what pr
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import os
 import re
 import signal
+import subprocess
 import time
 import urllib.error
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,11 +27,13 @@ import psycopg
 import pytest
 from aiohttp import web
 
+from probe.cluster import ownership
 from tests.harness.daemon import ProbeProcess, Target
 from tests.harness.fake_zendesk import EMAIL, TOKEN, FakeZendesk, serve_zendesk
 from tests.harness.httpserver import serve_app
 from tests.harness.ports import free_port
 from tests.harness.postgres import Postgres
+from tests.harness.proc import PROBE
 from tests.harness.wait import until
 
 TTL = 2.0  # agent_ttl: short, so that a killed agent's checks move within the test
@@ -103,6 +109,9 @@ checks:{checks}
                                 ).fetchall()
         return {str(g): str(o) for g, o in rows}
 
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n{a.log_text()[-3000:]}" for n, a in self.agents.items())
+
     def live(self) -> list[ProbeProcess]:
         return [a for a in self.agents.values() if a.proc is not None and a.proc.poll() is None]
 
@@ -133,14 +142,19 @@ def cluster(tmp_path: Path, pg_database: str, zendesk: FakeZendesk) -> Iterator[
             agent.stop()
 
 
-async def all_owned(cluster: Cluster, count: int) -> dict[str, str]:
-    def owned() -> dict[str, str] | None:
-        owners = cluster.owners()
-        live = {n for n, a in cluster.agents.items() if a.proc and a.proc.poll() is None}
-        return owners if len(owners) == count and set(owners.values()) <= live else None
+def started(agent: ProbeProcess) -> bool:
+    return "probe started" in agent.log_text()
 
-    found: dict[str, str] = await until("every check owned by a live agent", owned, timeout=30)
-    return found
+
+async def all_owned(cluster: Cluster, count: int) -> dict[str, str]:
+    """Once every agent started: each check where rendezvous hashing puts it among them."""
+    for agent in cluster.agents.values():
+        await agent.wait("the agent to start", functools.partial(started, agent), timeout=30)
+    names = list(cluster.agents)
+    expected = {f"web{n}": str(ownership.owner(f"web{n}", names)) for n in range(count)}
+    await until("the checks shared as rendezvous says", lambda: cluster.owners() == expected,
+                timeout=30)
+    return expected
 
 
 async def test_three_agents_share_the_checks_and_one_incident_is_one_ticket(
@@ -149,8 +163,11 @@ async def test_three_agents_share_the_checks_and_one_incident_is_one_ticket(
     c = cluster(targets6)
     for name in ("a", "b", "c"):
         c.start(name)
-    owners = await all_owned(c, len(targets6))
-    assert len(set(owners.values())) >= 2, f"rendezvous gave every check to one agent: {owners}"
+    # Once all three have joined, each check is where rendezvous hashing puts it.
+    expected = {f"web{n}": ownership.owner(f"web{n}", ["a", "b", "c"]) for n in range(6)}
+    assert len(set(expected.values())) >= 2  # the test means something with these names
+    await until("the checks shared as rendezvous says", lambda: c.owners() == expected,
+                timeout=30)
     # Each agent runs exactly the checks it holds: /metrics shows probe_success for them only.
     for name, agent in c.agents.items():
         mine = {g for g, o in c.owners().items() if o == name}
@@ -160,6 +177,13 @@ async def test_three_agents_share_the_checks_and_one_incident_is_one_ticket(
                        for g in mine)
 
         await agent.wait("its checks' results", successes, timeout=20)
+
+    # Any agent's configuration shows the whole cluster, as the database has it.
+    status = json.loads(c.agents["a"].command("cluster", "status", "--json"))
+    assert status["live"] == 3
+    assert sorted(a["name"] for a in status["agents"]) == ["a", "b", "c"]
+    assert all(a["config_agrees"] for a in status["agents"])
+    assert sum(a["groups_held"] for a in status["agents"]) == len(targets6)
 
     targets6[0].down = True
     await until("one ticket", c.tickets, timeout=30)
@@ -220,6 +244,13 @@ async def test_a_stopping_agent_hands_over_at_once_and_the_last_one_still_ticket
     targets6[3].down = False
     await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
     assert len(c.tickets()) == 1
+    # No agent left: `probe cluster status` says so, and fails.
+    c.agents["b"].stop()
+    done = await asyncio.to_thread(
+        subprocess.run, [*PROBE, "cluster", "status", "-c", str(c.agents["b"].config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PROBE_DATABASE": c.dsn})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "0 agents live" in done.stdout
 
 
 async def test_an_agent_frozen_past_its_lease_cannot_write_over_its_successor(
@@ -275,7 +306,7 @@ async def test_postgresql_restarting_mid_incident_delays_the_ticket_and_never_do
         assert c.tickets() == []  # no ticket while the database is gone
     finally:
         postgres.pg_ctl("start")
-    await until("one ticket", c.tickets, timeout=40)
+    await until("one ticket", c.tickets, timeout=40, context=c.logs)
     await asyncio.sleep(2)
     assert len(c.tickets()) == 1
     targets6[2].down = False

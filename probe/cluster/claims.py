@@ -114,3 +114,12 @@ class Claims:
         """Groups whose write was refused: another agent holds them under a newer fence."""
         for group in groups:
             self.terms.held.pop(group, None)
+
+
+async def held_by(pool: Pool) -> dict[str, int]:
+    """How many groups each agent holds the claim of, for `probe cluster status`."""
+    async with connection(pool) as conn:
+        rows = await (await conn.execute(
+            "SELECT owner, count(*) FROM claims WHERE owner IS NOT NULL GROUP BY owner")
+        ).fetchall()
+    return {str(owner): int(count) for owner, count in rows}

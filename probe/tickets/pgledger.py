@@ -243,6 +243,12 @@ async def _migrate(conn: Connection, migrations: Sequence[str]) -> int:
     return len(migrations)
 
 
+async def schema_version(pool: Pool) -> int:
+    """The database's schema version (0: never migrated)."""
+    async with connection(pool) as conn:
+        return await _version(conn, MIGRATIONS)
+
+
 async def _version(conn: Connection, migrations: Sequence[str]) -> int:
     found = await (await conn.execute("SELECT to_regclass('schema_version') IS NOT NULL")
                    ).fetchone()
@@ -257,9 +263,9 @@ async def _version(conn: Connection, migrations: Sequence[str]) -> int:
 
 
 async def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4,
-                    timeout: float = 10) -> Pool:
-    """A pool of autocommit connections to the database, opened, with the schema migrated.
-    The caller closes it."""
+                    timeout: float = 10, migrated: bool = True) -> Pool:
+    """A pool of autocommit connections to the database, opened, with the schema migrated
+    (unless `migrated` is False: a reader that changes nothing). The caller closes it."""
     pool: Pool = AsyncConnectionPool(
         conninfo, min_size=min_size, max_size=max_size, timeout=timeout, open=False,
         # No server-side prepared statements: a pooler in transaction mode (PgBouncer before
@@ -270,6 +276,8 @@ async def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4,
         check=AsyncConnectionPool.check_connection,
     )
     await pool.open(wait=True, timeout=timeout)
+    if not migrated:
+        return pool
     try:
         await migrate(pool)
     except BaseException:
