@@ -80,7 +80,7 @@ class Backend(base.Backend[Route]):
                 return ref
         return None
 
-    async def open_tickets(self, prefix: str) -> dict[str, str] | None:
+    async def open_tickets(self, prefix: str) -> list[tuple[str, str]] | None:
         field = self.route.key_field
         column = f"'CF.{{{field}}}'" if field else "Subject"
         # LIKE matches anywhere and treats % and _ as wildcards: the prefix is checked here.
@@ -88,7 +88,7 @@ class Backend(base.Backend[Route]):
         params = {"query": f"({query}) AND Status = '__Active__'", "orderby": "id",
                   "order": "ASC", "per_page": "100", "fields": "Subject,CustomFields"}
         found = (await self._http.request("GET", "/tickets", params=params)).fields()
-        tickets: dict[str, str] = {}
+        tickets: list[tuple[str, str]] = []
         for item in found.objects("items"):
             ref = item.ref("id")
             keys = [
@@ -98,7 +98,7 @@ class Backend(base.Backend[Route]):
             ] if field else [_key_in_subject(item.text("Subject") or "")]
             for key in keys:
                 if key.startswith(prefix) and ref:
-                    tickets[key] = ref
+                    tickets.append((key, ref))
         return tickets
 
     async def open(self, ticket: base.Ticket) -> str:

@@ -70,6 +70,12 @@ class OutboxMetrics:
             "Ticket deliveries and looks at open tickets that met a bug in probe's own code"
             " (logged with a traceback)",
             registry=registry)
+        # Counted by the watcher's reconcile, which closes the duplicates: it should stay 0.
+        self.duplicates = Counter(
+            "probe_ticket_duplicates_detected_total",
+            "Tickets found open in a helpdesk beside another with the same key (closed as"
+            " duplicates of the one kept)",
+            ["route"], registry=registry)
 
 
 class Dispatcher:
