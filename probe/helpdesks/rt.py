@@ -10,6 +10,10 @@ RT facts it relies on (seen on RT 5.0.3):
   and the title gives way to keep it whole. TicketSQL strings take backslash escapes, but LIKE
   leaves % and _ as wildcards, so subject matches are checked exactly here. A search without a
   Status clause finds every ticket but the deleted.
+- REST2 takes no idempotency key on POST /ticket, and nothing in a ticket is unique: a create
+  sent twice (a timeout, or a probe killed while RT was still creating) makes two tickets. The
+  dispatcher asks find() before a retry of unknown outcome, not before the earlier call's
+  timeout has passed (RT may commit late), and the watcher's reconcile closes a duplicate.
 - A comment is not mailed to requestors and does not reopen a resolved ticket.
 - PUT /ticket/{id} answers 200 with a list of messages even when it refused the change ("That
   ticket has unresolved dependencies", a bad status), and [] when nothing changed.
