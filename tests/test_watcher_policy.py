@@ -116,6 +116,17 @@ def test_of_open_tickets_with_one_key_one_is_kept_and_the_others_closed(
     assert on_duplicates(refs, recorded) == (keep, close)
 
 
+@pytest.mark.parametrize(("refs", "recorded", "close"), [
+    (["12", "13"], None, []),  # its open is under way and will record one: not yet
+    (["12", "13"], "13", ["12"]),  # recorded already: the others can go
+    (["12", "13"], "7", ["13"]),  # recorded, but no longer open: the oldest stays
+])
+def test_duplicates_wait_for_an_open_under_way_that_records_none_yet(
+    refs: list[str], recorded: str | None, close: list[str],
+) -> None:
+    assert on_duplicates(refs, recorded, opening=True)[1] == close
+
+
 @pytest.mark.parametrize(("ref", "shown"), [
     ("12", "12"),
     ("PROJ-12", "PROJ-12"),

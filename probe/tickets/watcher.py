@@ -91,13 +91,19 @@ def on_stray(health: GroupHealth, *, incident_tracked: bool) -> StrayDecision:
     return "resolve"
 
 
-def on_duplicates(refs: Sequence[str], recorded: str | None) -> tuple[str, list[str]]:
+def on_duplicates(refs: Sequence[str], recorded: str | None, *,
+                  opening: bool = False) -> tuple[str, list[str]]:
     """Of the open tickets carrying one key (`refs`, at least one), the one to keep and the
     duplicates to close: the ticket the ledger records (`recorded`) when it is among them,
     since its incident's notes and resolve go there; else the oldest, the lowest number (a
-    human may already be working it), or the first listed where refs are not numbers."""
+    human may already be working it), or the first listed where refs are not numbers.
+    `opening`: the ledger records none and the incident's actions are on their way (an open
+    of unknown outcome, whose find() is about to record one of them): none is closed yet,
+    lest find() record the one just closed; the next reconcile decides."""
     if recorded is not None and recorded in refs:
         keep = recorded
+    elif recorded is None and opening:
+        return refs[0], []
     else:
         numbers = [ref for ref in refs if ref.isdigit()]
         keep = min(numbers, key=int) if numbers else refs[0]
@@ -279,9 +285,13 @@ class Watcher:
     async def _deduplicate(self, route: str, backend: Backend[Any], key: str,
                            refs: list[str]) -> str:
         """Close all but one of the open tickets carrying `key`; the one kept."""
-        keep, extra = on_duplicates(refs, await self.ledger.ticket_ref(key))
+        stray = stray_incident(key)
+        opening = stray is not None and await self.ledger.pending(stray[1])
+        keep, extra = on_duplicates(refs, await self.ledger.ticket_ref(key), opening=opening)
         log.warning("duplicate tickets %s", fields(route=route, key=key, kept=keep,
-                                                   duplicates=",".join(extra)))
+                                                   duplicates=",".join(extra) or None,
+                                                   waiting="its open is under way"
+                                                   if not extra else None))
         for ref in extra:
             if (route, ref) not in self._counted:  # one that resists closing: counted once
                 self._counted.add((route, ref))
