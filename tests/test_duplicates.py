@@ -6,10 +6,12 @@ test against a real flaky target and the local helpdesk, whose tables are read d
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
 import aiohttp
+import pytest
 
 from probe.daemon import Daemon
 from tests.harness.daemon import Target
@@ -52,7 +54,7 @@ async def duplicates_counted(daemon: Daemon) -> str | None:
 
 
 async def test_a_second_open_ticket_with_the_same_key_is_closed_and_counted(
-    target: Target, run: Runner,
+    target: Target, run: Runner, caplog: pytest.LogCaptureFixture,
 ) -> None:
     daemon, desk = await run(config(target.port))
     assert await until("the counter served", lambda: duplicates_counted(daemon),
@@ -75,4 +77,8 @@ async def test_a_second_open_ticket_with_the_same_key_is_closed_and_counted(
         "resolve", f"probe opened this ticket twice: it duplicates ticket {first}, which stays"
                    " open.")
     assert await duplicates_counted(daemon) == "1.0"
+    (said,) = [r for r in caplog.records if r.getMessage().startswith("duplicate tickets")][:1]
+    assert said.levelno == logging.WARNING
+    assert (f"route=desk key={key} refs={first},{duplicate[0]} kept={first} "
+            f"closing={duplicate[0]}") in said.getMessage()
     assert "resolve" not in [kind for kind, _ in desk.notes(first)]

@@ -288,10 +288,9 @@ class Watcher:
         stray = stray_incident(key)
         opening = stray is not None and await self.ledger.pending(stray[1])
         keep, extra = on_duplicates(refs, await self.ledger.ticket_ref(key), opening=opening)
-        log.warning("duplicate tickets %s", fields(route=route, key=key, kept=keep,
-                                                   duplicates=",".join(extra) or None,
-                                                   waiting="its open is under way"
-                                                   if not extra else None))
+        log.warning("duplicate tickets %s", fields(
+            route=route, key=key, refs=",".join(refs), kept=keep if extra else None,
+            closing=",".join(extra) or None, waiting=None if extra else "its open is under way"))
         for ref in extra:
             if (route, ref) not in self._counted:  # one that resists closing: counted once
                 self._counted.add((route, ref))
