@@ -110,6 +110,7 @@ class Daemon:
         self.watcher = Watcher(self.ledger, self.backends, agent=config.agent.name,
                                group_health=lambda group: groups.health(self.engine, group),
                                wake=lambda: self.dispatcher.wake(),
+                               duplicates=outbox.duplicates,
                                internal_error=outbox.internal_errors.inc,
                                poll_interval=config.ticketing.poll_interval)
         self.dispatcher = Dispatcher(self.ledger, self.backends, outbox,

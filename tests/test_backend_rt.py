@@ -269,3 +269,19 @@ async def test_a_key_field_the_queue_lacks_stops_open_before_a_ticket_is_made(
     assert caught.value.permanent
     assert "no queue 'NoSuchQueue'" in caught.value.message
 
+
+
+@pytest.mark.parametrize("key_field", ["IncidentKey", None])
+async def test_open_tickets_lists_every_open_ticket_of_a_key_so_a_duplicate_shows(
+    make_backend: MakeBackend, key_field: str | None
+) -> None:
+    rt = make_backend(key_field=key_field)
+    agent = f"probe-{uuid.uuid4().hex[:8]}/"
+    twice, once, done = f"{agent}shop/1", f"{agent}db/1", f"{agent}web/1"
+    first = await rt.open(ticket(twice))
+    other = await rt.open(ticket(once))
+    second = await rt.open(ticket(twice))  # the same ticket created again
+    await rt.resolve(await rt.open(ticket(done)), "web is back")
+    await rt.open(ticket(f"probe-{uuid.uuid4().hex[:8]}/shop/1"))  # another agent's
+
+    assert await rt.open_tickets(agent) == [(twice, first), (once, other), (twice, second)]

@@ -16,7 +16,7 @@ from probe.helpdesks.base import Ticket, TicketError
 from probe.helpdesks.zendesk import Backend
 from tests.harness.daemon import Target
 from tests.harness.fake_zendesk import EMAIL, ME, UPDATE_LIMITED, FakeZendesk, serve_zendesk
-from tests.harness.inloop import Runner
+from tests.harness.inloop import Runner, sqlite
 from tests.harness.wait import until
 
 KEY = "probe-eu-1/shop/3"
@@ -354,7 +354,7 @@ ticketing:
       url: "{url}"
       email: {email}
       token_file: {token}
-      timeout: 1s
+      timeout: {timeout}
 checks:
   - name: web
     service: shop
@@ -362,10 +362,11 @@ checks:
 """
 
 
-def config(zendesk: FakeZendesk, target: Target, tmp_path: Path, policy: str = "") -> str:
+def config(zendesk: FakeZendesk, target: Target, tmp_path: Path, policy: str = "",
+           timeout: str = "1s") -> str:
     token = zendesk.route(tmp_path).token_file
     return FAST.format(url=zendesk.url, email=EMAIL, token=token, port=target.port,
-                       policy=f", on_human_close: {policy}" if policy else "")
+                       policy=f", on_human_close: {policy}" if policy else "", timeout=timeout)
 
 
 async def test_the_daemon_files_one_ticket_informs_it_and_solves_it(
@@ -389,6 +390,28 @@ async def test_the_daemon_files_one_ticket_informs_it_and_solves_it(
     assert zendesk.comments(made)[-1][0] is False
     assert zendesk.comments(made)[-1][1].startswith("Recovered: web (http ")
     assert list(zendesk.tickets) == [made]  # the stalled create was found, not made again
+
+
+async def test_a_restarted_daemon_waits_out_a_create_zendesk_is_still_making(
+    zendesk: FakeZendesk, target: Target, run: Runner, tmp_path: Path
+) -> None:
+    """probe stops while Zendesk is still making its ticket (it appears 2s after the request,
+    within the route's 4s timeout). The restarted probe must not ask find() before that
+    timeout has passed: asked sooner, it finds nothing and opens a second ticket."""
+    zendesk.create_delay = 2.0
+    daemon, _ = await run(config(zendesk, target, tmp_path, timeout="4s"))
+    target.down = True
+    await until("the create sent", lambda: ("POST", "/api/v2/tickets.json") in zendesk.requests)
+    await run.stop(daemon)
+    zendesk.create_delay = 0.0
+    daemon, _ = await run(config(zendesk, target, tmp_path, timeout="4s"))
+
+    await until("the open delivered", lambda: sqlite(daemon).run(lambda db: db.execute(
+        "SELECT 1 FROM outbox WHERE action = 'open' AND status = 'delivered'").fetchall()),
+        timeout=15)
+    await until("Zendesk done making tickets", lambda: not zendesk.making)
+    assert len(zendesk.tickets) == 1  # the first create, found: not made a second time
+    assert ("GET", "/api/v2/tickets.json") in zendesk.requests  # by find()
 
 
 @pytest.mark.parametrize("policy", ["reopen", "new", "leave"])

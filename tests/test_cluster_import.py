@@ -86,7 +86,7 @@ async def agent_state(state_dir: Path) -> None:
                                    (transition("resolve", "mail", "mail#1", 1300.0), None)]))
     heads = await pending_ids(ledger)
     await ledger.delivered(heads["old#1"])
-    await ledger.count_attempt(heads["web#1"])
+    await ledger.count_attempt(heads["web#1"], deadline=NOW)
     store.add_window({"checks": ["web-a"], "reason": "ended"}, ends_at=NOW - 1)
     store.add_window({"checks": ["db-a"], "reason": "upgrade"}, ends_at=NOW + 3600)
     store.close()

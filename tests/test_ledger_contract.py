@@ -184,12 +184,31 @@ async def test_an_attempt_is_counted_and_its_outcome_unknown_until_refused(
     ledger = subject.ledger
     await subject.record([(transition("open", "web#1"), "desk")])
     (head,) = (await ledger.heads()).rows
-    await ledger.count_attempt(head.id)
+    await ledger.count_attempt(head.id, deadline=2000.0)
     row = await ledger.load(head.id)
     assert row is not None and (row.attempts, row.unknown_outcome) == (1, True)
     await ledger.refused(head.id)
     row = await ledger.load(head.id)
     assert row is not None and (row.attempts, row.unknown_outcome) == (1, False)
+
+
+async def test_a_create_of_unknown_outcome_holds_the_next_attempt_until_its_deadline(
+        subject: Subject) -> None:
+    # The restarted probe's (or this one's, after a timeout) next attempt asks find(): not
+    # before the helpdesk may have finished making the ticket, whatever the backoff says.
+    ledger = subject.ledger
+    await subject.record([(transition("open", "web#1"), "desk")])
+    (head,) = (await ledger.heads()).rows
+    await ledger.count_attempt(head.id, deadline=5000.0)
+    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [5000.0]
+    await ledger.postpone(head.id, counted=0, until=2000.0, error="HTTP 502")  # a short backoff
+    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [5000.0]
+    await ledger.postpone(head.id, counted=0, until=6000.0, error="HTTP 502")  # a long one
+    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [6000.0]
+    await ledger.count_attempt(head.id, deadline=7000.0)
+    await ledger.refused(head.id)  # nothing made: nothing to wait for
+    await ledger.postpone(head.id, counted=0, until=2000.0, error="HTTP 503")
+    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [2000.0]
 
 
 async def test_postpone_counts_attempts_and_moves_the_next_one(subject: Subject) -> None:

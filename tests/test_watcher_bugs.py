@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from probe.engine import Transition
 from probe.facts import Facts, Policy
@@ -15,6 +16,7 @@ from probe.helpdesks import HELPDESKS, local
 from probe.helpdesks.base import Helpdesk, TicketState
 from probe.store import Batch, Store
 from probe.tickets.ledger import SqliteLedger
+from probe.tickets.outbox import OutboxMetrics
 from probe.tickets.pool import Backends
 from probe.tickets.watcher import GroupHealth, Watcher
 
@@ -56,7 +58,8 @@ async def test_a_bug_met_asking_about_one_ticket_is_counted_and_the_others_are_s
     watcher = Watcher(ledger, Backends({"desk": local.Route(backend="local")},
                                        database=store.path),
                       agent="a", group_health=lambda group: GroupHealth("open"),
-                      wake=lambda: None, internal_error=lambda: bugs.append(1))
+                      wake=lambda: None, internal_error=lambda: bugs.append(1),
+                      duplicates=OutboxMetrics(CollectorRegistry()).duplicates)
 
     await watcher.check_tickets()
 

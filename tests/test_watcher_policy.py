@@ -13,8 +13,10 @@ from probe.tickets.watcher import (
     Orphans,
     StatusDecision,
     StrayDecision,
+    on_duplicates,
     on_status,
     on_stray,
+    shown_ref,
     stray_incident,
 )
 
@@ -96,3 +98,40 @@ def test_an_orphan_is_taken_up_once_and_only_on_its_own_route() -> None:
     orphans.keep("db", "rt", "eu-1/db/1", "20")
     orphans.drop("db")  # recovered: resolved instead
     assert orphans.take("db", "rt") is None
+
+
+@pytest.mark.parametrize(("refs", "recorded", "keep", "close"), [
+    (["12"], "12", "12", []),  # one ticket: nothing to close
+    (["12"], None, "12", []),
+    (["12", "13"], "13", "13", ["12"]),  # the one the ledger records, its notes go there
+    (["12", "13", "14"], "13", "13", ["12", "14"]),
+    (["12", "13"], None, "12", ["13"]),  # none recorded: the oldest
+    (["12", "13"], "7", "12", ["13"]),  # the recorded one is no longer open
+    (["100", "99"], None, "99", ["100"]),  # numbers compared as numbers, not as text
+    (["INC-7", "INC-3"], None, "INC-7", ["INC-3"]),  # not numbers: the first listed
+])
+def test_of_open_tickets_with_one_key_one_is_kept_and_the_others_closed(
+    refs: list[str], recorded: str | None, keep: str, close: list[str],
+) -> None:
+    assert on_duplicates(refs, recorded) == (keep, close)
+
+
+@pytest.mark.parametrize(("refs", "recorded", "close"), [
+    (["12", "13"], None, []),  # its open is under way and will record one: not yet
+    (["12", "13"], "13", ["12"]),  # recorded already: the others can go
+    (["12", "13"], "7", ["13"]),  # recorded, but no longer open: the oldest stays
+])
+def test_duplicates_wait_for_an_open_under_way_that_records_none_yet(
+    refs: list[str], recorded: str | None, close: list[str],
+) -> None:
+    assert on_duplicates(refs, recorded, opening=True)[1] == close
+
+
+@pytest.mark.parametrize(("ref", "shown"), [
+    ("12", "12"),
+    ("PROJ-12", "PROJ-12"),
+    ("<12>\nclick me", "'<12>\\nclick me'"),  # the helpdesk's data, quoted in the note
+    ("9" * 500, repr("9" * 100)),  # capped
+])
+def test_a_ref_named_in_a_note_is_shown_quoted_unless_plain(ref: str, shown: str) -> None:
+    assert shown_ref(ref) == shown

@@ -162,10 +162,10 @@ class Backend(abc.ABC, Generic[R]):
     async def status(self, ref: str) -> TicketState:
         """open (nobody has it yet), acknowledged (someone owns or works it), closed, gone."""
 
-    async def open_tickets(self, prefix: str) -> dict[str, str] | None:
+    async def open_tickets(self, prefix: str) -> list[tuple[str, str]] | None:
         """Tickets still open in the helpdesk whose key starts with `prefix` (this agent's),
-        as {key: ref}, for reconciling after lost state; None where the helpdesk cannot be
-        asked."""
+        as (key, ref) pairs, for reconciling after lost state; None where the helpdesk cannot
+        be asked. Every ticket is listed, so that two carrying one key (a duplicate) show."""
         return None
 
     async def close(self) -> None:

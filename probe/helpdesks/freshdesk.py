@@ -7,6 +7,9 @@ Freshdesk facts it relies on (from Freshdesk's API v2 reference):
   which Freshdesk makes a contact of if it has none, or `requester_id`), group_id,
   responder_id, tags and custom_fields {"cf_...": value}, and answers 201 with the ticket.
   The text is HTML-escaped inside <pre>, so that evidence keeps its lines and columns.
+- POST /tickets takes no idempotency key (API v2 has none), and neither tags nor custom fields
+  are unique: a ticket created twice is two tickets, so a retry of unknown outcome asks find()
+  first.
 - POST /tickets/{id}/notes {"body", "private": true} is an internal note and changes no status;
   PUT /tickets/{id} {"status": 4} resolves, {"status": 2} reopens (a resolved or closed ticket
   can be). A note cannot ride along with the status change, so `resolve` is two calls.

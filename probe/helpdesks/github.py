@@ -17,6 +17,8 @@ GitHub's published OpenAPI description):
   labels that do not exist yet are created. It answers 410 when the repository has issues
   turned off. A label name is at most 50 characters: the incident key is carried as the label
   `probe:<16 hex digits of the key's SHA-256>` (the body shows the key itself).
+- Creating an issue takes no idempotency key (the REST API has none): an issue created twice
+  is two issues, so a retry of unknown outcome asks find() first.
 - GET /repos/{owner}/{repo}/issues lists open issues only unless state=all, and lists pull
   requests too (they carry "pull_request"): `find` asks for state=all and skips those.
 - Bodies and comments are Markdown, at most 65536 characters. "#12" links issue 12: a ticket

@@ -9,6 +9,8 @@ Jira facts it relies on:
   characters), priority {name}, labels (no spaces), description} and answers 201 {id, key}.
   Which fields are required depends on the project's screens: a 400 carries {errorMessages,
   errors: {field: message}}, passed on as a permanent error that names our setting.
+- POST /issue takes no idempotency key (neither Cloud nor Data Center has one), and labels
+  are not unique: an issue created twice is two issues.
 - Cloud's search (POST /rest/api/3/search/jql) is eventually consistent: an issue created a
   moment ago may not be found for seconds (Atlassian: "the majority within seconds"). The
   dispatcher keeps the issue key and calls `find` only after an open whose outcome is unknown;

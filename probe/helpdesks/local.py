@@ -102,11 +102,12 @@ class LocalTickets:
         rows = self._rows(f"{_TICKET} WHERE id = ?", (ticket_id,))
         return LocalTicket(*rows[0]) if rows else None
 
-    def open_keys(self, prefix: str) -> dict[str, int]:
-        """{key: ticket} of the tickets not resolved whose key starts with `prefix`."""
+    def open_keys(self, prefix: str) -> list[tuple[str, int]]:
+        """(key, ticket) of the tickets not resolved whose key starts with `prefix`, oldest
+        first."""
         rows = self._rows("SELECT key, id FROM local_tickets WHERE status != 'resolved'"
                           " AND substr(key, 1, ?) = ? ORDER BY id", (len(prefix), prefix))
-        return {key: ticket_id for key, ticket_id in rows}
+        return [(str(key), int(ticket_id)) for key, ticket_id in rows]
 
     # --- what a human does (`probe tickets`), and what `probe demo` shows -------------------
 
@@ -185,9 +186,9 @@ class Backend(base.Backend[Route]):
             return "closed"
         return "acknowledged" if ticket.owner else "open"
 
-    async def open_tickets(self, prefix: str) -> dict[str, str] | None:
+    async def open_tickets(self, prefix: str) -> list[tuple[str, str]] | None:
         found = await asyncio.to_thread(self.tickets.open_keys, prefix)
-        return {key: str(ticket_id) for key, ticket_id in found.items()}
+        return [(key, str(ticket_id)) for key, ticket_id in found]
 
     async def close(self) -> None:
         self.tickets.close()

@@ -10,6 +10,10 @@ RT facts it relies on (seen on RT 5.0.3):
   and the title gives way to keep it whole. TicketSQL strings take backslash escapes, but LIKE
   leaves % and _ as wildcards, so subject matches are checked exactly here. A search without a
   Status clause finds every ticket but the deleted.
+- REST2 takes no idempotency key on POST /ticket, and nothing in a ticket is unique: a create
+  sent twice (a timeout, or a probe killed while RT was still creating) makes two tickets. The
+  dispatcher asks find() before a retry of unknown outcome, not before the earlier call's
+  timeout has passed (RT may commit late), and the watcher's reconcile closes a duplicate.
 - A comment is not mailed to requestors and does not reopen a resolved ticket.
 - PUT /ticket/{id} answers 200 with a list of messages even when it refused the change ("That
   ticket has unresolved dependencies", a bad status), and [] when nothing changed.
@@ -80,7 +84,7 @@ class Backend(base.Backend[Route]):
                 return ref
         return None
 
-    async def open_tickets(self, prefix: str) -> dict[str, str] | None:
+    async def open_tickets(self, prefix: str) -> list[tuple[str, str]] | None:
         field = self.route.key_field
         column = f"'CF.{{{field}}}'" if field else "Subject"
         # LIKE matches anywhere and treats % and _ as wildcards: the prefix is checked here.
@@ -88,7 +92,7 @@ class Backend(base.Backend[Route]):
         params = {"query": f"({query}) AND Status = '__Active__'", "orderby": "id",
                   "order": "ASC", "per_page": "100", "fields": "Subject,CustomFields"}
         found = (await self._http.request("GET", "/tickets", params=params)).fields()
-        tickets: dict[str, str] = {}
+        tickets: list[tuple[str, str]] = []
         for item in found.objects("items"):
             ref = item.ref("id")
             keys = [
@@ -98,7 +102,7 @@ class Backend(base.Backend[Route]):
             ] if field else [_key_in_subject(item.text("Subject") or "")]
             for key in keys:
                 if key.startswith(prefix) and ref:
-                    tickets[key] = ref
+                    tickets.append((key, ref))
         return tickets
 
     async def open(self, ticket: base.Ticket) -> str:

@@ -9,6 +9,9 @@ ServiceNow facts it relies on:
   characters: a longer key is stored as its hash) and correlation_display, assignment_group
   and caller_id. Reference fields take a sys_id: a name is stored as it is, pointing nowhere,
   so names in the route are looked up first (sys_user_group by name, sys_user by user_name).
+- The Table API takes no idempotency key, and correlation_id is an ordinary field, not unique:
+  an incident created twice is two incidents (only an Import Set with a coalesce field, set up
+  on the instance, would merge them), so a retry of unknown outcome asks find() first.
 - A query (`sysparm_query`) condition on a field ServiceNow does not know, or may not show
   this user, is dropped without a word: the query then matches EVERY row. So each row that
   comes back is checked against what was asked, and rows that do not match are ignored.

@@ -9,7 +9,9 @@ tickets", "Rate limits" and "native system ticket rules" pages):
   first ticket (`x-idempotency-lookup: hit`) instead of making another. probe derives the key
   from the whole request, so an identical retry is deduplicated by Zendesk while a re-rendered
   one (newer evidence) never reuses a key with a different body; the dispatcher's find() before
-  a retry is what guards that case.
+  a retry is what guards that case. The ticket key itself is not the Idempotency-Key for that
+  reason: Zendesk refuses a key sent again with another body (400 IdempotentRequestError), a
+  refusal that would fail the re-rendered retry for good.
 - GET /tickets.json?external_id=K lists the tickets carrying K (external ids need not be
   unique, so the newest is taken). It reads the database, not the search index: a ticket is
   found the moment it exists, which the search API does not promise.

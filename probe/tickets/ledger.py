@@ -167,12 +167,17 @@ class Ledger(Protocol):
     # --- delivery: the outbox --------------------------------------------------------------
     async def heads(self) -> Heads: ...
     async def load(self, action_id: int) -> Row | None: ...
-    async def count_attempt(self, action_id: int) -> None:
-        """Before a call that may create a ticket: should it never answer, the next attempt
-        asks find() first."""
+    async def count_attempt(self, action_id: int, *, deadline: float) -> None:
+        """Before a call that may create a ticket, which the helpdesk may go on making until
+        `deadline` (its start and the route's timeout): should it never answer, the next
+        attempt, by this process or a restarted one, waits for the deadline and then asks
+        find() first. Asked sooner, find() can miss a ticket still being made (Request
+        Tracker committing it after probe was killed) and a second one is opened."""
     async def refused(self, action_id: int) -> None:
-        """The helpdesk answered that it created nothing."""
-    async def postpone(self, action_id: int, *, counted: int, until: float, error: str) -> None: ...
+        """The helpdesk answered that it created nothing: nothing to wait for or find."""
+    async def postpone(self, action_id: int, *, counted: int, until: float, error: str) -> None:
+        """The next attempt not before `until`, nor, while the outcome of a create is
+        unknown, before that create's deadline."""
     async def give_up(self, action_id: int, *, counted: int, error: str) -> None: ...
     async def delivered(self, action_id: int) -> None: ...
     async def opened(self, action_id: int, ticket_key: str, incident_key: str, route: str,
@@ -254,16 +259,18 @@ class SqliteLedger:
         row_id, key, action, route, created, payload, attempts, unknown = found[0]
         return Row(row_id, key, action, route, created, payload, attempts, bool(unknown))
 
-    async def count_attempt(self, action_id: int) -> None:
-        await self._write("UPDATE outbox SET attempts = attempts + 1, unknown_outcome = 1"
-                          " WHERE id = ?", (action_id,))
+    async def count_attempt(self, action_id: int, *, deadline: float) -> None:
+        await self._write("UPDATE outbox SET attempts = attempts + 1, unknown_outcome = 1,"
+                          " next_attempt_at = ? WHERE id = ?", (deadline, action_id))
 
     async def refused(self, action_id: int) -> None:
         await self._write("UPDATE outbox SET unknown_outcome = 0 WHERE id = ?", (action_id,))
 
     async def postpone(self, action_id: int, *, counted: int, until: float, error: str) -> None:
-        await self._write("UPDATE outbox SET attempts = attempts + ?, next_attempt_at = ?,"
-                          " last_error = ? WHERE id = ?", (counted, until, error, action_id))
+        await self._write("UPDATE outbox SET attempts = attempts + ?, next_attempt_at ="
+                          " CASE WHEN unknown_outcome THEN MAX(next_attempt_at, ?) ELSE ? END,"
+                          " last_error = ? WHERE id = ?",
+                          (counted, until, until, error, action_id))
 
     async def give_up(self, action_id: int, *, counted: int, error: str) -> None:
         await self._write("UPDATE outbox SET status = 'failed', last_error = ?,"

@@ -10,7 +10,9 @@ note never overtakes its open, a resolve never its open) and delivers it:
 - a permanent one (another 4xx, a missing setting) marks the action failed, logged with the
   helpdesk's message, counted, and shown by `probe status` and `probe tickets failed`;
 - an open whose outcome is unknown (a timeout, a crash after sending: its attempt was counted
-  before the call) is sent again only after `find(key)` says there is no such ticket.
+  before the call) is sent again only after `find(key)` says there is no such ticket, and
+  find() is not asked before the earlier call's timeout has passed (the ledger keeps that
+  moment, so a restarted probe waits too).
 
 What happens to a ticket after it opens (escalation, a human closing it, lost tickets) is the
 watcher's (probe.tickets.watcher), which queues its actions here. The rows themselves are the
@@ -68,6 +70,12 @@ class OutboxMetrics:
             "Ticket deliveries and looks at open tickets that met a bug in probe's own code"
             " (logged with a traceback)",
             registry=registry)
+        # Counted by the watcher's reconcile, which closes the duplicates: it should stay 0.
+        self.duplicates = Counter(
+            "probe_ticket_duplicates_detected_total",
+            "Tickets found open in a helpdesk beside another with the same key (closed as"
+            " duplicates of the one kept)",
+            ["route"], registry=registry)
 
 
 class Dispatcher:
@@ -244,10 +252,11 @@ class Dispatcher:
         await self.ledger.postpone(row.id, counted=counted, until=now + backoff,
                                    error=err.message)
 
-    async def _count(self, row: Row) -> None:
+    async def _count(self, row: Row, backend: Backend[Any]) -> None:
         """Count an attempt before a call that may create a ticket: should probe die during
-        the call, or the call time out, the next attempt asks find() first."""
-        await self.ledger.count_attempt(row.id)
+        the call, or the call time out, the next attempt waits until the call's timeout has
+        passed and then asks find() first."""
+        await self.ledger.count_attempt(row.id, deadline=time.time() + backend.route.timeout)
         self._precounted[row.id] = True
 
     async def _perform(self, row: Row) -> None:
@@ -316,7 +325,7 @@ class Dispatcher:
                 follows=follows,
             )
             # Counted before the call: after a crash or a timeout, find() decides.
-            await self._count(row)
+            await self._count(row, backend)
             ref = await backend.open(ticket)
         await self.ledger.opened(row.id, ticket_key, row.incident_key, row.route, ref,
                                  row.facts.ticket)
@@ -363,7 +372,7 @@ class Dispatcher:
             policy = row.facts.ticket or Policy()
             ticket = render.ticket(row.facts, escalation_key, policy.priority,
                                    recent=(await self.context(row.facts.group)).recent)
-            await self._count(row)
+            await self._count(row, target)
             await target.open(ticket)
         await self.backends[row.route].note(
             follow.ref, render.escalated(follow.escalate_to, follow.after))

@@ -365,18 +365,21 @@ class PgLedger:
             (action_id,))
         return Row(*found[0]) if found else None
 
-    async def count_attempt(self, action_id: int) -> None:
-        await self._write("UPDATE outbox SET attempts = attempts + 1, unknown_outcome = true"
-                          " WHERE id = %s", (action_id,), by="action", of=action_id)
+    async def count_attempt(self, action_id: int, *, deadline: float) -> None:
+        await self._write("UPDATE outbox SET attempts = attempts + 1, unknown_outcome = true,"
+                          " next_attempt_at = to_timestamp(%s) WHERE id = %s",
+                          (deadline, action_id), by="action", of=action_id)
 
     async def refused(self, action_id: int) -> None:
         await self._write("UPDATE outbox SET unknown_outcome = false WHERE id = %s",
                           (action_id,), by="action", of=action_id)
 
     async def postpone(self, action_id: int, *, counted: int, until: float, error: str) -> None:
-        await self._write("UPDATE outbox SET attempts = attempts + %s,"
-                          " next_attempt_at = to_timestamp(%s), last_error = %s WHERE id = %s",
-                          (counted, until, error, action_id), by="action", of=action_id)
+        await self._write("UPDATE outbox SET attempts = attempts + %s, next_attempt_at ="
+                          " CASE WHEN unknown_outcome THEN greatest(next_attempt_at,"
+                          " to_timestamp(%s)) ELSE to_timestamp(%s) END, last_error = %s"
+                          " WHERE id = %s", (counted, until, until, error, action_id),
+                          by="action", of=action_id)
 
     async def give_up(self, action_id: int, *, counted: int, error: str) -> None:
         await self._write("UPDATE outbox SET status = 'failed', last_error = %s,"

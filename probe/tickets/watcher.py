@@ -8,20 +8,28 @@
 - At start and every ten polls, tickets open in a helpdesk with this agent's key that probe
   does not track (its state was lost, or restored from a backup) are reconciled: adopted when
   their outage goes on, resolved with a note when their check is healthy.
+- The same look finds duplicates: two or more open tickets carrying one key (a create sent
+  twice, by two agents or across a crash). The one the ledger records is kept (else the
+  oldest), the others are resolved with a note naming it, and each is counted in
+  probe_ticket_duplicates_detected_total, which should stay 0: exactly-once delivery is the
+  dispatcher's promise, and this is where a broken promise shows.
 
-What to do is decided by the pure functions `on_status` and `on_stray` (tested by tables, as
-the engine is); the watcher asks, decides, and queues the actions in the ledger for the
-dispatcher to deliver.
+What to do is decided by the pure functions `on_status`, `on_stray` and `on_duplicates`
+(tested by tables, as the engine is); the watcher asks, decides, and queues the actions in the
+ledger for the dispatcher to deliver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from prometheus_client import Counter
 
 from probe.facts import Policy
 from probe.helpdesks.base import Backend, TicketError, TicketState
@@ -83,6 +91,34 @@ def on_stray(health: GroupHealth, *, incident_tracked: bool) -> StrayDecision:
     return "resolve"
 
 
+def on_duplicates(refs: Sequence[str], recorded: str | None, *,
+                  opening: bool = False) -> tuple[str, list[str]]:
+    """Of the open tickets carrying one key (`refs`, at least one), the one to keep and the
+    duplicates to close: the ticket the ledger records (`recorded`) when it is among them,
+    since its incident's notes and resolve go there; else the oldest, the lowest number (a
+    human may already be working it), or the first listed where refs are not numbers.
+    `opening`: the ledger records none and the incident's actions are on their way (an open
+    of unknown outcome, whose find() is about to record one of them): none is closed yet,
+    lest find() record the one just closed; the next reconcile decides."""
+    if recorded is not None and recorded in refs:
+        keep = recorded
+    elif recorded is None and opening:
+        return refs[0], []
+    else:
+        numbers = [ref for ref in refs if ref.isdigit()]
+        keep = min(numbers, key=int) if numbers else refs[0]
+    return keep, [ref for ref in refs if ref != keep]
+
+
+SHOWN_REF = re.compile(r"[\w.:#/-]{1,100}")
+
+
+def shown_ref(ref: str) -> str:
+    """A ticket's reference, as the helpdesk gave it, fit to put in a note: as it is when it
+    looks like one, else quoted and capped."""
+    return ref if SHOWN_REF.fullmatch(ref) else repr(ref[:100])
+
+
 class Orphans:
     """Tickets found open in a helpdesk that probe does not track, by group: the next incident
     of the group takes one up instead of opening another."""
@@ -125,6 +161,7 @@ class Watcher:
         agent: str,
         group_health: Callable[[str], GroupHealth],
         wake: Callable[[], None],
+        duplicates: Counter,
         internal_error: Callable[[], None] = lambda: None,
         poll_interval: float = 60.0,
     ) -> None:
@@ -133,10 +170,12 @@ class Watcher:
         self.agent = agent
         self.group_health = group_health
         self.wake = wake  # the dispatcher's: an action was queued
+        self.duplicates = duplicates  # probe_ticket_duplicates_detected_total, by route
         self.internal_error = internal_error  # counts probe_internal_errors_total
         self.poll_interval = poll_interval
         self.orphans = Orphans()
         self.reconciled = asyncio.Event()  # the first reconcile is done (or failed)
+        self._counted: set[tuple[str, str]] = set()  # (route, ref) duplicates counted once
 
     async def serve(self, progress: Callable[[], None] = lambda: None) -> None:
         """Look at open tickets every poll_interval; reconcile at start and every ten polls.
@@ -219,10 +258,12 @@ class Watcher:
     # --- tickets probe lost --------------------------------------------------------------------
 
     async def reconcile(self, progress: Callable[[], None] = lambda: None) -> None:
-        """Tickets open in a helpdesk with this agent's key that probe does not track."""
+        """Tickets open in a helpdesk with this agent's key that probe does not track, and
+        duplicates."""
         prefix = f"{self.agent}/"
         for route in list(self.backends.routes):
             progress()
+            self.duplicates.labels(route)  # the series exists, at 0, from the first look
             try:
                 backend = self.backends[route]
                 found = await backend.open_tickets(prefix)
@@ -232,9 +273,35 @@ class Watcher:
             except Exception:  # a bug in probe: said and counted; the other routes go on
                 self._bug("open_tickets", route, None)
                 continue
-            for key, ref in (found or {}).items():
+            by_key: dict[str, list[str]] = {}
+            for key, ref in found or []:
+                by_key.setdefault(key, []).append(ref)
+            for key, refs in by_key.items():
                 progress()
+                ref = refs[0] if len(refs) == 1 else await self._deduplicate(
+                    route, backend, key, refs)
                 await self._stray(route, backend, key, ref)
+
+    async def _deduplicate(self, route: str, backend: Backend[Any], key: str,
+                           refs: list[str]) -> str:
+        """Close all but one of the open tickets carrying `key`; the one kept."""
+        stray = stray_incident(key)
+        opening = stray is not None and await self.ledger.pending(stray[1])
+        keep, extra = on_duplicates(refs, await self.ledger.ticket_ref(key), opening=opening)
+        log.warning("duplicate tickets %s", fields(
+            route=route, key=key, refs=",".join(refs), kept=keep if extra else None,
+            closing=",".join(extra) or None, waiting=None if extra else "its open is under way"))
+        for ref in extra:
+            if (route, ref) not in self._counted:  # one that resists closing: counted once
+                self._counted.add((route, ref))
+                self.duplicates.labels(route).inc()
+            try:
+                await backend.resolve(ref, f"probe opened this ticket twice: it duplicates "
+                                           f"ticket {shown_ref(keep)}, which stays open.")
+            except TicketError as err:
+                log.warning("duplicate ticket not closed %s", fields(route=route, ref=ref,
+                                                                     error=err.message))
+        return keep
 
     async def _stray(self, route: str, backend: Backend[Any], key: str, ref: str) -> None:
         stray = stray_incident(key)

@@ -37,6 +37,10 @@ class FakeZendesk:
     tickets: dict[int, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     stall_creates: int = 0  # this many creates are made, then answered too late to be heard
+    # Seconds a create takes before the ticket exists (and find() sees it), made even if the
+    # client is gone by then: a helpdesk committing late, as Request Tracker under load does.
+    create_delay: float = 0.0
+    making: int = 0  # creates under way
     _planted: Faults = field(default_factory=Faults)
     _idempotency: dict[str, tuple[str, int, dict[str, Any]]] = field(default_factory=dict)
     _next_id: int = 1
@@ -111,6 +115,23 @@ class FakeZendesk:
         problems = _invalid(fields)
         if problems:
             return _record_invalid(problems)
+        # Shielded: the ticket is made even when the client hangs up (or dies) meanwhile.
+        body = await asyncio.shield(self._make(fields, key, digest))
+        ticket_id = body["ticket"]["id"]
+        if self.stall_creates:
+            self.stall_creates -= 1
+            await self.released.wait()  # made; the client gives up before it hears
+        return web.json_response(body, status=201, headers={
+            "Location": f"{self.url}/api/v2/tickets/{ticket_id}.json",
+            **({"x-idempotency-lookup": "miss"} if key else {})})
+
+    async def _make(self, fields: dict[str, Any], key: str | None,
+                    digest: str) -> dict[str, Any]:
+        self.making += 1
+        try:
+            await asyncio.sleep(self.create_delay)
+        finally:
+            self.making -= 1
         ticket_id, self._next_id = self._next_id, self._next_id + 1
         comment = fields["comment"]
         ticket = {
@@ -136,12 +157,7 @@ class FakeZendesk:
         body = {"ticket": _public(ticket)}
         if key:
             self._idempotency[key] = (digest, 201, body)
-        if self.stall_creates:
-            self.stall_creates -= 1
-            await self.released.wait()  # made; the client gives up before it hears
-        return web.json_response(body, status=201, headers={
-            "Location": f"{self.url}/api/v2/tickets/{ticket_id}.json",
-            **({"x-idempotency-lookup": "miss"} if key else {})})
+        return body
 
     async def _show(self, request: web.Request) -> web.Response:
         ticket = self.tickets.get(int(request.match_info["id"]))
