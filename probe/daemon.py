@@ -107,7 +107,9 @@ class Daemon:
         )
         self.backends = Backends(config.routes, database=self.database)
         outbox = OutboxMetrics(self.registry)
-        self.watcher = Watcher(self.ledger, self.backends, agent=config.agent.name,
+        self.watcher = Watcher(self.ledger, self.backends, agent=scope,
+                               mine=lambda group: self.node is None
+                               or group in self.node.terms.held,
                                group_health=lambda group: groups.health(self.engine, group),
                                wake=lambda: self.dispatcher.wake(),
                                duplicates=outbox.duplicates,

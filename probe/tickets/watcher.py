@@ -163,6 +163,7 @@ class Watcher:
         wake: Callable[[], None],
         duplicates: Counter,
         internal_error: Callable[[], None] = lambda: None,
+        mine: Callable[[str], bool] = lambda group: True,
         poll_interval: float = 60.0,
     ) -> None:
         self.ledger = ledger
@@ -176,6 +177,8 @@ class Watcher:
         self.orphans = Orphans()
         self.reconciled = asyncio.Event()  # the first reconcile is done (or failed)
         self._counted: set[tuple[str, str]] = set()  # (route, ref) duplicates counted once
+        # In a cluster: the groups whose tickets this agent reconciles (those it holds).
+        self.mine = mine
 
     async def serve(self, progress: Callable[[], None] = lambda: None) -> None:
         """Look at open tickets every poll_interval; reconcile at start and every ten polls.
@@ -278,6 +281,9 @@ class Watcher:
                 by_key.setdefault(key, []).append(ref)
             for key, refs in by_key.items():
                 progress()
+                stray = stray_incident(key)
+                if stray is not None and not self.mine(stray[0]):
+                    continue  # another agent of the cluster decides for its group
                 ref = refs[0] if len(refs) == 1 else await self._deduplicate(
                     route, backend, key, refs)
                 await self._stray(route, backend, key, ref)
