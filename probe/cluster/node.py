@@ -185,6 +185,9 @@ class Node:
                     self.metrics.handover.observe(max(0.0, membership.now - at))
                 await self._take(taken)
         self.metrics.groups.labels(self.terms.agent).set(len(self.terms.held))
+        members = self._members()
+        self.metrics.owned.labels(self.terms.agent).set(
+            sum(len(members.get(g, ())) for g in self.terms.held))
 
     def lost(self, groups: Collection[str]) -> None:
         """Writes on these groups were refused: another agent holds them now."""
