@@ -320,13 +320,20 @@ def _status(data: dict[str, Any], *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(data, indent=2))
         return EXIT_OK
-    rows = [("NAME", "KIND", "STATE", "FAILS", "FLAGS", "REASON")]
+    cluster = data.get("cluster")
+    rows = [("NAME", "KIND", "STATE", "FAILS", "FLAGS", *(("AGENT",) if cluster else ()),
+             "REASON")]
     for c in data["checks"]:
         flags = ",".join(f for f in ("flapping", "unreachable", "in_maintenance") if c[f])
         rows.append((c["name"], c["kind"], (c["state"] or "pending").upper(),
-                     str(c["consecutive_failures"]), flags or "-", c["reason"]))
+                     str(c["consecutive_failures"]), flags or "-",
+                     *((c.get("agent") or "-",) if cluster else ()), c["reason"]))
     print(_columns(rows))
     print()
+    if cluster:
+        live = [a["name"] for a in cluster["agents"] if a["live"]]
+        print(f"cluster site {cluster['site']}: {len(live)} agents live ({', '.join(live)}); "
+              f"seen from {data['agent']}")
     if not data["incidents"]:
         print("no open incidents")
     for i in data["incidents"]:

@@ -25,6 +25,7 @@ from psycopg_pool import PoolTimeout
 from checks import execute
 from checks.base import Result
 from probe import control, sdnotify, status, webconfig
+from probe.cluster import claims
 from probe.cluster.claims import Taken
 from probe.cluster.node import ClusterMetrics, Node
 from probe.cluster.pgstate import PgState
@@ -388,7 +389,25 @@ class Daemon:
     async def snapshot(self) -> dict[str, Any]:
         return await status.document(self.config.agent.name, self.checks, self.results,
                                      self.engine, self.ledger, ready=self.ready,
-                                     state_writable=self.writer.writable)
+                                     state_writable=self.writer.writable,
+                                     cluster=await self._cluster_view())
+
+    async def _cluster_view(self) -> status.ClusterView | None:
+        """The whole cluster as its database has it (None alone, or while it is gone)."""
+        if self.node is None or self.pool is None or not isinstance(self.state, PgState):
+            return None
+        try:
+            snapshot = await self.state.load()
+            latest = await self.state.latest()
+            held = await claims.owners(self.pool)
+            agents = await self.node.members.agents()
+        except (StoreError, LedgerError) as err:
+            log.debug("cluster view not read %s", fields(error=err))
+            return None
+        return status.ClusterView(
+            self.node.site, held, {n: restore_check(d) for n, d in snapshot.checks.items()},
+            {g: restore_group(d) for g, d in snapshot.groups.items()}, latest,
+            [dataclasses.asdict(a) for a in agents])
 
     def _status_line(self) -> str:
         open_incidents = sum(1 for g in self.engine.groups.values() if g.incident)

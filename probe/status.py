@@ -1,26 +1,42 @@
 """The status document `/api/status` serves and `probe status` prints: each check's latest
-result and streaks, the open incidents, and the ticket actions waiting or failed."""
+result and streaks, the open incidents, and the ticket actions waiting or failed. In a cluster,
+any agent shows the whole cluster: the checks it runs as it knows them, the others as their
+agents last wrote them in the cluster's database, each with the agent that runs it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from checks.base import Result
 from probe import __version__
 from probe.config import Check
-from probe.engine import Engine
+from probe.engine import CheckState, Engine, GroupState
 from probe.tickets.ledger import Ledger
 
 FAILED_SHOWN = 20  # the newest failed ticket actions listed; `probe tickets failed` has all
 
 
+@dataclass(frozen=True)
+class ClusterView:
+    """What the cluster's database holds: who runs each group, the states and latest results
+    the agents last wrote, the agents themselves."""
+
+    site: str
+    owners: Mapping[str, str]  # group → the agent that holds it
+    checks: Mapping[str, CheckState]
+    groups: Mapping[str, GroupState]
+    latest: Mapping[str, Mapping[str, Any]]  # check → its latest result (at, state, ...)
+    agents: Sequence[Mapping[str, Any]] = field(default_factory=list)
+
+
 async def document(agent: str, checks: Mapping[str, Check], results: Mapping[str, Result],
                    engine: Engine, ledger: Ledger, *, ready: bool,
-                   state_writable: bool) -> dict[str, Any]:
+                   state_writable: bool, cluster: ClusterView | None = None) -> dict[str, Any]:
     backlog = await ledger.backlog()
     failed = await ledger.failed(newest_first=True, limit=FAILED_SHOWN)
-    return {
+    doc = {
         "agent": agent,
         "ticket_actions_pending": {"count": backlog.count, "oldest_at": backlog.oldest_at,
                                    "most_attempts": backlog.most_attempts},
@@ -41,6 +57,38 @@ async def document(agent: str, checks: Mapping[str, Check], results: Mapping[str
             for group, gs in engine.groups.items() if (i := gs.incident) is not None
         ],
     }
+    if cluster is not None:
+        _cluster(doc, checks, engine, cluster)
+    return doc
+
+
+def _cluster(doc: dict[str, Any], checks: Mapping[str, Check], engine: Engine,
+             cluster: ClusterView) -> None:
+    """The checks and incidents of the groups other agents hold, as the database has them."""
+    shown: list[dict[str, Any]] = doc["checks"]
+    for entry in shown:
+        check = checks[entry["name"]]
+        entry["agent"] = cluster.owners.get(check.group)
+        if check.group in engine.groups:
+            continue  # this agent's own: fresher in memory
+        st, latest = cluster.checks.get(entry["name"]), cluster.latest.get(entry["name"], {})
+        entry.update({
+            "state": latest.get("state"), "reason": latest.get("reason", ""),
+            "duration_seconds": latest.get("duration"), "last_run_at": latest.get("at"),
+            "consecutive_failures": st.failures if st else 0,
+            "consecutive_successes": st.successes if st else 0,
+            "flapping": st.flapping if st else False,
+            "unreachable": st.unreachable if st else False,
+            "in_maintenance": st.in_maintenance if st else False,
+        })
+    doc["incidents"] += [
+        {"group": group, "key": i.key, "opened_at": i.opened_at,
+         "first_failure_at": i.first_failure_at, "why": i.why, "reason": i.reason,
+         "checks": i.members, "unreachable": i.unreachable, "agent": cluster.owners.get(group)}
+        for group, gs in sorted(cluster.groups.items())
+        if group not in engine.groups and (i := gs.incident) is not None
+    ]
+    doc["cluster"] = {"site": cluster.site, "agents": list(cluster.agents)}
 
 
 def _check(name: str, check: Check, result: Result | None, engine: Engine) -> dict[str, Any]:

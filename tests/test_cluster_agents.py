@@ -198,6 +198,14 @@ async def test_three_agents_share_the_checks_and_one_incident_is_one_ticket(
     (ticket,) = c.tickets()
     assert ticket["priority"] == "urgent"
     assert "web0" in ticket["subject"]
+    # Any agent's status shows the whole cluster: every check, with the agent that runs it,
+    # and the incident, whoever holds it.
+    for name, agent in c.agents.items():
+        doc = agent.status()
+        assert {ch["name"]: ch["agent"] for ch in doc["checks"]} == c.owners(), name
+        assert {ch["name"]: ch["state"] for ch in doc["checks"]}["web0"] == "down", name
+        assert [i["group"] for i in doc["incidents"]] == ["web0"], name
+        assert sorted(a["name"] for a in doc["cluster"]["agents"]) == sorted(c.agents)
     # The ticket says which agent saw the failure: the one that holds web0.
     assert re.search(rf"Seen from\W+{c.owners()['web0']}\b", ticket["description"]), ticket
 

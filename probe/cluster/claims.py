@@ -123,3 +123,11 @@ async def held_by(pool: Pool) -> dict[str, int]:
             "SELECT owner, count(*) FROM claims WHERE owner IS NOT NULL GROUP BY owner")
         ).fetchall()
     return {str(owner): int(count) for owner, count in rows}
+
+
+async def owners(pool: Pool) -> dict[str, str]:
+    """Each claimed group's holder, for the status page."""
+    async with connection(pool) as conn:
+        rows = await (await conn.execute(
+            "SELECT grp, owner FROM claims WHERE owner IS NOT NULL")).fetchall()
+    return {str(group): str(owner) for group, owner in rows}

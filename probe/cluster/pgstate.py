@@ -148,6 +148,17 @@ class PgState:
                 "{}" if result.ok else json.dumps(result.evidence, default=str))
         return {**columns, "history": self.history}
 
+    async def latest(self) -> dict[str, dict[str, Any]]:
+        """Each check's latest result, as `recent_results` gives them (the status page's view
+        of checks other agents run)."""
+        async with self._connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT DISTINCT ON (check_name) check_name, " + _epoch("at") + ", state,"
+                " duration, reason FROM results ORDER BY check_name, seq DESC")).fetchall()
+        return {name: {"at": at, "state": state, "duration": duration,
+                       "reason": json.loads(reason)}
+                for name, at, state, duration, reason in rows}
+
     async def recent_results(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
         async with self._connection() as conn:
             rows = await (await conn.execute(
