@@ -185,10 +185,11 @@ class Daemon:
             self._scheduler.update(self._owned())
 
     async def _give(self, given: frozenset[str]) -> None:
-        """Stop running the groups' checks and write what was decided for them, while their
-        claims are still this agent's; then forget them."""
+        """Stop running the groups' checks, forget them (a result still in flight is dropped)
+        and write what was decided for them while their claims are still this agent's."""
         self._forget(given)
-        self._decided([])
+        self._decided([])  # their last changes, into the writer's batch
+        self.engine.give(given)
         if await self.writer.flush() is not None:
             log.warning("groups handed over before their last state was written %s",
                         fields(groups=len(given)))
@@ -315,6 +316,8 @@ class Daemon:
                     log.error("reload refused %s", fields(error=issue))
                 errors = [str(i) for i in err.issues]
                 return errors
+            if config.cluster != self.config.cluster:
+                log.warning("the cluster: section changed: it takes effect at the next start")
             self.config = config
             self.checks = {c.name: c for c in config.effective_checks()}
             for name in list(self.results):
