@@ -182,7 +182,12 @@ class Daemon:
             checks, {n: restore_check(d) for n, d in taken.checks.items()},
             {g: restore_group(d) for g, d in taken.group_states.items()}, time.time()))
         if self._scheduler is not None:
-            self._scheduler.update(self._owned())
+            # Each goes on at its pace: due one interval after its last result, wherever that
+            # ran (at once for a dead agent's overdue checks).
+            now = time.time()
+            due = {c.name: taken.last_results[c.name] + c.interval - now
+                   for c in checks if c.name in taken.last_results}
+            self._scheduler.update(self._owned(), due)
 
     async def _give(self, given: frozenset[str]) -> None:
         """Stop running the groups' checks, forget them (a result still in flight is dropped)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from probe.config import Check
 
@@ -63,10 +63,12 @@ class Scheduler:
     def in_flight(self) -> int:
         return len(self._running)
 
-    def update(self, checks: list[Check]) -> None:
-        """Take a new set of checks: new ones are spread over their interval, removed ones
-        stop, and ones whose interval changed are rescheduled."""
+    def update(self, checks: list[Check], due: Mapping[str, float] | None = None) -> None:
+        """Take a new set of checks: new ones are spread over their interval (or run in
+        `due[name]` seconds: a check taken over from another agent goes on at its own pace),
+        removed ones stop, and ones whose interval changed are rescheduled."""
         now = self._loop.time()
+        due = due or {}
         old = self._checks
         self._checks = {c.name: c for c in checks}
         for name in old.keys() - self._checks.keys():
@@ -75,7 +77,9 @@ class Scheduler:
         for check in checks:
             before = old.get(check.name)
             timing = (check.interval, check.retry_interval)
-            if before is None or (before.interval, before.retry_interval) != timing:
+            if before is None and check.name in due:
+                self._push(check.name, now + min(max(0.0, due[check.name]), check.interval))
+            elif before is None or (before.interval, before.retry_interval) != timing:
                 self._push(check.name, now + spread(check.name, check.interval))
         self._wake.set()
 

@@ -141,3 +141,26 @@ checks:
     await run_for(scheduler, 2.0)
     # In line with the others it would run about once a second; first, about every 150 ms.
     assert runs["failing"] >= 8, runs
+
+
+async def test_a_check_taken_over_runs_when_due_not_at_a_fresh_spread() -> None:
+    """A check another agent ran goes on at its own pace: an overdue one at once, one that
+    ran a moment ago after its interval, never later than one interval."""
+    started: dict[str, float] = {}
+    loop = asyncio.get_running_loop()
+
+    async def run(check: Check, lag: float) -> bool:
+        started.setdefault(check.name, loop.time())
+        return False
+
+    scheduler = Scheduler(run, 10)
+    taken = checks("defaults: {interval: 1s, timeout: 50ms}\nchecks:\n"
+                   "  - {name: overdue, tcp: {host: h, port: 1}}\n"
+                   "  - {name: fresh, tcp: {host: h, port: 1}}\n"
+                   "  - {name: far, tcp: {host: h, port: 1}}\n")
+    begun = loop.time()
+    scheduler.update(taken, {"overdue": -4.0, "fresh": 0.5, "far": 3600.0})
+    await run_for(scheduler, 1.8)
+    assert started["overdue"] - begun < 0.3
+    assert 0.45 < started["fresh"] - begun < 0.95
+    assert 0.95 < started["far"] - begun < 1.7  # a clock far off: one interval at most
