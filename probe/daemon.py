@@ -487,6 +487,8 @@ class Daemon:
         await self.dispatcher.close()
         await self.backends.close()
         await self.state.close()
+        if self.pool is not None:
+            await self.pool.close()
         control.remove(self.config.agent.state_dir, os.getpid())
 
 
