@@ -54,8 +54,8 @@ log = logging.getLogger("probe")
 TICK_EVERY = 1.0  # seconds between engine ticks (maintenance ends, notes due)
 STATE_RETRY = 10.0  # seconds between attempts to open the state database at start
 CLUSTER_FLUSH_EVERY = 1.0  # a cluster's state writes: fewer statements on the shared database
+CLUSTER_RESULTS_EVERY = 5.0  # and its history of results, when nothing was decided
 POOL_TIMEOUT = 10.0  # seconds a call waits for a connection to the cluster's database
-WINDOWS_EVERY = 2.0  # seconds between reads of the cluster's windows set at run time
 
 
 class Daemon:
@@ -121,7 +121,9 @@ class Daemon:
                                      reconciled=self.watcher.reconciled, lost=self._lose)
         self.writer = Writer(self.state, self.metrics, written=self.dispatcher.wake,
                              fenced=self._fenced,
-                             every=FLUSH_EVERY if self.node is None else CLUSTER_FLUSH_EVERY)
+                             every=FLUSH_EVERY if self.node is None else CLUSTER_FLUSH_EVERY,
+                             results_every=0.0 if self.node is None
+                             else CLUSTER_RESULTS_EVERY)
         self.ready = False
         self.stopping = asyncio.Event()
         self._scheduler: Scheduler | None = None
@@ -132,7 +134,7 @@ class Daemon:
         self.reloads = 0
         self.loops = Supervisor(self.registry, watchdog=sdnotify.watchdog_timeout())
         self._check_started: Progress = lambda: None  # the scheduler's progress: see _schedule
-        self._windows_due = 0.0
+        self._windows_seen = ""  # the heartbeat's version of the windows last read
 
     @property
     def node_every(self) -> float:
@@ -289,18 +291,22 @@ class Daemon:
             progress()
             await asyncio.sleep(TICK_EVERY)
             self._decided(self.engine.tick(time.time()))
-            if self.node is not None and time.monotonic() >= self._windows_due:
-                self._windows_due = time.monotonic() + WINDOWS_EVERY
+            if self.node is not None:
                 await self._read_windows()
 
     async def _read_windows(self) -> None:
         """The windows set at run time, as the database has them: in a cluster, any agent may
-        have set or ended one."""
+        have set or ended one. Read when the heartbeat says they changed."""
+        assert self.node is not None
+        membership = self.node.view.membership
+        if membership is None or membership.windows == self._windows_seen:
+            return
         try:
             stored = await self.state.windows(time.time())
         except StoreError as err:
             log.debug("maintenance windows not read %s", fields(error=err))
             return
+        self._windows_seen = membership.windows
         if stored.keys() != self.adhoc.keys():
             self.adhoc = {n: Maintenance.model_validate(d) for n, d in stored.items()}
             self._maintenance_changed()

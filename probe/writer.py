@@ -28,9 +28,13 @@ MAX_PENDING_RESULTS = 20_000  # results kept in memory while the state cannot be
 class Writer:
     def __init__(self, state: State, metrics: Metrics, *, written: Callable[[], None],
                  fenced: Callable[[Batch, frozenset[str]], Batch] | None = None,
-                 every: float = FLUSH_EVERY) -> None:
+                 every: float = FLUSH_EVERY, results_every: float = 0.0) -> None:
         self.state = state
         self.every = every
+        # A batch of results only (the history, nothing decided) waits this long: in a
+        # cluster, each write is a statement on the database every agent shares.
+        self.results_every = results_every
+        self._written_at = time.monotonic()
         self._lock = asyncio.Lock()  # one write at a time: a later batch never lands first
         self.metrics = metrics
         self.written = written  # called when a batch with transitions is written
@@ -53,16 +57,22 @@ class Writer:
             except TimeoutError:
                 pass
             self._soon.clear()
-            failing_since = await self.flush(failing_since)
+            failing_since = await self.flush(failing_since, history_waits=True)
 
-    async def flush(self, failing_since: float | None = None) -> float | None:
-        """Write what is pending; on failure keep it, in order, for the next try. Returns when
-        writes began to fail (None: they do not)."""
+    async def flush(self, failing_since: float | None = None, *,
+                    history_waits: bool = False) -> float | None:
+        """Write what is pending (a batch of results only may wait for `results_every`, if
+        `history_waits`); on failure keep it, in order, for the next try. Returns when writes
+        began to fail (None: they do not)."""
         async with self._lock:
-            return await self._flush(failing_since)
+            return await self._flush(failing_since, history_waits)
 
-    async def _flush(self, failing_since: float | None) -> float | None:
+    async def _flush(self, failing_since: float | None, history_waits: bool) -> float | None:
         if not self.pending:
+            return failing_since
+        pending = self.pending
+        if (history_waits and not (pending.checks or pending.groups or pending.transitions)
+                and time.monotonic() - self._written_at < self.results_every):
             return failing_since
         batch, self.pending = self.pending, Batch()
         try:
@@ -92,6 +102,7 @@ class Writer:
             batch.merge(self.pending)
             self.pending = batch
             raise
+        self._written_at = time.monotonic()
         if failing_since is not None:
             log.warning("state saved again %s", fields(after=f"{time.time() - failing_since:.0f}s"))
         self.metrics.state_ok.set(1)

@@ -13,6 +13,7 @@ import pytest
 
 from probe.cluster import ownership
 from probe.cluster.members import Members, Membership
+from probe.cluster.pgstate import PgState
 from probe.tickets.ledger import LedgerError
 from probe.tickets.pgledger import Pool, open_pool
 
@@ -82,7 +83,7 @@ async def test_an_agent_whose_row_is_gone_is_told_it_is_no_member(members: Membe
     await join(members, "dc1-a", "dc1-b")
     await members.leave("dc1-a")
     seen = await members.heartbeat("dc1-a", "h1")
-    assert seen == Membership("dc1-a", seen.now, (), joined=False)
+    assert seen == Membership("dc1-a", seen.now, (), joined=False, windows=seen.windows)
     assert seen.now > 0 and seen.owners == set()
     assert [a.name for a in await members.agents()] == ["dc1-b"]  # the heartbeat wrote nothing
 
@@ -206,3 +207,23 @@ async def test_a_closed_pool_is_a_ledger_error_for_every_call(pool: Pool,
 def test_agent_ttl_must_be_positive(pool: Pool) -> None:
     with pytest.raises(ValueError, match="agent_ttl must be positive, not 0"):
         Members(pool, agent_ttl=0)
+
+
+async def test_the_heartbeat_says_when_a_maintenance_window_was_set_or_ended(
+    pool: Pool, members: Members,
+) -> None:
+    """So that agents read the windows only when one changed, not on every beat."""
+    state = PgState(pool)
+    await join(members, "dc1-a")
+    seen = [(await members.heartbeat("dc1-a", "h1")).windows]
+    first = await state.add_window({"checks": ["web"]}, ends_at=time.time() + 600)
+    seen.append((await members.heartbeat("dc1-a", "h1")).windows)
+    seen.append((await members.heartbeat("dc1-a", "h1")).windows)  # nothing changed
+    await state.end_window(first)
+    seen.append((await members.heartbeat("dc1-a", "h1")).windows)
+    second = await state.add_window({"checks": ["db"]}, ends_at=time.time() + 600)
+    await state.add_window({"checks": ["dns"]}, ends_at=time.time() + 600)
+    await state.end_window(second)  # one set, one ended between two beats
+    seen.append((await members.heartbeat("dc1-a", "h1")).windows)
+    # Each beat's version differs from the one before exactly when the windows did.
+    assert [seen[i] != seen[i - 1] for i in range(1, 5)] == [True, False, True, True], seen

@@ -44,6 +44,7 @@ class Membership:
     now: float
     members: tuple[Member, ...]
     joined: bool = True
+    windows: str = ""  # changes whenever a maintenance window is set or ended
 
     @property
     def live(self) -> frozenset[str]:
@@ -99,18 +100,22 @@ _LIVE = "heartbeat_at > now() - make_interval(secs => %(agent_ttl)s)"
 # One statement. The UPDATE's own row comes from RETURNING: the outer SELECT reads the table as
 # it was before the statement, so it would see the agent's previous heartbeat. The last branch
 # gives the database's now when the agent's row is gone (no row to return otherwise).
+# The maintenance windows' version rides along: ids only grow, so (greatest id, count) changes
+# whenever a window is set or ended, and an agent reads the windows only then.
+_WINDOWS = "(SELECT coalesce(max(id), 0) || ':' || count(*) FROM maintenance)"
 _HEARTBEAT = (
     "WITH me AS (UPDATE agents SET heartbeat_at = now(), config_hash = %(config_hash)s"
     "            WHERE name = %(agent)s"
     "            RETURNING name, site, config_hash, heartbeat_at, draining)"
     " SELECT name, config_hash, " + _epoch("heartbeat_at") + ", draining, "
-    + _epoch("now()") + " FROM me"
+    + _epoch("now()") + ", " + _WINDOWS + " FROM me"
     " UNION ALL"
     " SELECT a.name, a.config_hash, " + _epoch("a.heartbeat_at") + ", a.draining, "
-    + _epoch("now()") + " FROM agents a JOIN me ON a.site = me.site AND a.name <> me.name"
-    " WHERE a." + _LIVE +
+    + _epoch("now()") + ", NULL FROM agents a JOIN me ON a.site = me.site"
+    " AND a.name <> me.name WHERE a." + _LIVE +
     " UNION ALL"
-    " SELECT NULL, NULL, NULL, NULL, " + _epoch("now()") + " WHERE NOT EXISTS (SELECT FROM me)"
+    " SELECT NULL, NULL, NULL, NULL, " + _epoch("now()") + ", " + _WINDOWS +
+    " WHERE NOT EXISTS (SELECT FROM me)"
 )
 
 
@@ -147,10 +152,11 @@ class Members:
                 _HEARTBEAT, {"agent": agent, "config_hash": config_hash,
                              "agent_ttl": self._ttl})).fetchall()
         now = float(rows[0][4])
+        windows = next(str(row[5]) for row in rows if row[5] is not None)
         members = sorted((Member(name, config_hash_, heartbeat_at, draining)
-                          for name, config_hash_, heartbeat_at, draining, _ in rows
+                          for name, config_hash_, heartbeat_at, draining, _, _ in rows
                           if name is not None), key=lambda m: m.name)
-        return Membership(agent, now, tuple(members), joined=bool(members))
+        return Membership(agent, now, tuple(members), joined=bool(members), windows=windows)
 
     async def drain(self, agent: str) -> bool:
         """Mark the agent draining: it stays a member, owning no checks. False: no such agent."""

@@ -90,7 +90,7 @@ class Node:
         self.terms = terms
         self.site = site
         self.ttl = agent_ttl
-        self.every = agent_ttl / 5  # a heartbeat: five chances before the others move on
+        self.every = agent_ttl / 3  # a heartbeat: three chances before the others move on
         self.members = Members(pool, agent_ttl)
         self.claims = Claims(pool, terms, agent_ttl)
         self._config_hash = config_hash

@@ -125,6 +125,13 @@ class PgState:
                         {n: json.loads(d) for n, d in groups})
 
     async def write(self, batch: Batch) -> None:
+        if not (batch.checks or batch.groups or batch.transitions):
+            # The history alone: one statement, no transaction around it (BEGIN and COMMIT
+            # would be two more on the database every agent shares).
+            if batch.results:
+                async with self._connection() as conn:
+                    await conn.execute(_RESULTS, self._results(batch.results))
+            return
         async with self._connection() as conn, conn.transaction():
             if self._terms is not None:
                 await self._check_claims(conn, batch)
