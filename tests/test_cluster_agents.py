@@ -21,6 +21,7 @@ import signal
 import subprocess
 import time
 import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -418,3 +419,26 @@ async def test_an_agent_whose_clock_is_minutes_off_changes_nothing(
     targets6[int(web[3:])].down = False
     await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
     assert len(c.tickets()) == 1
+
+
+async def test_a_maintenance_window_set_through_one_agent_holds_on_the_agent_that_decides(
+    cluster: Callable[[list[Target]], Cluster], targets6: list[Target]
+) -> None:
+    c = cluster(targets6)
+    for name in ("dc1-a", "dc1-b", "dc1-c"):
+        c.start(name)
+    owners = await all_owned(c, len(targets6))
+    check = next(n for n, o in owners.items() if o != "dc1-a")
+    holder = c.agents[owners[check]]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{c.agents['dc1-a'].port}/api/maintenance", method="POST",
+        data=json.dumps({"checks": [check], "duration": "10m", "reason": "upgrade"}).encode(),
+        headers={"Content-Type": "application/json"})
+    with await asyncio.to_thread(urllib.request.urlopen, request, timeout=10) as answer:
+        assert answer.status == 201
+    in_window = f'probe_check_in_maintenance{{check="{check}",kind="http",service=""}}'
+    await holder.wait("the window on the agent that holds the check",
+                      lambda: holder.metric(in_window) == 1, timeout=3 * TTL)
+    targets6[int(check[3:])].down = True
+    await asyncio.sleep(3)  # failure_threshold is 4 results 300 ms apart: long past
+    assert c.tickets() == []
