@@ -194,9 +194,14 @@ class Daemon:
     async def _give(self, given: frozenset[str]) -> None:
         """Stop running the groups' checks, forget them (a result still in flight is dropped)
         and write what was decided for them while their claims are still this agent's."""
+        assert self.node is not None
+        self.node.terms.leaving |= given  # no new delivery for them starts
         self._forget(given)
         self._decided([])  # their last changes, into the writer's batch
         self.engine.give(given)
+        if not await self.dispatcher.quiesce(self.backends.longest_timeout() + 1):
+            log.warning("groups handed over during a delivery: their new holder asks the "
+                        "helpdesk before it sends again")
         if await self.writer.flush() is not None:
             log.warning("groups handed over before their last state was written %s",
                         fields(groups=len(given)))
@@ -483,8 +488,7 @@ class Daemon:
         with contextlib.suppress(Exception):
             await runner.cleanup()
         if self.node is not None:
-            await self.dispatcher.close()  # a delivery cut short: its successor asks find()
-            await self.node.leave()
+            await self.node.leave()  # deliveries in flight end first (see _give)
         try:
             if await self.writer.flush() is not None:
                 log.error("state not saved at stop: the last decisions will be taken again")

@@ -170,3 +170,15 @@ async def test_an_agent_that_cannot_tell_it_is_a_member_delivers_nothing(pool: P
     await state(pool, a).write(batch("a's", opens="dc1/web/1"))
     a.terms.live = False  # its heartbeats failed for agent_ttl
     assert (await PgLedger(pool, a.terms).heads()).rows == []
+
+
+async def test_a_group_being_handed_over_starts_no_new_delivery(pool: Pool) -> None:
+    a = claims(pool, "dc1-a")
+    await a.take(["web"], MEMBERS)
+    await state(pool, a).write(batch("a's", opens="dc1/web/1"))
+    ledger = PgLedger(pool, a.terms)
+    assert len((await ledger.heads()).rows) == 1
+    a.terms.leaving.add("web")  # its deliveries in flight end; none starts
+    assert (await ledger.heads()).rows == []
+    await a.release(["web"])
+    assert a.terms.leaving == set() and a.terms.held == {}

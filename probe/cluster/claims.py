@@ -96,6 +96,7 @@ class Claims:
         for group in groups:
             if group in self.terms.held:
                 self._releasing[group] = self.terms.held.pop(group)
+            self.terms.leaving.discard(group)
         await self.settle()
 
     async def settle(self) -> None:
@@ -114,6 +115,7 @@ class Claims:
         """Groups whose write was refused: another agent holds them under a newer fence."""
         for group in groups:
             self.terms.held.pop(group, None)
+            self.terms.leaving.discard(group)
 
 
 async def held_by(pool: Pool) -> dict[str, int]:

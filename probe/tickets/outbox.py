@@ -99,6 +99,7 @@ class Dispatcher:
         self.lost = lost  # in a cluster: groups another agent delivers for now
         self._wake = asyncio.Event()
         self._busy: set[str] = set()  # incidents with a delivery in flight
+        self._idle = asyncio.Event()  # set when the last delivery in flight ends
         self._paused: dict[str, float] = {}  # route -> not before (a 429's Retry-After)
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -119,6 +120,19 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def quiesce(self, timeout: float) -> bool:
+        """Wait for the deliveries in flight to end (at most `timeout` seconds): before a
+        cluster's agent hands groups over, so that their new holder does not send again what
+        this one is sending. False: some were still going."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._busy:
+                    self._idle.clear()
+                    await self._idle.wait()
+        except TimeoutError:
+            pass
+        return not self._busy
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -204,6 +218,8 @@ class Dispatcher:
             self._state_failed(err)
         finally:
             self._busy.discard(head.incident_key)
+            if not self._busy:
+                self._idle.set()
             self.wake()
 
     def _internal_error(self, row: Row, err: Exception) -> TicketError:

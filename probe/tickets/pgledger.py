@@ -187,6 +187,12 @@ class Terms:
     agent: str
     held: dict[str, int] = field(default_factory=dict)
     live: bool = False
+    # Held still, being handed over: no new delivery starts for them.
+    leaving: set[str] = field(default_factory=set)
+
+    def delivering(self) -> list[str]:
+        """The groups whose actions this agent delivers now."""
+        return sorted(set(self.held) - self.leaving) if self.live else []
 
 
 # The claim behind a write, locked FOR SHARE: a claim taken meanwhile (an UPDATE) waits for the
@@ -344,11 +350,11 @@ class PgLedger:
         # cluster, the pending actions of the groups this agent holds.
         mine, params = "", cast(tuple[Any, ...], ())
         if self._terms is not None:
-            if not self._terms.live:
+            if not self._terms.delivering():
                 return Heads([], 0)
             mine = (" AND incident_key IN (SELECT key FROM incidents"
                     "                      WHERE grp = ANY(%s))")
-            params = (sorted(self._terms.held),)
+            params = (self._terms.delivering(),)
         rows = await self._rows(
             "WITH p AS (SELECT id, incident_key, route, next_attempt_at FROM outbox"
             "           WHERE status = 'pending'" + mine + ")"
@@ -457,7 +463,7 @@ class PgLedger:
             " WHERE t.state = 'open' AND i.resolved_at IS NULL"
             + ("" if self._terms is None else " AND i.grp = ANY(%s)") +
             " ORDER BY t.opened_at, t.ticket_key",
-            () if self._terms is None else (sorted(self._terms.held),))
+            () if self._terms is None else (self._terms.delivering(),))
         return [watched_row(*row) for row in rows]
 
     async def replace(self, ticket_key: str, incident_key: str, route: str, ref: str,
