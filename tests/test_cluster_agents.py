@@ -116,6 +116,12 @@ checks:{checks}
                                 ).fetchall()
         return {str(g): str(o) for g, o in rows}
 
+    async def run(self, *names: str) -> dict[str, str]:
+        """Start these agents; once each check is where rendezvous puts it, check → agent."""
+        for name in names:
+            self.start(name)
+        return await all_owned(self, len(self.targets))
+
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{a.log_text()[-3000:]}" for n, a in self.agents.items())
 
@@ -164,6 +170,21 @@ async def all_owned(cluster: Cluster, count: int) -> dict[str, str]:
     return expected
 
 
+async def recovers_with_one_ticket(c: Cluster, target: Target, timeout: float = 30) -> None:
+    """The target back up: the incident's one ticket solved, and no second one."""
+    target.down = False
+    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved",
+                timeout=timeout, context=c.logs)
+    assert len(c.tickets()) == 1, c.tickets()
+
+
+async def one_ticket(c: Cluster, timeout: float = 30) -> None:
+    """A ticket, and still one a moment later: the other agents had time to open another."""
+    await until("one ticket", c.tickets, timeout=timeout, context=c.logs)
+    await asyncio.sleep(1.5)
+    assert len(c.tickets()) == 1, c.tickets()
+
+
 async def test_three_agents_share_the_checks_and_one_incident_is_one_ticket(
     cluster: Callable[[list[Target]], Cluster], targets6: list[Target]
 ) -> None:
@@ -210,18 +231,14 @@ async def test_three_agents_share_the_checks_and_one_incident_is_one_ticket(
     # The ticket says which agent saw the failure: the one that holds web0.
     assert re.search(rf"Seen from\W+{c.owners()['web0']}\b", ticket["description"]), ticket
 
-    targets6[0].down = False
-    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
-    assert len(c.tickets()) == 1
+    await recovers_with_one_ticket(c, targets6[0])
 
 
 async def test_an_agent_killed_gives_its_checks_up_and_the_streak_goes_on(
     cluster: Callable[[list[Target]], Cluster], targets6: list[Target]
 ) -> None:
     c = cluster(targets6)
-    for name in ("dc1-a", "dc1-b", "dc1-c"):
-        c.start(name)
-    owners = await all_owned(c, len(targets6))
+    owners = await c.run(*("dc1-a", "dc1-b", "dc1-c"))
     victim = owners["web0"]
     targets6[0].down = True
     # Two failures seen by the victim (threshold 4), written: then it dies.
@@ -235,21 +252,15 @@ async def test_an_agent_killed_gives_its_checks_up_and_the_streak_goes_on(
         o := c.owners()).get("web0") not in (None, victim) and o, timeout=3 * TTL + 5)
     moved_after = time.monotonic() - killed_at
     assert moved_after < TTL + 3, f"web0 moved after {moved_after:.1f}s"
-    await until("one ticket", c.tickets, timeout=30)
-    await asyncio.sleep(1.5)
-    assert len(c.tickets()) == 1
-    targets6[0].down = False
-    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
-    assert len(c.tickets()) == 1
+    await one_ticket(c)
+    await recovers_with_one_ticket(c, targets6[0])
 
 
 async def test_a_stopping_agent_hands_over_at_once_and_the_last_one_still_tickets(
     cluster: Callable[[list[Target]], Cluster], targets6: list[Target]
 ) -> None:
     c = cluster(targets6)
-    for name in ("dc1-a", "dc1-b"):
-        c.start(name)
-    await all_owned(c, len(targets6))
+    await c.run(*("dc1-a", "dc1-b"))
     stopped_at = time.monotonic()
     c.agents["dc1-a"].stop()
     await until("dc1-b owns every check", lambda: set(c.owners().values()) == {"dc1-b"}
@@ -257,9 +268,7 @@ async def test_a_stopping_agent_hands_over_at_once_and_the_last_one_still_ticket
     assert time.monotonic() - stopped_at < TTL, "the handover waited for agent_ttl"
     targets6[3].down = True
     await until("one ticket", c.tickets, timeout=30)
-    targets6[3].down = False
-    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
-    assert len(c.tickets()) == 1
+    await recovers_with_one_ticket(c, targets6[3])
     # No agent left: `probe cluster status` says so, and fails.
     c.agents["dc1-b"].stop()
     done = await asyncio.to_thread(
@@ -275,9 +284,7 @@ async def test_an_agent_frozen_past_its_lease_cannot_write_over_its_successor(
     """SIGSTOP, as a long pause or a VM migration would: the others take its groups after
     agent_ttl; thawed, it finds its fence stale, and its decisions are refused, not doubled."""
     c = cluster(targets6)
-    for name in ("dc1-a", "dc1-b", "dc1-c"):
-        c.start(name)
-    owners = await all_owned(c, len(targets6))
+    owners = await c.run(*("dc1-a", "dc1-b", "dc1-c"))
     victim = c.agents[owners["web1"]]
     targets6[1].down = True
     failures = 'probe_check_consecutive_failures{check="web1",kind="http",service=""}'
@@ -296,18 +303,14 @@ async def test_an_agent_frozen_past_its_lease_cannot_write_over_its_successor(
     assert len(c.tickets()) == 1, c.tickets()
     # What it had decided while frozen was refused by the fence, not written.
     assert (victim.metric("probe_outbox_fence_rejected_total") or 0) >= 1, victim.log_text()
-    targets6[1].down = False
-    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
-    assert len(c.tickets()) == 1
+    await recovers_with_one_ticket(c, targets6[1])
 
 
 async def test_postgresql_restarting_mid_incident_delays_the_ticket_and_never_doubles_it(
     cluster: Callable[[list[Target]], Cluster], targets6: list[Target], postgres: Postgres
 ) -> None:
     c = cluster(targets6)
-    for name in ("dc1-a", "dc1-b"):
-        c.start(name)
-    await all_owned(c, len(targets6))
+    await c.run(*("dc1-a", "dc1-b"))
     postgres.pg_ctl("stop", "-m", "immediate")
     try:
         targets6[2].down = True
@@ -322,12 +325,8 @@ async def test_postgresql_restarting_mid_incident_delays_the_ticket_and_never_do
         assert c.tickets() == []  # no ticket while the database is gone
     finally:
         postgres.pg_ctl("start")
-    await until("one ticket", c.tickets, timeout=40, context=c.logs)
-    await asyncio.sleep(2)
-    assert len(c.tickets()) == 1
-    targets6[2].down = False
-    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=40)
-    assert len(c.tickets()) == 1
+    await one_ticket(c, timeout=40)
+    await recovers_with_one_ticket(c, targets6[2], timeout=40)
 
 
 async def test_kill_9_of_random_agents_in_a_loop_loses_and_doubles_no_ticket(
@@ -413,21 +412,15 @@ async def test_an_agent_whose_clock_is_minutes_off_changes_nothing(
     assert c.owners() == owners
     web = next(n for n, o in owners.items() if o == "dc1-b")
     targets6[int(web[3:])].down = True
-    await until("one ticket", c.tickets, timeout=30)
-    await asyncio.sleep(1.5)
-    assert len(c.tickets()) == 1
-    targets6[int(web[3:])].down = False
-    await until("the ticket solved", lambda: c.tickets()[0]["status"] == "solved", timeout=30)
-    assert len(c.tickets()) == 1
+    await one_ticket(c)
+    await recovers_with_one_ticket(c, targets6[int(web[3:])])
 
 
 async def test_a_maintenance_window_set_through_one_agent_holds_on_the_agent_that_decides(
     cluster: Callable[[list[Target]], Cluster], targets6: list[Target]
 ) -> None:
     c = cluster(targets6)
-    for name in ("dc1-a", "dc1-b", "dc1-c"):
-        c.start(name)
-    owners = await all_owned(c, len(targets6))
+    owners = await c.run(*("dc1-a", "dc1-b", "dc1-c"))
     check = next(n for n, o in owners.items() if o != "dc1-a")
     holder = c.agents[owners[check]]
     request = urllib.request.Request(
