@@ -72,6 +72,8 @@ class Claims:
             rows = await (await conn.execute(_TAKE, {
                 "agent": self.terms.agent, "groups": wanted, "agent_ttl": self._ttl})).fetchall()
             taken = {str(group): int(fence) for group, fence in rows}
+            if not taken:  # all held by live agents still: they give them up soon
+                return Taken(frozenset(), {}, {}, {})
             names = sorted(n for g in taken for n in members.get(g, ()))
             group_rows = await (await conn.execute(
                 "SELECT name, data FROM group_state WHERE name = ANY(%s)", (sorted(taken),))

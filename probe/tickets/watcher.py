@@ -34,7 +34,7 @@ from prometheus_client import Counter
 from probe.facts import Policy
 from probe.helpdesks.base import Backend, TicketError, TicketState
 from probe.log import fields
-from probe.tickets.ledger import Followup, Ledger, Watched
+from probe.tickets.ledger import Followup, Ledger, LedgerError, Watched
 from probe.tickets.pool import Backends
 
 log = logging.getLogger("probe.tickets")
@@ -190,6 +190,8 @@ class Watcher:
                 if polls % RECONCILE_EVERY == 0:
                     await self.reconcile(progress)
                 await self.check_tickets(progress)
+            except LedgerError as err:  # the database, not probe: no traceback to show
+                log.warning("watching tickets paused %s", fields(error=err))
             except Exception:
                 log.exception("watching tickets failed")
             finally:
