@@ -115,11 +115,22 @@ class Node:
             progress()
             await self.beat()
             try:
-                async with asyncio.timeout(self.every):
+                async with asyncio.timeout(self._next_beat()):
                     await self.wake.wait()
             except TimeoutError:
                 pass
             self.wake.clear()
+
+    def _next_beat(self) -> float:
+        """The period; or sooner, the moment another agent's silence reaches agent_ttl, so
+        that its groups move as soon as it has left rather than up to a period later."""
+        membership, wait = self.view.membership, self.every
+        if membership is not None and self.view.error is None:
+            for member in membership.members:
+                expires = member.heartbeat_at + self.ttl - membership.now
+                if member.name != self.terms.agent and 0 <= expires < wait:
+                    wait = expires + 0.05
+        return wait
 
     async def beat(self) -> None:
         """One heartbeat, and the groups it moves."""
