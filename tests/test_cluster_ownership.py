@@ -6,12 +6,13 @@ joining takes checks only for itself; the answer does not depend on the order of
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probe.cluster.ownership import live, owned, owner, weight
+from probe.cluster.ownership import live, owned, owner, shards, weight
 
 EXAMPLES = int(os.environ.get("PROBE_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -146,3 +147,34 @@ def test_the_owners_do_not_depend_on_the_order_of_agents_or_checks(
     assert owned(checks_shuffled, agents_shuffled) == owned(checks, sorted(agents))
     for check in checks:
         assert owner(check, agents_shuffled) == owner(check, sorted(agents))
+
+
+# --- shards: groups joined by dependencies move together -----------------------------------------
+
+
+def test_groups_joined_by_a_dependency_are_one_shard_named_by_its_least_group() -> None:
+    assert shards({"web": ["gateway"], "db": ["gateway"], "gateway": [], "dns": []}) == {
+        "web": "db", "db": "db", "gateway": "db", "dns": "dns"}
+    assert shards({"b": ["c"], "c": ["a"], "a": []}) == {"a": "a", "b": "a", "c": "a"}
+
+
+GROUPS = st.sampled_from([f"g{n}" for n in range(12)])
+
+
+@given(st.dictionaries(GROUPS, st.lists(GROUPS, max_size=3), max_size=12), st.randoms())
+def test_shards_are_the_components_of_the_dependencies_whatever_their_order(
+        needs: dict[str, list[str]], rng: random.Random) -> None:
+    found = shards(needs)
+    for group, others in needs.items():
+        for other in others:
+            assert found[group] == found[other]  # joined by a dependency: together
+    for group, shard in found.items():
+        assert shard <= group and found[shard] == shard  # named by its least member
+    # Every agent reads the same configuration in its own order: the same shards.
+    shuffled = list(needs.items())
+    rng.shuffle(shuffled)
+    assert shards(dict(shuffled)) == found
+    # Groups with no path between them are apart.
+    if len(set(found.values())) > 1:
+        a, b = sorted(set(found.values()))[:2]
+        assert not any(found[g] == a and found[o] == b for g, os_ in needs.items() for o in os_)
