@@ -190,6 +190,7 @@ class Daemon:
             due = {c.name: taken.last_results[c.name] + c.interval - now
                    for c in checks if c.name in taken.last_results}
             self._scheduler.update(self._owned(), due)
+            self._check_started()  # judged from now: it may have held no check until now
 
     async def _give(self, given: frozenset[str]) -> None:
         """Stop running the groups' checks, forget them (a result still in flight is dropped)
@@ -286,7 +287,7 @@ class Daemon:
     def _cadence(self) -> float | None:
         """The longest the scheduler goes without starting a check: the shortest interval, and
         on top the longest timeout, for which every slot may be held."""
-        checks = list(self.checks.values())
+        checks = self._owned()  # in a cluster, an agent may hold no check for a while
         if not checks:
             return None
         return min(c.interval for c in checks) + max(c.timeout for c in checks)

@@ -435,3 +435,20 @@ async def test_a_maintenance_window_set_through_one_agent_holds_on_the_agent_tha
     targets6[int(check[3:])].down = True
     await asyncio.sleep(3)  # failure_threshold is 4 results 300 ms apart: long past
     assert c.tickets() == []
+
+
+async def test_an_agent_that_holds_no_check_is_healthy_and_ready(
+    cluster: Callable[[list[Target]], Cluster], targets6: list[Target]
+) -> None:
+    """More agents than groups: the idle ones are spares, not stuck loops."""
+    c = cluster(targets6[:1])
+    for name in ("dc1-a", "dc1-b", "dc1-c"):
+        # As under systemd with WatchdogSec=2: a loop 2 s late is stuck, and said so.
+        c.start(name, env={"WATCHDOG_USEC": "2000000"})
+    owners = await all_owned(c, 1)
+    idle = [c.agents[n] for n in c.agents if n not in owners.values()]
+    assert len(idle) == 2
+    await asyncio.sleep(5)  # past the scheduler's cadence and the watchdog, many times
+    for agent in idle:
+        assert "makes no progress" not in agent.log_text(), agent.log_text()
+        assert agent.get("/-/ready")

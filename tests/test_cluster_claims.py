@@ -182,3 +182,17 @@ async def test_a_group_being_handed_over_starts_no_new_delivery(pool: Pool) -> N
     assert (await ledger.heads()).rows == []
     await a.release(["web"])
     assert a.terms.leaving == set() and a.terms.held == {}
+
+
+async def test_a_claim_the_database_gives_back_to_an_agent_that_gave_it_up_is_released(
+        pool: Pool) -> None:
+    """The database lost its last commits (a crash with asynchronous commit, a failover to a
+    replica behind): a group this agent gave up is under its name again. While it lives no
+    other agent could take it: it releases what it does not hold."""
+    a, b = claims(pool, "dc1-a"), claims(pool, "dc1-b")
+    await a.take(["web", "db"], MEMBERS)
+    a.terms.held.pop("db")  # what the lost commit had released
+    assert (await b.take(["db"], MEMBERS)).groups == set()
+    assert await a.strays() == 1
+    assert a.terms.held == {"web": 1}
+    assert (await b.take(["db"], MEMBERS)).groups == {"db"}

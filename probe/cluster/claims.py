@@ -113,6 +113,18 @@ class Claims:
             if self._releasing.get(group) == fence:
                 del self._releasing[group]
 
+    async def strays(self) -> int:
+        """Release the claims the database gives this agent that it does not hold: after the
+        database lost its last commits (a crash with asynchronous commit, a failover to a
+        replica behind), a claim given up may be back under this agent's name, and no other
+        agent could take it while this one lives. How many there were."""
+        held = sorted(self.terms.held)
+        async with connection(self._pool) as conn:
+            done = await conn.execute("UPDATE claims SET owner = NULL WHERE owner = %s"
+                                      " AND NOT (grp = ANY(%s))", (self.terms.agent, held))
+        self._releasing.clear()  # any release not yet told is told now
+        return done.rowcount
+
     def lost(self, groups: Collection[str]) -> None:
         """Groups whose write was refused: another agent holds them under a newer fence."""
         for group in groups:

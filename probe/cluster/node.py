@@ -37,6 +37,8 @@ from probe.tickets.pgledger import Pool, Terms
 
 log = logging.getLogger("probe")
 
+STRAYS_EVERY = 6  # heartbeats between looks for claims the database lost track of
+
 
 class ClusterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -100,6 +102,7 @@ class Node:
         self.metrics = metrics
         self.view = View()
         self._last_ok = time.monotonic()
+        self._beats = 0
         self.wake = asyncio.Event()
 
     def checks_of(self, members: Callable[[], Mapping[str, Collection[str]]]) -> None:
@@ -141,7 +144,14 @@ class Node:
                 await self.join()
                 membership = await self.members.heartbeat(self.terms.agent,
                                                           self._config_hash())
+            recovered = self.view.error is not None
             self._reached(membership, time.monotonic() - started)
+            self._beats += 1
+            if recovered or self._beats % STRAYS_EVERY == 1:
+                strays = await self.claims.strays()
+                if strays:
+                    log.warning("claims this agent did not hold released %s",
+                                fields(groups=strays))
             await self.claims.settle()
             await self._rebalance(membership)
         except LedgerError as err:
