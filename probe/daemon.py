@@ -135,6 +135,8 @@ class Daemon:
         self.loops = Supervisor(self.registry, watchdog=sdnotify.watchdog_timeout())
         self._check_started: Progress = lambda: None  # the scheduler's progress: see _schedule
         self._windows_seen = ""  # the heartbeat's version of the windows last read
+        self._deps: dict[str, set[str]] = {}
+        self._deps_of: dict[str, Check] | None = None  # the checks _deps was worked out from
 
     @property
     def node_every(self) -> float:
@@ -164,12 +166,15 @@ class Daemon:
         return members
 
     def _dependencies(self) -> dict[str, set[str]]:
-        """Each configured group → the groups its checks depend on."""
-        needs: dict[str, set[str]] = {}
-        for check in self.checks.values():
-            needs.setdefault(check.group, set()).update(
-                self.checks[p].group for p in check.depends_on if p in self.checks)
-        return needs
+        """Each configured group → the groups its checks depend on: the same object until a
+        reload changes the checks (the node works out its groups again only then)."""
+        if self._deps_of is not self.checks:
+            needs: dict[str, set[str]] = {}
+            for check in self.checks.values():
+                needs.setdefault(check.group, set()).update(
+                    self.checks[p].group for p in check.depends_on if p in self.checks)
+            self._deps, self._deps_of = needs, self.checks
+        return self._deps
 
     def _owned(self) -> list[Check]:
         """The checks this agent runs: all of them alone, its groups' in a cluster."""

@@ -103,6 +103,7 @@ class Node:
         self.view = View()
         self._last_ok = time.monotonic()
         self._beats = 0
+        self._wanted_for: tuple[Mapping[str, Collection[str]], frozenset[str]] | None = None
         self.wake = asyncio.Event()
 
     def checks_of(self, members: Callable[[], Mapping[str, Collection[str]]]) -> None:
@@ -182,12 +183,17 @@ class Node:
             self.terms.live = False
 
     def wanted(self, membership: Membership) -> set[str]:
-        """The groups rendezvous hashing gives this agent among the site's live agents."""
-        owners = membership.owners
-        by_shard = shards(self._groups())
-        mine = {shard for shard in set(by_shard.values())
-                if owner(shard, owners) == self.terms.agent}
-        self.view.owned = {g: s for g, s in by_shard.items() if s in mine}
+        """The groups rendezvous hashing gives this agent among the site's live agents. Worked
+        out again only when the agents or the configuration changed: hashing every group on
+        every heartbeat was most of a steady agent's work."""
+        groups, owners = self._groups(), membership.owners
+        if (self._wanted_for is None or groups is not self._wanted_for[0]
+                or owners != self._wanted_for[1]):
+            by_shard = shards(groups)
+            mine = {shard for shard in set(by_shard.values())
+                    if owner(shard, owners) == self.terms.agent}
+            self.view.owned = {g: s for g, s in by_shard.items() if s in mine}
+            self._wanted_for = (groups, owners)
         return set(self.view.owned)
 
     async def _rebalance(self, membership: Membership) -> None:
