@@ -20,7 +20,7 @@ from bench import daemon, report, rt, scenarios, targets
 from bench.proc import Processes, Unavailable
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("kinds", "scale", "tickets")
+SCENARIOS = ("kinds", "scale", "tickets", "cluster")
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -43,6 +43,10 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mix", default=",".join(f"{k}={v}" for k, v in scenarios.MIX.items()),
                         help="kinds of the scale scenario, kind=share (%(default)s)")
     parser.add_argument("--incidents", type=int, help="incidents per helpdesk (100)")
+    parser.add_argument("--cluster-checks", type=int,
+                        help="checks shared by the cluster scenario's three agents (1000)")
+    parser.add_argument("--cluster-window", type=float,
+                        help="measured seconds of the cluster's steady state (120)")
     parser.add_argument("--no-rt", action="store_true", help="leave Request Tracker out")
     parser.add_argument("--rev", help="run the probe of this git revision (git archive) "
                         "instead of the working tree's")
@@ -55,6 +59,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     args.sizes = [int(s) for s in (args.sizes or ("100,1000,10000" if full else "300")).split(",")]
     args.duration = args.duration or (180.0 if full else 20.0)
     args.incidents = args.incidents or (100 if full else 10)
+    args.cluster_checks = args.cluster_checks or (1000 if full else 300)
+    args.cluster_window = args.cluster_window or (120.0 if full else 20.0)
     args.only = [s for s in args.only.split(",") if s]
     try:
         args.mix = {k: float(v) for k, _, v in (p.partition("=") for p in args.mix.split(","))}
@@ -156,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
             attempt("tickets (local)", local)
             if not args.no_rt:
                 attempt("tickets (Request Tracker)", request_tracker)
+        if "cluster" in args.only:
+
+            def cluster() -> None:
+                results["cluster"] = scenarios.cluster(
+                    bench, checks=args.cluster_checks, failing=5 if args.smoke else 20,
+                    duration=args.cluster_window)
+
+            attempt("cluster", cluster)
     report.write(results, args.output)
     say("")
     say(report.tables(results))

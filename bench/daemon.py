@@ -92,16 +92,20 @@ def start(
     defaults: dict[str, Any],
     agent: dict[str, Any] | None = None,
     ticketing: dict[str, Any] | None = None,
+    cluster: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
     cpus: set[int] | None = None,
     source: Path = REPO,
 ) -> Daemon:
     """Start `probe run` on `checks` and wait until it is ready: the installed probe, or with
-    `source` other than the checkout (`--rev`), the probe and checks packages found there."""
+    `source` other than the checkout (`--rev`), the probe and checks packages found there;
+    `env` added to the environment (a cluster's `database: env:NAME`)."""
     directory.mkdir(parents=True, exist_ok=True)
     for _ in range(5):
         try:
             return _start(processes, directory, checks, defaults=defaults, agent=agent,
-                          ticketing=ticketing, cpus=cpus, source=source)
+                          ticketing=ticketing, cluster=cluster, env=env, cpus=cpus,
+                          source=source)
         except PortTaken:
             continue  # another process took the free port first: another one
     raise RuntimeError("probe found no free port in 5 tries")
@@ -119,6 +123,8 @@ def _start(
     defaults: dict[str, Any],
     agent: dict[str, Any] | None,
     ticketing: dict[str, Any] | None,
+    cluster: dict[str, Any] | None,
+    env: dict[str, str] | None,
     cpus: set[int] | None,
     source: Path,
 ) -> Daemon:
@@ -135,10 +141,14 @@ def _start(
     }
     if ticketing:
         config["ticketing"] = ticketing
+    if cluster:
+        config["cluster"] = cluster
     path = directory / "probe.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     # -P: never the checkout by accident (the working directory); PYTHONPATH for --rev's copy.
-    env = None if source == REPO else {**os.environ, "PYTHONPATH": str(source)}
+    env = {**os.environ, **(env or {})}
+    if source != REPO:
+        env["PYTHONPATH"] = str(source)
     process = processes.start(
         "probe", [sys.executable, "-P", "-m", "probe", "run", "--config", str(path)],
         log=directory / "probe.log", cpus=cpus, env=env, cwd=directory,

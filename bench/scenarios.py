@@ -2,7 +2,9 @@
 
 - `kinds`: CPU per check of each kind, probe's whole daemon side by side with blackbox_exporter;
 - `scale`: 100 to 10,000 checks at a 10 s interval on one core: lag, missed runs, CPU, memory;
-- `tickets`: time from the deciding result to the helpdesk's acknowledgement of the ticket.
+- `tickets`: time from the deciding result to the helpdesk's acknowledgement of the ticket;
+- `cluster`: three agents sharing one PostgreSQL: statements and CPU per result, the handover
+  of a killed agent's checks, the time to ticket.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import blackbox, daemon, rt
+import psycopg
+
+from bench import blackbox, daemon, postgres, rt
+from bench.desk import Desk
 from bench.proc import Processes
 from bench.targets import Targets
 from probe import scheduler
@@ -296,3 +301,187 @@ def rt_create(rt_peer: rt.Rt, count: int) -> dict[str, Any]:
     seconds = rt.create_latency(rt_peer, count, str(time.time_ns()))
     return {"creates": count, "p50_ms": percentile(seconds, 0.5) * 1000,
             "p99_ms": percentile(seconds, 0.99) * 1000, "max_ms": max(seconds) * 1000}
+
+
+# --- cluster ------------------------------------------------------------------------------------
+
+CLUSTER_AGENTS = ("dc1-a", "dc1-b", "dc1-c")
+CLUSTER_INTERVAL = 10.0
+AGENT_TTL = 5.0  # the default
+
+
+def cluster(bench: Bench, *, checks: int, failing: int, duration: float) -> dict[str, Any]:
+    """Three agents sharing `checks` checks (http and tcp against nginx, and `failing` http
+    checks of targets the benchmark breaks) and one PostgreSQL, every check its own incident
+    group, at a 10 s interval. In order: a steady window (statements, CPU of the agents and of
+    the database per result), `failing` incidents (deciding result → webhook arrival), one agent
+    killed (-9: how long until its checks run elsewhere); then the same three agents, each alone
+    on SQLite with its share of the checks, over the same window: the CPU baseline."""
+    server = postgres.start(bench.processes)
+    desk = Desk(bench.processes)
+    specs = [{"name": f"{kind}-{n:04d}", **daemon.spec(kind, bench.targets)}
+             for n in range(checks - failing) for kind in ("http", "tcp")][: checks - failing]
+    specs += [{"name": f"flip-{n:03d}", "http": {"url": desk.target(n)}} for n in range(failing)]
+    defaults = {"interval": f"{CLUSTER_INTERVAL:g}s", "retry_interval": "2s", "timeout": "5s",
+                "failure_threshold": 3, "flapping": {"enabled": False},
+                "ticket": {"route": "desk", "escalate_after": None}}
+    ticketing = {"routes": {"desk": {"backend": "webhook", "url": desk.url, "timeout": "10s"}},
+                 "poll_interval": "1h"}
+    agents = {name: daemon.start(
+        bench.processes, bench.directory / f"cluster-{name}", specs, defaults=defaults,
+        agent={"name": name}, ticketing=ticketing, source=bench.source,
+        cluster={"database": "env:PROBE_DATABASE", "site": "dc1", "agent_ttl": f"{AGENT_TTL:g}s"},
+        env={"PROBE_DATABASE": server.dsn()}) for name in CLUSTER_AGENTS}
+    with psycopg.connect(server.dsn(), autocommit=True) as db:
+        owners = _until_shared(db, len(specs), time.monotonic() + 60)
+        bench.say(f"  checks held: {', '.join(f'{a} {n}' for a, n in sorted(owners.items()))}")
+        time.sleep(CLUSTER_INTERVAL + 3)  # every check ran once under its owner
+        steady = _steady(bench, db, server, agents, duration)
+        bench.say(f"  steady: {steady['statements_per_result']:.3f} statements per result "
+                  f"({steady['statements_per_result_no_tx']:.3f} without BEGIN/COMMIT), agents "
+                  f"{steady['agent_cpu_ms_per_check']:.3f} CPU-ms/check, PostgreSQL "
+                  f"{steady['postgres_cpu_s_per_1000']:.3f} CPU-s per 1,000 results")
+        tickets = _cluster_tickets(db, desk, failing)
+        bench.say(f"  tickets: {tickets['delivered']}/{failing}, p50 {tickets['p50_ms']:.0f} ms, "
+                  f"p99 {tickets['p99_ms']:.0f} ms")
+        handover = _handover(db, agents[CLUSTER_AGENTS[0]], CLUSTER_AGENTS[0])
+        bench.say(f"  handover of {handover['checks']} checks: p50 {handover['p50_s']:.1f} s, "
+                  f"p99 {handover['p99_s']:.1f} s, max {handover['max_s']:.1f} s")
+    for agent in agents.values():
+        bench.processes.stop(agent.process)
+    baseline = _sqlite_baseline(bench, specs, owners, defaults, ticketing, duration)
+    bench.say(f"  alone on SQLite: {baseline['cpu_ms_per_check']:.3f} CPU-ms/check")
+    return {
+        "agents": len(CLUSTER_AGENTS), "checks": len(specs), "interval_s": CLUSTER_INTERVAL,
+        "agent_ttl_s": AGENT_TTL, "fsync": "on", "postgres": server.bindir.parent.name,
+        "held": owners, "steady": steady, "sqlite": baseline,
+        "cpu_ratio": steady["agent_cpu_ms_per_check"] / baseline["cpu_ms_per_check"],
+        "tickets": tickets, "handover": handover,
+    }
+
+
+def _until_shared(db: psycopg.Connection[Any], groups: int, deadline: float) -> dict[str, int]:
+    """Once every group is claimed, by all three agents: how many each holds."""
+    while True:
+        held = dict(db.execute("SELECT owner, count(*) FROM claims WHERE owner IS NOT NULL"
+                               " GROUP BY 1").fetchall())
+        if len(held) == len(CLUSTER_AGENTS) and sum(held.values()) == groups:
+            return {str(a): int(n) for a, n in held.items()}
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the checks were not shared in time: {held}")
+        time.sleep(0.5)
+
+
+def _results_written(db: psycopg.Connection[Any]) -> int:
+    """Every result ever written: each check's results are numbered (seq) by the database."""
+    row = db.execute("SELECT coalesce(sum(m), 0) FROM"
+                     " (SELECT max(seq) AS m FROM results GROUP BY check_name) s").fetchone()
+    return int(row[0]) if row else 0
+
+
+# Transaction control, counted apart: a statement of its own on the wire, but no work.
+_TX = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+def _steady(bench: Bench, db: psycopg.Connection[Any], server: postgres.Postgres,
+            agents: dict[str, daemon.Daemon], duration: float) -> dict[str, Any]:
+    """Nothing changing for `duration`: what the database is asked and what it costs."""
+    calls = server.statements()
+    results = _results_written(db)
+    scrapes = {name: a.scrape() for name, a in agents.items()}
+    cpu = {name: a.process.cpu_seconds() for name, a in agents.items()}
+    pg_cpu = server.cpu_seconds()
+    started = time.monotonic()
+    time.sleep(duration)
+    window = time.monotonic() - started
+    pg_cpu = server.cpu_seconds() - pg_cpu
+    cpu = {name: a.process.cpu_seconds() - cpu[name] for name, a in agents.items()}
+    runs = {name: a.scrape().lag_count - scrapes[name].lag_count for name, a in agents.items()}
+    results = _results_written(db) - results
+    after = server.statements()
+    delta = {q: n - calls.get(q, 0) for q, n in after.items() if n > calls.get(q, 0)}
+    total = sum(delta.values())
+    tx = sum(n for q, n in delta.items() if q.lstrip().upper().startswith(_TX))
+    top = sorted(delta.items(), key=lambda item: -item[1])[:10]
+    return {
+        "window_s": round(window, 1), "results": results, "runs": int(sum(runs.values())),
+        "statements": total, "transaction_control": tx,
+        "statements_per_result": total / results, "statements_per_result_no_tx":
+            (total - tx) / results,
+        "statements_per_s": total / window,
+        "top_statements": [{"per_s": round(n / window, 2), "query": " ".join(q.split())[:160]}
+                           for q, n in top],
+        "agent_cpu_ms_per_check": sum(cpu.values()) * 1000 / sum(runs.values()),
+        "agent_cpu_ms_per_check_each": {
+            name: cpu[name] * 1000 / runs[name] for name in agents},
+        "postgres_cpu_share": pg_cpu / window,
+        "postgres_cpu_s_per_1000": pg_cpu * 1000 / results,
+    }
+
+
+def _cluster_tickets(db: psycopg.Connection[Any], desk: Desk, count: int) -> dict[str, Any]:
+    """Break `count` targets at once (their checks' slots spread them over the interval): for
+    each incident, from the deciding result (incidents.opened_at, the engine's time of the
+    result that reached failure_threshold) to its `open` arriving at the webhook."""
+    desk.fail(range(count))
+    deadline = time.monotonic() + CLUSTER_INTERVAL + 3 * 2 + 60
+    while len(desk.arrivals()) < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)  # a second open for one incident would show now: counted below
+    arrived = desk.arrivals()
+    opened = dict(db.execute("SELECT key, extract(epoch FROM opened_at)::float8 FROM incidents"
+                             ).fetchall())
+    desk.fail(())
+    seconds = [arrived[key] - float(at) for key, at in opened.items() if key in arrived]
+    return {"incidents": count, "delivered": len(seconds), "opened": len(opened),
+            "unknown_keys": len(set(arrived) - set(opened)),
+            "p50_ms": percentile(seconds, 0.5) * 1000, "p99_ms": percentile(seconds, 0.99) * 1000,
+            "max_ms": max(seconds, default=math.nan) * 1000}
+
+
+def _handover(db: psycopg.Connection[Any], victim: daemon.Daemon, name: str) -> dict[str, Any]:
+    """kill -9 of one agent: for each check it held, from the kill to the start of its first
+    run by another agent (results.at, that agent's clock; a dead agent writes nothing)."""
+    mine = [str(g) for (g,) in db.execute("SELECT grp FROM claims WHERE owner = %s",
+                                           (name,)).fetchall()]
+    killed = time.time()
+    victim.process.popen.kill()
+    victim.process.popen.wait()
+    deadline = time.monotonic() + AGENT_TTL + 2 * CLUSTER_INTERVAL + 30
+    first: dict[str, float] = {}
+    while len(first) < len(mine) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        first = {str(c): float(at) for c, at in db.execute(
+            "SELECT check_name, min(extract(epoch FROM at))::float8 FROM results"
+            " WHERE check_name = ANY(%s) AND at > to_timestamp(%s) GROUP BY 1",
+            (mine, killed)).fetchall()}
+    seconds = [at - killed for at in first.values()]
+    return {"agent": name, "checks": len(mine), "ran_again": len(seconds),
+            "p50_s": percentile(seconds, 0.5), "p99_s": percentile(seconds, 0.99),
+            "max_s": max(seconds, default=math.nan),
+            "target_s": AGENT_TTL + 1}
+
+
+def _sqlite_baseline(bench: Bench, specs: list[dict[str, Any]], owners: dict[str, int],
+                     defaults: dict[str, Any], ticketing: dict[str, Any],
+                     duration: float) -> dict[str, Any]:
+    """The same three agents, the same load on the machine, each alone on SQLite with as many
+    of the checks as it held in the cluster."""
+    agents = {}
+    start = 0
+    for name in CLUSTER_AGENTS:
+        share = specs[start : start + owners.get(name, 0)]
+        start += len(share)
+        agents[name] = daemon.start(
+            bench.processes, bench.directory / f"sqlite-{name}", share, defaults=defaults,
+            agent={"name": name}, ticketing=ticketing, source=bench.source)
+    time.sleep(CLUSTER_INTERVAL + 3)
+    scrapes = {name: a.scrape() for name, a in agents.items()}
+    cpu = {name: a.process.cpu_seconds() for name, a in agents.items()}
+    time.sleep(duration)
+    used = sum(a.process.cpu_seconds() - cpu[name] for name, a in agents.items())
+    runs = sum(a.scrape().lag_count - scrapes[name].lag_count for name, a in agents.items())
+    for agent in agents.values():
+        bench.processes.stop(agent.process)
+    return {"checks": sum(owners.values()), "runs": int(runs),
+            "cpu_ms_per_check": used * 1000 / runs}

@@ -3,7 +3,8 @@ probe.state.State. The tables (check_state, group_state, results, maintenance) a
 probe.tickets.pgledger; every statement on them is here.
 
 - A batch is one transaction, the engine's transitions in it (pgledger.record_transitions): a
-  decision and its ticket actions are written together or not at all. Each kind of change is one
+  decision and its ticket actions are written together or not at all. A batch of results only
+  (a steady agent's) is one statement, without a transaction around it. Each kind of change is one
   statement over arrays (unnest), whatever the batch's size, so that a batch costs a handful of
   statements, not one per result.
 - The results are a ring per check, as in SQLite: `seq` counts a check's results, `slot` is seq
@@ -126,8 +127,9 @@ class PgState:
 
     async def write(self, batch: Batch) -> None:
         if not (batch.checks or batch.groups or batch.transitions):
-            # The history alone: one statement, no transaction around it (BEGIN and COMMIT
-            # would be two more on the database every agent shares).
+            # Results only, as every batch of a steady agent is: one statement, atomic by
+            # itself. A transaction around it cost a BEGIN and a COMMIT, two of the three
+            # statements of each flush (bench --only cluster).
             if batch.results:
                 async with self._connection() as conn:
                     await conn.execute(_RESULTS, self._results(batch.results))
