@@ -189,12 +189,12 @@ class Daemon:
             checks, {n: restore_check(d) for n, d in taken.checks.items()},
             {g: restore_group(d) for g, d in taken.group_states.items()}, time.time()))
         if self._scheduler is not None:
-            # Each goes on at its pace: due one interval after its last result, wherever that
-            # ran (at once for a dead agent's overdue checks).
+            # Each runs at once (its last holder may have died since its last run), then goes
+            # on at its pace: one interval after its last result, wherever that ran.
             now = time.time()
-            due = {c.name: taken.last_results[c.name] + c.interval - now
-                   for c in checks if c.name in taken.last_results}
-            self._scheduler.update(self._owned(), due)
+            resume = {c.name: taken.last_results.get(c.name, now) + c.interval - now
+                      for c in checks}
+            self._scheduler.update(self._owned(), resume)
             self._check_started()  # judged from now: it may have held no check until now
 
     async def _give(self, given: frozenset[str]) -> None:

@@ -55,6 +55,7 @@ class Scheduler:
         self._pushed = 0
         self._running: dict[str, asyncio.Task[None]] = {}
         self._failing: set[str] = set()
+        self._resume: dict[str, float] = {}  # taken over: when its own cadence goes on
         self._wake = asyncio.Event()
         self._sleeping_until = float("inf")  # when serve() wakes up by itself
         self._stopped = False
@@ -63,22 +64,27 @@ class Scheduler:
     def in_flight(self) -> int:
         return len(self._running)
 
-    def update(self, checks: list[Check], due: Mapping[str, float] | None = None) -> None:
-        """Take a new set of checks: new ones are spread over their interval (or run in
-        `due[name]` seconds: a check taken over from another agent goes on at its own pace),
-        removed ones stop, and ones whose interval changed are rescheduled."""
+    def update(self, checks: list[Check], resume: Mapping[str, float] | None = None) -> None:
+        """Take a new set of checks: new ones are spread over their interval, removed ones
+        stop, and ones whose interval changed are rescheduled. A new check in `resume` (one
+        taken over from another agent, which may have died before its last run) runs at once,
+        then goes on at its own pace: next in `resume[name]` seconds, at most an interval."""
         now = self._loop.time()
-        due = due or {}
+        resume = resume or {}
         old = self._checks
         self._checks = {c.name: c for c in checks}
         for name in old.keys() - self._checks.keys():
             self._generation.pop(name, None)
             self._failing.discard(name)
+            self._resume.pop(name, None)
         for check in checks:
             before = old.get(check.name)
             timing = (check.interval, check.retry_interval)
-            if before is None and check.name in due:
-                self._push(check.name, now + min(max(0.0, due[check.name]), check.interval))
+            if before is None and check.name in resume:
+                self._push(check.name, now)
+                then = min(resume[check.name], check.interval)
+                if then > check.interval / 10:  # else its cadence from now is near enough
+                    self._resume[check.name] = now + then
             elif before is None or (before.interval, before.retry_interval) != timing:
                 self._push(check.name, now + spread(check.name, check.interval))
         self._wake.set()
@@ -158,8 +164,11 @@ class Scheduler:
         else:
             self._failing.discard(check.name)
         now = self._loop.time()
-        # Keep the cadence (due + step), unless the run took us past it.
-        self._push(check.name, max(due + self._step(current), now))
+        # Keep the cadence (due + step), unless the run took us past it; a check taken over
+        # goes back to its own.
+        resumed = self._resume.pop(check.name, None)
+        self._push(check.name, max(resumed if resumed is not None and not failed
+                                   else due + self._step(current), now))
 
     async def stop(self) -> None:
         """Start nothing more, and cancel the runs in flight: their results were not decided."""
