@@ -69,6 +69,12 @@ def facts(group: str = "web", reason: str = "connection refused") -> Facts:
                  down_for=30.0, failed_checks=3, unreachable=())
 
 
+def approx(seconds: float) -> Any:
+    """A time as the ledger gives it back: PostgreSQL's is the database's clock told in the
+    agent's, a few microseconds off."""
+    return pytest.approx(seconds, abs=1)
+
+
 def transition(kind: TransitionKind, key: str, at: float = 1030.0, group: str = "web",
                reason: str = "connection refused") -> Transition:
     return Transition(kind, group, key, at, facts(group, reason))
@@ -125,7 +131,7 @@ async def test_heads_are_the_oldest_pending_action_of_each_incident(subject: Sub
     by_key = {h.incident_key: h for h in heads.rows}
     assert set(by_key) == {"web#1", "db#1"}
     assert (by_key["web#1"].route, by_key["db#1"].route) == ("desk", "pager")
-    assert by_key["web#1"].next_attempt_at == pytest.approx(1030.0)
+    assert by_key["web#1"].next_attempt_at <= time.time() + 1  # due at once
     first = by_key["web#1"].id
 
     await ledger.delivered(first)
@@ -133,7 +139,7 @@ async def test_heads_are_the_oldest_pending_action_of_each_incident(subject: Sub
     assert heads.pending == 2
     second = next(h for h in heads.rows if h.incident_key == "web#1")
     assert second.id > first
-    assert second.next_attempt_at == pytest.approx(1090.0)
+    assert second.next_attempt_at <= time.time() + 1
     row = await ledger.load(second.id)
     assert row is not None and row.action == "still-open"
 
@@ -200,15 +206,15 @@ async def test_a_create_of_unknown_outcome_holds_the_next_attempt_until_its_dead
     await subject.record([(transition("open", "web#1"), "desk")])
     (head,) = (await ledger.heads()).rows
     await ledger.count_attempt(head.id, deadline=5000.0)
-    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [5000.0]
+    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [approx(5000.0)]
     await ledger.postpone(head.id, counted=0, until=2000.0, error="HTTP 502")  # a short backoff
-    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [5000.0]
+    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [approx(5000.0)]
     await ledger.postpone(head.id, counted=0, until=6000.0, error="HTTP 502")  # a long one
-    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [6000.0]
+    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [approx(6000.0)]
     await ledger.count_attempt(head.id, deadline=7000.0)
     await ledger.refused(head.id)  # nothing made: nothing to wait for
     await ledger.postpone(head.id, counted=0, until=2000.0, error="HTTP 503")
-    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [2000.0]
+    assert [h.next_attempt_at for h in (await ledger.heads()).rows] == [approx(2000.0)]
 
 
 async def test_postpone_counts_attempts_and_moves_the_next_one(subject: Subject) -> None:
@@ -217,7 +223,7 @@ async def test_postpone_counts_attempts_and_moves_the_next_one(subject: Subject)
     (head,) = (await ledger.heads()).rows
     await ledger.postpone(head.id, counted=2, until=5000.5, error="HTTP 502")
     (head,) = (await ledger.heads()).rows
-    assert head.next_attempt_at == pytest.approx(5000.5)
+    assert head.next_attempt_at == pytest.approx(5000.5, abs=1)
     row = await ledger.load(head.id)
     assert row is not None and row.attempts == 2
     assert (await ledger.backlog()).most_attempts == 2

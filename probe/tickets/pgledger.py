@@ -13,9 +13,10 @@ an operator to read).
   No advisory lock: they do not survive PgBouncer's transaction pooling. DDL is transactional
   in PostgreSQL, so a migration that fails leaves nothing half done.
 - Times are `timestamptz` (an operator reads them in psql); the ledger's records carry them as
-  seconds since the epoch, as SqliteLedger's do. They are the agent's clock, as in SQLite, since
-  the dispatcher compares an action's `next_attempt_at` with its own clock; once delivery is
-  leased per incident, the comparisons move into the database and so do the stamps (now()).
+  seconds since the epoch, as SqliteLedger's do. When an action is next due is the database's
+  clock (now(), and "in so many seconds" from it), told to each agent in its own clock by
+  `heads()`: whichever agent delivers next compares it, and its clock may be minutes off the
+  writer's. The other times (created, delivered, opened) are the writer's, for reading only.
 - Facts and payloads are JSON kept as text, not jsonb: jsonb refuses NaN, NUL and lone
   surrogates, which a sick target's answer can put in a reason, and a decision must never fail
   to be written for the words of a reason.
@@ -358,11 +359,14 @@ class PgLedger:
         rows = await self._rows(
             "WITH p AS (SELECT id, incident_key, route, next_attempt_at FROM outbox"
             "           WHERE status = 'pending'" + mine + ")"
-            " SELECT h.id, h.incident_key, h.route, " + _epoch("h.next_attempt_at") +
+            " SELECT h.id, h.incident_key, h.route, " + _epoch("h.next_attempt_at - now()") +
             ", (SELECT count(*) FROM p) FROM"
             " (SELECT DISTINCT ON (incident_key) * FROM p ORDER BY incident_key, id) h"
             " ORDER BY h.incident_key", params)
-        return Heads([Head(*row[:4]) for row in rows], rows[0][4] if rows else 0)
+        # When each is due, by the database's clock, told in this agent's.
+        now = time.time()
+        return Heads([Head(i, key, route, now + due_in) for i, key, route, due_in, _ in rows],
+                     rows[0][4] if rows else 0)
 
     async def load(self, action_id: int) -> Row | None:
         found = await self._rows(
@@ -373,8 +377,8 @@ class PgLedger:
 
     async def count_attempt(self, action_id: int, *, deadline: float) -> None:
         await self._write("UPDATE outbox SET attempts = attempts + 1, unknown_outcome = true,"
-                          " next_attempt_at = to_timestamp(%s) WHERE id = %s",
-                          (deadline, action_id), by="action", of=action_id)
+                          " next_attempt_at = " + _FROM_NOW + " WHERE id = %s",
+                          (deadline - time.time(), action_id), by="action", of=action_id)
 
     async def refused(self, action_id: int) -> None:
         await self._write("UPDATE outbox SET unknown_outcome = false WHERE id = %s",
@@ -382,9 +386,10 @@ class PgLedger:
 
     async def postpone(self, action_id: int, *, counted: int, until: float, error: str) -> None:
         await self._write("UPDATE outbox SET attempts = attempts + %s, next_attempt_at ="
-                          " CASE WHEN unknown_outcome THEN greatest(next_attempt_at,"
-                          " to_timestamp(%s)) ELSE to_timestamp(%s) END, last_error = %s"
-                          " WHERE id = %s", (counted, until, until, error, action_id),
+                          " CASE WHEN unknown_outcome THEN greatest(next_attempt_at, "
+                          + _FROM_NOW + ") ELSE " + _FROM_NOW + " END, last_error = %s"
+                          " WHERE id = %s", (counted, until - time.time(), until - time.time(),
+                                             error, action_id),
                           by="action", of=action_id)
 
     async def give_up(self, action_id: int, *, counted: int, error: str) -> None:
@@ -543,9 +548,8 @@ async def record_transitions(conn: Connection,
         if route is not None:
             await conn.execute("INSERT INTO outbox (incident_key, action, route, created_at,"
                                " payload, next_attempt_at) VALUES (%s, %s, %s, to_timestamp(%s),"
-                               " %s, to_timestamp(%s))",
-                               (transition.key, transition.kind, route, transition.at, facts,
-                                transition.at))
+                               " %s, now())",
+                               (transition.key, transition.kind, route, transition.at, facts))
 
 
 async def _check_claim(conn: Connection, terms: Terms, by: By, of: object) -> None:
@@ -557,6 +561,10 @@ async def _check_claim(conn: Connection, terms: Terms, by: By, of: object) -> No
         raise FenceRejected([group])
 
 
+# An agent's "in so many seconds", as a time of the database's clock: `next_attempt_at` is
+# compared by whichever agent delivers next, whose clock may differ from the writer's.
+_FROM_NOW = "now() + make_interval(secs => %s)"
+
 _DELIVERED = ("UPDATE outbox SET status = 'delivered', delivered_at = to_timestamp(%s)"
               " WHERE id = %s")
 
@@ -566,6 +574,5 @@ async def _enqueue(conn: Connection, incident_key: str, action: Action, route: s
     now = time.time()
     payload = {**facts.to_json(), **followup.to_json()}
     await conn.execute("INSERT INTO outbox (incident_key, action, route, created_at, payload,"
-                       " next_attempt_at) VALUES (%s, %s, %s, to_timestamp(%s), %s,"
-                       " to_timestamp(%s))",
-                       (incident_key, action, route, now, json.dumps(payload, default=str), now))
+                       " next_attempt_at) VALUES (%s, %s, %s, to_timestamp(%s), %s, now())",
+                       (incident_key, action, route, now, json.dumps(payload, default=str)))
