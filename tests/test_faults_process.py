@@ -114,7 +114,8 @@ async def test_kill_9_at_random_points_loses_and_duplicates_no_ticket(
         targets.down[name] = False
     await probe.wait("every incident to resolve", lambda: not probe.status()["incidents"], 60)
     await probe.wait("the outbox to drain", lambda: not probe.db(
-        "SELECT 1 FROM outbox WHERE status = 'pending'"), 60)
+        "SELECT 1 FROM incidents WHERE resolved_at IS NULL"
+        " UNION ALL SELECT 1 FROM outbox WHERE status = 'pending'"), 60)
     incidents = {key for (key,) in probe.db("SELECT key FROM incidents")}
     tickets = await rt_tickets(rt_api, f"{agent}/")
     per_key = Counter(key for key, _, _ in tickets)
@@ -176,7 +177,8 @@ async def test_a_long_helpdesk_outage_delivers_everything_once_in_order(
         await probe.wait("every incident to resolve", lambda: not probe.status()["incidents"],
                          30)
         await probe.wait("the outbox to drain", lambda: not probe.db(
-            "SELECT 1 FROM outbox WHERE status = 'pending'"), 60)
+            "SELECT 1 FROM incidents WHERE resolved_at IS NULL"
+            " UNION ALL SELECT 1 FROM outbox WHERE status = 'pending'"), 60)
     incidents = {key for (key,) in probe.db("SELECT key FROM incidents")}
     tickets = await rt_tickets(rt_api, f"{agent}/")
     per_key = Counter(key for key, _, _ in tickets)

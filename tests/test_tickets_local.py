@@ -420,7 +420,8 @@ async def test_a_failing_webhook_delays_actions_and_keeps_their_order(
     await until("the incident", lambda: daemon.engine.groups["shop"].incident)
     await asyncio.sleep(1.2)
     target.down = False
-    await until("every action delivered", lambda: not desk.rows(
+    await until("every action delivered", lambda: desk.rows(
+        "SELECT 1 FROM outbox WHERE action = 'resolve'") and not desk.rows(
         "SELECT 1 FROM outbox WHERE status = 'pending'"), timeout=30)
     actions = [a["action"] for a in receiver.accepted]
     assert actions[0] == "open" and actions[-1] == "resolve"
