@@ -3,7 +3,7 @@ and errors that name the file, the line and the key path.
 
 `load(path)` returns a `Config` or raises `ConfigError` with every problem found.
 `Config.effective_checks()` gives each check with the defaults applied: what the daemon runs.
-`Config.config_hash()` fingerprints what the agents of one cluster site must agree on.
+`Config.config_hash()` fingerprints what the agents of one cluster must agree on.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from checks.values import (
     StrictModel,
     format_duration,
     host_port,
+    parse_duration,
 )
 from probe.configerrors import PLAIN, issue, locate, place
 from probe.configerrors import ConfigError as ConfigError
@@ -116,6 +117,14 @@ class Cluster(Secrets):
     database_file: Path | None = None
     site: Name = "default"  # agents of one site share its checks
     agent_ttl: Annotated[Duration, AfterValidator(_agent_ttl)] = 5.0
+    # Sites that vote (issue 13): a check fails for probe when `quorum` of the sites that run
+    # it see it failing. Without `sites`, the agents of `site` decide alone, as in issue 12.
+    sites: Annotated[list[Name], Field(min_length=1, max_length=64)] | None = None
+    quorum: Annotated[int, Field(ge=1, le=64)] | None = None  # default: a majority of sites
+    alert_route: Name | None = None  # where probe tickets its own trouble
+    # A site silent this long leaves the electorate (so that a dead site cannot hold an
+    # incident open for ever) and its silence is ticketed on alert_route.
+    silent_after: PositiveDuration = 180.0
 
     secrets: ClassVar[dict[str, bool]] = {"database": True}
 
@@ -130,6 +139,17 @@ class Cluster(Secrets):
     def source(self) -> str:
         """Where the connection string comes from, for messages: never the string itself."""
         return self.database or f"the file {self.database_file}"
+
+    @property
+    def voting(self) -> bool:
+        """Sites vote: each site's agents run their checks and vote, the decision is the
+        quorum's (probe.cluster.quorum)."""
+        return self.sites is not None
+
+    def quorum_of(self, sites: list[str] | None, quorum: int | None) -> int:
+        """A check's quorum: its own, or the cluster's, or a majority of the sites that run
+        it (two of three, two of two: one site's own trouble never tickets alone)."""
+        return quorum or self.quorum or len(sites or self.sites or [self.site]) // 2 + 1
 
 
 def _dsn_secrets(dsn: str) -> set[str]:
@@ -270,6 +290,8 @@ class CheckBase(StrictModel):
     ticket: TicketPolicy | None = None
     runbook: str | None = None
     dashboard: str | None = None
+    sites: Annotated[list[Name], Field(min_length=1)] | None = None  # a cluster's, voting
+    quorum: Annotated[int, Field(ge=1, le=64)] | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> CheckBase:
@@ -315,6 +337,10 @@ class Check:
     description: str
     runbook: str | None
     dashboard: str | None
+    # The sites that run it and how many of them must see it failing; () outside a voting
+    # cluster, where the one agent or site that runs it decides alone.
+    sites: tuple[str, ...] = ()
+    quorum: int = 1
 
     @property
     def group(self) -> str:
@@ -341,7 +367,8 @@ class Config(StrictModel):
     _hash: str | None = PrivateAttr(default=None)  # config_hash(), once computed
 
     def effective_checks(self) -> list[Check]:
-        d = self.defaults
+        d, cluster = self.defaults, self.cluster
+        voting = cluster is not None and cluster.voting
         out = []
         for c in self.checks:
             ticket: TicketPolicy = _merged(d.ticket, c.ticket)
@@ -364,6 +391,8 @@ class Config(StrictModel):
                     description=c.description,
                     runbook=c.runbook,
                     dashboard=c.dashboard,
+                    sites=tuple(c.sites or cluster.sites or ()) if voting and cluster else (),
+                    quorum=cluster.quorum_of(c.sites, c.quorum) if voting and cluster else 1,
                 )
             )
         return out
@@ -391,13 +420,15 @@ class Config(StrictModel):
         return found
 
     def config_hash(self) -> str:
-        """A fingerprint of what the agents of one site must agree on, so that a cluster can
+        """A fingerprint of what the agents of a cluster must agree on, so that a cluster can
         tell an agent that runs other checks or another ticket policy from its peers: the
         effective checks (their services and dependencies with them), the maintenance
-        windows, the routes and the ticketing policy, and the cluster's site and agent_ttl.
+        windows, the routes and the ticketing policy, and the cluster section (sites, quorum,
+        agent_ttl, ...).
 
         What is each agent's own is left out: the agent section (name, listen, state_dir,
-        web_config, log_level, ...) and where it reads the database's connection string.
+        web_config, log_level, ...), its site and where it reads the database's connection
+        string.
         Secrets appear only as their references; a credential written in a check's URL is
         taken out before hashing, so the hash cannot be used to guess it. Canonical JSON
         (sorted keys, checks in name order, floats as repr) keeps it equal across processes
@@ -415,8 +446,9 @@ class Config(StrictModel):
             "checks": [_data(check) for check in checks],
             "maintenance": windows,
             "ticketing": _data(self.ticketing),
-            "cluster": None if self.cluster is None else {
-                "site": self.cluster.site, "agent_ttl": self.cluster.agent_ttl},
+            # The site is each agent's own, as its name is: agents of every site must agree.
+            "cluster": None if self.cluster is None else _data(self.cluster.model_copy(
+                update={"site": "", "database": None, "database_file": None})),
         }
         text = redact(_canonical(shared), ())
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -776,12 +808,92 @@ def _cluster_checks(data: Any, positions: dict[KeyPath, Position]) -> list[Confi
             "as another agent)")))
     ticketing = data.get("ticketing")
     routes = ticketing.get("routes") if isinstance(ticketing, dict) else None
-    for name, route in (routes if isinstance(routes, dict) else {}).items():
+    routes = routes if isinstance(routes, dict) else {}
+    for name, route in routes.items():
         if isinstance(route, dict) and route.get("backend") == "local":
             issues.append(issue(positions, ("ticketing", "routes", name, "backend"), (
                 "the local helpdesk keeps its tickets in one agent's state directory, which "
                 "the other agents of the cluster never see: use a helpdesk every agent "
                 "reaches")))
+    return issues + _site_checks(data, positions, routes)
+
+
+def _site_checks(data: dict[str, Any], positions: dict[KeyPath, Position],
+                 routes: dict[str, Any]) -> list[ConfigIssue]:
+    """Sites that vote: every site named is one of `sites`, no quorum is above the number of
+    sites that run a check, and probe's own trouble has a route to go to."""
+    cluster, issues = data["cluster"], []
+    sites = cluster.get("sites")
+    raw = data.get("checks")
+    checks: list[Any] = raw if isinstance(raw, list) else []
+    if not isinstance(sites, list):
+        for key in ("quorum", "alert_route"):
+            if key in cluster:
+                issues.append(issue(positions, ("cluster", key),
+                                     "only means something with sites: the sites that vote"))
+        for i, check in enumerate(checks):
+            for key in ("sites", "quorum"):
+                if isinstance(check, dict) and key in check:
+                    issues.append(issue(positions, ("checks", i, key),
+                                         "only means something in a cluster with sites: "
+                                         "set cluster.sites"))
+        return issues
+    known = list(dict.fromkeys(s for s in sites if isinstance(s, str)))
+    issues += _listed(positions, ("cluster", "sites"), sites, known)
+    site = cluster.get("site", "default")
+    if isinstance(site, str) and site not in known:
+        issues.append(issue(positions, ("cluster", "site"),
+                             f"{site!r} is not one of sites ({', '.join(known)})"))
+    quorum = cluster.get("quorum")
+    if isinstance(quorum, int) and quorum > len(known):
+        issues.append(issue(positions, ("cluster", "quorum"),
+                             f"{quorum} is more than the {len(known)} sites that vote"))
+    route = cluster.get("alert_route")
+    if route is None:
+        issues.append(issue(positions, ("cluster",), (
+            "alert_route: must be set with sites: the route where probe tickets its own "
+            "trouble (a site gone silent, a quorum out of reach)")))
+    elif isinstance(route, str) and route not in routes:
+        issues.append(issue(positions, ("cluster", "alert_route"),
+                             f"no route is named {route!r}"))
+    ttl, silent = cluster.get("agent_ttl"), cluster.get("silent_after")
+    with contextlib.suppress(ValueError, TypeError):  # the model says what is wrong with them
+        if silent is not None and parse_duration(silent) < parse_duration(ttl or 5.0):
+            issues.append(issue(positions, ("cluster", "silent_after"),
+                                 "must not be shorter than agent_ttl: a site is silent only "
+                                 "once its last agent has left"))
+    for i, check in enumerate(checks):
+        if not isinstance(check, dict):
+            continue
+        own = check.get("sites")
+        if isinstance(own, list):
+            issues += _listed(positions, ("checks", i, "sites"), own, known)
+        running = {s for s in (own if isinstance(own, list) else known) if isinstance(s, str)}
+        wanted = check.get("quorum", quorum)
+        if ("quorum" in check or "sites" in check) and isinstance(wanted, int) and running \
+                and wanted > len(running):
+            at: KeyPath = ("checks", i, "quorum") if "quorum" in check else ("checks", i, "sites")
+            whose = "a quorum of" if "quorum" in check else "the cluster's quorum of"
+            issues.append(issue(positions, at, (
+                f"{whose} {wanted} is more than the "
+                f"{'1 site that runs' if len(running) == 1 else f'{len(running)} sites that run'}"
+                " this check: set its quorum")))
+    return issues
+
+
+def _listed(positions: dict[KeyPath, Position], path: KeyPath, listed: list[Any],
+            known: list[str]) -> list[ConfigIssue]:
+    """A list of sites: each one of `known`, none twice."""
+    issues, seen = [], set()
+    for j, site in enumerate(listed):
+        if not isinstance(site, str):
+            continue
+        if site in seen:
+            issues.append(issue(positions, (*path, j), f"{site!r} is listed twice"))
+        elif site not in known:
+            issues.append(issue(positions, (*path, j),
+                                 f"{site!r} is not one of cluster.sites ({', '.join(known)})"))
+        seen.add(site)
     return issues
 
 

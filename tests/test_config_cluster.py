@@ -1,6 +1,6 @@
 """The `cluster:` section as a user meets it (issue 12): `probe validate` on good and bad
 sections, the connection string read only when asked and never shown, and the config hash that
-tells the agents of one site whether they run the same configuration."""
+tells the agents of a cluster whether they run the same configuration."""
 
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ def test_validate_print_shows_the_reference_and_reads_back_the_same(tmp_path: Pa
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     assert "pw-7f3a9c41" not in done.stdout
     assert yaml.safe_load(done.stdout)["cluster"] == {
-        "database": "env:PROBE_TEST_DATABASE", "site": "dc1", "agent_ttl": "5s"}
+        "database": "env:PROBE_TEST_DATABASE", "site": "dc1", "agent_ttl": "5s",
+        "silent_after": "3m"}
     again = load(written(tmp_path, done.stdout, "effective.yaml"))
     assert again.cluster == load(path).cluster
     assert again.config_hash() == load(path).config_hash()
@@ -250,7 +251,10 @@ def test_the_hash_is_a_short_hex_digest(tmp_path: Path) -> None:
     ("database: env:PROBE_TEST_DATABASE", "database: env:OTHER_DATABASE"),
     ("database: env:PROBE_TEST_DATABASE", "database_file: /run/credentials/dsn"),
     ("interval: 30s", "interval: 0.5m"),  # the same interval, written otherwise
-], ids=["agent_name", "listen", "agent_settings", "database_env", "database_file", "spelling"])
+    # Each agent's vantage point: agents of every site must agree on the rest (issue 13).
+    ("site: dc1", "site: dc2"),
+], ids=["agent_name", "listen", "agent_settings", "database_env", "database_file", "spelling",
+        "site"])
 def test_what_is_each_agents_own_leaves_the_hash_alone(
     tmp_path: Path, old: str, new: str
 ) -> None:
@@ -268,11 +272,11 @@ def test_what_is_each_agents_own_leaves_the_hash_alone(
     ("routes:\n", "poll_interval: 2m\n  routes:\n"),
     ("checks:\n", "defaults: {ticket: {priority: low}}\nchecks:\n"),
     ("checks:\n", "maintenance: [{checks: [web], at: '02:00', duration: 1h}]\nchecks:\n"),
-    ("site: dc1", "site: dc2"),
     ("agent_ttl: 5s", "agent_ttl: 6s"),
+    ("agent_ttl: 5s", "agent_ttl: 5s\n  sites: [dc1, dc2]\n  alert_route: desk"),
 ], ids=["interval", "update_interval_ms", "spec", "service", "dependency", "route", "poll_interval",
-        "ticket_policy", "maintenance", "site", "agent_ttl"])
-def test_what_the_agents_of_a_site_share_changes_the_hash(
+        "ticket_policy", "maintenance", "agent_ttl", "sites"])
+def test_what_the_agents_of_a_cluster_share_changes_the_hash(
     tmp_path: Path, old: str, new: str
 ) -> None:
     assert hash_of(tmp_path, edited(CLUSTER, old, new)) != hash_of(tmp_path, CLUSTER)
