@@ -21,5 +21,8 @@ Peers, on loopback, that speak a protocol or a vendor's API:
   openapi                  GitHub's published API description, to check fake_github against
   hostile_helpdesk, hostile_certs, hostile_yaml   inputs made to break things
   labserver                the targets inside a network namespace (`python -m`)
+  sites                    `topology`: a core network namespace (targets, helpdesks, served
+                           by the test's loop) and site namespaces for agents (`SiteProbe`),
+                           each site's uplink cut and healed with nftables
   certs                    a CA and the certificates it issues
 """
