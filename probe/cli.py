@@ -122,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
     shown.add_argument("--json", action="store_true", help="the status as JSON")
 
+    voted = within.add_parser("votes", help="each site's vote on a check, its age, the "
+                                            "verdict and the rule that produced it")
+    voted.add_argument("check", help="the check's name")
+    voted.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+    voted.add_argument("--json", action="store_true", help="the votes as JSON")
+
     demo = commands.add_parser("demo", help="see a ticket open, inform and close (offline)")
     demo.add_argument("--listen", default="127.0.0.1:9469", help="where to serve /metrics")
 
@@ -165,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(test_ticket(config, args.route))
     if args.command == "cluster" and args.cluster_command == "status":
         return _cluster_status(config, as_json=args.json)
+    if args.command == "cluster" and args.cluster_command == "votes":
+        return _cluster_votes(config, args.check, as_json=args.json)
     if args.command == "cluster":
         return _cluster_import(config, args.source, args.database_env)
     return _check(config, args.names, as_json=args.json)
@@ -393,6 +401,39 @@ def _cluster_status(config: Config, *, as_json: bool) -> int:
         return EXIT_FAILED
     print(json.dumps(doc, indent=2) if as_json else cluster_status.text(doc))
     return EXIT_OK if doc["live"] else EXIT_FAILED
+
+
+def _cluster_votes(config: Config, name: str, *, as_json: bool) -> int:
+    cluster = config.cluster
+    if cluster is None or not cluster.voting:
+        print("cluster votes: the configuration's cluster: section has no sites that vote",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    check = next((c for c in config.effective_checks() if c.name == name), None)
+    if check is None:
+        print(f"cluster votes: no check is named {name!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        dsn = cluster.dsn()
+    except SecretError as err:
+        print(f"cluster votes: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def read() -> dict[str, Any]:
+        pool = await open_pool(dsn, timeout=10, migrated=False)
+        try:
+            return await cluster_status.votes_document(
+                pool, check, agent_ttl=cluster.agent_ttl, silent_after=cluster.silent_after)
+        finally:
+            await pool.close()
+
+    try:
+        doc = asyncio.run(read())
+    except (LedgerError, SchemaError, psycopg.Error, PoolTimeout) as err:
+        print(f"cluster votes: the cluster's database: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(doc, indent=2) if as_json else cluster_status.votes_text(doc))
+    return EXIT_OK
 
 
 def _cluster_import(config: Config, source: Path, variable: str) -> int:

@@ -25,12 +25,20 @@ from psycopg_pool import PoolTimeout
 from checks import execute
 from checks.base import Result
 from probe import control, sdnotify, status, webconfig
-from probe.cluster import claims
+from probe.cluster import claims, votes
 from probe.cluster.claims import Taken
+from probe.cluster.members import Membership
 from probe.cluster.node import ClusterMetrics, Node
 from probe.cluster.pgstate import PgState
 from probe.config import Check, Config, ConfigError, Maintenance, load
-from probe.engine import Engine, Transition, restore_check, restore_group, window_matches
+from probe.engine import (
+    CheckState,
+    Engine,
+    Transition,
+    restore_check,
+    restore_group,
+    window_matches,
+)
 from probe.facts import Facts
 from probe.log import fields
 from probe.metrics import Metrics, View
@@ -56,6 +64,7 @@ STATE_RETRY = 10.0  # seconds between attempts to open the state database at sta
 CLUSTER_FLUSH_EVERY = 1.0  # a cluster's state writes: fewer statements on the shared database
 CLUSTER_RESULTS_EVERY = 5.0  # and its history of results, when nothing was decided
 POOL_TIMEOUT = 10.0  # seconds a call waits for a connection to the cluster's database
+VOTES_EVERY = 2.0  # when sites vote: seconds between reads of the votes, unless told sooner
 
 
 class Daemon:
@@ -78,6 +87,10 @@ class Daemon:
         self.store: Store | None = None
         self.pool = pool
         self.node: Node | None = None
+        # When sites vote: this agent's site's votes on the checks it runs, and the count of
+        # every site's votes on the checks of the groups it decides for.
+        self.voter: votes.Voter | None = None
+        self.tally: votes.Tally | None = None
         self.state: State
         self.ledger: Ledger
         if pool is None or config.cluster is None:
@@ -89,13 +102,17 @@ class Daemon:
             snapshot, scope, checks = Snapshot({}, {}), config.cluster.site, []
             terms = Terms(config.agent.name)
             self.state = PgState(pool, history=config.agent.history, terms=terms,
-                                 group_of=self._group_of)
+                                 group_of=self._group_of, site=config.cluster.site)
             self.ledger = PgLedger(pool, terms)
+            if config.cluster.voting:
+                self.voter = votes.Voter(config.cluster.site)
+                self.tally = votes.Tally(config.cluster.silent_after)
             self.node = Node(pool, terms, site=config.cluster.site,
                              agent_ttl=config.cluster.agent_ttl,
                              config_hash=lambda: self.config.config_hash(),
                              groups=self._dependencies, take=self._take, give=self._give,
-                             metrics=ClusterMetrics(self.registry))
+                             metrics=ClusterMetrics(self.registry),
+                             run=self._run if self.voter is not None else None)
             self.node.checks_of(lambda: {g: [n for n in names if n in self.checks]
                                          for g, names in self._groups_members().items()})
         self.engine = Engine(
@@ -135,6 +152,10 @@ class Daemon:
         self.loops = Supervisor(self.registry, watchdog=sdnotify.watchdog_timeout())
         self._check_started: Progress = lambda: None  # the scheduler's progress: see _schedule
         self._windows_seen = ""  # the heartbeat's version of the windows last read
+        # When sites vote: the counter's loop is woken by a vote changed (the listener), or to
+        # read every vote again (`_recount`: groups taken, a reload).
+        self._count_wake = asyncio.Event()
+        self._recount = False
         self._deps: dict[str, set[str]] = {}
         self._deps_of: dict[str, Check] | None = None  # the checks _deps was worked out from
 
@@ -176,26 +197,69 @@ class Daemon:
             self._deps, self._deps_of = needs, self.checks
         return self._deps
 
-    def _owned(self) -> list[Check]:
-        """The checks this agent runs: all of them alone, its groups' in a cluster."""
+    def _decides(self) -> list[Check]:
+        """The checks this agent decides for: all of them alone, its groups' in a cluster."""
         if self.node is None:
             return list(self.checks.values())
         held = self.node.terms.held
         return [c for c in self.checks.values() if c.group in held]
+
+    def _runs(self) -> list[Check]:
+        """The checks this agent runs: those it decides for; when sites vote, those of the
+        groups its site gives it that run in its site."""
+        if self.node is None or self.voter is None:
+            return self._decides()
+        running, site = self.node.view.running, self.voter.site
+        return [c for c in self.checks.values() if c.group in running and site in c.sites]
 
     async def _take(self, taken: Taken) -> None:
         checks = [c for c in self.checks.values() if c.group in taken.groups]
         self._decided(self.engine.take(
             checks, {n: restore_check(d) for n, d in taken.checks.items()},
             {g: restore_group(d) for g, d in taken.group_states.items()}, time.time()))
+        if self.voter is not None:
+            self._recount = True  # every vote read again: those of the checks taken too
+            self._count_wake.set()
+            return
         if self._scheduler is not None:
             # Each runs at once (its last holder may have died since its last run), then goes
             # on at its pace: one interval after its last result, wherever that ran.
             now = time.time()
             resume = {c.name: taken.last_results.get(c.name, now) + c.interval - now
                       for c in checks}
-            self._scheduler.update(self._owned(), resume)
+            self._scheduler.update(self._runs(), resume)
             self._check_started()  # judged from now: it may have held no check until now
+
+    async def _run(self, running: frozenset[str]) -> None:
+        """When sites vote: the groups whose checks this agent runs in its site, as they are
+        now. Checks given up have their streaks written; checks taken go on from the streaks
+        the site's last agent wrote."""
+        assert self.voter is not None and self.pool is not None
+        checks = self._runs()
+        names = {c.name for c in checks}
+        before = set(self.voter.config)
+        if names == before:
+            return
+        self._voted()  # the streaks of the checks given up, with the rest
+        self.voter.configure(checks)
+        new = names - before
+        found: dict[str, tuple[CheckState, votes.Cast]] = {}
+        if new:
+            try:
+                found = await votes.streaks_of(self.pool, self.voter.site, new)
+            except LedgerError as err:
+                log.warning("checks taken without their streaks %s", fields(error=err))
+            self.voter.take(found)
+            self._voted()
+        if self._scheduler is not None:
+            now = time.time()
+            resume = {}
+            for c in checks:
+                if c.name in new:
+                    last = found[c.name][0].last_result_at if c.name in found else None
+                    resume[c.name] = (last or now) + c.interval - now
+            self._scheduler.update(checks, resume)
+            self._check_started()
 
     async def _give(self, given: frozenset[str]) -> None:
         """Stop running the groups' checks, forget them (a result still in flight is dropped)
@@ -213,9 +277,13 @@ class Daemon:
                         fields(groups=len(given)))
 
     def _forget(self, given: Collection[str]) -> None:
+        names = [n for n, c in self.checks.items() if c.group in given]
+        if self.tally is not None:
+            self.tally.forget(names)
+            return  # what runs here is the site's business (_run), not the decision's
         if self._scheduler is not None:
-            self._scheduler.update([c for c in self._owned() if c.group not in given])
-        for name in [n for n, c in self.checks.items() if c.group in given]:
+            self._scheduler.update([c for c in self._runs() if c.group not in given])
+        for name in names:
             self.results.pop(name, None)
 
     def _lose(self, lost: frozenset[str]) -> None:
@@ -233,7 +301,8 @@ class Daemon:
         return Batch({n: d for n, d in batch.checks.items() if n not in names},
                      {g: d for g, d in batch.groups.items() if g not in lost},
                      batch.results,
-                     [(t, r) for t, r in batch.transitions if t.group not in lost])
+                     [(t, r) for t, r in batch.transitions if t.group not in lost],
+                     batch.votes)
 
     # --- the work of one check -------------------------------------------------------------
 
@@ -243,6 +312,15 @@ class Daemon:
         # A result may echo a secret (a redirect to a URL with a token, a body that repeats a
         # header): its reason and evidence reach logs, status and tickets.
         result = known.redact_result(await execute(check.spec, timeout=check.timeout))
+        if self.voter is not None:
+            if check.name not in self.voter.config:
+                return False  # removed by a reload, or handed to another agent, while it ran
+            self.results[check.name] = result
+            if self.voter.observe(check.name, result.state, result.reason, time.time()):
+                self.writer.soon()  # a vote changed: the deciding agent should hear of it
+            self._voted()
+            self.writer.pending.results.append((check.name, result))
+            return result.state == "down"
         if check.name not in self.engine.config:
             return False  # removed by a reload, or handed to another agent, while it ran
         self.results[check.name] = result
@@ -254,6 +332,62 @@ class Daemon:
             log.debug("check %s", fields(check=check.name, kind=check.kind, state=result.state,
                                          reason=result.reason))
         return result.state == "down"
+
+    def _voted(self) -> None:
+        """Queue the site's changed votes and streaks; run the parents a child waits for."""
+        assert self.voter is not None
+        if self.voter.wanted and self._scheduler is not None:
+            for name in self.voter.wanted:
+                self._scheduler.run_soon(name)
+        self.voter.wanted.clear()
+        self.writer.pending.votes.update(self.voter.take_changes())
+
+    async def _count(self, progress: Progress) -> None:
+        """When sites vote: read the votes as they change (told by the listener, or every
+        VOTES_EVERY) and judge the checks of the groups this agent decides for; all of them
+        again whenever the membership changed (a vote's freshness is its agent's liveness)."""
+        assert self.tally is not None and self.pool is not None and self.node is not None
+        since: float | None = None
+        counted_for = None
+        while True:
+            progress()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(VOTES_EVERY):
+                    await self._count_wake.wait()
+            self._count_wake.clear()
+            if self._recount:
+                since, self._recount = None, False
+            try:
+                rows, since = await votes.changed_since(self.pool, since)
+            except LedgerError as err:
+                log.debug("votes not read %s", fields(error=err))
+                continue
+            decided = {c.name: c for c in self._decides()}
+            touched = self.tally.add(rows, decided)
+            membership = self.node.view.membership
+            if membership is None:
+                continue
+            if membership is not counted_for:
+                touched, counted_for = set(decided), membership
+            self._judge(sorted(touched), decided, membership)
+
+    def _judge(self, names: list[str], decided: dict[str, Check],
+               membership: Membership) -> None:
+        assert self.tally is not None
+        out: list[Transition] = []
+        for name in names:
+            check = decided.get(name)
+            if check is None:
+                continue
+            found, views = self.tally.count(check, membership)
+            if self.tally.judged.get(name) == (found, views):
+                continue
+            self.tally.judged[name] = (found, views)
+            why = votes.summary(found) if found.state == "failing" else found.rule()
+            out += self.engine.judge(name, found.state,
+                                     failing=self.tally.failing_streaks(name, found),
+                                     views=views, why=why, now=time.time())
+        self._decided(out)
 
     def _decided(self, transitions: list[Transition]) -> None:
         """Queue the engine's changed state with the transitions it caused: the next flush
@@ -292,7 +426,7 @@ class Daemon:
     def _cadence(self) -> float | None:
         """The longest the scheduler goes without starting a check: the shortest interval, and
         on top the longest timeout, for which every slot may be held."""
-        checks = self._owned()  # in a cluster, an agent may hold no check for a while
+        checks = self._runs()  # in a cluster, an agent may hold no check for a while
         if not checks:
             return None
         return min(c.interval for c in checks) + max(c.timeout for c in checks)
@@ -345,9 +479,14 @@ class Daemon:
             for name in list(self.results):
                 if name not in self.checks:
                     del self.results[name]
-            self._decided(self.engine.reconfigure(self._owned(), self.windows(), time.time()))
+            self._decided(self.engine.reconfigure(self._decides(), self.windows(), time.time()))
+            if self.voter is not None:
+                self._voted()
+                self.voter.configure(self._runs())
+                self._recount = True
+                self._count_wake.set()
             if self._scheduler is not None:
-                self._scheduler.update(self._owned())
+                self._scheduler.update(self._runs())
             if self.node is not None:
                 self.node.wake.set()  # the groups may move
             self.backends.update(config.routes)
@@ -400,7 +539,7 @@ class Daemon:
         return True
 
     def _maintenance_changed(self) -> None:
-        self._decided(self.engine.reconfigure(self._owned(), self.windows(), time.time()))
+        self._decided(self.engine.reconfigure(self._decides(), self.windows(), time.time()))
 
     def not_ready(self) -> str | None:
         if not self.ready:
@@ -447,7 +586,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         self.adhoc = {n: Maintenance.model_validate(d)
                       for n, d in (await self.state.windows(time.time())).items()}
-        self._decided(self.engine.reconfigure(self._owned(), self.windows(), time.time()))
+        self._decided(self.engine.reconfigure(self._decides(), self.windows(), time.time()))
         scheduler = self._scheduler = Scheduler(
             self._run_check, self.config.agent.max_concurrency, on_skip=self._skipped,
         )
@@ -455,7 +594,12 @@ class Daemon:
             await self.node.join()
             await self.node.beat()  # the groups it holds, before the first check
             self.loops.add("node", self.node.serve, every=lambda: self.node_every)
-        scheduler.update(self._owned())
+        if self.tally is not None and self.config.cluster is not None:
+            listener = votes.Listener(self.config.cluster.dsn, wake=self._count_wake)
+            self.loops.add("listener", listener.serve,
+                           every=lambda: votes.LISTEN_EVERY + POOL_TIMEOUT)
+            self.loops.add("counter", self._count, every=lambda: VOTES_EVERY + POOL_TIMEOUT)
+        scheduler.update(self._runs())
         self.loops.add("scheduler", self._schedule, every=self._cadence)
         self.loops.add("flusher", self.writer.serve, every=lambda: FLUSH_RETRY)
         self.loops.add("ticker", self._ticker, every=lambda: TICK_EVERY)

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from checks.base import State
 from checks.values import format_duration
 from probe.config import Check, Maintenance
-from probe.facts import Facts, Member
+from probe.facts import Facts, Member, SiteView
 
 TransitionKind = Literal["open", "still-open", "resolve"]
 
@@ -55,6 +55,9 @@ class CheckState:
     last_result_at: float | None = None
     unreachable: bool = False
     in_maintenance: bool = False
+    # When sites vote: each site's view (SiteView's fields) and why the verdict is what it is.
+    sites: list[dict[str, Any]] = field(default_factory=list)
+    verdict: str = ""
 
     @property
     def healthy(self) -> bool:
@@ -177,51 +180,67 @@ class Engine:
         check, st = self.config.get(name), self.checks.get(name)
         if check is None or st is None:
             return []  # a result of a check removed by a reload while it ran
-        quiet = st.last_state == "up" and st.healthy
-        still_down = st.last_state == "down" and st.bad and not st.flapping
-        st.last_state, st.last_result_at = state, now
-        if state == "unknown":
+        moved = step(check, st, state, reason, now)
+        incident = self.groups[check.group].incident
+        if moved == "unknown":
             self.dirty_checks.add(name)
             return self._evaluate_children(name, now)
-        ok = state == "up"
-        history = st.history
-        history.append(ok)
-        dropped = history.pop(0) if len(history) > check.flapping.window else None
-        # A success in, and a success out (or nothing, while the window is still filling),
-        # cannot make a steady check flap. The result that fills the window is the first
-        # whose flapping is judged: it takes the full path (D U U, window 3, was missed).
-        steady = dropped is True or len(history) < check.flapping.window
-        if quiet and ok and steady and not self.groups[check.group].incident:
+        if moved == "steady" and state == "up" and not incident:
             # The common case, a healthy check still healthy: nothing to decide, and nothing
             # worth a write (the streak of successes is kept in memory only).
-            st.successes += 1
             if any(not self.checks[c].healthy for c in self.children.get(name, ())):
                 return self._evaluate_children(name, now)
             return []
-        if (still_down and not ok and dropped is False and reason == st.last_reason
-                and self.groups[check.group].incident):
+        if moved == "steady" and state != "up" and incident:
             # The other common case, an outage going on as it was: counted, not written;
             # the next note or a restart takes the counts as they are then.
-            st.failures += 1
-            st.failed_checks += 1
             return []
         self.dirty_checks.add(name)
-        if ok:
-            st.successes, st.failures = st.successes + 1, 0
-            if st.bad and st.successes >= check.success_threshold:
-                st.bad = False
-        else:
-            st.failures, st.successes = st.failures + 1, 0
-            st.last_reason = reason
-            if st.first_failure_at is None:
-                st.first_failure_at, st.failed_checks = now, 0
-            st.failed_checks += 1
-            if st.failures >= check.failure_threshold:
-                st.bad = True
-        update_flapping(check, st)
-        if st.healthy:
-            st.first_failure_at = None
         return self._evaluate(check.group, now) + self._evaluate_children(name, now)
+
+    def judge(self, name: str, verdict: Literal["failing", "healthy", "undecided"], *,
+              failing: Sequence[CheckState], views: Sequence[SiteView], why: str,
+              now: float) -> list[Transition]:
+        """The sites' verdict on check `name`, when sites vote (probe.cluster.quorum), in place
+        of its results: `failing` are the streaks of the sites that see it failing, `views`
+        what each site saw, `why` the rule's account. Undecided changes nothing the tickets
+        follow: an incident open stays open, none opens. A change in which sites see it
+        failing while its incident is open is a status note."""
+        check, st = self.config.get(name), self.checks.get(name)
+        if check is None or st is None:
+            return []
+        seen = [dataclasses.asdict(v) for v in views]
+        was_failing = {v["site"] for v in st.sites if v["vote"] == "failing"}
+        before = (st.bad, st.flapping, st.last_state, st.last_reason, st.sites, st.verdict)
+        st.last_result_at = now
+        if verdict == "failing" and failing:
+            st.bad = any(f.bad for f in failing)
+            st.flapping = not st.bad  # failing only because every failing site sees it flap
+            lead = min(failing, key=lambda f: f.first_failure_at or now)
+            st.failures, st.successes = max(f.failures for f in failing), 0
+            st.last_state, st.last_reason = "down", lead.last_reason
+            st.first_failure_at = lead.first_failure_at or now
+            st.failed_checks = max(f.failed_checks for f in failing)
+            st.history = list(lead.history)
+        elif verdict == "healthy":
+            st.bad = st.flapping = False
+            st.failures, st.successes = 0, check.success_threshold
+            st.last_state, st.first_failure_at = "up", None
+        elif failing:
+            st.last_state = "down"  # for its dependants: maybe failing, so not to be ticketed
+        st.sites, st.verdict = seen, why
+        if (st.bad, st.flapping, st.last_state, st.last_reason, st.sites, st.verdict) == before:
+            return []
+        self.dirty_checks.add(name)
+        out = self._evaluate(check.group, now) + self._evaluate_children(name, now)
+        incident = self.groups[check.group].incident
+        now_failing = {v["site"] for v in seen if v["vote"] == "failing"}
+        if (incident is not None and name in incident.members and now_failing != was_failing
+                and not any(t.group == check.group for t in out)):
+            out.append(self._transition("still-open", check.group, now))
+            incident.last_note_at, incident.last_note_reason = now, incident.reason
+            self.dirty_groups.add(check.group)
+        return out
 
     def _evaluate_children(self, name: str, now: float) -> list[Transition]:
         out = []
@@ -324,8 +343,8 @@ class Engine:
             why = f"flapping: {count_changes(history)} state changes in the last " \
                   f"{len(history)} checks"
         else:
-            bad = next(m for m in openers if self.checks[m].bad)
-            why = f"{self.checks[bad].failures} consecutive failures"
+            bad = self.checks[next(m for m in openers if self.checks[m].bad)]
+            why = bad.verdict or f"{bad.failures} consecutive failures"
         first_failure = min(
             (s.first_failure_at for s in first if s.first_failure_at is not None), default=now
         )
@@ -421,6 +440,8 @@ def _member(check: Check | None, st: CheckState) -> Member:
         unreachable=st.unreachable,
         in_maintenance=st.in_maintenance,
         failing_since=st.first_failure_at,
+        sites=tuple(SiteView(**v) for v in st.sites),
+        verdict=st.verdict,
     )
 
 
@@ -430,6 +451,7 @@ def _dump_check(state: CheckState | None) -> dict[str, Any] | None:
         return None
     data = {name: getattr(state, name) for name in _CHECK_FIELDS}
     data["history"] = list(state.history)
+    data["sites"] = list(state.sites)
     return data
 
 
@@ -440,6 +462,51 @@ def restore_check(data: dict[str, Any]) -> CheckState:
 def restore_group(data: dict[str, Any]) -> GroupState:
     incident = data.get("incident")
     return GroupState(seq=data["seq"], incident=Incident(**incident) if incident else None)
+
+
+Step = Literal["unknown", "steady", "moved"]
+
+
+def step(check: Check, st: CheckState, state: State, reason: str, now: float) -> Step:
+    """One result into a check's streaks and flapping history: `unknown` counts neither way;
+    `steady` is a healthy check still healthy, or a failing one failing as it was (only its
+    counts moved: nothing to decide, nothing worth a write); anything else `moved`."""
+    quiet = st.last_state == "up" and st.healthy
+    still_down = st.last_state == "down" and st.bad and not st.flapping
+    st.last_state, st.last_result_at = state, now
+    if state == "unknown":
+        return "unknown"
+    ok = state == "up"
+    history = st.history
+    history.append(ok)
+    dropped = history.pop(0) if len(history) > check.flapping.window else None
+    # A success in, and a success out (or nothing, while the window is still filling),
+    # cannot make a steady check flap. The result that fills the window is the first
+    # whose flapping is judged: it takes the full path (D U U, window 3, was missed).
+    if quiet and ok and (dropped is True or len(history) < check.flapping.window):
+        st.successes += 1
+        return "steady"
+    # A failure in and a failure out cannot make a failing check flap either.
+    if still_down and not ok and dropped is False and reason == st.last_reason:
+        st.failures += 1
+        st.failed_checks += 1
+        return "steady"
+    if ok:
+        st.successes, st.failures = st.successes + 1, 0
+        if st.bad and st.successes >= check.success_threshold:
+            st.bad = False
+    else:
+        st.failures, st.successes = st.failures + 1, 0
+        st.last_reason = reason
+        if st.first_failure_at is None:
+            st.first_failure_at, st.failed_checks = now, 0
+        st.failed_checks += 1
+        if st.failures >= check.failure_threshold:
+            st.bad = True
+    update_flapping(check, st)
+    if st.healthy:
+        st.first_failure_at = None
+    return "moved"
 
 
 def update_flapping(check: Check, st: CheckState) -> None:

@@ -21,6 +21,18 @@ Priority = Literal["urgent", "high", "normal", "low"]
 
 
 @dataclass(frozen=True, slots=True)
+class SiteView:
+    """What one site saw of a check, when sites vote: its vote (failing, healthy, unknown: it
+    could not run it), or unheard (no fresh vote), or silent (its agents gone long enough to
+    leave the vote); the failure it saw, and since when."""
+
+    site: str
+    vote: str
+    reason: str = ""
+    since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Member:
     """One check of the incident's group, as it stood at the transition."""
 
@@ -33,6 +45,8 @@ class Member:
     unreachable: bool = False
     in_maintenance: bool = False
     failing_since: float | None = None
+    sites: tuple[SiteView, ...] = ()  # each site's view, when sites vote
+    verdict: str = ""  # and the rule's verdict on them, with why
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +109,15 @@ class Facts:
             if required not in known:
                 raise KeyError(required)
         known["unreachable"] = tuple(data.get("unreachable") or ())
-        known["checks"] = {name: Member(**_known(Member, m))
-                           for name, m in (data.get("checks") or {}).items()}
+        known["checks"] = {name: _member(m) for name, m in (data.get("checks") or {}).items()}
         known["ticket"] = Policy.from_json(data["ticket"]) if data.get("ticket") else None
         return cls(**known)
+
+
+def _member(data: Mapping[str, Any]) -> Member:
+    known = _known(Member, data)
+    known["sites"] = tuple(SiteView(**_known(SiteView, v)) for v in known.get("sites") or ())
+    return Member(**known)
 
 
 def _known(cls: type[Any], data: Mapping[str, Any]) -> dict[str, Any]:

@@ -128,15 +128,25 @@ class Batch:
     # Each transition with the route its ticket opens on (None: no ticket). Notes and the
     # resolve go where the open went, whatever the configuration says by then.
     transitions: list[tuple[Transition, str | None]] = field(default_factory=list)
+    # When sites vote: this agent's site's votes on the checks it runs, with their streaks
+    # (probe.cluster.votes): check → {"value", "reason", "streak"}. Never in SQLite.
+    votes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def merge(self, other: Batch) -> None:
         self.checks.update(other.checks)
         self.groups.update(other.groups)
         self.results += other.results
         self.transitions += other.transitions
+        self.votes.update(other.votes)
 
     def __bool__(self) -> bool:
-        return bool(self.checks or self.groups or self.results or self.transitions)
+        return bool(self.checks or self.groups or self.results or self.transitions
+                    or self.votes)
+
+    @property
+    def decided(self) -> bool:
+        """Anything but the history of results: what should not wait."""
+        return bool(self.checks or self.groups or self.transitions or self.votes)
 
 
 @dataclass(frozen=True)

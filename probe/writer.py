@@ -71,7 +71,7 @@ class Writer:
         if not self.pending:
             return failing_since
         pending = self.pending
-        if (history_waits and not (pending.checks or pending.groups or pending.transitions)
+        if (history_waits and not pending.decided
                 and time.monotonic() - self._written_at < self.results_every):
             return failing_since
         batch, self.pending = self.pending, Batch()

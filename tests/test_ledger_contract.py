@@ -497,7 +497,7 @@ async def test_agents_starting_together_migrate_the_schema_once(pg_database: str
     assert await tables(pg_database) == {"schema_version": 1, "incidents": 1, "outbox": 1,
                                          "tickets": 1, "agents": 1, "check_state": 1,
                                          "group_state": 1, "results": 1, "maintenance": 1,
-                                         "claims": 1,
+                                         "claims": 1, "votes": 1, "sites": 1,
                                          "version": len(MIGRATIONS)}
 
 

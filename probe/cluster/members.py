@@ -8,15 +8,19 @@ whose clock is off by minutes changes nothing. An agent is live while
 `heartbeat_at > now() - agent_ttl`, computed by the database — the boundary of
 probe.cluster.ownership.live: an agent silent for exactly `agent_ttl` has left.
 
-A heartbeat is one statement: it stamps the agent's row and returns its site's live agents,
-their configuration hashes and the database's now, from which the caller computes the checks it
-owns (`ownership.owned(checks, membership.owners)`) and sees whether the site's agents read the
-same configuration. A database that refuses is a probe.tickets.ledger.LedgerError, as from the
-ledger on the same pool: the caller knows one error for the one database.
+A heartbeat is one statement: it stamps the agent's row (and its site's: the `sites` table says
+when each site was last heard from) and returns the live agents of every site, their
+configuration hashes, how long each site has been silent and the database's now, from which the
+caller computes the checks it owns (`ownership.owned(checks, membership.owners)`) and sees
+whether the agents read the same configuration. A database that refuses is a
+probe.tickets.ledger.LedgerError, as from the ledger on the same pool: the caller knows one
+error for the one database.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from probe.tickets.pgledger import Pool, connection
@@ -31,29 +35,57 @@ class Member:
     config_hash: str
     heartbeat_at: float
     draining: bool
+    site: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Membership:
-    """What a heartbeat returns: the database's now, and the live agents of the heartbeating
-    agent's site (itself among them, sorted by name). `joined` is False when the agent's row was
+    """What a heartbeat returns: the database's now, and the live agents of every site (the
+    heartbeating agent among them, sorted by name). `joined` is False when the agent's row was
     not there to stamp (deleted by someone else, or never joined): the agent is then no member,
-    owns nothing, and should join again."""
+    owns nothing, and should join again. `heard`: each site ever heard from → when it last was
+    (the database's clock)."""
 
     agent: str
     now: float
     members: tuple[Member, ...]
     joined: bool = True
     windows: str = ""  # changes whenever a maintenance window is set or ended
+    site: str = ""  # the heartbeating agent's
+    heard: tuple[tuple[str, float], ...] = ()
 
     @property
     def live(self) -> frozenset[str]:
-        return frozenset(m.name for m in self.members)
+        """The live agents of this agent's site."""
+        return frozenset(m.name for m in self.members if m.site == self.site)
 
     @property
     def owners(self) -> frozenset[str]:
-        """The live agents that take checks: a draining agent takes none."""
+        """The live agents of this agent's site that take checks: a draining agent takes
+        none."""
+        return self.owners_in(self.site)
+
+    def owners_in(self, site: str) -> frozenset[str]:
+        return frozenset(m.name for m in self.members if m.site == site and not m.draining)
+
+    @property
+    def everywhere(self) -> frozenset[str]:
+        """The live agents of every site that take work: those that decide for the groups when
+        sites vote."""
         return frozenset(m.name for m in self.members if not m.draining)
+
+    @property
+    def agents_live(self) -> frozenset[str]:
+        """Every live agent, of every site, draining or not: whose votes are fresh."""
+        return frozenset(m.name for m in self.members)
+
+    def silent(self, sites: Iterable[str]) -> dict[str, float]:
+        """Each of `sites` with no live agent → how long it has been silent (a site never heard
+        from: for ever)."""
+        speaking = {m.site for m in self.members}
+        heard = dict(self.heard)
+        return {site: self.now - heard.get(site, -math.inf) for site in sites
+                if site not in speaking}
 
     @property
     def heartbeats(self) -> dict[str, float]:
@@ -66,7 +98,7 @@ class Membership:
 
     @property
     def disagreeing(self) -> list[str]:
-        """The live agents of the site whose configuration hash differs from this agent's."""
+        """The live agents whose configuration hash differs from this agent's."""
         own = self.config_hashes.get(self.agent)
         return sorted(m.name for m in self.members if m.config_hash != own)
 
@@ -103,18 +135,25 @@ _LIVE = "heartbeat_at > now() - make_interval(secs => %(agent_ttl)s)"
 # The maintenance windows' version rides along: ids only grow, so (greatest id, count) changes
 # whenever a window is set or ended, and an agent reads the windows only then.
 _WINDOWS = "(SELECT coalesce(max(id), 0) || ':' || count(*) FROM maintenance)"
+# The `sites` rows are read as they were before the statement: the agent's own site shows its
+# previous heartbeat, which is as good (the site is live: this agent is).
 _HEARTBEAT = (
     "WITH me AS (UPDATE agents SET heartbeat_at = now(), config_hash = %(config_hash)s"
     "            WHERE name = %(agent)s"
-    "            RETURNING name, site, config_hash, heartbeat_at, draining)"
-    " SELECT name, config_hash, " + _epoch("heartbeat_at") + ", draining, "
+    "            RETURNING name, site, config_hash, heartbeat_at, draining),"
+    " heard AS (INSERT INTO sites (name, heard_at) SELECT site, now() FROM me"
+    "           ON CONFLICT (name) DO UPDATE SET heard_at = excluded.heard_at)"
+    " SELECT 'me', name, site, config_hash, " + _epoch("heartbeat_at") + ", draining, "
     + _epoch("now()") + ", " + _WINDOWS + " FROM me"
     " UNION ALL"
-    " SELECT a.name, a.config_hash, " + _epoch("a.heartbeat_at") + ", a.draining, "
-    + _epoch("now()") + ", NULL FROM agents a JOIN me ON a.site = me.site"
-    " AND a.name <> me.name WHERE a." + _LIVE +
+    " SELECT 'agent', a.name, a.site, a.config_hash, " + _epoch("a.heartbeat_at") + ", "
+    "a.draining, " + _epoch("now()") + ", NULL FROM agents a"
+    " WHERE a.name <> %(agent)s AND a." + _LIVE + " AND EXISTS (SELECT FROM me)"
     " UNION ALL"
-    " SELECT NULL, NULL, NULL, NULL, " + _epoch("now()") + ", " + _WINDOWS +
+    " SELECT 'site', NULL, s.name, NULL, " + _epoch("s.heard_at") + ", NULL, "
+    + _epoch("now()") + ", NULL FROM sites s WHERE EXISTS (SELECT FROM me)"
+    " UNION ALL"
+    " SELECT 'none', NULL, NULL, NULL, NULL, NULL, " + _epoch("now()") + ", " + _WINDOWS +
     " WHERE NOT EXISTS (SELECT FROM me)"
 )
 
@@ -151,12 +190,15 @@ class Members:
             rows = await (await conn.execute(
                 _HEARTBEAT, {"agent": agent, "config_hash": config_hash,
                              "agent_ttl": self._ttl})).fetchall()
-        now = float(rows[0][4])
-        windows = next(str(row[5]) for row in rows if row[5] is not None)
-        members = sorted((Member(name, config_hash_, heartbeat_at, draining)
-                          for name, config_hash_, heartbeat_at, draining, _, _ in rows
-                          if name is not None), key=lambda m: m.name)
-        return Membership(agent, now, tuple(members), joined=bool(members), windows=windows)
+        now = float(rows[0][6])
+        windows = next(str(row[7]) for row in rows if row[7] is not None)
+        members = sorted((Member(name, hashed, at, draining, site)
+                          for kind, name, site, hashed, at, draining, _, _ in rows
+                          if kind in ("me", "agent")), key=lambda m: m.name)
+        own = next((str(row[2]) for row in rows if row[0] == "me"), "")
+        heard = tuple(sorted((str(row[2]), float(row[4])) for row in rows if row[0] == "site"))
+        return Membership(agent, now, tuple(members), joined=bool(members), windows=windows,
+                          site=own, heard=heard)
 
     async def drain(self, agent: str) -> bool:
         """Mark the agent draining: it stays a member, owning no checks. False: no such agent."""
@@ -180,3 +222,21 @@ class Members:
                 + _LIVE + " FROM agents ORDER BY site, name", {"agent_ttl": self._ttl})
             ).fetchall()
         return [Agent(*row) for row in rows]
+
+    async def heard(self) -> tuple[tuple[tuple[str, float], ...], float]:
+        """When each site was last heard from, and the database's now (`Membership.heard`)."""
+        async with connection(self._pool) as conn:
+            rows = await (await conn.execute(
+                "SELECT name, " + _epoch("heard_at") + ", " + _epoch("now()") + " FROM sites"
+                " UNION ALL SELECT NULL, NULL, " + _epoch("now()") + " ORDER BY 1")).fetchall()
+        now = float(rows[-1][2])
+        return tuple((str(n), float(at)) for n, at, _ in rows if n is not None), now
+
+    async def membership(self) -> Membership:
+        """Every live agent and every site's silence, as an outsider reads them (`probe
+        cluster votes`): no heartbeat of its own."""
+        live = [Member(a.name, a.config_hash, a.heartbeat_at, a.draining, a.site)
+                for a in await self.agents() if a.live]
+        heard, now = await self.heard()
+        return Membership("", now, tuple(live), heard=heard)
+

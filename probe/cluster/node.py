@@ -76,6 +76,7 @@ class View:
     error: str | None = None  # why the database cannot be reached, while it cannot
     since: float | None = None  # monotonic: when the heartbeats began to fail
     owned: dict[str, str] = field(default_factory=dict)  # group → shard
+    running: frozenset[str] = frozenset()  # when sites vote: the groups run in this site
 
 
 class Node:
@@ -88,7 +89,11 @@ class Node:
                  groups: Callable[[], Mapping[str, Collection[str]]],
                  take: Callable[[Taken], Awaitable[None]],
                  give: Callable[[frozenset[str]], Awaitable[None]],
-                 metrics: ClusterMetrics) -> None:
+                 metrics: ClusterMetrics,
+                 run: Callable[[frozenset[str]], Awaitable[None]] | None = None) -> None:
+        """`run`, when sites vote: called with the groups whose checks this agent runs in its
+        site whenever they change; the groups it decides for are then worked out among the
+        live agents of every site."""
         self.terms = terms
         self.site = site
         self.ttl = agent_ttl
@@ -98,7 +103,8 @@ class Node:
         self._config_hash = config_hash
         self._groups = groups  # each group → the groups it depends on, as configured now
         self._members: Callable[[], Mapping[str, Collection[str]]] = lambda: {}
-        self._take, self._give = take, give
+        self._take, self._give, self._run = take, give, run
+        self._running_for: tuple[Mapping[str, Collection[str]], frozenset[str]] | None = None
         self.metrics = metrics
         self.view = View()
         self._last_ok = time.monotonic()
@@ -164,10 +170,16 @@ class Node:
                 after=f"{time.monotonic() - (self.view.since or 0):.0f}s"))
         self._last_ok = time.monotonic()
         self.terms.live = True
-        self.view = View(membership, owned=self.view.owned)
+        self.view = View(membership, owned=self.view.owned, running=self.view.running)
         self.metrics.db_up.set(1)
         self.metrics.db_latency.observe(latency)
-        self.metrics.agents.labels(self.site).set(len(membership.live))
+        sites: dict[str, int] = {}
+        for member in membership.members:
+            sites[member.site] = sites.get(member.site, 0) + 1
+        for site, _ in membership.heard:
+            sites.setdefault(site, 0)  # a site gone quiet shows 0, not its last count
+        for site, count in sites.items():
+            self.metrics.agents.labels(site).set(count)
         self.metrics.mismatch.set(len(membership.disagreeing))
 
     def _unreached(self, err: LedgerError) -> None:
@@ -183,10 +195,12 @@ class Node:
             self.terms.live = False
 
     def wanted(self, membership: Membership) -> set[str]:
-        """The groups rendezvous hashing gives this agent among the site's live agents. Worked
-        out again only when the agents or the configuration changed: hashing every group on
-        every heartbeat was most of a steady agent's work."""
-        groups, owners = self._groups(), membership.owners
+        """The groups rendezvous hashing gives this agent among the site's live agents (among
+        every site's, when sites vote). Worked out again only when the agents or the
+        configuration changed: hashing every group on every heartbeat was most of a steady
+        agent's work."""
+        groups = self._groups()
+        owners = membership.everywhere if self._run is not None else membership.owners
         if (self._wanted_for is None or groups is not self._wanted_for[0]
                 or owners != self._wanted_for[1]):
             by_shard = shards(groups)
@@ -196,7 +210,24 @@ class Node:
             self._wanted_for = (groups, owners)
         return set(self.view.owned)
 
+    def running(self, membership: Membership) -> frozenset[str]:
+        """When sites vote: the groups whose checks this agent runs in its site — rendezvous
+        among the site's live agents, on the same shards, so that the agent deciding for a
+        group also runs its checks in its own site (the greatest weight among all agents is
+        the greatest among its site's)."""
+        groups, owners = self._groups(), membership.owners
+        if (self._running_for is None or groups is not self._running_for[0]
+                or owners != self._running_for[1]):
+            by_shard = shards(groups)
+            mine = {shard for shard in set(by_shard.values())
+                    if owner(shard, owners) == self.terms.agent}
+            self.view.running = frozenset(g for g, s in by_shard.items() if s in mine)
+            self._running_for = (groups, owners)
+        return self.view.running
+
     async def _rebalance(self, membership: Membership) -> None:
+        if self._run is not None:
+            await self._run(self.running(membership))
         wanted = self.wanted(membership)
         held = set(self.terms.held)
         if held - wanted:

@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from checks.base import Result
+from probe.cluster.votes import CAST as _CAST
 from probe.engine import Changes
 from probe.store import Batch, Snapshot, StoreError
 from probe.tickets.ledger import FenceRejected, LedgerError
@@ -83,13 +84,15 @@ class PgState:
     the schema), keeping the last `history` results of each check."""
 
     def __init__(self, pool: Pool, *, history: int = 50, terms: Terms | None = None,
-                 group_of: Callable[[str], str | None] = lambda name: None) -> None:
+                 group_of: Callable[[str], str | None] = lambda name: None,
+                 site: str = "") -> None:
         if history < 1:
             raise ValueError(f"history must be at least 1, not {history}")
         self._pool = pool
         self.history = history
         self._terms = terms
         self._group_of = group_of  # a check's group, for the claim its state is written under
+        self._site = site  # whose votes a batch carries, when sites vote
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
@@ -129,10 +132,15 @@ class PgState:
         if not (batch.checks or batch.groups or batch.transitions):
             # Results only, as every batch of a steady agent is: one statement, atomic by
             # itself. A transaction around it cost a BEGIN and a COMMIT, two of the three
-            # statements of each flush (bench --only cluster).
-            if batch.results:
+            # statements of each flush (bench --only cluster). Votes, their own statement:
+            # a site's votes are not fenced (no claim: the agent that runs the check casts
+            # them, and its liveness is their freshness).
+            if batch.results or batch.votes:
                 async with self._connection() as conn:
-                    await conn.execute(_RESULTS, self._results(batch.results))
+                    if batch.results:
+                        await conn.execute(_RESULTS, self._results(batch.results))
+                    if batch.votes:
+                        await conn.execute(_CAST, self._votes(batch.votes))
             return
         async with self._connection() as conn, conn.transaction():
             if self._terms is not None:
@@ -141,7 +149,17 @@ class PgState:
             await _upsert(conn, "group_state", batch.groups)
             if batch.results:
                 await conn.execute(_RESULTS, self._results(batch.results))
+            if batch.votes:
+                await conn.execute(_CAST, self._votes(batch.votes))
             await record_transitions(conn, batch.transitions)
+
+    def _votes(self, votes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        assert self._terms is not None
+        names = sorted(votes)
+        return {"site": self._site, "agent": self._terms.agent, "names": names,
+                "values": [votes[n]["value"] for n in names],
+                "reasons": [json.dumps(votes[n]["reason"]) for n in names],
+                "streaks": [json.dumps(votes[n]["streak"]) for n in names]}
 
     def _results(self, results: list[tuple[str, Result]]) -> dict[str, Any]:
         columns: dict[str, list[Any]] = {

@@ -1,6 +1,7 @@
 """`probe cluster status`: the cluster as its database sees it — every agent, its heartbeat's
 age (the database's clock), the groups it holds, whether its configuration agrees with this
-one — read by any machine that has the configuration, no agent needed."""
+one — read by any machine that has the configuration, no agent needed. `probe cluster votes
+CHECK`: each site's vote on a check, its age, and the verdict with the rule that made it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from probe.cluster import votes
 from probe.cluster.claims import held_by
 from probe.cluster.members import Members
+from probe.config import Check
 from probe.tickets.pgledger import Pool, schema_version
 
 
@@ -44,3 +47,43 @@ def text(doc: dict[str, Any]) -> str:
     if not doc["agents"]:
         lines.append("  no agent has joined")
     return "\n".join(lines)
+
+
+async def votes_document(pool: Pool, check: Check, *, agent_ttl: float,
+                         silent_after: float) -> dict[str, Any]:
+    membership = await Members(pool, agent_ttl).membership()
+    rows = {row.site: row for row in await votes.of_check(pool, check.name)}
+    tally = votes.Tally(silent_after)
+    tally.add(rows.values(), {check.name})
+    found, views = tally.count(check, membership)
+    sites = []
+    for view in views:
+        row = rows.get(view.site)
+        sites.append({
+            "site": view.site, "vote": view.vote, "reason": view.reason,
+            "cast": row.value if row else None, "agent": row.agent if row else None,
+            "age_seconds": round(membership.now - row.since, 1) if row else None,
+            "silent_seconds": round(s, 1) if (s := membership.silent([view.site]).get(
+                view.site)) is not None and s != float("inf") else None,
+        })
+    return {"check": check.name, "quorum": check.quorum, "sites": sites,
+            "verdict": found.state, "rule": found.rule()}
+
+
+def votes_text(doc: dict[str, Any]) -> str:
+    lines = [f"{doc['check']}: {doc['verdict'].upper()} (quorum {doc['quorum']})",
+             f"  rule: {doc['rule']}"]
+    for s in doc["sites"]:
+        if s["vote"] in ("unheard", "silent") and s["cast"] is not None:
+            what = f"{s['vote']} (last voted {s['cast']} by {s['agent']}, gone)"
+        elif s["cast"] is None:
+            what = f"{s['vote']} (never voted)"
+        else:
+            what = f"{s['vote']} for {s['age_seconds']:g}s, cast by {s['agent']}"
+        if s["reason"]:
+            what += f": {s['reason']}"
+        if s["silent_seconds"] is not None:
+            what += f"; site silent for {s['silent_seconds']:g}s"
+        lines.append(f"  {s['site']}: {what}")
+    return "\n".join(lines)
+

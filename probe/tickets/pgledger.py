@@ -172,6 +172,26 @@ MIGRATIONS: list[str] = [
     DROP INDEX incidents_open;
     CREATE UNIQUE INDEX incidents_open ON incidents (grp) WHERE resolved_at IS NULL;
     """,
+    # Sites that vote (probe.cluster.votes): each site's vote on each check it runs, cast by
+    # the agent of the site that runs it, with the site's streaks so that another agent of the
+    # site goes on from them. `changed_at` moves when the vote or its reason changes: what the
+    # deciding agents read. `sites`: when each site was last heard from (any agent's
+    # heartbeat), so that a site whose agents are all gone is known silent, and for how long.
+    """
+    CREATE TABLE votes (
+        check_name text NOT NULL,
+        site text NOT NULL,
+        value text NOT NULL,            -- failing | healthy | unknown
+        since timestamptz NOT NULL,     -- when the site's vote became `value`
+        reason text NOT NULL,           -- JSON (a string): what the site last saw failing
+        agent text NOT NULL,            -- who cast it: fresh while that agent is live
+        streak text NOT NULL,           -- JSON: the site's streaks (the engine's CheckState)
+        changed_at timestamptz NOT NULL,
+        PRIMARY KEY (check_name, site)
+    );
+    CREATE INDEX votes_changed ON votes (changed_at);
+    CREATE TABLE sites (name text PRIMARY KEY, heard_at timestamptz NOT NULL);
+    """,
 ]
 
 

@@ -118,6 +118,8 @@ def _body(
         detail = (f" — {c.reason} ({c.consecutive_failures} in a row)"
                   if c.consecutive_failures else "")
         lines.append(f"{name} ({c.kind} {c.target}): {state}{detail}")
+        if c.sites:
+            lines.append(f"  sites: {sites(c)}")
     unreachable = list(facts.unreachable)
     timeline = [
         f"{clock(r['at'])}  {str(r['state']).upper():<7} {r.get('reason') or 'ok'}"
@@ -171,6 +173,7 @@ def still_open(facts: Facts) -> str:
     ]
     if failing:
         lines.append("Failing: " + ", ".join(failing))
+    lines += [f"Sites ({name}): {sites(c)}" for name, c in facts.checks.items() if c.sites]
     if facts.unreachable:
         lines.append("Unreachable because of it: " + ", ".join(facts.unreachable))
     return "\n".join(lines)
@@ -190,8 +193,29 @@ def resolved(facts: Facts) -> str:
         first,
         f"Down from {when(start)} to {when(end)} ({span(end - start)}), "
         f"{facts.failed_checks} failed checks.",
+        *(f"Sites ({name}): {sites(c)}" for name, c in facts.checks.items() if c.sites),
         f"Seen from {facts.agent or '?'}.",
     ])
+
+
+def sites(member: Member) -> str:
+    """What each site saw of a check, when sites vote: "eu-west: HTTP 503 since 10:02;
+    us-east: timeout since 10:03; ap-south: UP"."""
+    parts = []
+    for view in member.sites:
+        if view.vote == "failing":
+            since = f" since {clock(view.since)}" if view.since is not None else ""
+            seen = f"{view.reason or 'failing'}{since}"
+        elif view.vote == "healthy":
+            seen = "UP"
+        elif view.vote == "unknown":
+            seen = f"cannot check ({view.reason})" if view.reason else "cannot check"
+        elif view.vote == "silent":
+            seen = "silent (its agents are gone: out of the vote)"
+        else:
+            seen = "no fresh vote"
+        parts.append(f"{view.site}: {seen}")
+    return "; ".join(parts)
 
 
 def escalated(route: str, after: float) -> str:
