@@ -99,7 +99,10 @@ class Daemon:
             self.state, self.ledger = SqliteState(self.store), SqliteLedger(self.store)
             scope, checks = config.agent.name, list(self.checks.values())
         else:
-            snapshot, scope, checks = Snapshot({}, {}), config.cluster.site, []
+            # The incident keys' prefix, the same whichever agent decides: the site's, or
+            # when sites vote, theirs together.
+            scope = "+".join(config.cluster.sites or [config.cluster.site])
+            snapshot, checks = Snapshot({}, {}), []
             terms = Terms(config.agent.name)
             self.state = PgState(pool, history=config.agent.history, terms=terms,
                                  group_of=self._group_of, site=config.cluster.site)

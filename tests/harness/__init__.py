@@ -24,5 +24,6 @@ Peers, on loopback, that speak a protocol or a vendor's API:
   sites                    `topology`: a core network namespace (targets, helpdesks, served
                            by the test's loop) and site namespaces for agents (`SiteProbe`),
                            each site's uplink cut and healed with nftables
+  voting                   `Voting`: agents of several sites that vote, on loopback or in sites
   certs                    a CA and the certificates it issues
 """
