@@ -25,7 +25,7 @@ from psycopg_pool import PoolTimeout
 from checks import execute
 from checks.base import Result
 from probe import control, sdnotify, status, webconfig
-from probe.cluster import claims, votes
+from probe.cluster import claims, trouble, votes
 from probe.cluster.claims import Taken
 from probe.cluster.members import Membership
 from probe.cluster.node import ClusterMetrics, Node
@@ -75,7 +75,7 @@ class Daemon:
     def __init__(self, config_path: Path, config: Config, pool: Pool | None = None) -> None:
         self.config_path = config_path
         self.config = config
-        self.checks: dict[str, Check] = {c.name: c for c in config.effective_checks()}
+        self.checks: dict[str, Check] = checks_of(config)
         self.results: dict[str, Result] = {}
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -159,6 +159,7 @@ class Daemon:
         # read every vote again (`_recount`: groups taken, a reload).
         self._count_wake = asyncio.Event()
         self._recount = False
+        self._troubles: dict[str, tuple[str, str]] = {}  # probe's own checks, as last judged
         self._deps: dict[str, set[str]] = {}
         self._deps_of: dict[str, Check] | None = None  # the checks _deps was worked out from
 
@@ -283,6 +284,8 @@ class Daemon:
         names = [n for n, c in self.checks.items() if c.group in given]
         if self.tally is not None:
             self.tally.forget(names)
+            for name in names:
+                self._troubles.pop(name, None)
             return  # what runs here is the site's business (_run), not the decision's
         if self._scheduler is not None:
             self._scheduler.update([c for c in self._runs() if c.group not in given])
@@ -382,6 +385,9 @@ class Daemon:
             check = decided.get(name)
             if check is None:
                 continue
+            if check.kind in trouble.KINDS:
+                out += self._trouble(check, membership)
+                continue
             found, views = self.tally.count(check, membership)
             if self.tally.judged.get(name) == (found, views):
                 continue
@@ -391,6 +397,19 @@ class Daemon:
                                      failing=self.tally.failing_streaks(name, found),
                                      views=views, why=why, now=time.time())
         self._decided(out)
+
+    def _trouble(self, check: Check, membership: Membership) -> list[Transition]:
+        """One of probe's own checks, judged from the membership."""
+        assert self.tally is not None
+        voted = [c for c in self.checks.values() if c.sites]
+        state, reason, since = trouble.judge(check, voted, membership, self.tally.silent_after)
+        if self._troubles.get(check.name) == (state, reason):
+            return []
+        self._troubles[check.name] = (state, reason)
+        now = time.time()
+        failing = [trouble.failing_state(reason, since, now)] if state == "failing" else []
+        return self.engine.judge(check.name, state, failing=failing, views=(),
+                                 why=reason or state, now=now)
 
     def _decided(self, transitions: list[Transition]) -> None:
         """Queue the engine's changed state with the transitions it caused: the next flush
@@ -478,7 +497,7 @@ class Daemon:
             if config.cluster != self.config.cluster:
                 log.warning("the cluster: section changed: it takes effect at the next start")
             self.config = config
-            self.checks = {c.name: c for c in config.effective_checks()}
+            self.checks = checks_of(config)
             for name in list(self.results):
                 if name not in self.checks:
                     del self.results[name]
@@ -653,6 +672,12 @@ class Daemon:
         if self.pool is not None:
             await self.pool.close()
         control.remove(self.config.agent.state_dir, os.getpid())
+
+
+def checks_of(config: Config) -> dict[str, Check]:
+    """The checks the agent knows: the configuration's, and when sites vote probe's own (a
+    site gone silent, a quorum out of reach: probe.cluster.trouble), never run, only judged."""
+    return {c.name: c for c in [*config.effective_checks(), *trouble.checks(config)]}
 
 
 def secure(config: Config, guard: webconfig.Guard | None) -> webconfig.Guard:

@@ -8,7 +8,9 @@ what the helpdesk holds.
 - two sites failing: one ticket, naming what each site saw; solved when they see it again;
 - agents killed at random while two sites fail: still one ticket;
 - the target hung for every site: one ticket, solved on recovery;
-- one site's agents frozen (SIGSTOP) and thawed: no duplicate, no false resolve.
+- one site's agents frozen (SIGSTOP) and thawed: no duplicate, no false resolve;
+- every agent of one site killed: the alert route hears of the silent site, and the two
+  others still decide.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from aiohttp import web
 from tests.harness.daemon import Target
 from tests.harness.fake_zendesk import FakeZendesk
 from tests.harness.sites import Sites, topology
-from tests.harness.voting import SITES, TTL, Voting
+from tests.harness.voting import ONCALL, SITES, TTL, Voting
 from tests.harness.wait import until
 
 CHECKS = 3
@@ -209,3 +211,25 @@ async def test_a_site_frozen_and_thawed_neither_doubles_nor_resolves_the_ticket(
     net.heal(net["us-east"])
     await until("the tickets solved", lambda: solved(voting), timeout=30, context=voting.logs)
     assert len(voting.tickets()) == CHECKS
+
+
+async def test_a_site_whose_agents_all_died_is_reported_and_the_others_still_decide(
+    net: Sites, targets: tuple[list[Hanging], str], voting: Voting
+) -> None:
+    voting.silent_after = "4s"
+    await start_all(voting, net, per_site=2)
+    for name in ("ap-south-a", "ap-south-b"):
+        voting.agents[name].kill9()
+    (alert,) = await until("the alert", lambda: voting.tickets(ONCALL), timeout=30,
+                           context=voting.logs)
+    assert "site ap-south has been silent for 4s: its checks are decided by eu-west and " \
+           "us-east" in Voting.text(alert)
+    port = target_port(targets)
+    net.cut(net["eu-west"], ports=[port])
+    net.cut(net["us-east"], ports=[port])
+    for ticket in await one_ticket_each(voting):
+        assert "2 of 3 sites see it failing (eu-west, us-east)" in Voting.text(ticket)
+    net.heal(net["eu-west"])
+    net.heal(net["us-east"])
+    await until("the tickets solved", lambda: solved(voting), timeout=30, context=voting.logs)
+    assert len(voting.tickets(ONCALL)) == 1

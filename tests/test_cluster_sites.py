@@ -22,7 +22,7 @@ from tests.harness.daemon import Target
 from tests.harness.fake_zendesk import FakeZendesk, serve_zendesk
 from tests.harness.httpserver import serve_app
 from tests.harness.proc import PROBE
-from tests.harness.voting import SITES, Voting
+from tests.harness.voting import ONCALL, SITES, Voting
 from tests.harness.wait import until
 
 
@@ -100,3 +100,53 @@ async def test_probe_cluster_votes_shows_each_sites_vote_and_the_rule(
     for site in SITES:
         assert site in done.stdout
     assert "healthy: 3 healthy" in done.stdout
+
+
+async def test_a_site_whose_agents_are_all_gone_is_ticketed_on_the_alert_route(
+    sites: Callable[..., Voting], targets: list[Target]
+) -> None:
+    """And the other two sites still decide; the alert's ticket is solved when the site is
+    heard again."""
+    s = sites(targets, silent_after="4s")
+    for site in SITES:
+        s.start(f"{site}-a", site)
+    await every_site_votes(s, "web0", "healthy")
+    s.agents["ap-south-a"].kill9()
+    alerts = await until("the alert", lambda: s.tickets(ONCALL), timeout=30, context=s.logs)
+    (alert,) = alerts
+    assert "site ap-south has been silent for 4s: its checks are decided by eu-west and " \
+           "us-east" in Voting.text(alert)
+    targets[0].down = True
+    (ticket,) = await until("a ticket about web0", s.tickets, timeout=30, context=s.logs)
+    assert "2 of 3 sites see it failing (eu-west, us-east)" in Voting.text(ticket)
+    assert "ap-south: silent" in Voting.text(ticket)
+    targets[0].down = False
+    await until("web0's ticket solved", lambda: s.tickets()[0]["status"] == "solved",
+                timeout=30, context=s.logs)
+    s.start("ap-south-a", "ap-south")
+    await until("the alert solved", lambda: s.tickets(ONCALL)[0]["status"] == "solved",
+                timeout=30, context=s.logs)
+    assert len(s.tickets(ONCALL)) == 1 and len(s.tickets()) == 1
+
+
+async def test_checks_no_quorum_can_decide_are_ticketed_on_the_alert_route(
+    sites: Callable[..., Voting], targets: list[Target]
+) -> None:
+    s = sites(targets, silent_after="3s")
+    for site in SITES:
+        s.start(f"{site}-a", site)
+    await every_site_votes(s, "web0", "healthy")
+    s.agents["ap-south-a"].kill9()
+    s.agents["us-east-a"].kill9()
+
+    def said() -> list[str]:
+        return [Voting.text(t) for t in s.tickets(ONCALL)]
+
+    await until("the quorum's alert", lambda: any(
+        "probe cannot decide 3 checks: only eu-west is alive, quorum is 2" in t
+        for t in said()), timeout=30, context=s.logs)
+    assert len(s.tickets(ONCALL)) == 3, said()  # and each silent site's
+    # No ticket about a target: one site cannot make a quorum of 2, down or not.
+    targets[1].down = True
+    await asyncio.sleep(3)
+    assert s.tickets() == []

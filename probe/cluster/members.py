@@ -19,7 +19,6 @@ error for the one database.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -80,11 +79,14 @@ class Membership:
         return frozenset(m.name for m in self.members)
 
     def silent(self, sites: Iterable[str]) -> dict[str, float]:
-        """Each of `sites` with no live agent → how long it has been silent (a site never heard
-        from: for ever)."""
+        """Each of `sites` with no live agent → how long it has been silent. A site never heard
+        from has been silent since the first site was: as long as the cluster has been up, so
+        that a cluster brought up one site at a time raises no alarm for the sites still to
+        come unless they take longer than `silent_after`."""
         speaking = {m.site for m in self.members}
         heard = dict(self.heard)
-        return {site: self.now - heard.get(site, -math.inf) for site in sites
+        first = min(heard.values(), default=self.now)
+        return {site: self.now - heard.get(site, first) for site in sites
                 if site not in speaking}
 
     @property

@@ -64,7 +64,7 @@ async def votes_document(pool: Pool, check: Check, *, agent_ttl: float,
             "cast": row.value if row else None, "agent": row.agent if row else None,
             "age_seconds": round(membership.now - row.since, 1) if row else None,
             "silent_seconds": round(s, 1) if (s := membership.silent([view.site]).get(
-                view.site)) is not None and s != float("inf") else None,
+                view.site)) is not None else None,
         })
     return {"check": check.name, "quorum": check.quorum, "sites": sites,
             "verdict": found.state, "rule": found.rule()}
