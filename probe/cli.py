@@ -117,8 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "every user can read); default: PROBE_DATABASE")
 
     shown = within.add_parser("status", help="the cluster's agents, their heartbeats, the "
-                                             "groups each holds, configuration agreement; "
-                                             "exit 1 when no agent is live")
+                                             "groups each holds, configuration agreement, "
+                                             "sites and quorum trouble; exit 1 when no agent "
+                                             "is live, or a site has none")
     shown.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
     shown.add_argument("--json", action="store_true", help="the status as JSON")
 
@@ -384,13 +385,11 @@ def _cluster_status(config: Config, *, as_json: bool) -> int:
     except SecretError as err:
         print(f"cluster status: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    cluster = config.cluster
 
     async def read() -> dict[str, Any]:
         pool = await open_pool(dsn, timeout=10, migrated=False)
         try:
-            return await cluster_status.document(pool, agent_ttl=cluster.agent_ttl,
-                                                 config_hash=config.config_hash())
+            return await cluster_status.document(pool, config)
         finally:
             await pool.close()
 
@@ -400,7 +399,7 @@ def _cluster_status(config: Config, *, as_json: bool) -> int:
         print(f"cluster status: the cluster's database: {err}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(doc, indent=2) if as_json else cluster_status.text(doc))
-    return EXIT_OK if doc["live"] else EXIT_FAILED
+    return EXIT_OK if cluster_status.healthy(doc) else EXIT_FAILED
 
 
 def _cluster_votes(config: Config, name: str, *, as_json: bool) -> int:

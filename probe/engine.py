@@ -58,6 +58,7 @@ class CheckState:
     # When sites vote: each site's view (SiteView's fields) and why the verdict is what it is.
     sites: list[dict[str, Any]] = field(default_factory=list)
     verdict: str = ""
+    quorum: str = ""  # and the verdict's state: failing, healthy or undecided
 
     @property
     def healthy(self) -> bool:
@@ -211,7 +212,8 @@ class Engine:
             return []
         seen = [dataclasses.asdict(v) for v in views]
         was_failing = {v["site"] for v in st.sites if v["vote"] == "failing"}
-        before = (st.bad, st.flapping, st.last_state, st.last_reason, st.sites, st.verdict)
+        before = (st.bad, st.flapping, st.last_state, st.last_reason, st.sites, st.verdict,
+                  st.quorum)
         st.last_result_at = now
         if verdict == "failing" and failing:
             st.bad = any(f.bad for f in failing)
@@ -228,8 +230,9 @@ class Engine:
             st.last_state, st.first_failure_at = "up", None
         elif failing:
             st.last_state = "down"  # for its dependants: maybe failing, so not to be ticketed
-        st.sites, st.verdict = seen, why
-        if (st.bad, st.flapping, st.last_state, st.last_reason, st.sites, st.verdict) == before:
+        st.sites, st.verdict, st.quorum = seen, why, verdict
+        if (st.bad, st.flapping, st.last_state, st.last_reason, st.sites, st.verdict,
+                st.quorum) == before:
             return []
         self.dirty_checks.add(name)
         out = self._evaluate(check.group, now) + self._evaluate_children(name, now)

@@ -131,6 +131,16 @@ async def render_checks(view: View) -> list[bytearray]:
             families.gauge("probe_check_in_maintenance",
                            "Whether a maintenance window covers the check", labels,
                            st.in_maintenance)
+            if st.quorum:  # sites vote: served by the agent that decides for the check
+                families.gauge("probe_check_quorum", "The sites' verdict on the check: 1 for "
+                               "its state (failing, healthy, undecided)", labels, 1,
+                               extra={"state": st.quorum})
+                for seen in st.sites:
+                    families.gauge("probe_check_site_vote", "Each site's vote on the check: 1 "
+                                   "for its vote (failing, healthy, unknown: could not run "
+                                   "it; unheard: no fresh vote; silent: out of the vote)",
+                                   labels, 1, extra={"site": seen["site"],
+                                                     "vote": seen["vote"]})
     if engine is not None:
         for i, (group, gs) in enumerate(list(engine.groups.items())):
             if i % 1000 == 999:

@@ -79,10 +79,22 @@ async def test_every_site_sees_it_failing_one_ticket_naming_the_sites_solved_on_
     body = Voting.text(ticket)
     for site in SITES:
         assert site in body, body
+    # The agent that decides for web1 serves each site's vote and the verdict.
+    def served(line: str) -> list[float]:
+        return [v for a in s.agents.values() if (v := a.metric(line)) is not None]
+
+    labels = 'check="web1",kind="http",service=""'
+    assert served(f'probe_check_quorum{{{labels},state="failing"}}') == [1.0]
+    for site in SITES:
+        assert served(f'probe_check_site_vote{{{labels},site="{site}",vote="failing"}}') \
+            == [1.0]
+    assert served("probe_cluster_sites_live") == [3.0, 3.0, 3.0]
     targets[1].down = False
     await until("the ticket solved", lambda: s.tickets()[0]["status"] == "solved",
                 timeout=30, context=s.logs)
     assert len(s.tickets()) == 1
+    await until("the verdict healthy", lambda: served(
+        f'probe_check_quorum{{{labels},state="healthy"}}') == [1.0], timeout=10)
 
 
 async def test_probe_cluster_votes_shows_each_sites_vote_and_the_rule(
@@ -123,6 +135,13 @@ async def test_a_site_whose_agents_are_all_gone_is_ticketed_on_the_alert_route(
     targets[0].down = False
     await until("web0's ticket solved", lambda: s.tickets()[0]["status"] == "solved",
                 timeout=30, context=s.logs)
+    agent = s.agents["eu-west-a"]
+    done = await asyncio.to_thread(
+        subprocess.run, [*PROBE, "cluster", "status", "-c", str(agent.config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PROBE_DATABASE": s.dsn})
+    assert done.returncode == 1, done.stdout + done.stderr  # a site has no live agent
+    assert "ap-south: NO AGENT LIVE, silent for" in done.stdout, done.stdout
+    assert "trouble: site ap-south has been silent for 4s" in done.stdout, done.stdout
     s.start("ap-south-a", "ap-south")
     await until("the alert solved", lambda: s.tickets(ONCALL)[0]["status"] == "solved",
                 timeout=30, context=s.logs)

@@ -64,8 +64,13 @@ class ClusterMetrics:
                                     "heartbeat to the cluster's database.", registry=registry,
                                     buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
                                              2.5))
-        self.mismatch = Gauge("probe_cluster_config_mismatch", "Live agents of the site whose "
+        self.mismatch = Gauge("probe_cluster_config_mismatch", "Live agents whose "
                               "configuration differs from this agent's.", registry=registry)
+        self.sites_live = Gauge("probe_cluster_sites_live", "Sites with a live agent, as this "
+                                "agent's last heartbeat saw them.", registry=registry)
+        self.site_silent = Gauge("probe_cluster_site_silent_seconds", "How long each site "
+                                 "heard of has had no live agent (0 while it has one).",
+                                 ["site"], registry=registry)
 
 
 @dataclass
@@ -180,6 +185,10 @@ class Node:
             sites.setdefault(site, 0)  # a site gone quiet shows 0, not its last count
         for site, count in sites.items():
             self.metrics.agents.labels(site).set(count)
+        silent = membership.silent(sites)
+        self.metrics.sites_live.set(len(sites) - len(silent))
+        for site in sites:
+            self.metrics.site_silent.labels(site).set(silent.get(site, 0.0))
         self.metrics.mismatch.set(len(membership.disagreeing))
 
     def _unreached(self, err: LedgerError) -> None:

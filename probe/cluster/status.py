@@ -1,6 +1,7 @@
 """`probe cluster status`: the cluster as its database sees it — every agent, its heartbeat's
 age (the database's clock), the groups it holds, whether its configuration agrees with this
-one — read by any machine that has the configuration, no agent needed. `probe cluster votes
+one, and when sites vote each site's agents and silence and the quorum's trouble — read by any
+machine that has the configuration, no agent needed. `probe cluster votes
 CHECK`: each site's vote on a check, its age, and the verdict with the rule that made it."""
 
 from __future__ import annotations
@@ -9,27 +10,50 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from probe.cluster import votes
+from probe.cluster import trouble, votes
 from probe.cluster.claims import held_by
 from probe.cluster.members import Members
-from probe.config import Check
+from probe.config import Check, Config
 from probe.tickets.pgledger import Pool, schema_version
 
 
-async def document(pool: Pool, *, agent_ttl: float, config_hash: str) -> dict[str, Any]:
+async def document(pool: Pool, config: Config) -> dict[str, Any]:
+    cluster = config.cluster
+    assert cluster is not None
+    config_hash = config.config_hash()
     started = time.monotonic()
     version = await schema_version(pool)
     latency = time.monotonic() - started
-    agents = await Members(pool, agent_ttl).agents()
+    members = Members(pool, cluster.agent_ttl)
+    agents = await members.agents()
     held = await held_by(pool)
-    return {
+    doc: dict[str, Any] = {
         "database": {"schema": version, "latency_seconds": round(latency, 4)},
         "config_hash": config_hash,
-        "agent_ttl": agent_ttl,
+        "agent_ttl": cluster.agent_ttl,
         "agents": [{**asdict(a), "groups_held": held.get(a.name, 0),
                     "config_agrees": a.config_hash == config_hash} for a in agents],
         "live": sum(1 for a in agents if a.live),
     }
+    if cluster.sites:
+        membership = await members.membership()
+        silent = membership.silent(cluster.sites)
+        doc["sites"] = [{
+            "site": site, "agents_live": sum(1 for a in agents if a.live and a.site == site),
+            "silent_seconds": round(silent[site], 1) if site in silent else None,
+            "in_the_vote": silent.get(site, 0.0) < cluster.silent_after,
+        } for site in cluster.sites]
+        voted = [c for c in config.effective_checks() if c.sites]
+        doc["troubles"] = [reason for check in trouble.checks(config)
+                           for state, reason, _ in [trouble.judge(
+                               check, voted, membership, cluster.silent_after)]
+                           if state == "failing"]
+    return doc
+
+
+def healthy(doc: dict[str, Any]) -> bool:
+    """An agent live, and when sites vote one in each site."""
+    return bool(doc["live"]) and all(s["agents_live"] for s in doc.get("sites", ()))
 
 
 def text(doc: dict[str, Any]) -> str:
@@ -46,6 +70,17 @@ def text(doc: dict[str, Any]) -> str:
                      f"{a['host']} probe {a['version']}")
     if not doc["agents"]:
         lines.append("  no agent has joined")
+    if "sites" in doc:
+        lines.append("sites:")
+        for s in doc["sites"]:
+            if s["agents_live"]:
+                lines.append(f"  {s['site']}: {s['agents_live']} agent"
+                             f"{'s' if s['agents_live'] != 1 else ''} live")
+            else:
+                vote = "in the vote still" if s["in_the_vote"] else "out of the vote"
+                lines.append(f"  {s['site']}: NO AGENT LIVE, silent for "
+                             f"{s['silent_seconds']:g}s ({vote})")
+        lines += [f"trouble: {t}" for t in doc["troubles"]] or ["no quorum trouble"]
     return "\n".join(lines)
 
 
