@@ -20,7 +20,7 @@ from bench import daemon, report, rt, scenarios, targets
 from bench.proc import Processes, Unavailable
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("kinds", "scale", "tickets", "cluster")
+SCENARIOS = ("kinds", "scale", "tickets", "cluster", "sites")
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -44,9 +44,11 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="kinds of the scale scenario, kind=share (%(default)s)")
     parser.add_argument("--incidents", type=int, help="incidents per helpdesk (100)")
     parser.add_argument("--cluster-checks", type=int,
-                        help="checks shared by the cluster scenario's three agents (1000)")
+                        help="checks shared by the cluster scenario's three agents, and by the "
+                        "sites scenario's six (1000)")
     parser.add_argument("--cluster-window", type=float,
-                        help="measured seconds of the cluster's steady state (120)")
+                        help="measured seconds of the cluster's and the sites' steady state "
+                        "(120)")
     parser.add_argument("--no-rt", action="store_true", help="leave Request Tracker out")
     parser.add_argument("--rev", help="run the probe of this git revision (git archive) "
                         "instead of the working tree's")
@@ -170,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
                     duration=args.cluster_window)
 
             attempt("cluster", cluster)
+        if "sites" in args.only:
+
+            def sites() -> None:
+                results["sites"] = scenarios.sites(
+                    bench, checks=args.cluster_checks, failing=5 if args.smoke else 20,
+                    duration=args.cluster_window)
+
+            attempt("sites", sites)
     report.write(results, args.output)
     say("")
     say(report.tables(results))

@@ -113,6 +113,8 @@ def tables(results: dict[str, Any]) -> str:
                        rows)]
     if results.get("cluster"):
         out += ["", _cluster(results["cluster"])]
+    if results.get("sites"):
+        out += ["", _sites(results["sites"])]
     for line in results.get("skipped", []):
         out.append(f"skipped: {line}")
     for line in results.get("errors", []):
@@ -153,6 +155,37 @@ def _cluster(c: dict[str, Any]) -> str:
         f"{c['agent_ttl_s']:g} s; steady window {s['window_s']:.0f} s, {s['results']} results, "
         f"{s['statements_per_s']:.1f} statements/s:",
         _table(["figure", "measured", "target", ""], rows),
+        "Statements of the steady window, most frequent first:", *top])
+
+
+def _sites(c: dict[str, Any]) -> str:
+    s, t, target = c["steady"], c["tickets"], CLUSTER_TARGET
+    rows = [
+        ["statements per check result, steady", f"{s['statements_per_result']:.3f}",
+         f"≤ {target['statements_per_result']}",
+         verdict(s["statements_per_result"] <= target["statements_per_result"])],
+        [f"quorum's result → ticket at the helpdesk ({t['delivered']}/{t['incidents']}), "
+         "p50/p99/max ms", f"{_ms(t['p50_ms'])} / {_ms(t['p99_ms'])} / {_ms(t['max_ms'])}",
+         f"p99 ≤ {target['ticket_p99_ms']:g}",
+         verdict(t["p99_ms"] <= target["ticket_p99_ms"] and t["delivered"] == t["incidents"])],
+        ["  of which result → vote in the database, p50/p99 ms",
+         f"{_ms(t['vote']['p50_ms'])} / {_ms(t['vote']['p99_ms'])}", "", ""],
+        ["  of which vote → ticket at the helpdesk, p50/p99 ms",
+         f"{_ms(t['decide']['p50_ms'])} / {_ms(t['decide']['p99_ms'])}", "", ""],
+        ["agent CPU-ms per check result", f"{s['agent_cpu_ms_per_check']:.3f}", "report", ""],
+        ["PostgreSQL CPU-s per 1,000 check results",
+         f"{s['postgres_cpu_s_per_1000']:.3f} ({s['postgres_cpu_share']:.1%} of a core)",
+         "report", ""],
+    ]
+    kinds = ", ".join(f"{k} {n:g}" for k, n in s["per_s_by_kind"].items())
+    top = [f"  {q['per_s']:>7.2f}/s  {q['query']}" for q in s["top_statements"]]
+    return "\n".join([
+        f"Sites: {c['sites']} sites of {c['agents'] // c['sites']} agents, quorum {c['quorum']}, "
+        f"{c['checks']} checks at a {c['interval_s']:g} s interval in every site, PostgreSQL "
+        f"{c['postgres']} with fsync {c['fsync']}; steady window {s['window_s']:.0f} s, "
+        f"{s['results']} results, {s['statements_per_s']:.1f} statements/s ({kinds}):",
+        _table(["figure", "measured", "target", ""], rows),
+        f"Time to ticket: {t['measured']}.",
         "Statements of the steady window, most frequent first:", *top])
 
 

@@ -1,15 +1,18 @@
-"""The three scenarios, each returning its figures as plain JSON-able dicts:
+"""The scenarios, each returning its figures as plain JSON-able dicts:
 
 - `kinds`: CPU per check of each kind, probe's whole daemon side by side with blackbox_exporter;
 - `scale`: 100 to 10,000 checks at a 10 s interval on one core: lag, missed runs, CPU, memory;
 - `tickets`: time from the deciding result to the helpdesk's acknowledgement of the ticket;
 - `cluster`: three agents sharing one PostgreSQL: statements and CPU per result, the handover
-  of a killed agent's checks, the time to ticket.
+  of a killed agent's checks, the time to ticket;
+- `sites`: three sites of two agents that vote, quorum 2: statements and CPU per result, the
+  time from the deciding site's result to the ticket.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import socket
 import statistics
@@ -319,21 +322,14 @@ def cluster(bench: Bench, *, checks: int, failing: int, duration: float) -> dict
     on SQLite with its share of the checks, over the same window: the CPU baseline."""
     server = postgres.start(bench.processes)
     desk = Desk(bench.processes)
-    specs = [{"name": f"{kind}-{n:04d}", **daemon.spec(kind, bench.targets)}
-             for n in range(checks - failing) for kind in ("http", "tcp")][: checks - failing]
-    specs += [{"name": f"flip-{n:03d}", "http": {"url": desk.target(n)}} for n in range(failing)]
-    defaults = {"interval": f"{CLUSTER_INTERVAL:g}s", "retry_interval": "2s", "timeout": "5s",
-                "failure_threshold": 3, "flapping": {"enabled": False},
-                "ticket": {"route": "desk", "escalate_after": None}}
-    ticketing = {"routes": {"desk": {"backend": "webhook", "url": desk.url, "timeout": "10s"}},
-                 "poll_interval": "1h"}
+    specs, defaults, ticketing = _cluster_config(bench, desk, checks, failing)
     agents = {name: daemon.start(
         bench.processes, bench.directory / f"cluster-{name}", specs, defaults=defaults,
         agent={"name": name}, ticketing=ticketing, source=bench.source,
         cluster={"database": "env:PROBE_DATABASE", "site": "dc1", "agent_ttl": f"{AGENT_TTL:g}s"},
         env={"PROBE_DATABASE": server.dsn()}) for name in CLUSTER_AGENTS}
     with psycopg.connect(server.dsn(), autocommit=True) as db:
-        owners = _until_shared(db, len(specs), time.monotonic() + 60)
+        owners = _until_shared(db, CLUSTER_AGENTS, len(specs), time.monotonic() + 60)
         bench.say(f"  checks held: {', '.join(f'{a} {n}' for a, n in sorted(owners.items()))}")
         time.sleep(CLUSTER_INTERVAL + 3)  # every check ran once under its owner
         steady = _steady(bench, db, server, agents, duration)
@@ -360,12 +356,28 @@ def cluster(bench: Bench, *, checks: int, failing: int, duration: float) -> dict
     }
 
 
-def _until_shared(db: psycopg.Connection[Any], groups: int, deadline: float) -> dict[str, int]:
-    """Once every group is claimed, by all three agents: how many each holds."""
+def _cluster_config(bench: Bench, desk: Desk, checks: int, failing: int
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The checks (http and tcp against nginx, and `failing` http checks of the desk's targets),
+    the defaults and the ticketing (a webhook route `desk`) of the cluster and sites scenarios."""
+    specs = [{"name": f"{kind}-{n:04d}", **daemon.spec(kind, bench.targets)}
+             for n in range(checks - failing) for kind in ("http", "tcp")][: checks - failing]
+    specs += [{"name": f"flip-{n:03d}", "http": {"url": desk.target(n)}} for n in range(failing)]
+    defaults = {"interval": f"{CLUSTER_INTERVAL:g}s", "retry_interval": "2s", "timeout": "5s",
+                "failure_threshold": 3, "flapping": {"enabled": False},
+                "ticket": {"route": "desk", "escalate_after": None}}
+    ticketing = {"routes": {"desk": {"backend": "webhook", "url": desk.url, "timeout": "10s"}},
+                 "poll_interval": "1h"}
+    return specs, defaults, ticketing
+
+
+def _until_shared(db: psycopg.Connection[Any], agents: Sequence[str], groups: int,
+                  deadline: float) -> dict[str, int]:
+    """Once every group is claimed, by all the agents: how many each holds."""
     while True:
         held = dict(db.execute("SELECT owner, count(*) FROM claims WHERE owner IS NOT NULL"
                                " GROUP BY 1").fetchall())
-        if len(held) == len(CLUSTER_AGENTS) and sum(held.values()) == groups:
+        if len(held) == len(agents) and sum(held.values()) == groups:
             return {str(a): int(n) for a, n in held.items()}
         if time.monotonic() > deadline:
             raise RuntimeError(f"the checks were not shared in time: {held}")
@@ -403,6 +415,10 @@ def _steady(bench: Bench, db: psycopg.Connection[Any], server: postgres.Postgres
     total = sum(delta.values())
     tx = sum(n for q, n in delta.items() if q.lstrip().upper().startswith(_TX))
     top = sorted(delta.items(), key=lambda item: -item[1])[:10]
+    kinds: dict[str, int] = {}
+    for query, n in delta.items():
+        kind = _kind(query)
+        kinds[kind] = kinds.get(kind, 0) + n
     return {
         "window_s": round(window, 1), "results": results, "runs": int(sum(runs.values())),
         "statements": total, "transaction_control": tx,
@@ -411,12 +427,26 @@ def _steady(bench: Bench, db: psycopg.Connection[Any], server: postgres.Postgres
         "statements_per_s": total / window,
         "top_statements": [{"per_s": round(n / window, 2), "query": " ".join(q.split())[:160]}
                            for q, n in top],
+        "per_s_by_kind": {k: round(n / window, 2) for k, n in
+                          sorted(kinds.items(), key=lambda item: -item[1])},
         "agent_cpu_ms_per_check": sum(cpu.values()) * 1000 / sum(runs.values()),
         "agent_cpu_ms_per_check_each": {
             name: cpu[name] * 1000 / runs[name] for name in agents},
         "postgres_cpu_share": pg_cpu / window,
         "postgres_cpu_s_per_1000": pg_cpu * 1000 / results,
     }
+
+
+# What each statement the agents send is for, by a piece of its text; the first that matches.
+_KINDS = (("votes read", "FROM votes WHERE"), ("votes write", "INSERT INTO votes"),
+          ("heartbeat", "UPDATE agents SET heartbeat_at"), ("results insert", "INTO results"),
+          ("outbox", "FROM outbox"), ("claims", "claims"), ("benchmark", "max(seq)"))
+
+
+def _kind(query: str) -> str:
+    if query.lstrip().upper().startswith(_TX):
+        return "transaction control"
+    return next((kind for kind, text in _KINDS if text in query), "other")
 
 
 def _cluster_tickets(db: psycopg.Connection[Any], desk: Desk, count: int) -> dict[str, Any]:
@@ -485,3 +515,117 @@ def _sqlite_baseline(bench: Bench, specs: list[dict[str, Any]], owners: dict[str
         bench.processes.stop(agent.process)
     return {"checks": sum(owners.values()), "runs": int(runs),
             "cpu_ms_per_check": used * 1000 / runs}
+
+
+# --- sites that vote ----------------------------------------------------------------------------
+
+SITES = ("eu-west", "us-east", "ap-south")
+SITE_AGENTS = tuple(f"{site}-{x}" for site in SITES for x in "ab")
+QUORUM = 2
+
+
+def sites(bench: Bench, *, checks: int, failing: int, duration: float) -> dict[str, Any]:
+    """Three sites of two agents each (every site sees the same targets on loopback) sharing
+    the cluster scenario's checks and PostgreSQL, quorum 2 of 3: each site's agents run every
+    check (shared among them), the agent holding a group's claim (among all six) counts the
+    votes. In order: a steady window (statements and CPU per result, as in the cluster), then
+    `failing` targets failing for every site at once (the deciding site's result → its vote in
+    the database → the ticket at the webhook)."""
+    server = postgres.start(bench.processes)
+    desk = Desk(bench.processes)
+    specs, defaults, ticketing = _cluster_config(bench, desk, checks, failing)
+    ticketing["routes"]["oncall"] = dict(ticketing["routes"]["desk"])  # probe's own trouble
+    agents = {name: daemon.start(
+        bench.processes, bench.directory / f"sites-{name}", specs, defaults=defaults,
+        agent={"name": name}, ticketing=ticketing, source=bench.source,
+        cluster={"database": "env:PROBE_DATABASE", "site": name.rsplit("-", 1)[0],
+                 "sites": list(SITES), "quorum": QUORUM, "alert_route": "oncall",
+                 "agent_ttl": f"{AGENT_TTL:g}s"},
+        env={"PROBE_DATABASE": server.dsn()}) for name in SITE_AGENTS}
+    with psycopg.connect(server.dsn(), autocommit=True) as db:
+        # the checks' groups and probe's own: one per site, one for the quorum (cluster.trouble)
+        owners = _until_shared(db, SITE_AGENTS, len(specs) + len(SITES) + 1,
+                               time.monotonic() + 60)
+        bench.say(f"  groups held: {', '.join(f'{a} {n}' for a, n in sorted(owners.items()))}")
+        _until_voted(db, len(specs) * len(SITES), time.monotonic() + 2 * CLUSTER_INTERVAL + 30)
+        time.sleep(CLUSTER_INTERVAL + 3)
+        steady = _steady(bench, db, server, agents, duration)
+        bench.say(f"  steady: {steady['statements_per_result']:.3f} statements per result "
+                  f"({steady['statements_per_s']:.1f}/s: " + ", ".join(
+                      f"{k} {n:g}" for k, n in steady["per_s_by_kind"].items()) + "), agents "
+                  f"{steady['agent_cpu_ms_per_check']:.3f} CPU-ms/check, PostgreSQL "
+                  f"{steady['postgres_cpu_s_per_1000']:.3f} CPU-s per 1,000 results")
+        owners = _until_shared(db, SITE_AGENTS, len(specs) + len(SITES) + 1,
+                               time.monotonic() + 60)  # settled by now: the figure kept
+        tickets = _vote_tickets(db, desk, failing)
+        bench.say(f"  tickets: {tickets['delivered']}/{failing}; result → ticket p50 "
+                  f"{tickets['p50_ms']:.0f} ms, p99 {tickets['p99_ms']:.0f} ms (result → vote "
+                  f"p99 {tickets['vote']['p99_ms']:.0f} ms, vote → ticket p99 "
+                  f"{tickets['decide']['p99_ms']:.0f} ms)")
+    return {"sites": len(SITES), "agents": len(SITE_AGENTS), "quorum": QUORUM,
+            "checks": len(specs), "interval_s": CLUSTER_INTERVAL, "agent_ttl_s": AGENT_TTL,
+            "fsync": "on", "postgres": server.bindir.parent.name, "held": owners,
+            "steady": steady, "tickets": tickets}
+
+
+def _until_voted(db: psycopg.Connection[Any], votes: int, deadline: float) -> None:
+    """Until every site votes healthy on every check."""
+    while True:
+        row = db.execute("SELECT count(*) FROM votes WHERE value = 'healthy'").fetchone()
+        if row and row[0] >= votes:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{row[0] if row else 0} healthy votes of {votes} in time")
+        time.sleep(0.5)
+
+
+def _vote_tickets(db: psycopg.Connection[Any], desk: Desk, count: int) -> dict[str, Any]:
+    """Break `count` targets for every site at once. The quorum's vote is the second site's to
+    turn failing (votes.since, the database's now() in the transaction that wrote it); its
+    result is the streak's `last_result_at` written with that vote (the agent's time.time()
+    when the check's result came back: its duration is before it). For each incident: result →
+    its vote in the database, vote → the `open` arriving at the webhook, and the sum. Each
+    failing vote is read within 0.1 s of its writing, before a later result rewrites its
+    streak."""
+    desk.fail(range(count))
+    deadline = time.monotonic() + CLUSTER_INTERVAL + 3 * 2 + 60
+    first: dict[str, dict[str, tuple[float, float]]] = {}  # check → site → (since, result)
+
+    def read() -> None:
+        for name, site, since, streak in db.execute(
+                "SELECT check_name, site, extract(epoch FROM since)::float8, streak FROM votes"
+                " WHERE value = 'failing' AND check_name LIKE 'flip-%'").fetchall():
+            first.setdefault(name, {}).setdefault(
+                site, (float(since), float(json.loads(streak)["last_result_at"])))
+
+    while len(desk.arrivals()) < count and time.monotonic() < deadline:
+        read()
+        time.sleep(0.1)
+    time.sleep(1)  # a second open for one incident would show now: counted below
+    read()
+    arrived = desk.arrivals()
+    group = dict(db.execute("SELECT key, grp FROM incidents").fetchall())
+    desk.fail(())
+    vote, decide, total = [], [], []
+    for key, at in arrived.items():
+        votes = sorted(first.get(group.get(key, ""), {}).values())
+        if len(votes) < QUORUM:
+            continue
+        since, result = votes[QUORUM - 1]
+        vote.append(since - result)
+        decide.append(at - since)
+        total.append(at - result)
+
+    def ms(seconds: list[float]) -> dict[str, float]:
+        return {"p50_ms": percentile(seconds, 0.5) * 1000,
+                "p99_ms": percentile(seconds, 0.99) * 1000,
+                "max_ms": max(seconds, default=math.nan) * 1000}
+
+    return {"incidents": count, "delivered": len(total), "arrived": len(arrived),
+            "opened": len(group), "unknown_keys": len(set(arrived) - set(group)),
+            "measured": "the quorum's site (the 2nd to vote failing, by votes.since): its "
+                        "result's end at the agent (streak last_result_at) → the vote's since "
+                        "(database now()) → the open's arrival at the webhook; one clock",
+            **ms(total), "vote": ms(vote), "decide": ms(decide),
+            "samples_ms": sorted([round(v * 1000, 1), round(d * 1000, 1)]
+                                 for v, d in zip(vote, decide, strict=True))}
