@@ -160,6 +160,7 @@ class Daemon:
         self._count_wake = asyncio.Event()
         self._recount = False
         self._troubles: dict[str, tuple[str, str]] = {}  # probe's own checks, as last judged
+        self._sites = tuple(config.cluster.sites or ()) if config.cluster is not None else ()
         self._deps: dict[str, set[str]] = {}
         self._deps_of: dict[str, Check] | None = None  # the checks _deps was worked out from
 
@@ -354,15 +355,15 @@ class Daemon:
         again whenever the membership changed (a vote's freshness is its agent's liveness)."""
         assert self.tally is not None and self.pool is not None and self.node is not None
         since: float | None = None
-        counted_for = None
+        counted_for: object = None
         while True:
             progress()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(VOTES_EVERY):
                     await self._count_wake.wait()
             self._count_wake.clear()
-            if self._recount:
-                since, self._recount = None, False
+            if self._recount:  # groups taken, a reload: every vote read, every check judged
+                since, counted_for, self._recount = None, None, False
             try:
                 rows, since = await votes.changed_since(self.pool, since)
             except LedgerError as err:
@@ -373,8 +374,13 @@ class Daemon:
             membership = self.node.view.membership
             if membership is None:
                 continue
-            if membership is not counted_for:
-                touched, counted_for = set(decided), membership
+            # Every check judged again only when what a verdict rests on moved: which agents
+            # are live (a vote's freshness), which sites are silent, which have left the vote.
+            silent = membership.silent(self._sites)
+            moved = (membership.agents_live, frozenset(silent),
+                     frozenset(s for s, t in silent.items() if t >= self.tally.silent_after))
+            if moved != counted_for:
+                touched, counted_for = set(decided), moved
             self._judge(sorted(touched), decided, membership)
 
     def _judge(self, names: list[str], decided: dict[str, Check],
