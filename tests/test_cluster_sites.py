@@ -169,3 +169,19 @@ async def test_checks_no_quorum_can_decide_are_ticketed_on_the_alert_route(
     targets[1].down = True
     await asyncio.sleep(3)
     assert s.tickets() == []
+
+
+async def test_an_internal_target_is_checked_and_decided_by_its_one_site(
+    sites: Callable[..., Voting], targets: list[Target]
+) -> None:
+    s = sites(targets, only={2: ("eu-west",)})
+    for site in SITES:
+        s.start(f"{site}-a", site)
+    await until("eu-west alone to vote on web2", lambda: s.votes("web2") == {
+        "eu-west": "healthy"}, timeout=30, context=s.logs)
+    targets[2].down = True
+    (ticket,) = await until("a ticket about web2", s.tickets, timeout=30, context=s.logs)
+    text = Voting.text(ticket)
+    assert "1 of 1 site sees it failing (eu-west), quorum 1" in text, text
+    assert "us-east" not in text.split("probe key:")[0].split("Why:")[1], text
+    assert s.votes("web2") == {"eu-west": "failing"}  # the other sites never ran it

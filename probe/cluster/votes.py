@@ -105,6 +105,8 @@ class Voter:
         """The site's vote on `name` from its streaks (`unknown`: why it could not run)."""
         st, before = self.streaks[name], self.cast.get(name)
         value: VoteValue
+        if st.last_state is None:
+            return False  # never run here yet: no vote (a parent's result asks again)
         if st.last_state == "unknown":
             value = "unknown"
         elif st.bad or st.flapping:
@@ -231,8 +233,10 @@ class Tally:
 
 def summary(found: Verdict) -> str:
     """Why a check is failing for probe, as a ticket says it."""
-    return (f"{len(found.failing)} of {found.electorate + len(found.left)} sites see it "
-            f"failing ({', '.join(found.failing)}), quorum {found.quorum}")
+    failing, total = len(found.failing), found.electorate + len(found.left)
+    return (f"{failing} of {total} site{'' if total == 1 else 's'} "
+            f"see{'s' if failing == 1 else ''} it failing ({', '.join(found.failing)}), "
+            f"quorum {found.quorum}")
 
 
 # --- statements -------------------------------------------------------------------------------

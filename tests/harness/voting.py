@@ -24,10 +24,12 @@ SITES = ("eu-west", "us-east", "ap-south")
 class Voting:
     def __init__(self, tmp_path: Path, dsn: str, desk: FakeZendesk, desk_url: str,
                  targets_base: str, targets: int, *, quorum: int = 2,
-                 silent_after: str = "3m", sites: tuple[str, ...] = SITES) -> None:
+                 silent_after: str = "3m", sites: tuple[str, ...] = SITES,
+                 only: dict[int, tuple[str, ...]] | None = None) -> None:
         self.tmp_path, self.dsn, self.desk, self.desk_url = tmp_path, dsn, desk, desk_url
         self.targets_base, self.targets = targets_base, targets
         self.quorum, self.silent_after, self.sites = quorum, silent_after, sites
+        self.only = only or {}  # check number → the sites that alone run it, with quorum 1
         self.agents: dict[str, ProbeProcess] = {}
         self.token = tmp_path / "zendesk-token"
         self.token.write_text(TOKEN + "\n")
@@ -35,7 +37,9 @@ class Voting:
     def config(self, name: str, site: str, port: int) -> str:
         checks = "\n".join(f"""
   - name: web{n}
-    http: {{url: "{self.targets_base}/{n}/health"}}""" for n in range(self.targets))
+    http: {{url: "{self.targets_base}/{n}/health"}}""" + (
+            f"\n    sites: [{', '.join(self.only[n])}]\n    quorum: 1" if n in self.only else "")
+            for n in range(self.targets))
         return f"""
 agent: {{name: {name}, state_dir: {self.tmp_path}/{name}/state, listen: "127.0.0.1:{port}"}}
 cluster:
