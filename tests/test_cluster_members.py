@@ -227,3 +227,35 @@ async def test_the_heartbeat_says_when_a_maintenance_window_was_set_or_ended(
     seen.append((await members.heartbeat("dc1-a", "h1")).windows)
     # Each beat's version differs from the one before exactly when the windows did.
     assert [seen[i] != seen[i - 1] for i in range(1, 5)] == [True, False, True, True], seen
+
+
+# --- several sites ---------------------------------------------------------------------------
+
+
+async def test_a_heartbeat_sees_every_sites_agents_and_how_long_a_silent_site_has_been(
+    pool: Pool, members: Members,
+) -> None:
+    await join(members, "eu-a", site="eu-west")
+    await join(members, "us-a", "us-b", site="us-east")
+    for agent in ("eu-a", "us-a", "us-b"):
+        await members.heartbeat(agent, "h1")  # each site heard from once
+    seen = await members.heartbeat("eu-a", "h1")
+    assert seen.site == "eu-west"
+    assert seen.live == seen.owners == {"eu-a"}  # the site's own, for its checks
+    assert seen.everywhere == seen.agents_live == {"eu-a", "us-a", "us-b"}
+    assert seen.owners_in("us-east") == {"us-a", "us-b"}
+    assert seen.silent(["eu-west", "us-east"]) == {}
+    await members.leave("us-a")
+    await silent(pool, "us-b", TTL + 10)  # us-east's last agent gone
+    async with pool.connection() as conn:  # and its site last heard 30 s ago
+        await conn.execute("UPDATE sites SET heard_at = now() - interval '30 seconds'"
+                           " WHERE name = 'us-east'")
+    seen = await members.heartbeat("eu-a", "h1")
+    silence = seen.silent(["eu-west", "us-east", "ap-south"])
+    assert set(silence) == {"us-east", "ap-south"}
+    assert 29 < silence["us-east"] < 40
+    # never heard from: silent as long as the first site has been heard of, not for ever
+    assert 29 < silence["ap-south"] < 40
+    outside = await members.membership()  # what `probe cluster votes` reads, no heartbeat
+    assert outside.agents_live == {"eu-a"}
+    assert set(outside.silent(["eu-west", "us-east"])) == {"us-east"}
