@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,13 +27,13 @@ from checks.values import format_duration
 from probe import control, daemon, log, version, webconfig
 from probe.cluster import status as cluster_status
 from probe.cluster.importer import Imported, ImportRefused, import_state
-from probe.config import Check, Config, ConfigError, load, source_files
+from probe.config import Check, Cluster, Config, ConfigError, load, source_files
 from probe.demo import demo as run_demo
 from probe.effective import effective_yaml
 from probe.secrets import SecretError, known
 from probe.tickets.admin import test_ticket, tickets_command
 from probe.tickets.ledger import LedgerError
-from probe.tickets.pgledger import SchemaError, open_pool
+from probe.tickets.pgledger import Pool, SchemaError, open_pool
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 T = TypeVar("T")
@@ -380,24 +380,10 @@ def _cluster_status(config: Config, *, as_json: bool) -> int:
     if config.cluster is None:
         print("cluster status: the configuration has no cluster: section", file=sys.stderr)
         return EXIT_CONFIG
-    try:
-        dsn = config.cluster.dsn()
-    except SecretError as err:
-        print(f"cluster status: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-
-    async def read() -> dict[str, Any]:
-        pool = await open_pool(dsn, timeout=10, migrated=False)
-        try:
-            return await cluster_status.document(pool, config)
-        finally:
-            await pool.close()
-
-    try:
-        doc = asyncio.run(read())
-    except (LedgerError, SchemaError, psycopg.Error, PoolTimeout) as err:
-        print(f"cluster status: the cluster's database: {err}", file=sys.stderr)
-        return EXIT_FAILED
+    doc = _read_cluster("cluster status", config.cluster,
+                        lambda pool: cluster_status.document(pool, config))
+    if isinstance(doc, int):
+        return doc
     print(json.dumps(doc, indent=2) if as_json else cluster_status.text(doc))
     return EXIT_OK if cluster_status.healthy(doc) else EXIT_FAILED
 
@@ -412,27 +398,36 @@ def _cluster_votes(config: Config, name: str, *, as_json: bool) -> int:
     if check is None:
         print(f"cluster votes: no check is named {name!r}", file=sys.stderr)
         return EXIT_CONFIG
+    doc = _read_cluster("cluster votes", cluster, lambda pool: cluster_status.votes_document(
+        pool, check, agent_ttl=cluster.agent_ttl, silent_after=cluster.silent_after))
+    if isinstance(doc, int):
+        return doc
+    print(json.dumps(doc, indent=2) if as_json else cluster_status.votes_text(doc))
+    return EXIT_OK
+
+
+def _read_cluster(command: str, cluster: Cluster,
+                  read: Callable[[Pool], Awaitable[dict[str, Any]]]) -> dict[str, Any] | int:
+    """`read` on the cluster's database (never migrated by a command that only reads); an
+    exit code, said on stderr, when it cannot be reached."""
     try:
         dsn = cluster.dsn()
     except SecretError as err:
-        print(f"cluster votes: {err}", file=sys.stderr)
+        print(f"{command}: {err}", file=sys.stderr)
         return EXIT_CONFIG
 
-    async def read() -> dict[str, Any]:
+    async def opened() -> dict[str, Any]:
         pool = await open_pool(dsn, timeout=10, migrated=False)
         try:
-            return await cluster_status.votes_document(
-                pool, check, agent_ttl=cluster.agent_ttl, silent_after=cluster.silent_after)
+            return await read(pool)
         finally:
             await pool.close()
 
     try:
-        doc = asyncio.run(read())
+        return asyncio.run(opened())
     except (LedgerError, SchemaError, psycopg.Error, PoolTimeout) as err:
-        print(f"cluster votes: the cluster's database: {err}", file=sys.stderr)
+        print(f"{command}: the cluster's database: {err}", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps(doc, indent=2) if as_json else cluster_status.votes_text(doc))
-    return EXIT_OK
 
 
 def _cluster_import(config: Config, source: Path, variable: str) -> int:
