@@ -334,7 +334,9 @@ def _status(data: dict[str, Any], *, as_json: bool) -> int:
              "REASON")]
     for c in data["checks"]:
         flags = ",".join(f for f in ("flapping", "unreachable", "in_maintenance") if c[f])
-        rows.append((c["name"], c["kind"], (c["state"] or "pending").upper(),
+        # When sites vote, the sites' verdict is the check's state for probe.
+        state = c.get("quorum") or c["state"] or "pending"
+        rows.append((c["name"], c["kind"], state.upper(),
                      str(c["consecutive_failures"]), flags or "-",
                      *((c.get("agent") or "-",) if cluster else ()), c["reason"]))
     print(_columns(rows))

@@ -80,6 +80,7 @@ def _cluster(doc: dict[str, Any], checks: Mapping[str, Check], engine: Engine,
             "flapping": st.flapping if st else False,
             "unreachable": st.unreachable if st else False,
             "in_maintenance": st.in_maintenance if st else False,
+            **_verdict(st),
         })
     doc["incidents"] += [
         {"group": group, "key": i.key, "opened_at": i.opened_at,
@@ -107,4 +108,12 @@ def _check(name: str, check: Check, result: Result | None, engine: Engine) -> di
         "flapping": st.flapping if st else False,
         "unreachable": st.unreachable if st else False,
         "in_maintenance": st.in_maintenance if st else False,
+        **_verdict(st),
     }
+
+
+def _verdict(st: CheckState | None) -> dict[str, Any]:
+    """When sites vote: the verdict (failing, healthy, undecided), why, and each site's view."""
+    if st is None or not st.quorum:
+        return {}
+    return {"quorum": st.quorum, "verdict": st.verdict, "sites": st.sites}

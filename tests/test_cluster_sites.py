@@ -185,3 +185,30 @@ async def test_an_internal_target_is_checked_and_decided_by_its_one_site(
     assert "1 of 1 site sees it failing (eu-west), quorum 1" in text, text
     assert "us-east" not in text.split("probe key:")[0].split("Why:")[1], text
     assert s.votes("web2") == {"eu-west": "failing"}  # the other sites never ran it
+
+
+async def test_status_shows_the_sites_verdict_and_each_sites_view(
+    sites: Callable[..., Voting], targets: list[Target]
+) -> None:
+    s = sites(targets)
+    for site in SITES:
+        s.start(f"{site}-a", site)
+    await every_site_votes(s, "web0", "healthy")
+    targets[0].down = True
+    await until("one ticket", s.tickets, timeout=30, context=s.logs)
+    agent = s.agents["us-east-a"]  # any agent shows the whole cluster
+
+    def web0() -> dict[str, Any]:
+        return next(c for c in agent.status()["checks"] if c["name"] == "web0")
+
+    # Every site's failing vote, as the deciding agent has it (the third may come after the
+    # quorum's two).
+    await until("the failing verdict in the status", lambda: web0().get("quorum") == "failing"
+                and {v["vote"] for v in web0()["sites"]} == {"failing"}, timeout=10,
+                context=lambda: str(web0()))
+    assert [v["site"] for v in web0()["sites"]] == list(SITES)
+    assert web0()["verdict"].startswith("3 of 3 sites see it failing") or \
+        web0()["verdict"].startswith("2 of 3 sites see it failing")
+    shown = await asyncio.to_thread(agent.command, "status")
+    line = next(x for x in shown.splitlines() if x.startswith("web0 "))
+    assert " FAILING " in line, shown
