@@ -320,7 +320,9 @@ class Engine:
         unchecked = []
         for parent in self.config[name].depends_on:
             st = self.checks.get(parent)
-            if st is None:
+            if st is None or st.quorum:
+                # A verdict of the sites stands until their votes change: nothing to wait for
+                # (each site's agent waited for the parents it runs before it voted).
                 continue
             if st.last_result_at is None or since is None or st.last_result_at < since:
                 unchecked.append(parent)

@@ -19,6 +19,7 @@ import yaml
 from checks.base import State
 from probe.config import Config
 from probe.engine import (
+    CheckState,
     Engine,
     Transition,
     flap_ratio,
@@ -26,6 +27,7 @@ from probe.engine import (
     restore_group,
     window_active,
 )
+from probe.facts import SiteView
 from tests.harness.configs import merged
 
 STATES: dict[str, State] = {"D": "down", "U": "up", "?": "unknown"}
@@ -392,3 +394,46 @@ def test_state_survives_a_restart_without_reopening() -> None:
 
 def _all(states: dict[str, Any]) -> dict[str, Any]:
     return {k: asdict(v) for k, v in states.items()}
+
+
+# --- verdicts of the sites that vote (Engine.judge) --------------------------------------------
+
+DEPENDENT = """
+checks:
+  - name: gateway
+    tcp: {host: 127.0.0.1, port: 1}
+  - name: shop
+    depends_on: [gateway]
+    http: {url: "http://127.0.0.1:1/"}
+"""
+
+
+def failing_site(reason: str, since: float) -> CheckState:
+    return CheckState(failures=3, bad=True, first_failure_at=since, failed_checks=3,
+                      last_state="down", last_reason=reason, last_result_at=since + 2)
+
+
+def test_a_verdict_opens_with_the_sites_why_and_views_and_resolves_on_a_healthy_one() -> None:
+    engine = make(DEPENDENT)
+    views = (SiteView("eu", "failing", "HTTP 503", 100.0), SiteView("us", "healthy"))
+    assert engine.judge("gateway", "healthy", failing=[], views=views, why="", now=50.0) == []
+    opened = engine.judge("gateway", "failing", failing=[failing_site("HTTP 503", 100.0)],
+                          views=views, why="1 of 2 sites see it failing (eu), quorum 1",
+                          now=103.0)
+    assert [(t.kind, t.group) for t in opened] == [("open", "gateway")]
+    assert opened[0].facts.why == "1 of 2 sites see it failing (eu), quorum 1"
+    assert opened[0].facts.checks["gateway"].sites == views
+    assert engine.judge("gateway", "undecided", failing=[], views=views, why="?",
+                        now=110.0) == []  # undecided: the incident stays open
+    closed = engine.judge("gateway", "healthy", failing=[], views=(), why="", now=120.0)
+    assert [t.kind for t in closed] == ["resolve"]
+
+
+def test_a_child_of_a_parent_the_sites_judged_healthy_long_ago_opens_without_waiting() -> None:
+    """Its parent's verdict stands until its votes change: nothing to wait for."""
+    engine = make(DEPENDENT)
+    engine.judge("gateway", "healthy", failing=[], views=(), why="", now=10.0)
+    opened = engine.judge("shop", "failing", failing=[failing_site("HTTP 503", 500.0)],
+                          views=(), why="2 of 3 sites see it failing", now=503.0)
+    assert [(t.kind, t.group) for t in opened] == [("open", "shop")]
+    assert engine.wanted == set()
