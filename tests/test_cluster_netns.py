@@ -11,6 +11,9 @@ what the helpdesk holds.
 - one site's agents frozen (SIGSTOP) and thawed: no duplicate, no false resolve;
 - every agent of one site killed: the alert route hears of the silent site, and the two
   others still decide.
+
+The targets and the helpdesk are served by the test's own event loop: nothing here may block
+it (a blocking call makes every site's checks time out), hence the threads.
 """
 
 from __future__ import annotations
@@ -88,9 +91,14 @@ async def start_all(v: Voting, net: Sites, per_site: int = 1) -> None:
     for site in SITES:
         for n in range(per_site):
             v.start(f"{site}-{'abc'[n]}", site, net[site])
-    await until("every site to vote healthy on every check", lambda: all(
-        v.votes(f"web{n}") == dict.fromkeys(SITES, "healthy") for n in range(CHECKS)),
-        timeout=60, context=v.logs)
+    async def all_healthy() -> bool:
+        for n in range(CHECKS):
+            if await v.votes_of(f"web{n}") != dict.fromkeys(SITES, "healthy"):
+                return False
+        return True
+
+    await until("every site to vote healthy on every check", all_healthy, timeout=60,
+                context=v.logs)
 
 
 async def one_ticket_each(v: Voting, checks: int = CHECKS) -> list[dict[str, Any]]:
@@ -114,14 +122,16 @@ async def test_one_site_cut_from_the_targets_opens_no_ticket(
 ) -> None:
     await start_all(voting, net)
     net.cut(net["ap-south"], ports=[target_port(targets)])
-    await until("ap-south to vote failing", lambda: voting.votes("web0")["ap-south"] == "failing",
-                timeout=30, context=voting.logs)
+    async def cut_votes_failing() -> bool:
+        return (await voting.votes_of("web0"))["ap-south"] == "failing"
+
+    await until("ap-south to vote failing", cut_votes_failing, timeout=30, context=voting.logs)
     await asyncio.sleep(3)  # failure_threshold 3 at 200 ms, many times over
     assert voting.tickets() == []
-    assert voting.votes("web0") == {"eu-west": "healthy", "us-east": "healthy",
-                                    "ap-south": "failing"}
+    assert await voting.votes_of("web0") == {"eu-west": "healthy", "us-east": "healthy",
+                                             "ap-south": "failing"}
     agent = voting.agents["eu-west-a"]
-    shown = agent.command("cluster", "votes", "web0")
+    shown = await asyncio.to_thread(agent.command, "cluster", "votes", "web0")
     assert "HEALTHY" in shown and "ap-south: failing" in shown, shown
 
 

@@ -60,8 +60,10 @@ def sites(tmp_path: Path, pg_database: str, zendesk: FakeZendesk) -> Iterator[
 
 
 async def every_site_votes(s: Voting, check: str, value: str) -> None:
-    await until(f"every site to vote {value} on {check}",
-                lambda: s.votes(check) == dict.fromkeys(SITES, value), timeout=30,
+    async def voted() -> bool:
+        return await s.votes_of(check) == dict.fromkeys(SITES, value)
+
+    await until(f"every site to vote {value} on {check}", voted, timeout=30,
                 context=s.logs)
 
 
@@ -177,14 +179,16 @@ async def test_an_internal_target_is_checked_and_decided_by_its_one_site(
     s = sites(targets, only={2: ("eu-west",)})
     for site in SITES:
         s.start(f"{site}-a", site)
-    await until("eu-west alone to vote on web2", lambda: s.votes("web2") == {
-        "eu-west": "healthy"}, timeout=30, context=s.logs)
+    async def eu_west_alone() -> bool:
+        return await s.votes_of("web2") == {"eu-west": "healthy"}
+
+    await until("eu-west alone to vote on web2", eu_west_alone, timeout=30, context=s.logs)
     targets[2].down = True
     (ticket,) = await until("a ticket about web2", s.tickets, timeout=30, context=s.logs)
     text = Voting.text(ticket)
     assert "1 of 1 site sees it failing (eu-west), quorum 1" in text, text
     assert "us-east" not in text.split("probe key:")[0].split("Why:")[1], text
-    assert s.votes("web2") == {"eu-west": "failing"}  # the other sites never ran it
+    assert await s.votes_of("web2") == {"eu-west": "failing"}  # the others never ran it
 
 
 async def test_status_shows_the_sites_verdict_and_each_sites_view(

@@ -6,6 +6,7 @@ the targets, its `oncall` route (group 99) for probe's own trouble."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,9 @@ cluster:
   agent_ttl: {TTL}s
   silent_after: {self.silent_after}
 defaults:
-  interval: 300ms
+  interval: 500ms
   retry_interval: 200ms
-  timeout: 250ms
+  timeout: 450ms
   failure_threshold: 3
   success_threshold: 2
   ticket: {{route: desk, update_interval: 1h}}
@@ -88,6 +89,11 @@ checks:{checks}
 
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{a.log_text()[-3000:]}" for n, a in self.agents.items())
+
+    async def votes_of(self, check: str) -> dict[str, str]:
+        """`votes`, off the event loop: the tests' targets and helpdesk are served by it, and a
+        loop held by a blocking call makes every site's checks time out."""
+        return await asyncio.to_thread(self.votes, check)
 
     def votes(self, check: str) -> dict[str, str]:
         """site → its vote on `check`, as the database has it."""
