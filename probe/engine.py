@@ -316,16 +316,7 @@ class Engine:
 
     def _parents_unchecked(self, name: str) -> list[str]:
         """Parents with no result since `name` began to fail: asked for, and waited for."""
-        since = self.checks[name].first_failure_at
-        unchecked = []
-        for parent in self.config[name].depends_on:
-            st = self.checks.get(parent)
-            if st is None or st.quorum:
-                # A verdict of the sites stands until their votes change: nothing to wait for
-                # (each site's agent waited for the parents it runs before it voted).
-                continue
-            if st.last_result_at is None or since is None or st.last_result_at < since:
-                unchecked.append(parent)
+        unchecked = parents_unchecked(self.config[name], self.checks)
         self.wanted.update(unchecked)
         return unchecked
 
@@ -423,7 +414,8 @@ class Engine:
 
     def take_dirty(self) -> tuple[Changes, Changes]:
         """The states changed since the last call, as JSON-able dicts (None: deleted)."""
-        checks = {n: _dump_check(self.checks.get(n)) for n in self.dirty_checks}
+        checks = {n: None if (st := self.checks.get(n)) is None else dump_check(st)
+                  for n in self.dirty_checks}
         groups = {g: None if g not in self.groups else asdict(self.groups[g])
                   for g in self.dirty_groups}
         self.dirty_checks, self.dirty_groups = set(), set()
@@ -450,10 +442,25 @@ def _member(check: Check | None, st: CheckState) -> Member:
     )
 
 
-def _dump_check(state: CheckState | None) -> dict[str, Any] | None:
+def parents_unchecked(check: Check, states: Mapping[str, CheckState]) -> list[str]:
+    """The parents of `check` with no result since it began to fail (`states`: the checks'
+    streaks; a parent without one is not this caller's to wait for)."""
+    since = states[check.name].first_failure_at
+    unchecked = []
+    for parent in check.depends_on:
+        st = states.get(parent)
+        if st is None or st.quorum:
+            # A verdict of the sites stands until their votes change: nothing to wait for
+            # (each site's agent waited for the parents it runs before it voted).
+            continue
+        if st.last_result_at is None or since is None or st.last_result_at < since:
+            unchecked.append(parent)
+    return unchecked
+
+
+def dump_check(state: CheckState) -> dict[str, Any]:
+    """A check's streaks as JSON-able data, as the state database keeps them."""
     # dataclasses.asdict deep-copies through reflection: too slow for every result.
-    if state is None:
-        return None
     data = {name: getattr(state, name) for name in _CHECK_FIELDS}
     data["history"] = list(state.history)
     data["sites"] = list(state.sites)

@@ -31,7 +31,7 @@ from checks.base import State
 from probe.cluster.members import Membership
 from probe.cluster.quorum import Verdict, Vote, VoteValue, verdict
 from probe.config import Check
-from probe.engine import CheckState, restore_check, step
+from probe.engine import CheckState, dump_check, parents_unchecked, restore_check, step
 from probe.facts import SiteView
 from probe.log import fields
 from probe.secrets import SecretError
@@ -129,14 +129,9 @@ class Voter:
         return True
 
     def _parents_unchecked(self, name: str) -> list[str]:
-        since = self.streaks[name].first_failure_at
-        unchecked = []
-        for parent in self.config[name].depends_on:
-            st = self.streaks.get(parent)
-            if st is None:
-                continue  # not run by this agent in this site: its verdict is the sites'
-            if st.last_result_at is None or since is None or st.last_result_at < since:
-                unchecked.append(parent)
+        # A parent not run by this agent in this site has no streak here: its verdict is
+        # the sites', not this site's to wait for.
+        unchecked = parents_unchecked(self.config[name], self.streaks)
         self.wanted.update(unchecked)
         return unchecked
 
@@ -147,19 +142,13 @@ class Voter:
             if name in self.streaks:
                 cast = self.cast.get(name, Cast("unknown"))
                 out[name] = {"value": cast.value, "reason": cast.reason,
-                             "streak": _dump(self.streaks[name])}
+                             "streak": dump_check(self.streaks[name])}
         self.changed, self.dirty = set(), set()
         return out
 
     @property
     def urgent(self) -> bool:
         return bool(self.changed)
-
-
-def _dump(st: CheckState) -> dict[str, Any]:
-    data = {f: getattr(st, f) for f in CheckState.__dataclass_fields__}
-    data["history"], data["sites"] = list(st.history), []
-    return data
 
 
 # --- counting ---------------------------------------------------------------------------------
