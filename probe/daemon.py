@@ -387,12 +387,15 @@ class Daemon:
                membership: Membership) -> None:
         assert self.tally is not None
         out: list[Transition] = []
+        voted: list[Check] | None = None  # the checks sites vote on, for probe's own
         for name in names:
             check = decided.get(name)
             if check is None:
                 continue
             if check.kind in trouble.KINDS:
-                out += self._trouble(check, membership)
+                voted = voted if voted is not None else [
+                    c for c in self.checks.values() if c.sites]
+                out += self._trouble(check, voted, membership)
                 continue
             found, views = self.tally.count(check, membership)
             if self.tally.judged.get(name) == (found, views):
@@ -404,10 +407,11 @@ class Daemon:
                                      views=views, why=why, now=time.time())
         self._decided(out)
 
-    def _trouble(self, check: Check, membership: Membership) -> list[Transition]:
-        """One of probe's own checks, judged from the membership."""
+    def _trouble(self, check: Check, voted: list[Check],
+                 membership: Membership) -> list[Transition]:
+        """One of probe's own checks, judged from the membership (`voted`: the checks the
+        sites vote on)."""
         assert self.tally is not None
-        voted = [c for c in self.checks.values() if c.sites]
         state, reason, since = trouble.judge(check, voted, membership, self.tally.silent_after)
         if self._troubles.get(check.name) == (state, reason):
             return []

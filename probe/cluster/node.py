@@ -212,10 +212,7 @@ class Node:
         owners = membership.everywhere if self._run is not None else membership.owners
         if (self._wanted_for is None or groups is not self._wanted_for[0]
                 or owners != self._wanted_for[1]):
-            by_shard = shards(groups)
-            mine = {shard for shard in set(by_shard.values())
-                    if owner(shard, owners) == self.terms.agent}
-            self.view.owned = {g: s for g, s in by_shard.items() if s in mine}
+            self.view.owned = self._mine(groups, owners)
             self._wanted_for = (groups, owners)
         return set(self.view.owned)
 
@@ -227,12 +224,17 @@ class Node:
         groups, owners = self._groups(), membership.owners
         if (self._running_for is None or groups is not self._running_for[0]
                 or owners != self._running_for[1]):
-            by_shard = shards(groups)
-            mine = {shard for shard in set(by_shard.values())
-                    if owner(shard, owners) == self.terms.agent}
-            self.view.running = frozenset(g for g, s in by_shard.items() if s in mine)
+            self.view.running = frozenset(self._mine(groups, owners))
             self._running_for = (groups, owners)
         return self.view.running
+
+    def _mine(self, groups: Mapping[str, Collection[str]],
+              owners: frozenset[str]) -> dict[str, str]:
+        """The groups (→ their shard) rendezvous hashing gives this agent among `owners`."""
+        by_shard = shards(groups)
+        mine = {shard for shard in set(by_shard.values())
+                if owner(shard, owners) == self.terms.agent}
+        return {g: s for g, s in by_shard.items() if s in mine}
 
     async def _rebalance(self, membership: Membership) -> None:
         if self._run is not None:
