@@ -117,6 +117,14 @@ def solved(v: Voting) -> bool:
     return all(t["status"] == "solved" for t in v.tickets())
 
 
+async def heal_and_solve(net: Sites, v: Voting, *cut: str, timeout: float = 30) -> None:
+    """The cut sites healed: every ticket solved, and still one per check."""
+    for site in cut:
+        net.heal(net[site])
+    await until("the tickets solved", lambda: solved(v), timeout=timeout, context=v.logs)
+    assert len(v.tickets()) == CHECKS
+
+
 async def test_one_site_cut_from_the_targets_opens_no_ticket(
     net: Sites, targets: tuple[list[Hanging], str], voting: Voting
 ) -> None:
@@ -147,10 +155,7 @@ async def test_two_sites_cut_open_one_ticket_saying_what_each_site_saw(
         assert "eu-west: connection refused since" in text, text
         assert "us-east: timed out" in text and "ap-south: UP" in text, text
         assert "2 of 3 sites see it failing (eu-west, us-east), quorum 2" in text, text
-    for site in ("eu-west", "us-east"):
-        net.heal(net[site])
-    await until("the tickets solved", lambda: solved(voting), timeout=30, context=voting.logs)
-    assert len(voting.tickets()) == CHECKS
+    await heal_and_solve(net, voting, "eu-west", "us-east")
 
 
 async def test_a_target_hung_for_every_site_is_one_ticket_solved_on_recovery(
@@ -191,10 +196,7 @@ async def test_agents_killed_at_random_while_two_sites_fail_still_one_ticket(
         await asyncio.sleep(rng.uniform(0.5, 2 * TTL))
         voting.start(name, name.rsplit("-", 1)[0])
     await one_ticket_each(voting)
-    net.heal(net["eu-west"])
-    net.heal(net["ap-south"])
-    await until("the tickets solved", lambda: solved(voting), timeout=60, context=voting.logs)
-    assert len(voting.tickets()) == CHECKS
+    await heal_and_solve(net, voting, "eu-west", "ap-south", timeout=60)
 
 
 async def test_a_site_frozen_and_thawed_neither_doubles_nor_resolves_the_ticket(
@@ -217,10 +219,7 @@ async def test_a_site_frozen_and_thawed_neither_doubles_nor_resolves_the_ticket(
     await asyncio.sleep(TTL * 2)
     assert len(voting.tickets()) == CHECKS
     assert not any(t["status"] == "solved" for t in voting.tickets()), voting.tickets()
-    net.heal(net["eu-west"])
-    net.heal(net["us-east"])
-    await until("the tickets solved", lambda: solved(voting), timeout=30, context=voting.logs)
-    assert len(voting.tickets()) == CHECKS
+    await heal_and_solve(net, voting, "eu-west", "us-east")
 
 
 async def test_a_site_whose_agents_all_died_is_reported_and_the_others_still_decide(
@@ -239,7 +238,5 @@ async def test_a_site_whose_agents_all_died_is_reported_and_the_others_still_dec
     net.cut(net["us-east"], ports=[port])
     for ticket in await one_ticket_each(voting):
         assert "2 of 3 sites see it failing (eu-west, us-east)" in Voting.text(ticket)
-    net.heal(net["eu-west"])
-    net.heal(net["us-east"])
-    await until("the tickets solved", lambda: solved(voting), timeout=30, context=voting.logs)
+    await heal_and_solve(net, voting, "eu-west", "us-east")
     assert len(voting.tickets(ONCALL)) == 1

@@ -59,6 +59,13 @@ def sites(tmp_path: Path, pg_database: str, zendesk: FakeZendesk) -> Iterator[
         s.stop()
 
 
+async def start_sites(s: Voting, check: str) -> None:
+    """An agent in each site; once every site votes healthy on `check`."""
+    for site in SITES:
+        s.start(f"{site}-a", site)
+    await every_site_votes(s, check, "healthy")
+
+
 async def every_site_votes(s: Voting, check: str, value: str) -> None:
     async def voted() -> bool:
         return await s.votes_of(check) == dict.fromkeys(SITES, value)
@@ -71,9 +78,7 @@ async def test_every_site_sees_it_failing_one_ticket_naming_the_sites_solved_on_
     sites: Callable[..., Voting], targets: list[Target]
 ) -> None:
     s = sites(targets)
-    for site in SITES:
-        s.start(f"{site}-a", site)
-    await every_site_votes(s, "web1", "healthy")
+    await start_sites(s, "web1")
     targets[1].down = True
     (ticket,) = await until("one ticket", s.tickets, timeout=30, context=s.logs)
     await asyncio.sleep(1.5)
@@ -103,9 +108,7 @@ async def test_probe_cluster_votes_shows_each_sites_vote_and_the_rule(
     sites: Callable[..., Voting], targets: list[Target]
 ) -> None:
     s = sites(targets)
-    for site in SITES:
-        s.start(f"{site}-a", site)
-    await every_site_votes(s, "web0", "healthy")
+    await start_sites(s, "web0")
     agent = next(iter(s.agents.values()))
     done = await asyncio.to_thread(
         subprocess.run, [*PROBE, "cluster", "votes", "web0", "-c", str(agent.config)],
@@ -122,9 +125,7 @@ async def test_a_site_whose_agents_are_all_gone_is_ticketed_on_the_alert_route(
     """And the other two sites still decide; the alert's ticket is solved when the site is
     heard again."""
     s = sites(targets, silent_after="4s")
-    for site in SITES:
-        s.start(f"{site}-a", site)
-    await every_site_votes(s, "web0", "healthy")
+    await start_sites(s, "web0")
     s.agents["ap-south-a"].kill9()
     alerts = await until("the alert", lambda: s.tickets(ONCALL), timeout=30, context=s.logs)
     (alert,) = alerts
@@ -154,9 +155,7 @@ async def test_checks_no_quorum_can_decide_are_ticketed_on_the_alert_route(
     sites: Callable[..., Voting], targets: list[Target]
 ) -> None:
     s = sites(targets, silent_after="3s")
-    for site in SITES:
-        s.start(f"{site}-a", site)
-    await every_site_votes(s, "web0", "healthy")
+    await start_sites(s, "web0")
     s.agents["ap-south-a"].kill9()
     s.agents["us-east-a"].kill9()
 
@@ -195,9 +194,7 @@ async def test_status_shows_the_sites_verdict_and_each_sites_view(
     sites: Callable[..., Voting], targets: list[Target]
 ) -> None:
     s = sites(targets)
-    for site in SITES:
-        s.start(f"{site}-a", site)
-    await every_site_votes(s, "web0", "healthy")
+    await start_sites(s, "web0")
     targets[0].down = True
     await until("one ticket", s.tickets, timeout=30, context=s.logs)
     agent = s.agents["us-east-a"]  # any agent shows the whole cluster
