@@ -1,0 +1,1 @@
+"""The pages: a dashboard, check, service and incident pages, a status page, badges."""
