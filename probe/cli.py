@@ -25,12 +25,17 @@ from checks import execute
 from checks.base import Result
 from checks.values import format_duration
 from probe import control, daemon, log, version, webconfig
+from probe import report as report_forms
+from probe.archive import Archive, pg_epoch, pg_query, sqlite_query
 from probe.cluster import status as cluster_status
 from probe.cluster.importer import Imported, ImportRefused, import_state
 from probe.config import Check, Cluster, Config, ConfigError, load, source_files
 from probe.demo import demo as run_demo
 from probe.effective import effective_yaml
+from probe.pages.render import report as html_report
+from probe.pages.build import Pages
 from probe.secrets import SecretError, known
+from probe.store import Store, StoreError
 from probe.tickets.admin import test_ticket, tickets_command
 from probe.tickets.ledger import LedgerError
 from probe.tickets.pgledger import Pool, SchemaError, open_pool
@@ -129,6 +134,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     voted.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
     voted.add_argument("--json", action="store_true", help="the votes as JSON")
 
+    report = commands.add_parser(
+        "report", help="availability, downtime, incidents and SLAs over a period, from the "
+                       "state database (no daemon needed)")
+    report.add_argument("--config", "-c", type=Path, required=True, help="file or directory")
+    report.add_argument("--from", dest="start", required=True, metavar="DATE",
+                        help="a date (2026-11-01) or a time (2026-11-01T08:00:00Z)")
+    report.add_argument("--to", dest="end", metavar="DATE",
+                        help="a date (the end of that day) or a time; default: now")
+    report.add_argument("--service", metavar="NAME", help="this service and its checks only")
+    report.add_argument("--format", choices=report_forms.FORMATS, default="md")
     demo = commands.add_parser("demo", help="see a ticket open, inform and close (offline)")
     demo.add_argument("--listen", default="127.0.0.1:9469", help="where to serve /metrics")
 
@@ -170,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tickets_command(config, args.action, args.id, args.owner)
     if args.command == "test-ticket":
         return asyncio.run(test_ticket(config, args.route))
+    if args.command == "report":
+        return _report(config, args.start, args.end, args.service, args.format)
     if args.command == "cluster" and args.cluster_command == "status":
         return _cluster_status(config, as_json=args.json)
     if args.command == "cluster" and args.cluster_command == "votes":
@@ -405,6 +422,61 @@ def _cluster_votes(config: Config, name: str, *, as_json: bool) -> int:
     if isinstance(doc, int):
         return doc
     print(json.dumps(doc, indent=2) if as_json else cluster_status.votes_text(doc))
+    return EXIT_OK
+
+
+def _report(config: Config, start_text: str, end_text: str | None, service: str | None,
+            form: str) -> int:
+    now = time.time()
+    try:
+        start = report_forms.parse_when(start_text, end=False)
+        end = now if end_text is None else report_forms.parse_when(end_text, end=True)
+    except ValueError as err:
+        print(f"probe report: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if end <= start:
+        print("probe report: --to is not after --from", file=sys.stderr)
+        return EXIT_CONFIG
+    services = sorted({c.service for c in config.effective_checks() if c.service})
+    if service is not None and service not in services:
+        print(f"probe report: no check has service {service!r} (services: "
+              f"{', '.join(services) or 'none'})", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def produce(archive: Archive) -> str:
+        built = await report_forms.build(Pages(config, archive), start, end, now, service)
+        if form == "csv":
+            return report_forms.to_csv(built)
+        if form == "json":
+            return report_forms.to_json(built) + "\n"
+        if form == "html":
+            return html_report(built)
+        return report_forms.to_markdown(built)
+
+    if config.cluster is not None:
+        async def read(pool: Pool) -> dict[str, Any]:
+            return {"text": await produce(daemon.archive_of(config, pg_query(pool), pg_epoch))}
+
+        found = _read_cluster("probe report", config.cluster, read)
+        if isinstance(found, int):
+            return found
+        text = str(found["text"])
+    else:
+        path = config.agent.state_dir / Store.FILE
+        if not path.exists():
+            print(f"probe report: no state database at {path}: has probe run with this "
+                  "configuration?", file=sys.stderr)
+            return EXIT_FAILED
+        try:
+            store = Store(config.agent.state_dir)
+        except StoreError as err:
+            print(f"probe report: {err}", file=sys.stderr)
+            return EXIT_FAILED
+        try:
+            text = asyncio.run(produce(daemon.archive_of(config, sqlite_query(store))))
+        finally:
+            store.close()
+    sys.stdout.write(text)
     return EXIT_OK
 
 

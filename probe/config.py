@@ -274,6 +274,46 @@ class Maintenance(StrictModel):
         return self
 
 
+# Shorter than a day and a day's figures could not be rolled up from its minutes; the hours and
+# days must outlive the minutes and the hours they are rolled up from.
+MIN_KEEP = {"minutes": 26 * 3600.0, "hours": 2 * 86400.0, "days": 2 * 86400.0}
+
+
+class History(StrictModel):
+    """How long the history of results is kept at each resolution (probe.history), and how a
+    maintenance window counts in availability (probe.availability): excluded from the time
+    counted (the default), or counted as up, or as down."""
+
+    minutes: Duration = 48 * 3600.0
+    hours: Duration = 30 * 86400.0
+    days: Duration = 400 * 86400.0
+    maintenance: Literal["exclude", "up", "down"] = "exclude"
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> History:
+        for key, least in MIN_KEEP.items():
+            if getattr(self, key) < least:
+                raise ValueError(f"{key} must be kept at least {format_duration(least)}")
+        return self
+
+
+class Service(StrictModel):
+    """What the pages and the report say of a service (a name checks give as `service`)."""
+
+    description: str = ""
+    sla: Percent | None = None  # the availability promised, like 99.95%
+
+
+class StatusPage(StrictModel):
+    """/status: the page for the people the services serve. Nothing internal is on it; with
+    `public: true` it needs no credentials, while every other page stays behind web_config."""
+
+    title: str = "Service status"
+    description: str = ""
+    services: list[Name] = []  # the services it lists, in this order; [] lists every one
+    public: bool = False
+
+
 class CheckBase(StrictModel):
     """The keys every check takes; exactly one kind key (http, tcp, ...) is added from KINDS."""
 
@@ -292,6 +332,7 @@ class CheckBase(StrictModel):
     dashboard: str | None = None
     sites: Annotated[list[Name], Field(min_length=1)] | None = None  # a cluster's, voting
     quorum: Annotated[int, Field(ge=1, le=64)] | None = None
+    sla: Percent | None = None  # the availability promised, like 99.95%
 
     @model_validator(mode="after")
     def _one_kind(self) -> CheckBase:
@@ -341,6 +382,7 @@ class Check:
     # cluster, where the one agent or site that runs it decides alone.
     sites: tuple[str, ...] = ()
     quorum: int = 1
+    sla: float | None = None  # a ratio: 0.9995
 
     @property
     def group(self) -> str:
@@ -364,6 +406,9 @@ class Config(StrictModel):
     ticketing: Ticketing = Ticketing()
     maintenance: list[Maintenance] = []
     checks: list[CheckConfig] = []
+    history: History = History()
+    services: dict[Name, Service] = {}
+    status_page: StatusPage = StatusPage()
     _hash: str | None = PrivateAttr(default=None)  # config_hash(), once computed
 
     def effective_checks(self) -> list[Check]:
@@ -393,6 +438,7 @@ class Config(StrictModel):
                     dashboard=c.dashboard,
                     sites=tuple(c.sites or cluster.sites or ()) if voting and cluster else (),
                     quorum=cluster.quorum_of(c.sites, c.quorum) if voting and cluster else 1,
+                    sla=c.sla,
                 )
             )
         return out
@@ -749,9 +795,27 @@ def _cross_checks(
             if isinstance(service, str) and service not in services:
                 issues.append(issue(positions, ("maintenance", i, "services", j),
                                      f"no check has service {service!r}"))
+    issues += _service_checks(data, positions, services)
     if config is not None:
         issues += _timing_checks(config, positions)
         issues += config_issues(config.agent.web_config)
+    return issues
+
+
+def _service_checks(data: Any, positions: dict[KeyPath, Position],
+                    services: set[str]) -> list[ConfigIssue]:
+    """The services described and those on the status page are services of some check."""
+    issues = []
+    described = data.get("services") if isinstance(data, dict) else None
+    for name in described if isinstance(described, dict) else {}:
+        if isinstance(name, str) and name not in services:
+            issues.append(issue(positions, ("services", name), f"no check has service {name!r}"))
+    page = data.get("status_page") if isinstance(data, dict) else None
+    listed = page.get("services") if isinstance(page, dict) else None
+    for j, name in enumerate(listed if isinstance(listed, list) else []):
+        if isinstance(name, str) and name not in services:
+            issues.append(issue(positions, ("status_page", "services", j),
+                                 f"no check has service {name!r}"))
     return issues
 
 

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from psycopg_pool import PoolTimeout
 
 from checks import execute
 from checks.base import Result
-from probe import control, sdnotify, status, webconfig
+from probe import control, history, sdnotify, status, webconfig
+from probe.archive import Archive, Keep, Query, pg_epoch, pg_query, sqlite_query
 from probe.cluster import claims, trouble, votes
 from probe.cluster.claims import Taken
 from probe.cluster.members import Membership
@@ -37,11 +38,13 @@ from probe.engine import (
     Transition,
     restore_check,
     restore_group,
+    window_active,
     window_matches,
 )
 from probe.facts import Facts
 from probe.log import fields
 from probe.metrics import Metrics, View
+from probe.pages.build import Pages
 from probe.scheduler import Scheduler
 from probe.secrets import SecretError, known
 from probe.state import SqliteState, State
@@ -60,6 +63,7 @@ from probe.writer import FLUSH_EVERY, FLUSH_RETRY, Writer
 log = logging.getLogger("probe")
 
 TICK_EVERY = 1.0  # seconds between engine ticks (maintenance ends, notes due)
+HISTORY_EVERY = 20.0  # seconds between writes of the history's closed minutes and roll-ups
 STATE_RETRY = 10.0  # seconds between attempts to open the state database at start
 CLUSTER_FLUSH_EVERY = 1.0  # a cluster's state writes: fewer statements on the shared database
 CLUSTER_RESULTS_EVERY = 5.0  # and its history of results, when nothing was decided
@@ -77,6 +81,8 @@ class Daemon:
         self.config = config
         self.checks: dict[str, Check] = checks_of(config)
         self.results: dict[str, Result] = {}
+        self.recorder = history.Recorder()
+        self._pages: Pages | None = None
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.metrics = Metrics(self.registry, self._view)
@@ -309,7 +315,7 @@ class Daemon:
                      {g: d for g, d in batch.groups.items() if g not in lost},
                      batch.results,
                      [(t, r) for t, r in batch.transitions if t.group not in lost],
-                     batch.votes)
+                     batch.votes, batch.minutes)
 
     # --- the work of one check -------------------------------------------------------------
 
@@ -323,6 +329,7 @@ class Daemon:
             if check.name not in self.voter.config:
                 return False  # removed by a reload, or handed to another agent, while it ran
             self.results[check.name] = result
+            self._record(check, result)
             if self.voter.observe(check.name, result.state, result.reason, time.time()):
                 self.writer.soon()  # a vote changed: the deciding agent should hear of it
             self._voted()
@@ -331,6 +338,7 @@ class Daemon:
         if check.name not in self.engine.config:
             return False  # removed by a reload, or handed to another agent, while it ran
         self.results[check.name] = result
+        self._record(check, result)
         now = time.time()
         transitions = self.engine.observe(check.name, result.state, result.reason, now)
         self.writer.pending.results.append((check.name, result))
@@ -339,6 +347,31 @@ class Daemon:
             log.debug("check %s", fields(check=check.name, kind=check.kind, state=result.state,
                                          reason=result.reason))
         return result.state == "down"
+
+    def _record(self, check: Check, result: Result) -> None:
+        """The result in the history: the time it covers is maintenance when a window was
+        active for the check."""
+        at = result.started_at
+        in_window = any(window_active(w, at) and window_matches(w, check)
+                        for w in self.engine.maintenance)
+        self.recorder.add(check.name, result, interval=check.interval, maintenance=in_window)
+
+    async def _historian(self, progress: Progress) -> None:
+        """The history's closed minutes into the next write, and the closed hours and days
+        rolled up (probe.history)."""
+        while True:
+            progress()
+            await asyncio.sleep(HISTORY_EVERY)
+            now = time.time()
+            self.writer.pending.minutes += self.recorder.rows(before=now)
+            try:
+                await self.state.roll_up(now, self.history_keep())
+            except StoreError as err:
+                log.warning("history not rolled up %s", fields(error=err))
+
+    def history_keep(self) -> dict[int, float]:
+        kept = self.config.history
+        return {history.MINUTE: kept.minutes, history.HOUR: kept.hours, history.DAY: kept.days}
 
     def _voted(self) -> None:
         """Queue the site's changed votes and streaks; run the parents a child waits for."""
@@ -582,6 +615,24 @@ class Daemon:
             return "the state database cannot be written"
         return None
 
+    @property
+    def pages(self) -> Pages:
+        """The pages' builder for the configuration in force (rebuilt after a reload)."""
+        if self._pages is None or self._pages.config is not self.config:
+            self._pages = Pages(self.config, self.archive())
+        return self._pages
+
+    def archive(self) -> Archive:
+        if self.pool is not None:
+            return archive_of(self.config, pg_query(self.pool), pg_epoch)
+        return archive_of(self.config, sqlite_query(self.store))
+
+    async def recent_results(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
+        try:
+            return await self.state.recent_results(name, limit)
+        except StoreError:
+            return []
+
     async def snapshot(self) -> dict[str, Any]:
         return await status.document(self.config.agent.name, self.checks, self.results,
                                      self.engine, self.ledger, ready=self.ready,
@@ -635,6 +686,7 @@ class Daemon:
         self.loops.add("scheduler", self._schedule, every=self._cadence)
         self.loops.add("flusher", self.writer.serve, every=lambda: FLUSH_RETRY)
         self.loops.add("ticker", self._ticker, every=lambda: TICK_EVERY)
+        self.loops.add("historian", self._historian, every=lambda: HISTORY_EVERY + 60)
         self.loops.add("dispatcher", self.dispatcher.serve, every=self.dispatcher.every)
         self.loops.add("watcher", self.watcher.serve, every=self.watcher.every)
         # A full collection walks every live object: with 10,000 checks a pause of a quarter
@@ -671,6 +723,7 @@ class Daemon:
             await runner.cleanup()
         if self.node is not None:
             await self.node.leave()  # deliveries in flight end first (see _give)
+        self.writer.pending.minutes += self.recorder.rows()
         try:
             if await self.writer.flush() is not None:
                 log.error("state not saved at stop: the last decisions will be taken again")
@@ -682,6 +735,19 @@ class Daemon:
         if self.pool is not None:
             await self.pool.close()
         control.remove(self.config.agent.state_dir, os.getpid())
+
+
+def archive_of(config: Config, query: Query, epoch: Callable[[str], str] = str) -> Archive:
+    """The state database's memory as the configuration keeps it, tickets linked to their
+    helpdesks."""
+    kept = config.history
+    routes = config.routes
+
+    def link(route: str, ref: str) -> str | None:
+        found = routes.get(route)
+        return found.link(ref) if found is not None else None
+
+    return Archive(query, Keep(kept.minutes, kept.hours, kept.days), epoch=epoch, link=link)
 
 
 def checks_of(config: Config) -> dict[str, Check]:

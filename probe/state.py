@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from probe.store import Batch, Snapshot, Store, StoreError
@@ -50,6 +50,11 @@ class State(Protocol):
         ...
 
     async def end_window(self, number: int) -> None: ...
+
+    async def roll_up(self, now: float, keep: Mapping[int, float]) -> int:
+        """Roll the history's closed hours and days up from their minutes and delete what is
+        older than `keep` (seconds by resolution): probe.history. How many were rolled up."""
+        ...
 
     async def close(self) -> None:
         """The daemon is done with its state: SqliteState closes the store (the SQLite ledger's
@@ -87,6 +92,9 @@ class SqliteState:
 
     async def end_window(self, number: int) -> None:
         await self._call(lambda: self.store.end_window(number))
+
+    async def roll_up(self, now: float, keep: Mapping[int, float]) -> int:
+        return await self._call(lambda: self.store.roll_up(now, keep))
 
     async def close(self) -> None:
         self.store.close()

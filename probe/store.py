@@ -17,12 +17,13 @@ import os
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from checks.base import Result
+from probe import history
 from probe.engine import Changes, Transition
 from probe.tickets.ledger import record_transitions
 
@@ -115,6 +116,43 @@ MIGRATIONS: list[str] = [
         ends_at REAL NOT NULL
     );
     """,
+    """
+    -- The history (probe.history): each check's results per minute, hour and day (`res`, in
+    -- seconds; `t` the bucket's start), times in milliseconds; checks by number, to keep the
+    -- rows small. `history_rolled`: up to where minutes were rolled up into hours and days.
+    CREATE TABLE history_checks (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+    CREATE TABLE history (
+        res INTEGER NOT NULL,
+        check_id INTEGER NOT NULL,
+        t INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        unknown INTEGER NOT NULL,
+        covered INTEGER NOT NULL,
+        na INTEGER NOT NULL,
+        maintenance INTEGER NOT NULL,
+        dsum INTEGER NOT NULL,
+        dmax INTEGER NOT NULL,
+        p50 INTEGER,
+        p95 INTEGER,
+        p99 INTEGER,
+        phases TEXT,
+        PRIMARY KEY (res, check_id, t)
+    ) WITHOUT ROWID;
+    CREATE TABLE history_rolled (res INTEGER PRIMARY KEY, upto INTEGER NOT NULL);
+    -- Each check failing in an incident, from its first failed result until the incident
+    -- resolved (NULL: it goes on): what availability counts as down.
+    CREATE TABLE downtime (
+        incident_key TEXT NOT NULL,
+        check_name TEXT NOT NULL,
+        since REAL NOT NULL,
+        until REAL,
+        PRIMARY KEY (incident_key, check_name)
+    );
+    CREATE INDEX downtime_check ON downtime (check_name, since);
+    -- When the helpdesk first said someone took the ticket (the watcher asks).
+    ALTER TABLE tickets ADD COLUMN acknowledged_at REAL;
+    """,
 ]
 
 
@@ -131,6 +169,8 @@ class Batch:
     # When sites vote: this agent's site's votes on the checks it runs, with their streaks
     # (probe.cluster.votes): check → {"value", "reason", "streak"}. Never in SQLite.
     votes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Closed minutes of the history (probe.history.Recorder), added to what is stored.
+    minutes: list[history.MinuteRow] = field(default_factory=list)
 
     def merge(self, other: Batch) -> None:
         self.checks.update(other.checks)
@@ -138,10 +178,11 @@ class Batch:
         self.results += other.results
         self.transitions += other.transitions
         self.votes.update(other.votes)
+        self.minutes += other.minutes
 
     def __bool__(self) -> bool:
         return bool(self.checks or self.groups or self.results or self.transitions
-                    or self.votes)
+                    or self.votes or self.minutes)
 
     @property
     def decided(self) -> bool:
@@ -186,6 +227,8 @@ class Store:
             self._seq: dict[str, int] = dict(
                 self._db.execute("SELECT check_name, MAX(seq) FROM results GROUP BY check_name")
             )
+            self._ids: dict[str, int] = dict(
+                self._db.execute("SELECT name, id FROM history_checks"))
         except (OSError, sqlite3.Error) as err:
             raise StoreError(f"cannot open the state database {self.path}: {err}") from err
 
@@ -258,9 +301,68 @@ class Store:
                 result.reason, evidence,
             ))
         db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._minutes(db, batch.minutes)
         record_transitions(db, batch.transitions)
+        record_downtime(db, [t for t, _ in batch.transitions])
         db.execute("COMMIT")
         self._seq.update(seqs)
+
+    def _minutes(self, db: sqlite3.Connection, rows: list[history.MinuteRow]) -> None:
+        if not rows:
+            return
+        new = {(row[0],) for row in rows} - {(name,) for name in self._ids}
+        if new:
+            db.executemany("INSERT OR IGNORE INTO history_checks (name) VALUES (?)", new)
+            marks = ",".join("?" * len(new))
+            self._ids.update(db.execute(f"SELECT name, id FROM history_checks WHERE name IN"
+                                        f" ({marks})", [n for (n,) in new]))
+        db.executemany(_ADD_MINUTE, [(self._ids[row[0]], *row[1:]) for row in rows])
+
+    def roll_up(self, now: float, keep: Mapping[int, float]) -> int:
+        """Roll closed hours and days up from their minutes (probe.history) and delete what
+        is older than `keep` (seconds by resolution). Works in steps, each under the lock, so
+        that writes go on meanwhile. The number of buckets rolled up."""
+        rolled = 0
+        for size in (history.HOUR, history.DAY):
+            with self._lock:
+                row = self._db.execute("SELECT upto FROM history_rolled WHERE res = ?",
+                                       (size,)).fetchone()
+                first = self._db.execute("SELECT min(t) FROM history WHERE res = 60"
+                                         ).fetchone()[0] if row is None else None
+            start = row[0] if row is not None else None
+            if start is None:
+                if first is None:
+                    continue
+                start = int(first // size) * size
+            # Nothing older than what minutes are kept for can be rolled up any more.
+            start = max(start, int((now - keep[history.MINUTE]) // size) * size)
+            while start + size + history.ROLL_AFTER <= now:
+                self._roll(size, start)
+                start += size
+                rolled += 1
+        if not rolled:
+            return 0
+        with self._writing() as db:
+            for size, seconds in keep.items():
+                db.execute("DELETE FROM history WHERE res = ? AND check_id IN"
+                           " (SELECT id FROM history_checks) AND t < ?", (size, now - seconds))
+            db.execute("DELETE FROM downtime WHERE until < ?", (now - keep[history.DAY],))
+        return rolled
+
+    def _roll(self, size: int, start: int) -> None:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT h.check_id, n, failed, unknown, covered, na, maintenance, dsum, dmax,"
+                " phases FROM history_checks c JOIN history h ON h.res = 60"
+                " AND h.check_id = c.id AND h.t >= ? AND h.t < ? ORDER BY c.id",
+                (start, start + size)).fetchall()
+        rolled = history.roll_up(rows, start)
+        with self._writing() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(f"INSERT OR REPLACE INTO history VALUES ({size}, ?, ?, ?, ?, ?, ?, ?,"
+                           " ?, ?, ?, ?, ?, ?, ?)", rolled)
+            db.execute("INSERT OR REPLACE INTO history_rolled VALUES (?, ?)", (size, start + size))
+            db.execute("COMMIT")
 
     def recent_results(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
         with self._lock:
@@ -303,6 +405,32 @@ class Store:
         began and did not finish is rolled back."""
         with self._lock, self._rolled_back():
             return work(self._db)
+
+
+# A closed minute, added to what an agent (or this one, before a restart) stored of it.
+_ADD_MINUTE = """
+INSERT INTO history (res, check_id, t, n, failed, unknown, covered, na, maintenance, dsum, dmax,
+                     phases)
+VALUES (60, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (res, check_id, t) DO UPDATE SET
+    n = n + excluded.n, failed = failed + excluded.failed, unknown = unknown + excluded.unknown,
+    covered = covered + excluded.covered, na = na + excluded.na,
+    maintenance = maintenance + excluded.maintenance, dsum = dsum + excluded.dsum,
+    dmax = max(dmax, excluded.dmax),
+    phases = CASE WHEN phases IS NULL THEN excluded.phases WHEN excluded.phases IS NULL
+             THEN phases ELSE phases || ',' || excluded.phases END
+"""
+
+
+def record_downtime(db: sqlite3.Connection, transitions: list[Transition]) -> None:
+    """Each check failing in an incident, from its first failed result, until the incident
+    resolves (probe.history.downtime_rows), in the caller's transaction."""
+    for transition in transitions:
+        db.executemany("INSERT OR IGNORE INTO downtime (incident_key, check_name, since)"
+                       " VALUES (?, ?, ?)", history.downtime_rows(transition))
+        if transition.kind == "resolve":
+            db.execute("UPDATE downtime SET until = ? WHERE incident_key = ? AND until IS NULL",
+                       (transition.at, transition.key))
 
 
 def _writable(directory: Path) -> None:

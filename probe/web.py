@@ -21,13 +21,14 @@ from checks.values import parse_duration
 from probe.config import Maintenance, error_text
 from probe.engine import window_active
 from probe.metrics import Metrics, exposition
+from probe.pages import routes
 from probe.secrets import known
 from probe.store import StoreError
 from probe.supervisor import Supervisor
 from probe.webconfig import Guard
 
 
-class Status(Protocol):
+class Status(routes.Site, Protocol):
     """What the endpoint asks of the running daemon (probe.daemon.Daemon): the daemon imports
     this module, never the other way round."""
 
@@ -67,6 +68,8 @@ async def serve_http(daemon: Status, listen: str, guard: Guard | None = None) ->
     app.router.add_get("/api/maintenance", maintenance)
     app.router.add_post("/api/maintenance", add_maintenance)
     app.router.add_delete("/api/maintenance/{id:[0-9]+}", end_maintenance)
+    routes.add(app, daemon)
+    guard.public = lambda path: routes.public(daemon.config, path)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, _, port = listen.rpartition(":")

@@ -36,6 +36,7 @@ import re
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -333,6 +334,8 @@ class Guard:
         tls = self.config.tls_server_config
         self.ssl_context = server_context(tls) if tls is not None else None
         self._cache: OrderedDict[bytes, float] = OrderedDict()
+        # Paths served without credentials (probe.pages.routes.public: a public status page).
+        self.public: Callable[[str], bool] = lambda path: False
 
     def update(self, config: WebConfig | None) -> list[str]:
         """Take a reloaded file: users and headers at once, a renewed certificate for the
@@ -361,7 +364,8 @@ class Guard:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         users = self.config.users
-        if users and not await self.authorized(users, request.headers.get(hdrs.AUTHORIZATION)):
+        if users and not self.public(request.path) and not await self.authorized(
+                users, request.headers.get(hdrs.AUTHORIZATION)):
             return web.Response(status=401, text="Unauthorized\n",
                                 headers={hdrs.WWW_AUTHENTICATE: "Basic"})
         return await handler(request)

@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from checks.base import Result
+from probe import history
 from probe.cluster.votes import CAST as _CAST
-from probe.engine import Changes
+from probe.engine import Changes, Transition
 from probe.store import Batch, Snapshot, StoreError
 from probe.tickets.ledger import FenceRejected, LedgerError
 from probe.tickets.pgledger import (
@@ -135,12 +136,13 @@ class PgState:
             # statements of each flush (bench --only cluster). Votes, their own statement:
             # a site's votes are not fenced (no claim: the agent that runs the check casts
             # them, and its liveness is their freshness).
-            if batch.results or batch.votes:
+            if batch.results or batch.votes or batch.minutes:
                 async with self._connection() as conn:
                     if batch.results:
                         await conn.execute(_RESULTS, self._results(batch.results))
                     if batch.votes:
                         await conn.execute(_CAST, self._votes(batch.votes))
+                    await _minutes(conn, batch.minutes)
             return
         async with self._connection() as conn, conn.transaction():
             if self._terms is not None:
@@ -151,7 +153,9 @@ class PgState:
                 await conn.execute(_RESULTS, self._results(batch.results))
             if batch.votes:
                 await conn.execute(_CAST, self._votes(batch.votes))
+            await _minutes(conn, batch.minutes)
             await record_transitions(conn, batch.transitions)
+            await _downtime(conn, [t for t, _ in batch.transitions])
 
     def _votes(self, votes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         assert self._terms is not None
@@ -218,6 +222,115 @@ class PgState:
     async def end_window(self, number: int) -> None:
         async with self._connection() as conn:
             await conn.execute("DELETE FROM maintenance WHERE id = %s", (number,))
+
+    async def roll_up(self, now: float, keep: Mapping[int, float]) -> int:
+        """As Store.roll_up. Any agent may roll a bucket up, several at once: each writes the
+        same rows from the same minutes."""
+        rolled = 0
+        for size in (history.HOUR, history.DAY):
+            async with self._connection() as conn:
+                row = await (await conn.execute(
+                    "SELECT upto FROM history_rolled WHERE res = %s", (size,))).fetchone()
+                if row is None:
+                    row = await (await conn.execute(
+                        "SELECT min(t) FROM history WHERE res = 60")).fetchone()
+                    if row is None or row[0] is None:
+                        continue
+                    row = (int(row[0]) // size * size,)
+            start = max(int(row[0]), int((now - keep[history.MINUTE]) // size) * size)
+            while start + size + history.ROLL_AFTER <= now:
+                async with self._connection() as conn, conn.transaction():
+                    rows = await (await conn.execute(
+                        # Each check's minutes through the key, not a scan of every minute
+                        "SELECT c.id, h.n, h.failed, h.unknown, h.covered, h.na,"
+                        " h.maintenance, h.dsum, h.dmax, h.phases FROM history_checks c"
+                        " CROSS JOIN LATERAL (SELECT * FROM history WHERE res = 60"
+                        " AND check_id = c.id AND t >= %s AND t < %s) h ORDER BY c.id",
+                        (start, start + size))).fetchall()
+                    done = history.roll_up(rows, start)
+                    if done:
+                        await conn.execute(_ROLLED, {
+                            "res": size, **{c: [r[i] for r in done]
+                                            for i, c in enumerate(("ids", *history.COLUMNS))}})
+                    await conn.execute(
+                        "INSERT INTO history_rolled VALUES (%s, %s) ON CONFLICT (res)"
+                        " DO UPDATE SET upto = GREATEST(history_rolled.upto, excluded.upto)",
+                        (size, start + size))
+                start += size
+                rolled += 1
+        if rolled:
+            async with self._connection() as conn:
+                for size, seconds in sorted(keep.items()):
+                    await conn.execute("DELETE FROM history WHERE res = %s AND t < %s",
+                                       (size, now - seconds))
+                await conn.execute("DELETE FROM downtime WHERE until < %s",
+                                   (now - keep[history.DAY],))
+        return rolled
+
+
+# Closed minutes added to what is stored; a batch that waited through a failed write may hold
+# a minute twice, summed first (one statement may not update a row twice).
+_MINUTES = """
+INSERT INTO history (res, check_id, t, n, failed, unknown, covered, na, maintenance, dsum, dmax,
+                     phases)
+SELECT 60, c.id, m.t, sum(m.n), sum(m.failed), sum(m.unknown), sum(m.covered), sum(m.na),
+       sum(m.maintenance), sum(m.dsum), max(m.dmax), string_agg(m.phases, ',')
+FROM unnest(%(names)s::text[], %(t)s::bigint[], %(n)s::int[], %(failed)s::int[],
+            %(unknown)s::int[], %(covered)s::bigint[], %(na)s::bigint[],
+            %(maintenance)s::bigint[], %(dsum)s::bigint[], %(dmax)s::bigint[],
+            %(phases)s::text[])
+     AS m(name, t, n, failed, unknown, covered, na, maintenance, dsum, dmax, phases)
+JOIN history_checks c ON c.name = m.name
+GROUP BY c.id, m.t
+ORDER BY c.id, m.t
+ON CONFLICT (res, check_id, t) DO UPDATE SET
+    n = history.n + excluded.n, failed = history.failed + excluded.failed,
+    unknown = history.unknown + excluded.unknown, covered = history.covered + excluded.covered,
+    na = history.na + excluded.na, maintenance = history.maintenance + excluded.maintenance,
+    dsum = history.dsum + excluded.dsum, dmax = GREATEST(history.dmax, excluded.dmax),
+    phases = CASE WHEN history.phases IS NULL THEN excluded.phases
+             WHEN excluded.phases IS NULL THEN history.phases
+             ELSE history.phases || ',' || excluded.phases END
+"""
+
+_ROLLED = """
+INSERT INTO history (res, check_id, t, n, failed, unknown, covered, na, maintenance, dsum, dmax,
+                     p50, p95, p99, phases)
+SELECT %(res)s, * FROM unnest(%(ids)s::int[], %(t)s::bigint[], %(n)s::int[], %(failed)s::int[],
+    %(unknown)s::int[], %(covered)s::bigint[], %(na)s::bigint[], %(maintenance)s::bigint[],
+    %(dsum)s::bigint[], %(dmax)s::bigint[], %(p50)s::int[], %(p95)s::int[], %(p99)s::int[],
+    %(phases)s::text[])
+ON CONFLICT (res, check_id, t) DO UPDATE SET n = excluded.n, failed = excluded.failed,
+    unknown = excluded.unknown, covered = excluded.covered, na = excluded.na,
+    maintenance = excluded.maintenance, dsum = excluded.dsum, dmax = excluded.dmax,
+    p50 = excluded.p50, p95 = excluded.p95, p99 = excluded.p99, phases = excluded.phases
+"""
+
+
+async def _minutes(conn: Connection, rows: list[history.MinuteRow]) -> None:
+    if not rows:
+        return
+    names = sorted({row[0] for row in rows})
+    await conn.execute("INSERT INTO history_checks (name) SELECT unnest(%s::text[])"
+                       " ON CONFLICT (name) DO NOTHING", (names,))
+    keys = ("names", "t", "n", "failed", "unknown", "covered", "na", "maintenance", "dsum",
+            "dmax", "phases")
+    await conn.execute(_MINUTES, {k: [row[i] for row in rows] for i, k in enumerate(keys)})
+
+
+async def _downtime(conn: Connection, transitions: list[Transition]) -> None:
+    """As probe.store.record_downtime, in the batch's transaction (under its groups' claims)."""
+    for transition in transitions:
+        rows = history.downtime_rows(transition)
+        if rows:
+            await conn.execute(
+                "INSERT INTO downtime (incident_key, check_name, since)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[])"
+                " ON CONFLICT DO NOTHING",
+                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
+        if transition.kind == "resolve":
+            await conn.execute("UPDATE downtime SET until = %s WHERE incident_key = %s"
+                               " AND until IS NULL", (transition.at, transition.key))
 
 
 async def _upsert(conn: Connection, table: str, changes: Changes) -> None:

@@ -60,6 +60,10 @@ class RouteBase(Secrets):
     tls_verify: bool = True
     ca_file: ReadableFile | None = None
 
+    def link(self, ref: str) -> str | None:
+        """Where a person sees the ticket in the helpdesk, for the pages; None: unknown."""
+        return None
+
 
 R = TypeVar("R", bound=RouteBase)
 TicketState = Literal["open", "acknowledged", "closed", "gone"]

@@ -40,6 +40,7 @@ import hashlib
 import html
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 from pydantic import model_validator
 
@@ -72,6 +73,9 @@ class Route(RouteBase):
         if self.email is None and self.requester_id is None:
             raise ValueError("needs email or requester_id: Freshdesk tickets need a requester")
         return self
+
+    def link(self, ref: str) -> str | None:
+        return f"{self.url}/a/tickets/{quote(ref, safe='')}"
 
 
 class Backend(base.Backend[Route]):

@@ -45,6 +45,7 @@ import logging
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import quote
 
 from pydantic import AfterValidator, model_validator
 
@@ -91,6 +92,13 @@ class Route(RouteBase):
             if not label or len(label) > MAX_LABEL:
                 raise ValueError(f"label {label!r}: GitHub takes 1 to {MAX_LABEL} characters")
         return self
+
+    def link(self, ref: str) -> str | None:
+        # The API's address is not the site's: api.github.com is github.com, an Enterprise
+        # server's API is under /api/v3.
+        site = ("https://github.com" if self.url == "https://api.github.com"
+                else self.url.removesuffix("/api/v3"))
+        return f"{site}/{self.repository}/issues/{quote(ref, safe='')}"
 
 
 class Backend(base.Backend[Route]):

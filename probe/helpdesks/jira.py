@@ -101,6 +101,9 @@ class Route(RouteBase):
             raise ValueError("Jira Cloud needs email: the account the API token belongs to")
         return self
 
+    def link(self, ref: str) -> str | None:
+        return f"{self.url}/browse/{quote(ref, safe='')}"
+
 
 class Backend(base.Backend[Route]):
     def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:

@@ -54,6 +54,9 @@ class Route(RouteBase):
     def priority(self, name: Priority) -> int:
         return self.priorities[name]
 
+    def link(self, ref: str) -> str | None:
+        return f"{self.url}/Ticket/Display.html?id={quote(ref, safe='')}"
+
 
 class Backend(base.Backend[Route]):
     def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:

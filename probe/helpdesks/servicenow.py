@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
@@ -65,6 +66,9 @@ class Route(RouteBase):
     impact: PriorityMap[int] = {"urgent": 1, "high": 2, "normal": 2, "low": 3}
 
     secrets: ClassVar[dict[str, bool]] = {"password": True}
+
+    def link(self, ref: str) -> str | None:
+        return f"{self.url}/nav_to.do?uri=incident.do%3Fsys_id%3D{quote(ref, safe='')}"
 
 
 class Backend(base.Backend[Route]):

@@ -43,6 +43,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, RouteBase, TicketError, TicketState
@@ -64,6 +65,9 @@ class Route(RouteBase):
     tags: list[str] = ["probe"]
 
     secrets: ClassVar[dict[str, bool]] = {"token": True}
+
+    def link(self, ref: str) -> str | None:
+        return f"{self.url}/agent/tickets/{quote(ref, safe='')}"
 
 
 class Backend(base.Backend[Route]):

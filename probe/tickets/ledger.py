@@ -191,6 +191,8 @@ class Ledger(Protocol):
     async def failed_open(self, incident_key: str) -> str | None:
         """The error of the incident's open when it failed for good, else None."""
     async def set_state(self, ticket_key: str, state: TicketState) -> None: ...
+    async def acknowledged(self, ticket_key: str, at: float) -> None:
+        """The helpdesk says someone took the ticket: the first time it said so is kept."""
     async def knows(self, ticket_key: str, ref: str) -> bool: ...
     async def adopt(self, ticket_key: str, incident_key: str, route: str, ref: str) -> None: ...
     async def pending(self, incident_key: str, actions: Collection[Action] | None = None,
@@ -316,6 +318,10 @@ class SqliteLedger:
     async def set_state(self, ticket_key: str, state: TicketState) -> None:
         await self._write("UPDATE tickets SET state = ? WHERE ticket_key = ?",
                           (state, ticket_key))
+
+    async def acknowledged(self, ticket_key: str, at: float) -> None:
+        await self._write("UPDATE tickets SET acknowledged_at = ? WHERE ticket_key = ?"
+                          " AND acknowledged_at IS NULL", (at, ticket_key))
 
     async def knows(self, ticket_key: str, ref: str) -> bool:
         return bool(await self._rows("SELECT 1 FROM tickets WHERE ticket_key = ? OR ref = ?",

@@ -192,6 +192,45 @@ MIGRATIONS: list[str] = [
     CREATE INDEX votes_changed ON votes (changed_at);
     CREATE TABLE sites (name text PRIMARY KEY, heard_at timestamptz NOT NULL);
     """,
+    # The history (probe.history), as probe.store keeps it in SQLite: each check's results
+    # per minute, hour and day (`res` in seconds, `t` the bucket's start in epoch seconds,
+    # times in milliseconds), written by whoever ran the check and rolled up by any agent
+    # (the same rows whoever does it); each check's downtime in incidents, written with the
+    # transitions under the group's claim; when the helpdesk first said a ticket was taken.
+    """
+    CREATE TABLE history_checks (
+        id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        name text NOT NULL UNIQUE
+    );
+    CREATE TABLE history (
+        res integer NOT NULL,
+        check_id integer NOT NULL,
+        t bigint NOT NULL,
+        n integer NOT NULL,
+        failed integer NOT NULL,
+        unknown integer NOT NULL,
+        covered bigint NOT NULL,
+        na bigint NOT NULL,
+        maintenance bigint NOT NULL,
+        dsum bigint NOT NULL,
+        dmax bigint NOT NULL,
+        p50 integer,
+        p95 integer,
+        p99 integer,
+        phases text,
+        PRIMARY KEY (res, check_id, t)
+    );
+    CREATE TABLE history_rolled (res integer PRIMARY KEY, upto bigint NOT NULL);
+    CREATE TABLE downtime (
+        incident_key text NOT NULL,
+        check_name text NOT NULL,
+        since float8 NOT NULL,
+        until float8,
+        PRIMARY KEY (incident_key, check_name)
+    );
+    CREATE INDEX downtime_check ON downtime (check_name, since);
+    ALTER TABLE tickets ADD COLUMN acknowledged_at timestamptz;
+    """,
 ]
 
 
@@ -455,6 +494,11 @@ class PgLedger:
     async def set_state(self, ticket_key: str, state: TicketState) -> None:
         await self._write("UPDATE tickets SET state = %s WHERE ticket_key = %s",
                           (state, ticket_key), by="ticket", of=ticket_key)
+
+    async def acknowledged(self, ticket_key: str, at: float) -> None:
+        await self._write("UPDATE tickets SET acknowledged_at = to_timestamp(%s)"
+                          " WHERE ticket_key = %s AND acknowledged_at IS NULL",
+                          (at, ticket_key), by="ticket", of=ticket_key)
 
     async def knows(self, ticket_key: str, ref: str) -> bool:
         return bool(await self._rows("SELECT 1 FROM tickets WHERE ticket_key = %s OR ref = %s"

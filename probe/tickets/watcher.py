@@ -226,6 +226,8 @@ class Watcher:
             except Exception:  # a bug in probe: said and counted; the other tickets go on
                 self._bug("status", ticket.route, ticket.ref)
                 continue
+            if state == "acknowledged":
+                await self.ledger.acknowledged(ticket.ticket_key, time.time())
             escalate_to = self.backends.escalate_to(ticket.route)
             decision = on_status(state, ticket.policy, opened_at=ticket.opened_at,
                                  escalated_at=ticket.escalated_at, escalate_to=escalate_to,

@@ -1,0 +1,311 @@
+"""The pages' models (probe.pages.model), filled from the status document (probe.status: what
+the daemon knows now, the whole cluster's in a cluster) and the archive (probe.archive: what
+the state database remembers)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from checks.values import format_duration
+from probe.archive import Archive
+from probe.availability import Rule, compute, merge_buckets, merged, rule_text
+from probe.config import Config, Maintenance
+from probe.engine import window_active
+from probe.history import DAY, Bucket
+from probe.pages.model import (
+    LATENCY_WINDOWS,
+    WINDOWS,
+    Availability,
+    CheckRow,
+    Dashboard,
+    Day,
+    Detail,
+    IncidentPage,
+    Outbox,
+    Point,
+    ResultRow,
+    ServiceRow,
+    StatusPage,
+    StatusService,
+    Window,
+)
+
+SECONDS = {"24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0, "90d": 90 * 86400.0}
+STEPS = {"24h": 900.0, "7d": 3600.0, "30d": 4 * 3600.0}  # a latency chart's point
+STATES = ("up", "failing", "down", "maintenance", "unreachable", "unknown")
+BAR_DAYS = 90
+
+
+def check_state(entry: Mapping[str, Any], in_incident: bool) -> str:
+    """A check's state as the pages say it."""
+    if in_incident:
+        return "down"
+    if entry.get("in_maintenance"):
+        return "maintenance"
+    if entry.get("unreachable"):
+        return "unreachable"
+    state = entry.get("state")
+    return {"up": "up", "down": "failing"}.get(state or "", "unknown")
+
+
+def streak(entry: Mapping[str, Any]) -> str:
+    failures = entry.get("consecutive_failures") or 0
+    if failures:
+        return f"{failures} failure{'s' if failures != 1 else ''}"
+    successes = entry.get("consecutive_successes") or 0
+    return f"{successes} success{'es' if successes != 1 else ''}"
+
+
+class Pages:
+    """Builds each page's model. `doc` is the status document, as /api/status serves it."""
+
+    def __init__(self, config: Config, archive: Archive) -> None:
+        self.config = config
+        self.archive = archive
+        self.rule: Rule = config.history.maintenance
+        self.rule_text = rule_text(self.rule)
+        self.checks = {c.name: c for c in config.effective_checks()}
+
+    def members(self, group: str) -> list[str]:
+        """The checks of a service (or the check alone)."""
+        return [c.name for c in self.checks.values() if c.group == group]
+
+    def services(self) -> list[str]:
+        return sorted({c.service for c in self.checks.values() if c.service})
+
+    def _open(self, doc: Mapping[str, Any]) -> dict[str, str]:
+        """The open incident's key of each check in one."""
+        return {name: i["key"] for i in doc.get("incidents", [])
+                for name in [*i.get("checks", []), i["group"]]}
+
+    # --- figures ----------------------------------------------------------------------------
+
+    async def availability(self, names: Sequence[str], start: float, end: float,
+                           now: float) -> Availability:
+        per_check = await self.archive.buckets(names, start, end, now)
+        downs = await self.archive.downtime(names, start, end)
+        return self._figure(per_check, downs, start, end)
+
+    def _figure(self, per_check: Mapping[str, Sequence[Bucket]],
+                downs: Mapping[str, Sequence[tuple[str, float, float | None]]],
+                start: float, end: float) -> Availability:
+        buckets = (list(next(iter(per_check.values()))) if len(per_check) == 1
+                   else merge_buckets(list(per_check.values())))
+        intervals = [(a, b) for rows in downs.values() for _, a, b in rows]
+        keys = {key for rows in downs.values() for key, a, b in rows
+                if a < end and (b is None or b > start)}
+        return compute(buckets, merged(intervals, start, end), start, end, self.rule,
+                       incidents=len(keys))
+
+    async def days(self, names: Sequence[str], now: float, count: int = BAR_DAYS) -> list[Day]:
+        """The last `count` UTC days, oldest first, today's so far included."""
+        today = int(now // DAY) * DAY
+        start = today - (count - 1) * DAY
+        per_check = await self.archive.buckets(names, start, now, now)
+        downs = await self.archive.downtime(names, start, now)
+        out = []
+        for i in range(count):
+            a = start + i * DAY
+            b = min(a + DAY, now)
+            cut = {n: [x for x in bs if x.start < b and x.start + x.size > a]
+                   for n, bs in per_check.items()}
+            out.append(Day(_date(a), self._figure(cut, downs, a, b)))
+        return out
+
+    async def latency(self, name: str, window: str, now: float) -> list[Point]:
+        span, step = SECONDS[window], STEPS[window]
+        start = (int((now - span) // step) + 1) * step
+        buckets = (await self.archive.buckets([name], start, now, now))[name]
+        points: dict[int, list[Bucket]] = {}
+        for b in buckets:
+            points.setdefault(int((max(b.start, start) - start) // step), []).append(b)
+        out = []
+        for i in range(int(span // step)):
+            group = points.get(i, [])
+            n = sum(b.results for b in group)
+            phases: dict[str, float] = {}
+            for b in group:
+                for phase, ms in b.phases_ms.items():
+                    phases[phase] = phases.get(phase, 0.0) + ms
+            p95 = [b.p95_ms for b in group if b.p95_ms is not None]
+            out.append(Point(
+                at=start + i * step, step=step,
+                mean_ms=sum(b.duration_sum_ms for b in group) / n if n else None,
+                max_ms=max(b.duration_max_ms for b in group) if n else None,
+                p95_ms=max(p95) if p95 else None,
+                phases_ms={p: ms / n for p, ms in phases.items()} if n else {},
+                failed=sum(b.failed for b in group)))
+        return out
+
+    # --- pages ------------------------------------------------------------------------------
+
+    async def dashboard(self, doc: Mapping[str, Any], windows: Sequence[tuple[int | None,
+                        Maintenance]], now: float, *, state: str | None = None,
+                        service: str | None = None) -> Dashboard:
+        open_keys = self._open(doc)
+        entries = [e for e in doc.get("checks", []) if e["name"] in self.checks]
+        names = [e["name"] for e in entries]
+        recent = await self.archive.recent(names, now)
+        downs = await self.archive.downtime(names, now - DAY, now)
+        rows = [self._row(e, open_keys.get(e["name"]), recent.get(e["name"], []), now,
+                          self._figure({e["name"]: recent.get(e["name"], [])},
+                                       {e["name"]: downs.get(e["name"], [])}, now - DAY, now))
+                for e in entries]
+        services = []
+        for name in self.services():
+            members = [r for r in rows if r.service == name]
+            member_names = [r.name for r in members]
+            figure = self._figure({n: recent.get(n, []) for n in member_names},
+                                  {n: downs.get(n, []) for n in member_names}, now - DAY, now)
+            services.append(ServiceRow(name, _service_state(members), member_names,
+                                       open_keys.get(name), figure))
+        shown = [r for r in rows if (state is None or r.state == state)
+                 and (service is None or r.service == service)]
+        incidents = await self.archive.incidents(open_only=True)
+        pending = doc.get("ticket_actions_pending") or {}
+        failed = doc.get("ticket_actions_failed") or []
+        oldest = pending.get("oldest_at")
+        outbox = Outbox(int(pending.get("count") or 0), len(failed),
+                        None if oldest is None else max(0.0, now - oldest),
+                        str(failed[0].get("error") or "") if failed else "")
+        return Dashboard(
+            generated_at=now, agent=str(doc.get("agent", "")), rule=self.rule_text,
+            services=services, checks=shown, incidents=incidents,
+            windows=[_window(n, w, now) for n, w in windows], outbox=outbox,
+            state_filter=state, service_filter=service, states=STATES,
+            service_names=self.services())
+
+    def _row(self, entry: Mapping[str, Any], incident: str | None, recent: Sequence[Bucket],
+             now: float, figure: Availability | None = None) -> CheckRow:
+        duration = entry.get("duration_seconds")
+        hour = int(now // 3600) * 3600
+        by_start = {b.start: b for b in recent}
+        spark = []
+        for i in range(24):
+            start = hour - (23 - i) * 3600
+            b = by_start.get(start)
+            spark.append(Point(start, 3600.0, b.mean_ms if b else None,
+                               b.duration_max_ms if b and b.results else None,
+                               failed=b.failed if b else 0))
+        return CheckRow(
+            name=entry["name"], kind=str(entry.get("kind", "")), service=entry.get("service"),
+            target=str(entry.get("target", "")), state=check_state(entry, incident is not None),
+            streak=streak(entry), last_at=entry.get("last_run_at"),
+            last_duration_ms=None if duration is None else duration * 1000,
+            last_reason=str(entry.get("reason") or ""), incident=incident, spark=spark,
+            availability_24h=figure)
+
+    async def detail(self, kind: str, name: str, doc: Mapping[str, Any],
+                     recent: Sequence[Mapping[str, Any]], now: float) -> Detail | None:
+        """A check's page (`kind` "check") or a service's; None when there is no such one.
+        `recent`: the check's last results (a service: none)."""
+        if kind == "check":
+            check = self.checks.get(name)
+            if check is None:
+                return None
+            names = [name]
+            description, sla = check.description, check.sla
+        else:
+            names = [c.name for c in self.checks.values() if c.service == name]
+            if not names:
+                return None
+            check = None
+            described = self.config.services.get(name)
+            description = described.description if described else ""
+            sla = described.sla if described else None
+        open_keys = self._open(doc)
+        entries = {e["name"]: e for e in doc.get("checks", [])}
+        rows = [self._row(entries.get(n, {"name": n}), open_keys.get(n), [], now)
+                for n in names]
+        figures = {w: await self.availability(names, now - SECONDS[w], now, now)
+                   for w in WINDOWS}
+        latency = ({w: await self.latency(name, w, now) for w in LATENCY_WINDOWS}
+                   if check is not None else {})
+        phases = sorted({p for points in latency.values() for pt in points
+                         for p in pt.phases_ms})
+        group = check.group if check is not None else name
+        incidents = [i for i in await self.archive.incidents(groups=[group], limit=50)
+                     if check is None or name in i.checks or i.group == name]
+        state = rows[0].state if check is not None else _service_state(rows)
+        return Detail(
+            kind=kind, name=name, description=description,
+            check_kind=check.kind if check else None,
+            target=check.spec.target if check else None,
+            service=check.service if check else None, checks=rows, state=state,
+            days=await self.days(names, now), availability=figures,
+            sla_percent=None if sla is None else sla * 100, latency=latency,
+            phases=phases,
+            results=[ResultRow(r["at"], r["state"], r["duration"] * 1000, str(r["reason"]))
+                     for r in recent],
+            incidents=incidents, rule=self.rule_text, generated_at=now)
+
+    async def incident(self, key: str, now: float) -> IncidentPage | None:
+        found = await self.archive.incident(key)
+        if found is None:
+            return None
+        row, timeline = found
+        return IncidentPage(row, timeline, now)
+
+    async def status(self, doc: Mapping[str, Any], now: float) -> StatusPage:
+        page = self.config.status_page
+        listed = page.services or self.services() or sorted(
+            {c.group for c in self.checks.values()})
+        open_groups = {i["group"]: i for i in doc.get("incidents", [])}
+        entries = {e["name"]: e for e in doc.get("checks", [])}
+        services = []
+        for name in listed:
+            names = self.members(name)
+            incident = open_groups.get(name)
+            members = [entries.get(n, {}) for n in names]
+            if incident is not None:
+                state = "outage"
+            elif members and all(e.get("in_maintenance") for e in members):
+                state = "maintenance"
+            elif not any(e.get("state") for e in members):
+                state = "unknown"
+            else:
+                state = "operational"
+            days = await self.days(names, now)
+            figure = await self.availability(names, now - SECONDS["90d"], now, now)
+            services.append(StatusService(
+                name, state, days, figure,
+                None if incident is None else incident["first_failure_at"]))
+        return StatusPage(page.title, page.description, services, self.rule_text, now)
+
+
+def _service_state(rows: Sequence[CheckRow]) -> str:
+    states = {r.state for r in rows}
+    for state in ("down", "failing", "unreachable"):
+        if state in states:
+            return state
+    if states and states <= {"maintenance"}:
+        return "maintenance"
+    if not states or states <= {"unknown"}:
+        return "unknown"
+    return "up"
+
+
+def _date(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d")
+
+
+def _clock(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _window(number: int | None, window: Maintenance, now: float) -> Window:
+    start: float | None = None
+    end: float | None = None
+    if window.start is not None and window.end is not None:
+        text = f"{_clock(window.start)} to {_clock(window.end)}"
+        start, end = window.start.timestamp(), window.end.timestamp()
+    else:
+        days = "every day" if len(window.weekdays) == 7 else "every " + ", ".join(window.weekdays)
+        at = window.at.strftime("%H:%M") if window.at else "?"
+        text = (f"{days} at {at} {window.timezone} for "
+                f"{format_duration(window.duration or 0)}")
+    return Window(number=number, checks=list(window.checks), services=list(window.services),
+                  reason=window.reason, active=window_active(window, now), next_start=start,
+                  next_end=end, description=text)
