@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from probe.history import COLUMNS, DAY, HOUR, MINUTE, Bucket, bucket
+from probe.history import DAY, HOUR, MINUTE, PHASES, TABLES, Bucket, bucket, columns
 from probe.pages.model import Event, IncidentRow, Ticket
 
 Query = Callable[[str, tuple[Any, ...]], Awaitable[list[tuple[Any, ...]]]]
@@ -72,11 +72,11 @@ class Archive:
     async def _rows(self, names: Sequence[str], size: int, start: float,
                     end: float) -> list[tuple[Any, ...]]:
         marks = ",".join("?" * len(names))
-        columns = ", ".join(f"h.{c}" for c in COLUMNS)
+        shown = ", ".join(f"h.{c}" for c in columns(size))
         return [(row[0], row[1:]) for row in await self._query(
-            f"SELECT c.name, {columns} FROM history_checks c JOIN history h ON h.res = ?"
-            f" AND h.check_id = c.id AND h.t >= ? AND h.t < ? WHERE c.name IN ({marks})"
-            " ORDER BY c.name, h.t", (size, int(start), math.ceil(end), *names))]
+            f"SELECT c.name, {shown} FROM history_checks c JOIN {TABLES[size]} h"
+            f" ON h.check_id = c.id AND h.t >= ? AND h.t < ? WHERE c.name IN ({marks})"
+            " ORDER BY c.name, h.t", (int(start), math.ceil(end), *names))]
 
     async def recent(self, names: Sequence[str], now: float) -> dict[str, list[Bucket]]:
         """The last 24 h of each check in hours (the current one from its minutes): the
@@ -91,11 +91,11 @@ class Archive:
         for row in await self._query(
                 "SELECT c.name, sum(h.n), sum(h.failed), sum(h.unknown), sum(h.covered),"
                 " sum(h.na), sum(h.maintenance), sum(h.dsum), max(h.dmax)"
-                " FROM history_checks c JOIN history h ON h.res = 60 AND h.check_id = c.id"
+                " FROM history_checks c JOIN history_minutes h ON h.check_id = c.id"
                 f" AND h.t >= ? WHERE c.name IN ({marks}) GROUP BY c.name",
                 (hour, *names)):
             name, *sums = row
-            out[name].append(bucket(HOUR, (hour, *sums, None, None, None, None)))
+            out[name].append(bucket(HOUR, (hour, *sums, *[None] * (PHASES + 3))))
         return out
 
     # --- downtime and incidents ---------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from decimal import ROUND_DOWN, Decimal
 from typing import Literal
 
-from probe.history import Bucket
+from probe.history import MINUTE, Bucket
 from probe.pages.model import Availability
 
 Rule = Literal["exclude", "up", "down"]
@@ -67,11 +67,15 @@ def measure(intervals: Sequence[Interval], start: float, end: float) -> float:
 def compute(buckets: Iterable[Bucket], down: Sequence[Interval], start: float, end: float,
             rule: Rule, incidents: int = 0) -> Availability:
     """Availability over [start, end) from a check's (or a service's merged) buckets and its
-    downtime (`merged` intervals). Buckets partly in the period count pro rata."""
+    downtime (`merged` intervals). A minute counts whole when it begins in the period (the
+    current one has only its results so far); hours and days partly in it count pro rata."""
     covered = na = maintenance = overlap = 0.0
     for b in buckets:
         b_end = b.start + b.size
-        part = max(0.0, min(b_end, end) - max(b.start, start)) / b.size
+        if b.size == MINUTE:
+            part = 1.0 if start <= b.start < end else 0.0
+        else:
+            part = max(0.0, min(b_end, end) - max(b.start, start)) / b.size
         if part <= 0:
             continue
         covered += b.covered * part
@@ -139,5 +143,5 @@ def merge_buckets(per_check: Sequence[Sequence[Bucket]]) -> list[Bucket]:
             start, size, sum(b.results for b in group), sum(b.failed for b in group),
             sum(b.unknown for b in group), lead.covered, min(b.na for b in group),
             max(b.maintenance for b in group), sum(b.duration_sum_ms for b in group),
-            max(b.duration_max_ms for b in group), lead.p50_ms, lead.p95_ms, lead.p99_ms, {}))
+            max(b.duration_max_ms for b in group), lead.p50_ms, lead.p95_ms, lead.p99_ms))
     return out

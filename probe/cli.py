@@ -32,8 +32,8 @@ from probe.cluster.importer import Imported, ImportRefused, import_state
 from probe.config import Check, Cluster, Config, ConfigError, load, source_files
 from probe.demo import demo as run_demo
 from probe.effective import effective_yaml
-from probe.pages.render import report as html_report
 from probe.pages.build import Pages
+from probe.pages.render import report as html_report
 from probe.secrets import SecretError, known
 from probe.store import Store, StoreError
 from probe.tickets.admin import test_ticket, tickets_command

@@ -63,7 +63,9 @@ from probe.writer import FLUSH_EVERY, FLUSH_RETRY, Writer
 log = logging.getLogger("probe")
 
 TICK_EVERY = 1.0  # seconds between engine ticks (maintenance ends, notes due)
-HISTORY_EVERY = 20.0  # seconds between writes of the history's closed minutes and roll-ups
+# Seconds after each minute's end when its history is written (probe.history): the results
+# that began in it have been counted by then (a check's timeout at most later, in the next).
+HISTORY_AFTER = 2.0
 STATE_RETRY = 10.0  # seconds between attempts to open the state database at start
 CLUSTER_FLUSH_EVERY = 1.0  # a cluster's state writes: fewer statements on the shared database
 CLUSTER_RESULTS_EVERY = 5.0  # and its history of results, when nothing was decided
@@ -357,13 +359,14 @@ class Daemon:
         self.recorder.add(check.name, result, interval=check.interval, maintenance=in_window)
 
     async def _historian(self, progress: Progress) -> None:
-        """The history's closed minutes into the next write, and the closed hours and days
-        rolled up (probe.history)."""
+        """The history's minutes into the next write, and the closed hours and days rolled up
+        (probe.history)."""
         while True:
             progress()
-            await asyncio.sleep(HISTORY_EVERY)
             now = time.time()
-            self.writer.pending.minutes += self.recorder.rows(before=now)
+            await asyncio.sleep(history.MINUTE - now % history.MINUTE + HISTORY_AFTER)
+            now = time.time()
+            self.writer.pending.minutes += self.recorder.rows(before=now - HISTORY_AFTER)
             try:
                 await self.state.roll_up(now, self.history_keep())
             except StoreError as err:
@@ -686,7 +689,7 @@ class Daemon:
         self.loops.add("scheduler", self._schedule, every=self._cadence)
         self.loops.add("flusher", self.writer.serve, every=lambda: FLUSH_RETRY)
         self.loops.add("ticker", self._ticker, every=lambda: TICK_EVERY)
-        self.loops.add("historian", self._historian, every=lambda: HISTORY_EVERY + 60)
+        self.loops.add("historian", self._historian, every=lambda: 2 * history.MINUTE)
         self.loops.add("dispatcher", self.dispatcher.serve, every=self.dispatcher.every)
         self.loops.add("watcher", self.watcher.serve, every=self.watcher.every)
         # A full collection walks every live object: with 10,000 checks a pause of a quarter

@@ -7,8 +7,9 @@ the time each check spent failing in an incident (its downtime).
   intervals: a gap longer than that (the daemon stopped, the check was added) is time nobody
   watched, "n/a" in availability, never up. Covered seconds of a result that could not run
   are n/a too; those of a result taken in a maintenance window are maintenance.
-- Closed minutes are written with the daemon's batches, added to what is stored (two agents
-  that ran a check within one minute, as a check moves between them, add up).
+- Just after each minute ends (probe.daemon's historian), its counts are written with the
+  daemon's batch and added to what is stored of it: once per check and minute, and two agents
+  that ran a check within one minute (as it moves between them) add up.
 - Once an hour is over (and `ROLL_AFTER` more, for agents late with their minutes), its minutes
   are rolled up into an hour row; once a day is over, its minutes into a day row. The latency
   quantiles of a rolled-up row are those of its minutes' mean durations, weighted by their
@@ -21,20 +22,26 @@ probe.availability computes availability from these; probe.pages and `probe repo
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from checks import KINDS
 from checks.base import Result
 from probe.engine import Transition
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
 ROLL_AFTER = 180  # seconds after a bucket's end before it is rolled up
+# Each resolution's table: apart, so that the minutes (most of the rows) carry no resolution
+# and no quantiles (rows of 40-odd bytes: 10,000 checks' 48 hours in 1.3 GB).
+TABLES = {MINUTE: "history_minutes", HOUR: "history_hours", DAY: "history_days"}
+# A check's phases in its kind's order (checks.KINDS[kind].phases), as columns ph1..ph5.
+PHASES = 5
+assert all(len(kind.phases) <= PHASES for kind in KINDS.values())
 
-# (check, bucket start, results, failed, unknown, covered ms, n/a ms, maintenance ms,
-#  duration sum ms, duration max ms, phases "name=ms,..." or None)
-MinuteRow = tuple[str, int, int, int, int, int, int, int, int, int, str | None]
+# (check, minute's start, results, failed, unknown, covered ms, n/a ms, maintenance ms,
+#  duration sum ms, duration max ms, phase sums ms ph1..ph5)
+MinuteRow = tuple[Any, ...]
 
 
 @dataclass(slots=True)
@@ -47,7 +54,7 @@ class _Minute:
     maintenance: float = 0.0
     duration_sum: float = 0.0
     duration_max: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)
+    phases: list[float] = field(default_factory=lambda: [0.0] * PHASES)
 
 
 class Recorder:
@@ -78,49 +85,23 @@ class Recorder:
                 minute.maintenance += covered
         minute.duration_sum += result.duration
         minute.duration_max = max(minute.duration_max, result.duration)
-        for phase, seconds in result.phases.items():
-            minute.phases[phase] = minute.phases.get(phase, 0.0) + seconds
-
-    def forget(self, name: str) -> None:
-        """A check no longer run here: its next result, if it comes back, starts a new span."""
-        self._last.pop(name, None)
+        kind = KINDS.get(result.kind)
+        if kind is not None:
+            for i, phase in enumerate(kind.phases):
+                minute.phases[i] += result.phases.get(phase, 0.0)
 
     def rows(self, before: float | None = None) -> list[MinuteRow]:
-        """The minutes that began before `before` (all of them if None), taken out."""
-        limit = math.inf if before is None else int(before // MINUTE) * MINUTE
-        taken = [key for key in self._minutes if key[1] < limit]
+        """The minutes that ended by `before` (all, if None), taken out. Written, each is
+        added to what is stored of it (another agent's, or this one's before a restart)."""
+        taken = [key for key in self._minutes
+                 if before is None or key[1] + MINUTE <= before]
         return [_row(key, self._minutes.pop(key)) for key in taken]
-
-    def give_back(self, rows: Iterable[MinuteRow]) -> None:
-        """Rows a write could not store, kept for the next one."""
-        for row in rows:
-            minute = self._minutes.setdefault((row[0], row[1]), _Minute())
-            minute.results += row[2]
-            minute.failed += row[3]
-            minute.unknown += row[4]
-            minute.covered += row[5] / 1000
-            minute.na += row[6] / 1000
-            minute.maintenance += row[7] / 1000
-            minute.duration_sum += row[8] / 1000
-            minute.duration_max = max(minute.duration_max, row[9] / 1000)
-            for phase, ms in parse_phases(row[10]).items():
-                minute.phases[phase] = minute.phases.get(phase, 0.0) + ms / 1000
 
 
 def _row(key: tuple[str, int], m: _Minute) -> MinuteRow:
-    phases = ",".join(f"{p}={round(s * 1000)}" for p, s in m.phases.items()) or None
     return (key[0], key[1], m.results, m.failed, m.unknown, round(m.covered * 1000),
             round(m.na * 1000), round(m.maintenance * 1000), round(m.duration_sum * 1000),
-            round(m.duration_max * 1000), phases)
-
-
-def parse_phases(text: str | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for part in (text or "").split(","):
-        name, _, value = part.partition("=")
-        if name and value:
-            out[name] = out.get(name, 0.0) + float(value)
-    return out
+            round(m.duration_max * 1000), *(round(p * 1000) for p in m.phases))
 
 
 # --- rolling up ---------------------------------------------------------------------------
@@ -142,65 +123,69 @@ class Bucket:
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
-    phases_ms: Mapping[str, float]  # sums
+    phase_sums_ms: tuple[float, ...] = ()  # in the check's kind's order of phases
 
     @property
     def mean_ms(self) -> float | None:
         return self.duration_sum_ms / self.results if self.results else None
 
 
-# The columns of a stored row, after check and resolution.
-COLUMNS = ("t", "n", "failed", "unknown", "covered", "na", "maintenance", "dsum", "dmax",
-           "p50", "p95", "p99", "phases")
+# The columns of a stored row after the check: the minutes' (COUNTS), and the quantiles of
+# the hours and days.
+COUNTS = ("t", "n", "failed", "unknown", "covered", "na", "maintenance", "dsum", "dmax",
+          *(f"ph{i}" for i in range(1, PHASES + 1)))
+QUANTILES = ("p50", "p95", "p99")
+
+
+def columns(size: int) -> tuple[str, ...]:
+    return COUNTS if size == MINUTE else (*COUNTS, *QUANTILES)
 
 
 def bucket(size: int, row: Sequence[Any]) -> Bucket:
-    """A stored row (its COLUMNS) as a Bucket. Covered time is capped at the bucket's size:
+    """A stored row (its `columns`) as a Bucket. Covered time is capped at the bucket's size:
     two sites' results in one minute both count it (and their n/a and maintenance are
     scaled alike)."""
-    t, n, failed, unknown, covered, na, maint, dsum, dmax, p50, p95, p99, phases = row
+    t, n, failed, unknown, covered, na, maint, dsum, dmax = row[:9]
+    phases = tuple(float(p or 0) for p in row[9:9 + PHASES])
+    p50, p95, p99 = row[9 + PHASES:] if size != MINUTE else (None, None, None)
     covered_s = covered / 1000
     scale = size / covered_s if covered_s > size else 1.0
     return Bucket(int(t), size, int(n), int(failed), int(unknown), min(covered_s, size),
                   na / 1000 * scale, maint / 1000 * scale, float(dsum), float(dmax),
-                  p50, p95, p99, parse_phases(phases))
+                  p50, p95, p99, phases)
 
 
 def roll_up(rows: Iterable[Sequence[Any]], start: int) -> list[tuple[Any, ...]]:
-    """Minute rows `(check_id, n, failed, unknown, covered, na, maintenance, dsum, dmax,
-    phases)`, ordered by check, into one row per check starting at `start` (COLUMNS after the
-    check id)."""
+    """Minute rows `(check_id, *COUNTS[1:])`, ordered by check, into one row per check
+    starting at `start`: `(check_id, *COUNTS, *QUANTILES)`."""
     out: list[tuple[Any, ...]] = []
     current: Any = None
     acc: list[Any] = []
     means: list[tuple[float, int]] = []
-    phases: dict[str, float] = {}
 
     def close() -> None:
-        if current is None:
-            return
-        p50, p95, p99 = (quantile(means, q) for q in (0.50, 0.95, 0.99))
-        text = ",".join(f"{p}={round(v)}" for p, v in phases.items()) or None
-        out.append((current, start, *acc, p50, p95, p99, text))
+        if current is not None:
+            out.append((current, start, *acc,
+                        *(quantile(means, q) for q in (0.50, 0.95, 0.99))))
 
-    for check_id, n, failed, unknown, covered, na, maint, dsum, dmax, phase_text in rows:
+    for check_id, n, failed, unknown, covered, na, maint, dsum, dmax, *phases in rows:
         if check_id != current:
             close()
-            current, acc, means, phases = check_id, [0, 0, 0, 0, 0, 0, 0, 0], [], {}
-        covered_capped = min(covered, MINUTE * 1000)
-        scale = covered_capped / covered if covered else 1.0
+            current, acc, means = check_id, [0] * (8 + PHASES), []
+        capped = min(covered, MINUTE * 1000)
+        scale = capped / covered if covered else 1.0
         acc[0] += n
         acc[1] += failed
         acc[2] += unknown
-        acc[3] += covered_capped
+        acc[3] += capped
         acc[4] += round(na * scale)
         acc[5] += round(maint * scale)
         acc[6] += dsum
         acc[7] = max(acc[7], dmax)
+        for i, ms in enumerate(phases):
+            acc[8 + i] += ms or 0
         if n:
             means.append((dsum / n, n))
-        for phase, ms in parse_phases(phase_text).items():
-            phases[phase] = phases.get(phase, 0.0) + ms
     close()
     return out
 

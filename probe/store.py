@@ -117,27 +117,36 @@ MIGRATIONS: list[str] = [
     );
     """,
     """
-    -- The history (probe.history): each check's results per minute, hour and day (`res`, in
-    -- seconds; `t` the bucket's start), times in milliseconds; checks by number, to keep the
-    -- rows small. `history_rolled`: up to where minutes were rolled up into hours and days.
+    -- The history (probe.history): each check's results per minute, hour and day (`t`
+    -- the bucket's start, times in milliseconds, ph1..ph5 the sums of its kind's phases);
+    -- checks by number and no more columns than each needs, to keep the rows small.
+    -- `history_rolled`: up to where minutes were rolled up into hours and days.
     CREATE TABLE history_checks (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-    CREATE TABLE history (
-        res INTEGER NOT NULL,
-        check_id INTEGER NOT NULL,
-        t INTEGER NOT NULL,
-        n INTEGER NOT NULL,
-        failed INTEGER NOT NULL,
-        unknown INTEGER NOT NULL,
-        covered INTEGER NOT NULL,
-        na INTEGER NOT NULL,
-        maintenance INTEGER NOT NULL,
-        dsum INTEGER NOT NULL,
-        dmax INTEGER NOT NULL,
-        p50 INTEGER,
-        p95 INTEGER,
-        p99 INTEGER,
-        phases TEXT,
-        PRIMARY KEY (res, check_id, t)
+    CREATE TABLE history_minutes (
+        check_id INTEGER NOT NULL, t INTEGER NOT NULL,
+        n INTEGER NOT NULL, failed INTEGER NOT NULL, unknown INTEGER NOT NULL,
+        covered INTEGER NOT NULL, na INTEGER NOT NULL, maintenance INTEGER NOT NULL,
+        dsum INTEGER NOT NULL, dmax INTEGER NOT NULL,
+        ph1 INTEGER, ph2 INTEGER, ph3 INTEGER, ph4 INTEGER, ph5 INTEGER,
+        PRIMARY KEY (check_id, t)
+    ) WITHOUT ROWID;
+    CREATE TABLE history_hours (
+        check_id INTEGER NOT NULL, t INTEGER NOT NULL,
+        n INTEGER NOT NULL, failed INTEGER NOT NULL, unknown INTEGER NOT NULL,
+        covered INTEGER NOT NULL, na INTEGER NOT NULL, maintenance INTEGER NOT NULL,
+        dsum INTEGER NOT NULL, dmax INTEGER NOT NULL,
+        ph1 INTEGER, ph2 INTEGER, ph3 INTEGER, ph4 INTEGER, ph5 INTEGER,
+        p50 INTEGER, p95 INTEGER, p99 INTEGER,
+        PRIMARY KEY (check_id, t)
+    ) WITHOUT ROWID;
+    CREATE TABLE history_days (
+        check_id INTEGER NOT NULL, t INTEGER NOT NULL,
+        n INTEGER NOT NULL, failed INTEGER NOT NULL, unknown INTEGER NOT NULL,
+        covered INTEGER NOT NULL, na INTEGER NOT NULL, maintenance INTEGER NOT NULL,
+        dsum INTEGER NOT NULL, dmax INTEGER NOT NULL,
+        ph1 INTEGER, ph2 INTEGER, ph3 INTEGER, ph4 INTEGER, ph5 INTEGER,
+        p50 INTEGER, p95 INTEGER, p99 INTEGER,
+        PRIMARY KEY (check_id, t)
     ) WITHOUT ROWID;
     CREATE TABLE history_rolled (res INTEGER PRIMARY KEY, upto INTEGER NOT NULL);
     -- Each check failing in an incident, from its first failed result until the incident
@@ -327,7 +336,7 @@ class Store:
             with self._lock:
                 row = self._db.execute("SELECT upto FROM history_rolled WHERE res = ?",
                                        (size,)).fetchone()
-                first = self._db.execute("SELECT min(t) FROM history WHERE res = 60"
+                first = self._db.execute("SELECT min(t) FROM history_minutes"
                                          ).fetchone()[0] if row is None else None
             start = row[0] if row is not None else None
             if start is None:
@@ -344,23 +353,25 @@ class Store:
             return 0
         with self._writing() as db:
             for size, seconds in keep.items():
-                db.execute("DELETE FROM history WHERE res = ? AND check_id IN"
-                           " (SELECT id FROM history_checks) AND t < ?", (size, now - seconds))
+                # Each check's old rows through the key: no scan of every row.
+                db.execute(f"DELETE FROM {history.TABLES[size]} WHERE check_id IN"
+                           " (SELECT id FROM history_checks) AND t < ?", (now - seconds,))
             db.execute("DELETE FROM downtime WHERE until < ?", (now - keep[history.DAY],))
         return rolled
 
     def _roll(self, size: int, start: int) -> None:
+        counts = ", ".join(f"h.{c}" for c in history.COUNTS[1:])
         with self._lock:
             rows = self._db.execute(
-                "SELECT h.check_id, n, failed, unknown, covered, na, maintenance, dsum, dmax,"
-                " phases FROM history_checks c JOIN history h ON h.res = 60"
-                " AND h.check_id = c.id AND h.t >= ? AND h.t < ? ORDER BY c.id",
+                f"SELECT c.id, {counts} FROM history_checks c JOIN history_minutes h"
+                " ON h.check_id = c.id AND h.t >= ? AND h.t < ? ORDER BY c.id",
                 (start, start + size)).fetchall()
         rolled = history.roll_up(rows, start)
+        marks = ", ".join("?" * (1 + len(history.columns(size))))
         with self._writing() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(f"INSERT OR REPLACE INTO history VALUES ({size}, ?, ?, ?, ?, ?, ?, ?,"
-                           " ?, ?, ?, ?, ?, ?, ?)", rolled)
+            db.executemany(f"INSERT OR REPLACE INTO {history.TABLES[size]} VALUES ({marks})",
+                           rolled)
             db.execute("INSERT OR REPLACE INTO history_rolled VALUES (?, ?)", (size, start + size))
             db.execute("COMMIT")
 
@@ -407,18 +418,15 @@ class Store:
             return work(self._db)
 
 
-# A closed minute, added to what an agent (or this one, before a restart) stored of it.
-_ADD_MINUTE = """
-INSERT INTO history (res, check_id, t, n, failed, unknown, covered, na, maintenance, dsum, dmax,
-                     phases)
-VALUES (60, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (res, check_id, t) DO UPDATE SET
+# A minute, added to what an agent (or this one, before a restart) stored of it.
+_ADD_MINUTE = f"""
+INSERT INTO history_minutes VALUES ({", ".join("?" * (1 + len(history.COUNTS)))})
+ON CONFLICT (check_id, t) DO UPDATE SET
     n = n + excluded.n, failed = failed + excluded.failed, unknown = unknown + excluded.unknown,
     covered = covered + excluded.covered, na = na + excluded.na,
     maintenance = maintenance + excluded.maintenance, dsum = dsum + excluded.dsum,
-    dmax = max(dmax, excluded.dmax),
-    phases = CASE WHEN phases IS NULL THEN excluded.phases WHEN excluded.phases IS NULL
-             THEN phases ELSE phases || ',' || excluded.phases END
+    dmax = max(dmax, excluded.dmax), ph1 = ph1 + excluded.ph1, ph2 = ph2 + excluded.ph2,
+    ph3 = ph3 + excluded.ph3, ph4 = ph4 + excluded.ph4, ph5 = ph5 + excluded.ph5
 """
 
 

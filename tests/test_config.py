@@ -83,7 +83,8 @@ def test_schema_is_json_schema_of_the_top_level_sections() -> None:
     assert result.returncode == 0
     schema = json.loads(result.stdout)
     assert set(schema["properties"]) == {"agent", "cluster", "defaults", "ticketing",
-                                         "maintenance", "checks"}
+                                         "maintenance", "checks", "history", "services",
+                                         "status_page"}
     assert schema["additionalProperties"] is False
 
 

@@ -227,31 +227,31 @@ class PgState:
         """As Store.roll_up. Any agent may roll a bucket up, several at once: each writes the
         same rows from the same minutes."""
         rolled = 0
+        counts = ", ".join(f"h.{c}" for c in history.COUNTS[1:])
         for size in (history.HOUR, history.DAY):
             async with self._connection() as conn:
                 row = await (await conn.execute(
                     "SELECT upto FROM history_rolled WHERE res = %s", (size,))).fetchone()
                 if row is None:
                     row = await (await conn.execute(
-                        "SELECT min(t) FROM history WHERE res = 60")).fetchone()
+                        "SELECT min(t) FROM history_minutes")).fetchone()
                     if row is None or row[0] is None:
                         continue
                     row = (int(row[0]) // size * size,)
             start = max(int(row[0]), int((now - keep[history.MINUTE]) // size) * size)
+            table, names = history.TABLES[size], history.columns(size)
             while start + size + history.ROLL_AFTER <= now:
                 async with self._connection() as conn, conn.transaction():
                     rows = await (await conn.execute(
                         # Each check's minutes through the key, not a scan of every minute
-                        "SELECT c.id, h.n, h.failed, h.unknown, h.covered, h.na,"
-                        " h.maintenance, h.dsum, h.dmax, h.phases FROM history_checks c"
-                        " CROSS JOIN LATERAL (SELECT * FROM history WHERE res = 60"
-                        " AND check_id = c.id AND t >= %s AND t < %s) h ORDER BY c.id",
-                        (start, start + size))).fetchall()
+                        f"SELECT c.id, {counts} FROM history_checks c CROSS JOIN LATERAL"
+                        " (SELECT * FROM history_minutes WHERE check_id = c.id AND t >= %s"
+                        " AND t < %s) h ORDER BY c.id", (start, start + size))).fetchall()
                     done = history.roll_up(rows, start)
                     if done:
-                        await conn.execute(_ROLLED, {
-                            "res": size, **{c: [r[i] for r in done]
-                                            for i, c in enumerate(("ids", *history.COLUMNS))}})
+                        await conn.execute(_rolled(table, names), {
+                            "ids": [r[0] for r in done],
+                            **{c: [r[i + 1] for r in done] for i, c in enumerate(names)}})
                     await conn.execute(
                         "INSERT INTO history_rolled VALUES (%s, %s) ON CONFLICT (res)"
                         " DO UPDATE SET upto = GREATEST(history_rolled.upto, excluded.upto)",
@@ -261,49 +261,38 @@ class PgState:
         if rolled:
             async with self._connection() as conn:
                 for size, seconds in sorted(keep.items()):
-                    await conn.execute("DELETE FROM history WHERE res = %s AND t < %s",
-                                       (size, now - seconds))
+                    await conn.execute(f"DELETE FROM {history.TABLES[size]} WHERE t < %s",
+                                       (now - seconds,))
                 await conn.execute("DELETE FROM downtime WHERE until < %s",
                                    (now - keep[history.DAY],))
         return rolled
 
 
-# Closed minutes added to what is stored; a batch that waited through a failed write may hold
-# a minute twice, summed first (one statement may not update a row twice).
-_MINUTES = """
-INSERT INTO history (res, check_id, t, n, failed, unknown, covered, na, maintenance, dsum, dmax,
-                     phases)
-SELECT 60, c.id, m.t, sum(m.n), sum(m.failed), sum(m.unknown), sum(m.covered), sum(m.na),
-       sum(m.maintenance), sum(m.dsum), max(m.dmax), string_agg(m.phases, ',')
-FROM unnest(%(names)s::text[], %(t)s::bigint[], %(n)s::int[], %(failed)s::int[],
-            %(unknown)s::int[], %(covered)s::bigint[], %(na)s::bigint[],
-            %(maintenance)s::bigint[], %(dsum)s::bigint[], %(dmax)s::bigint[],
-            %(phases)s::text[])
-     AS m(name, t, n, failed, unknown, covered, na, maintenance, dsum, dmax, phases)
+def _rolled(table: str, names: tuple[str, ...]) -> str:
+    """Rolled-up rows into `table` (one of history.TABLES), replacing what was there."""
+    arrays = ", ".join(f"%({c})s::bigint[]" for c in names)
+    return (f"INSERT INTO {table} (check_id, {', '.join(names)})"
+            f" SELECT * FROM unnest(%(ids)s::int[], {arrays})"
+            " ON CONFLICT (check_id, t) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in names if c != "t"))
+
+
+# Minutes added to what is stored; a batch that waited through a failed write may hold a
+# minute twice, summed first (one statement may not update a row twice).
+_MINUTES = f"""
+INSERT INTO history_minutes (check_id, {", ".join(history.COUNTS)})
+SELECT c.id, m.t, sum(m.n), sum(m.failed), sum(m.unknown), sum(m.covered), sum(m.na),
+       sum(m.maintenance), sum(m.dsum), max(m.dmax),
+       {", ".join(f"sum(m.ph{i})" for i in range(1, history.PHASES + 1))}
+FROM unnest(%(names)s::text[], {", ".join(f"%({c})s::bigint[]" for c in history.COUNTS)})
+     AS m(name, {", ".join(history.COUNTS)})
 JOIN history_checks c ON c.name = m.name
 GROUP BY c.id, m.t
 ORDER BY c.id, m.t
-ON CONFLICT (res, check_id, t) DO UPDATE SET
-    n = history.n + excluded.n, failed = history.failed + excluded.failed,
-    unknown = history.unknown + excluded.unknown, covered = history.covered + excluded.covered,
-    na = history.na + excluded.na, maintenance = history.maintenance + excluded.maintenance,
-    dsum = history.dsum + excluded.dsum, dmax = GREATEST(history.dmax, excluded.dmax),
-    phases = CASE WHEN history.phases IS NULL THEN excluded.phases
-             WHEN excluded.phases IS NULL THEN history.phases
-             ELSE history.phases || ',' || excluded.phases END
-"""
-
-_ROLLED = """
-INSERT INTO history (res, check_id, t, n, failed, unknown, covered, na, maintenance, dsum, dmax,
-                     p50, p95, p99, phases)
-SELECT %(res)s, * FROM unnest(%(ids)s::int[], %(t)s::bigint[], %(n)s::int[], %(failed)s::int[],
-    %(unknown)s::int[], %(covered)s::bigint[], %(na)s::bigint[], %(maintenance)s::bigint[],
-    %(dsum)s::bigint[], %(dmax)s::bigint[], %(p50)s::int[], %(p95)s::int[], %(p99)s::int[],
-    %(phases)s::text[])
-ON CONFLICT (res, check_id, t) DO UPDATE SET n = excluded.n, failed = excluded.failed,
-    unknown = excluded.unknown, covered = excluded.covered, na = excluded.na,
-    maintenance = excluded.maintenance, dsum = excluded.dsum, dmax = excluded.dmax,
-    p50 = excluded.p50, p95 = excluded.p95, p99 = excluded.p99, phases = excluded.phases
+ON CONFLICT (check_id, t) DO UPDATE SET
+    {", ".join(f"{c} = history_minutes.{c} + excluded.{c}" for c in history.COUNTS
+               if c not in ("t", "dmax"))},
+    dmax = GREATEST(history_minutes.dmax, excluded.dmax)
 """
 
 
@@ -313,9 +302,9 @@ async def _minutes(conn: Connection, rows: list[history.MinuteRow]) -> None:
     names = sorted({row[0] for row in rows})
     await conn.execute("INSERT INTO history_checks (name) SELECT unnest(%s::text[])"
                        " ON CONFLICT (name) DO NOTHING", (names,))
-    keys = ("names", "t", "n", "failed", "unknown", "covered", "na", "maintenance", "dsum",
-            "dmax", "phases")
-    await conn.execute(_MINUTES, {k: [row[i] for row in rows] for i, k in enumerate(keys)})
+    await conn.execute(_MINUTES, {
+        "names": [row[0] for row in rows],
+        **{c: [row[i + 1] for row in rows] for i, c in enumerate(history.COUNTS)}})
 
 
 async def _downtime(conn: Connection, transitions: list[Transition]) -> None:

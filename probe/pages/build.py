@@ -8,6 +8,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from checks import KINDS
 from checks.values import format_duration
 from probe.archive import Archive
 from probe.availability import Rule, compute, merge_buckets, merged, rule_text
@@ -118,6 +119,8 @@ class Pages:
         span, step = SECONDS[window], STEPS[window]
         start = (int((now - span) // step) + 1) * step
         buckets = (await self.archive.buckets([name], start, now, now))[name]
+        kind = KINDS.get(self.checks[name].kind)
+        phase_names = kind.phases if kind is not None else ()
         points: dict[int, list[Bucket]] = {}
         for b in buckets:
             points.setdefault(int((max(b.start, start) - start) // step), []).append(b)
@@ -127,7 +130,7 @@ class Pages:
             n = sum(b.results for b in group)
             phases: dict[str, float] = {}
             for b in group:
-                for phase, ms in b.phases_ms.items():
+                for phase, ms in zip(phase_names, b.phase_sums_ms, strict=False):
                     phases[phase] = phases.get(phase, 0.0) + ms
             p95 = [b.p95_ms for b in group if b.p95_ms is not None]
             out.append(Point(

@@ -202,23 +202,31 @@ MIGRATIONS: list[str] = [
         id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         name text NOT NULL UNIQUE
     );
-    CREATE TABLE history (
-        res integer NOT NULL,
-        check_id integer NOT NULL,
-        t bigint NOT NULL,
-        n integer NOT NULL,
-        failed integer NOT NULL,
-        unknown integer NOT NULL,
-        covered bigint NOT NULL,
-        na bigint NOT NULL,
-        maintenance bigint NOT NULL,
-        dsum bigint NOT NULL,
-        dmax bigint NOT NULL,
-        p50 integer,
-        p95 integer,
-        p99 integer,
-        phases text,
-        PRIMARY KEY (res, check_id, t)
+    CREATE TABLE history_minutes (
+        check_id integer NOT NULL, t bigint NOT NULL,
+        n integer NOT NULL, failed integer NOT NULL, unknown integer NOT NULL,
+        covered bigint NOT NULL, na bigint NOT NULL, maintenance bigint NOT NULL,
+        dsum bigint NOT NULL, dmax bigint NOT NULL,
+        ph1 bigint, ph2 bigint, ph3 bigint, ph4 bigint, ph5 bigint,
+        PRIMARY KEY (check_id, t)
+    );
+    CREATE TABLE history_hours (
+        check_id integer NOT NULL, t bigint NOT NULL,
+        n integer NOT NULL, failed integer NOT NULL, unknown integer NOT NULL,
+        covered bigint NOT NULL, na bigint NOT NULL, maintenance bigint NOT NULL,
+        dsum bigint NOT NULL, dmax bigint NOT NULL,
+        ph1 bigint, ph2 bigint, ph3 bigint, ph4 bigint, ph5 bigint,
+        p50 integer, p95 integer, p99 integer,
+        PRIMARY KEY (check_id, t)
+    );
+    CREATE TABLE history_days (
+        check_id integer NOT NULL, t bigint NOT NULL,
+        n integer NOT NULL, failed integer NOT NULL, unknown integer NOT NULL,
+        covered bigint NOT NULL, na bigint NOT NULL, maintenance bigint NOT NULL,
+        dsum bigint NOT NULL, dmax bigint NOT NULL,
+        ph1 bigint, ph2 bigint, ph3 bigint, ph4 bigint, ph5 bigint,
+        p50 integer, p95 integer, p99 integer,
+        PRIMARY KEY (check_id, t)
     );
     CREATE TABLE history_rolled (res integer PRIMARY KEY, upto bigint NOT NULL);
     CREATE TABLE downtime (
