@@ -129,7 +129,7 @@ class Window:
     active: bool
     next_start: float | None
     next_end: float | None
-    description: str  # "every sat 02:00 UTC for 2h", "2026-12-01 02:00 – 04:00 UTC"
+    description: str  # "every sat 02:00 UTC for 2h", "2026-12-01 02:00 to 04:00 UTC"
 
 
 @dataclass(frozen=True, slots=True)
