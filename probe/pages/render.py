@@ -38,6 +38,8 @@ SYMBOLS: dict[str, str] = {
     "up": "✓", "operational": "✓", "failing": "!", "down": "✗", "outage": "✗",
     "maintenance": "⚙", "unreachable": "?", "unknown": "?",
 }
+# Words that are shown in another word's colours: an incident open or resolved.
+ALIASES: dict[str, str] = {"open": "down", "resolved": "up"}
 # What the dashboard says about the outbox, from its figures (a word for state()).
 OUTBOX_FAILED = "down"
 
@@ -120,8 +122,9 @@ def state(word: str) -> Markup:
     """A state as a word with its symbol, in a coloured pill; the word is what it says."""
     found = _STATE_CACHE.get(word)
     if found is None:
-        cls = word if word in SYMBOLS else "unknown"
-        symbol = SYMBOLS.get(word, "?")
+        like = ALIASES.get(word, word)
+        cls = like if like in SYMBOLS else "unknown"
+        symbol = SYMBOLS.get(like, "?")
         found = Markup(f'<span class="state s-{cls}">'
                        f'<span aria-hidden="true">{symbol}</span> {escape(word)}</span>')
         if len(_STATE_CACHE) < 64:  # words come from a small set; never grow without bound
