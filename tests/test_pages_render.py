@@ -624,3 +624,31 @@ def test_the_dark_theme_and_the_printed_page_are_what_the_style_says(
     # an A4 page inside 12 mm margins is about 700 CSS px: the report's tables fit in it
     _open(browser, path, 700, {"media": "print", "features": []})
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 700
+
+
+# -- a probe that has just started ------------------------------------------------------
+
+def test_pages_with_no_data_yet_render_and_say_so() -> None:
+    """The first minute after a start: no results, no days, no latency, nothing counted."""
+    none = avail(None, "n/a")
+    fresh = CheckRow("new-check", "http", None, "https://example.org/", "unknown", "",
+                     None, None, "", None, [Point(NOW - 900, 900, None, None)], None)
+    board = dashboard(checks=[fresh], incidents=[], windows=[], state_filter=None,
+                      services=[ServiceRow("Empty", "unknown", (), None, None)])
+    words = " ".join(assert_a_good_page(render.dashboard(board)).words().split())
+    assert "none yet" in words and "Latency, last 24 h: no results" in render.dashboard(board)
+    page = Detail(kind="check", name="new-check", description="", check_kind="http",
+                  target="https://example.org/", service=None, checks=(fresh,), state="unknown",
+                  days=[], availability={w: none for w in ("24h", "7d", "30d", "90d")},
+                  sla_percent=None, latency={"24h": [], "7d": [Point(NOW, 60, None, None)]},
+                  phases=(), results=[], incidents=[], rule=RULE, generated_at=NOW)
+    html = render.detail(page)
+    words = " ".join(assert_a_good_page(html).words().split())
+    assert "No days yet." in words and "No results yet." in words and "No incidents." in words
+    assert "Latency over 7d: no results" in html and "no target" in words
+    status = StatusPage("Status", "", [StatusService("Empty", "unknown", [], none, None)],
+                        RULE, NOW)
+    assert "Availability n/a: nothing counted yet" in \
+        assert_a_good_page(render.status(status)).words()
+    empty = Report(NOW - DAY, NOW, RULE, [], NOW)
+    assert "Nothing to report" in assert_a_good_page(render.report(empty)).words()
