@@ -16,11 +16,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import daemon, report, rt, scenarios, targets
+from bench import daemon, pages, report, rt, scenarios, targets
 from bench.proc import Processes, Unavailable
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("kinds", "scale", "tickets", "cluster", "sites")
+SCENARIOS = ("kinds", "scale", "tickets", "cluster", "sites", "pages")
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -126,6 +126,19 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         say(f"{name}: {time.monotonic() - started:.0f}s")
 
+    if "pages" in args.only:
+        # in this process, from the models: no targets, no daemon (bench/pages.py)
+        def render_pages() -> None:
+            results["pages"] = pages.run(reps=5 if args.smoke else 50, say=say)
+
+        attempt("pages", render_pages)
+        if args.only == ["pages"]:
+            results["probe"] = source(None, directory=Path())[1]  # always the working tree's
+            report.write(results, args.output)
+            say("")
+            say(report.tables(results))
+            say(f"\nfigures written to {args.output}")
+            return 1 if results["errors"] else 0
     with Processes() as processes, tempfile.TemporaryDirectory(prefix="probe-bench-") as tmp:
         directory = Path(tmp)
         try:

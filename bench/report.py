@@ -15,6 +15,8 @@ SCALE_TARGET = {"checks": 10_000, "lag_p99_ms": 50.0, "missed": 0, "rss_max_mb":
 TICKET_MARGIN_MS = 100.0  # time to ticket in RT: below RT's own create latency + this
 # Issue 12's targets for a cluster of agents sharing one PostgreSQL.
 CLUSTER_TARGET = {"statements_per_result": 0.05, "cpu_ratio": 1.2, "ticket_p99_ms": 250.0}
+# Issue 14: the dashboard of 1,000 checks renders in under this many milliseconds.
+PAGES_TARGET_MS = 200.0
 
 
 def machine() -> dict[str, Any]:
@@ -115,11 +117,27 @@ def tables(results: dict[str, Any]) -> str:
         out += ["", _cluster(results["cluster"])]
     if results.get("sites"):
         out += ["", _sites(results["sites"])]
+    if results.get("pages"):
+        out += ["", _pages(results["pages"])]
     for line in results.get("skipped", []):
         out.append(f"skipped: {line}")
     for line in results.get("errors", []):
         out.append(f"error: {line}")
     return "\n".join(out)
+
+
+def _pages(p: dict[str, Any]) -> str:
+    rows = []
+    for name, f in p.items():
+        if name == "bytes":
+            continue
+        target = ""
+        if name.startswith("dashboard_"):
+            target = f"< {PAGES_TARGET_MS:.0f} {verdict(f['median'] < PAGES_TARGET_MS)}"
+        rows.append([name, str(f["reps"]), _ms(f["median"]), _ms(f["p95"]), _ms(f["max"]),
+                     target])
+    return "\n".join(["Rendering the pages (ms per render):",
+                      _table(["page", "renders", "median", "p95", "max", "target"], rows)])
 
 
 def _cluster(c: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "probe.tickets.groups", "probe.tickets.outbox", "probe.writer",
               "probe.cluster", "probe.cluster.*")),
     ("service", ("probe.status", "probe.web", "probe.daemon", "probe.demo",
-                 "probe.tickets.admin")),
+                 "probe.tickets.admin", "probe.pages", "probe.pages.*")),
     ("command", ("probe.cli", "probe.__main__")),
 ]
 
