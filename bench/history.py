@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,6 @@ def size(checks: int, say: Any) -> dict[str, float]:
         store = Store(Path(directory))
         now = int(time.time() // DAY) * DAY
         ids = []
-        ids = []
         for i in range(checks):
             store.write(Batch(minutes=[(f"check-{i:05d}", now, 1, 0, 0, 30000, 0, 0, 50, 50,
                                         0, 1, 0, 20, 1)]))
@@ -96,8 +97,8 @@ def size(checks: int, say: Any) -> dict[str, float]:
                     batch.append((check_id, now - (k + 1) * size_, n, 0, 0, size_ * 1000, 0, 0,
                                   mean * n, rng.randint(mean, 400), n // 10, n * 2, n * 9,
                                   mean * n // 2, n, *quantiles))
-                store.run(lambda db, b=batch, t=history.TABLES[size_], m=marks:
-                          db.executemany(f"INSERT OR REPLACE INTO {t} VALUES ({m})", b))
+                sql = f"INSERT OR REPLACE INTO {history.TABLES[size_]} VALUES ({marks})"
+                store.run(partial(_insert, sql, batch))
                 rows += len(batch)
         store.run(lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
         store.close()
@@ -105,6 +106,10 @@ def size(checks: int, say: Any) -> dict[str, float]:
     say(f"  history size: {checks} checks, {rows:,} rows, {total / 1e6:.1f} MB")
     return {"checks": checks, "rows": rows, "bytes": total, "bytes_per_row": total / rows,
             "bytes_at_10000": total / checks * 10_000}
+
+
+def _insert(sql: str, rows: list[tuple[Any, ...]], db: sqlite3.Connection) -> None:
+    db.executemany(sql, rows)
 
 
 def run(say: Any, *, smoke: bool) -> dict[str, Any]:

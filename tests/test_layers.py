@@ -24,9 +24,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "probe.tickets.ledger", "probe.tickets.pgledger",
               "probe.tickets.pool", "probe.tickets.watcher",
               "probe.tickets.groups", "probe.tickets.outbox", "probe.writer",
-              "probe.cluster", "probe.cluster.*")),
+              "probe.cluster", "probe.cluster.*", "probe.history", "probe.pages.model")),
     ("service", ("probe.status", "probe.web", "probe.daemon", "probe.demo",
-                 "probe.tickets.admin", "probe.pages", "probe.pages.*")),
+                 "probe.tickets.admin", "probe.pages", "probe.pages.*", "probe.availability",
+                 "probe.archive", "probe.report")),
     ("command", ("probe.cli", "probe.__main__")),
 ]
 

@@ -498,6 +498,9 @@ async def test_agents_starting_together_migrate_the_schema_once(pg_database: str
                                          "tickets": 1, "agents": 1, "check_state": 1,
                                          "group_state": 1, "results": 1, "maintenance": 1,
                                          "claims": 1, "votes": 1, "sites": 1,
+                                         "history_checks": 1, "history_minutes": 1,
+                                         "history_hours": 1, "history_days": 1,
+                                         "history_rolled": 1, "downtime": 1,
                                          "version": len(MIGRATIONS)}
 
 

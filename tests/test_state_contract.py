@@ -22,8 +22,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from checks.base import Result
 from checks.base import State as ResultState
+from probe import history
+from probe.archive import Archive, Keep, pg_epoch, pg_query, sqlite_query
 from probe.cluster.pgstate import PgState
+from probe.config import Config
+from probe.engine import Engine
 from probe.engine import Transition
+from probe.history import DAY, HOUR, MINUTE, Recorder
 from probe.facts import Facts
 from probe.state import SqliteState, State
 from probe.store import Batch, Snapshot, Store, StoreError
@@ -32,6 +37,8 @@ from probe.tickets.pgledger import PgLedger, Pool, open_pool
 from tests.harness.postgres import Postgres
 
 HISTORY = 3
+# Nothing pruned and every minute kept: what is read back is what was written.
+KEEP = Keep(1000 * DAY, 1000 * DAY, 1000 * DAY)
 
 
 @dataclass
@@ -40,6 +47,7 @@ class Subject:
     ledger: Ledger  # on the same database: where the transitions' actions go
     refuse: Callable[[], Awaitable[None]]  # the database refuses every write from now on
     restore: Callable[[], Awaitable[None]]  # and takes them again
+    archive: Archive  # what pages and reports read of the same database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -62,7 +70,8 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
                 store.run(lambda db: [db.execute(s) for s in statements])
             return switch
 
-        yield Subject(SqliteState(store), SqliteLedger(store), full(True), full(False))
+        yield Subject(SqliteState(store), SqliteLedger(store), full(True), full(False),
+                      Archive(sqlite_query(store), KEEP))
         store.close()
     else:
         dsn = request.getfixturevalue("pg_database")
@@ -83,7 +92,8 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             return switch
 
         pg = PgState(pool, history=HISTORY)
-        yield Subject(pg, PgLedger(pool), connections(False), connections(True))
+        yield Subject(pg, PgLedger(pool), connections(False), connections(True),
+                      Archive(pg_query(pool), KEEP, epoch=pg_epoch))
         await pg.close()
         await pool.close()
 
@@ -353,3 +363,43 @@ async def test_a_refused_write_costs_no_place_in_the_ring(subject: Subject) -> N
     await state.write(batch)
     assert [r["at"] for r in await state.recent_results("web-a")] == pytest.approx(
         [1002.0, 1001.0, 1000.0])
+
+
+async def test_the_history_is_kept_rolled_up_and_read_alike(subject: Subject) -> None:
+    """Minutes added up as two agents write them, rolled up into hours and days, downtime
+    recorded with the transitions, and the archive reading them back the same on both."""
+    t0 = 1_764_547_200.0  # a UTC midnight
+    config = Config.model_validate({"agent": {"name": "a"}, "defaults": {"failure_threshold": 2},
+                                    "checks": [{"name": "web",
+                                                "http": {"url": "http://127.0.0.1/"}}]})
+    engine = Engine("a", config.effective_checks())
+    one, other = Recorder(), Recorder()
+    transitions = []
+    for i, state in enumerate(["up", "down", "down", "down", "up", "up"]):
+        at = t0 + i * 10
+        # the same check, by two agents in turn (a check moving between them)
+        (one if i % 2 else other).add("web", result(state, at=at), interval=10,
+                                      maintenance=False)
+        transitions += engine.observe("web", state, "refused", at)
+    await subject.state.write(Batch(minutes=one.rows() + other.rows(),
+                                    transitions=[(t, None) for t in transitions]))
+    now = t0 + DAY + history.ROLL_AFTER + 1
+    keep = {MINUTE: KEEP.minutes, HOUR: KEEP.hours, DAY: KEEP.days}
+    assert await subject.state.roll_up(now, keep) == 24 + 1
+    assert await subject.state.roll_up(now, keep) == 0
+
+    (minute,) = (await subject.archive.buckets(["web"], t0, t0 + HOUR, now))["web"]
+    assert (minute.results, minute.failed) == (6, 3)
+    # each agent's results cover 40 s of it (their first, nothing): together no more than the
+    # minute itself
+    assert minute.covered == 60.0
+    assert await subject.archive.downtime(["web"], t0, now) == {
+        "web": [("a/web/1", t0 + 10, t0 + 50)]}  # resolved by the second success
+    (incident,) = await subject.archive.incidents()
+    assert (incident.key, incident.first_failure_at, incident.resolved_at) == (
+        "a/web/1", t0 + 10, t0 + 50)
+    later = t0 + 400 * DAY  # the minutes no longer answer: the day does
+    (day,) = (await Archive(subject.archive._query, Keep(HOUR * 26, DAY * 2, DAY * 1000),
+                            epoch=subject.archive._epoch).buckets(["web"], t0, t0 + DAY,
+                                                                  later))["web"]
+    assert (day.size, day.results, day.failed, day.covered) == (DAY, 6, 3, 60.0)

@@ -241,7 +241,8 @@ def test_durations_and_percentages_keep_their_digits(templated: Path, cwd: Path)
 
 def test_keys_come_in_the_reference_files_order(cwd: Path) -> None:
     data = yaml.safe_load(printed(EXAMPLE, cwd))
-    assert list(data) == ["agent", "defaults", "ticketing", "maintenance", "checks"]
+    assert list(data) == ["agent", "defaults", "ticketing", "maintenance", "history", "services",
+                          "status_page", "checks"]
     assert list(data["ticketing"]) == ["poll_interval", "routes"]
     assert list(data["ticketing"]["routes"]["helpdesk"]) == [
         "backend", "url", "email", "token_file", "group_id", "tags",
