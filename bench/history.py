@@ -116,4 +116,64 @@ def run(say: Any, *, smoke: bool) -> dict[str, Any]:
     return {
         "cpu": cpu(10_000 if not smoke else 1_000, 30.0, 125 if not smoke else 65, say),
         "size": size(500 if not smoke else 20, say),
+        "dashboard": dashboard(1_000, 20 if not smoke else 3, say),
     }
+
+
+def dashboard(checks: int, reps: int, say: Any) -> dict[str, float]:
+    """The dashboard of `checks` checks served from a real state database: the model built
+    from the status document and 24 h of history (Pages.dashboard), then rendered; ms each."""
+    import asyncio
+    import statistics
+
+    from probe.archive import Archive, Keep, sqlite_query
+    from probe.config import Config
+    from probe.pages import render
+    from probe.pages.build import Pages
+
+    rng = random.Random(3)
+    names = [f"check-{i:04d}" for i in range(checks)]
+    with tempfile.TemporaryDirectory() as directory:
+        config = Config.model_validate({
+            "agent": {"name": "bench", "state_dir": directory},
+            "checks": [{"name": n, "service": f"svc-{i % 20}",
+                        "http": {"url": f"http://127.0.0.1:8080/{n}"}}
+                       for i, n in enumerate(names)]})
+        store = Store(Path(directory))
+        now = time.time()
+        recorder = Recorder()
+        for hour in range(25):
+            for name in names:
+                for k in range(0, 3600, 300):
+                    at = now - (24 - hour) * HOUR + k
+                    recorder.add(name, _result(at, rng), interval=30, maintenance=False)
+        store.write(Batch(minutes=recorder.rows()))
+        store.roll_up(now, KEEP)
+        doc = {"agent": "bench", "incidents": [], "ticket_actions_pending": {"count": 0},
+               "ticket_actions_failed": [],
+               "checks": [{"name": n, "kind": "http", "target": f"http://127.0.0.1:8080/{n}",
+                           "service": f"svc-{i % 20}", "state": "up", "reason": "",
+                           "duration_seconds": 0.05, "last_run_at": now,
+                           "consecutive_failures": 0, "consecutive_successes": 12}
+                          for i, n in enumerate(names)]}
+        pages = Pages(config, Archive(sqlite_query(store), Keep(48 * HOUR, 30 * DAY, 400 * DAY)))
+
+        async def measure() -> list[tuple[float, float]]:
+            # one event loop, as the daemon's: its reads go through the same thread pool
+            times = []
+            for _ in range(reps + 1):
+                started = time.perf_counter()
+                model = await pages.dashboard(doc, [], now)
+                built = time.perf_counter()
+                render.dashboard(model)
+                times.append((built - started, time.perf_counter() - built))
+            return times[1:]  # the first read the rolled-up hours, which later ones keep
+
+        times = asyncio.run(measure())
+        store.close()
+    build = sorted(t[0] * 1000 for t in times)
+    total = sorted((t[0] + t[1]) * 1000 for t in times)
+    say(f"  dashboard of {checks} checks from the state database: median "
+        f"{statistics.median(total):.0f} ms")
+    return {"checks": checks, "reps": reps, "build_median_ms": statistics.median(build),
+            "median_ms": statistics.median(total), "p95_ms": total[int(0.95 * (reps - 1))]}

@@ -43,7 +43,7 @@ defaults:
   timeout: 500ms
   failure_threshold: 2
   success_threshold: 1
-ticketing: {{routes: {{local: {{backend: local}}}}}}
+ticketing: {{routes: {{local: {{backend: local}}}}, poll_interval: 1s}}
 services:
   shop: {{sla: 99.9%}}
 checks:
@@ -71,7 +71,18 @@ async def test_the_report_gives_the_scenarios_availability_within_one_interval(
     target.down = True
     down_at = time.time()
     await probe.wait("the incident", lambda: bool(probe.status()["incidents"]))
-    await asyncio.sleep(8)
+    await probe.wait("its ticket", lambda: bool(probe.db("SELECT * FROM tickets")))
+    await asyncio.sleep(3)
+    # Someone takes the ticket in the helpdesk; the watcher sees it at its next poll.
+    acked = await asyncio.to_thread(subprocess.run, [*PROBE, "tickets", "--config",
+                                    str(probe.config), "ack", "1", "--owner", "alice"],
+                                    capture_output=True, timeout=30)
+    assert acked.returncode == 0, acked.stderr
+    acked_at = time.time()
+    await probe.wait("the acknowledgement", lambda: probe.db(
+        "SELECT acknowledged_at FROM tickets")[0][0] is not None)
+    ((ticket_opened,),) = probe.db("SELECT opened_at FROM tickets")
+    await asyncio.sleep(4)
     target.down = False
     up_at = time.time()
     await probe.wait("the recovery", lambda: not probe.status()["incidents"])
@@ -102,7 +113,8 @@ async def test_the_report_gives_the_scenarios_availability_within_one_interval(
     assert float(web["na_seconds"]) >= first - day_start - 2
     assert (web["sla_percent"], web["sla_met"]) == ("50", "true")
     assert float(web["mttr_seconds"]) == pytest.approx(outage, abs=INTERVAL + 0.5)
-    assert web["mtta_seconds"] == ""  # nobody acknowledged it: unknown, empty
+    # from the ticket's opening to the first poll that saw it taken
+    assert ticket_opened + 2 < float(web["mtta_seconds"]) + ticket_opened < acked_at + 2
     shop = by_name[("service", "shop")]
     assert (shop["sla_percent"], shop["sla_met"]) == ("99.9", "false")
     assert shop["downtime_seconds"] == web["downtime_seconds"]
@@ -111,6 +123,7 @@ async def test_the_report_gives_the_scenarios_availability_within_one_interval(
     (incident,) = as_json["rows"][1]["incidents"]
     assert incident["key"] == "sla/shop/1"
     assert incident["tickets"][0]["ref"] == "1"
+    assert incident["tickets"][0]["acknowledged_at"] is not None
     assert "failure that opened no incident is not down" in as_json["rule"]
     markdown = report(probe.config, "--from", today).stdout
     assert "| check | web |" in markdown and "How it is computed" in markdown

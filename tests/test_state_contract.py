@@ -26,10 +26,9 @@ from probe import history
 from probe.archive import Archive, Keep, pg_epoch, pg_query, sqlite_query
 from probe.cluster.pgstate import PgState
 from probe.config import Config
-from probe.engine import Engine
-from probe.engine import Transition
-from probe.history import DAY, HOUR, MINUTE, Recorder
+from probe.engine import Engine, Transition
 from probe.facts import Facts
+from probe.history import DAY, HOUR, MINUTE, Recorder
 from probe.state import SqliteState, State
 from probe.store import Batch, Snapshot, Store, StoreError
 from probe.tickets.ledger import Ledger, SqliteLedger
@@ -375,7 +374,8 @@ async def test_the_history_is_kept_rolled_up_and_read_alike(subject: Subject) ->
     engine = Engine("a", config.effective_checks())
     one, other = Recorder(), Recorder()
     transitions = []
-    for i, state in enumerate(["up", "down", "down", "down", "up", "up"]):
+    states: list[ResultState] = ["up", "down", "down", "down", "up", "up"]
+    for i, state in enumerate(states):
         at = t0 + i * 10
         # the same check, by two agents in turn (a check moving between them)
         (one if i % 2 else other).add("web", result(state, at=at), interval=10,

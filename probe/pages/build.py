@@ -10,7 +10,7 @@ from typing import Any
 
 from checks import KINDS
 from checks.values import format_duration
-from probe.archive import Archive
+from probe.archive import Archive, Hourly
 from probe.availability import Rule, compute, merge_buckets, merged, rule_text
 from probe.config import Config, Maintenance
 from probe.engine import window_active
@@ -33,6 +33,7 @@ from probe.pages.model import (
     Window,
 )
 
+EMPTY: Mapping[str, float] = {}
 SECONDS = {"24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0, "90d": 90 * 86400.0}
 STEPS = {"24h": 900.0, "7d": 3600.0, "30d": 4 * 3600.0}  # a latency chart's point
 STATES = ("up", "failing", "down", "maintenance", "unreachable", "unknown")
@@ -152,16 +153,21 @@ class Pages:
         names = [e["name"] for e in entries]
         recent = await self.archive.recent(names, now)
         downs = await self.archive.downtime(names, now - DAY, now)
-        rows = [self._row(e, open_keys.get(e["name"]), recent.get(e["name"], []), now,
-                          self._figure({e["name"]: recent.get(e["name"], [])},
-                                       {e["name"]: downs.get(e["name"], [])}, now - DAY, now))
+        # The last 24 h: a sparkline of hours, and one bucket for the figure.
+        start = int(now // 3600) * 3600 - 23 * 3600
+        sparks, day = {}, {}
+        for name in names:
+            sparks[name], day[name] = _last_day(start, recent.get(name, []))
+        rows = [self._row(e, open_keys.get(e["name"]), sparks.get(e["name"], ()),
+                          self._figure({e["name"]: day[e["name"]]},
+                                       {e["name"]: downs.get(e["name"], [])}, start, now))
                 for e in entries]
         services = []
         for name in self.services():
             members = [r for r in rows if r.service == name]
             member_names = [r.name for r in members]
-            figure = self._figure({n: recent.get(n, []) for n in member_names},
-                                  {n: downs.get(n, []) for n in member_names}, now - DAY, now)
+            figure = self._figure({n: day[n] for n in member_names},
+                                  {n: downs.get(n, []) for n in member_names}, start, now)
             services.append(ServiceRow(name, _service_state(members), member_names,
                                        open_keys.get(name), figure))
         shown = [r for r in rows if (state is None or r.state == state)
@@ -180,18 +186,9 @@ class Pages:
             state_filter=state, service_filter=service, states=STATES,
             service_names=self.services())
 
-    def _row(self, entry: Mapping[str, Any], incident: str | None, recent: Sequence[Bucket],
-             now: float, figure: Availability | None = None) -> CheckRow:
+    def _row(self, entry: Mapping[str, Any], incident: str | None, spark: Sequence[Point],
+             figure: Availability | None = None) -> CheckRow:
         duration = entry.get("duration_seconds")
-        hour = int(now // 3600) * 3600
-        by_start = {b.start: b for b in recent}
-        spark = []
-        for i in range(24):
-            start = hour - (23 - i) * 3600
-            b = by_start.get(start)
-            spark.append(Point(start, 3600.0, b.mean_ms if b else None,
-                               b.duration_max_ms if b and b.results else None,
-                               failed=b.failed if b else 0))
         return CheckRow(
             name=entry["name"], kind=str(entry.get("kind", "")), service=entry.get("service"),
             target=str(entry.get("target", "")), state=check_state(entry, incident is not None),
@@ -220,8 +217,7 @@ class Pages:
             sla = described.sla if described else None
         open_keys = self._open(doc)
         entries = {e["name"]: e for e in doc.get("checks", [])}
-        rows = [self._row(entries.get(n, {"name": n}), open_keys.get(n), [], now)
-                for n in names]
+        rows = [self._row(entries.get(n, {"name": n}), open_keys.get(n), ()) for n in names]
         figures = {w: await self.availability(names, now - SECONDS[w], now, now)
                    for w in WINDOWS}
         latency = ({w: await self.latency(name, w, now) for w in LATENCY_WINDOWS}
@@ -276,6 +272,20 @@ class Pages:
                 name, state, days, figure,
                 None if incident is None else incident["first_failure_at"]))
         return StatusPage(page.title, page.description, services, self.rule_text, now)
+
+
+def _last_day(start: int, hours: Sequence[Hourly]) -> tuple[list[Point], list[Bucket]]:
+    """A check's last 24 hours from `start`: a point each, and all of them as one bucket."""
+    points = [Point(start + i * 3600, 3600.0, None, None) for i in range(24)]
+    n = failed = covered = na = maintenance = dsum = dmax = 0
+    for t, hn, hfailed, hcovered, hna, hmaint, hdsum, hdmax in hours:
+        i = (t - start) // 3600
+        if hn and 0 <= i < 24:
+            points[i] = Point(t, 3600.0, hdsum / hn, hdmax, None, EMPTY, hfailed)
+        n, failed, covered, na = n + hn, failed + hfailed, covered + hcovered, na + hna
+        maintenance, dsum, dmax = maintenance + hmaint, dsum + hdsum, max(dmax, hdmax)
+    return points, [Bucket(start, DAY, n, failed, 0, covered / 1000, na / 1000,
+                           maintenance / 1000, dsum, dmax, None, None, None)]
 
 
 def _service_state(rows: Sequence[CheckRow]) -> str:
