@@ -16,11 +16,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import daemon, pages, report, rt, scenarios, targets
+from bench import daemon, history, pages, report, rt, scenarios, targets
 from bench.proc import Processes, Unavailable
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("kinds", "scale", "tickets", "cluster", "sites", "pages")
+SCENARIOS = ("kinds", "scale", "tickets", "cluster", "sites", "pages", "history")
+IN_PROCESS = ("pages", "history")  # no targets, no daemon: in this process
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -132,13 +133,19 @@ def main(argv: list[str] | None = None) -> int:
             results["pages"] = pages.run(reps=5 if args.smoke else 50, say=say)
 
         attempt("pages", render_pages)
-        if args.only == ["pages"]:
-            results["probe"] = source(None, directory=Path())[1]  # always the working tree's
-            report.write(results, args.output)
-            say("")
-            say(report.tables(results))
-            say(f"\nfigures written to {args.output}")
-            return 1 if results["errors"] else 0
+    if "history" in args.only:
+        # in this process, on a real state database (bench/history.py)
+        def keep_history() -> None:
+            results["history"] = history.run(say, smoke=args.smoke)
+
+        attempt("history", keep_history)
+    if set(args.only) <= set(IN_PROCESS):
+        results["probe"] = source(None, directory=Path())[1]  # always the working tree's
+        report.write(results, args.output)
+        say("")
+        say(report.tables(results))
+        say(f"\nfigures written to {args.output}")
+        return 1 if results["errors"] else 0
     with Processes() as processes, tempfile.TemporaryDirectory(prefix="probe-bench-") as tmp:
         directory = Path(tmp)
         try:

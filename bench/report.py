@@ -119,6 +119,8 @@ def tables(results: dict[str, Any]) -> str:
         out += ["", _sites(results["sites"])]
     if results.get("pages"):
         out += ["", _pages(results["pages"])]
+    if results.get("history"):
+        out += ["", _history(results["history"])]
     for line in results.get("skipped", []):
         out.append(f"skipped: {line}")
     for line in results.get("errors", []):
@@ -138,6 +140,33 @@ def _pages(p: dict[str, Any]) -> str:
                      target])
     return "\n".join(["Rendering the pages (ms per render):",
                       _table(["page", "renders", "median", "p95", "max", "target"], rows)])
+
+
+# The daemon's own CPU per check at 10,000 checks (docs/performance.md, the scale scenario):
+# what the history may add 5 % to.
+DAEMON_CPU_US_PER_CHECK = 320.0
+HISTORY_DB_TARGET = 2e9  # bytes at 10,000 checks, steady state
+
+
+def _history(h: dict[str, Any]) -> str:
+    c, z, d = h["cpu"], h["size"], h["dashboard"]
+    share = c["us_per_result"] / DAEMON_CPU_US_PER_CHECK
+    rows = [
+        [f"CPU per result ({c['checks']:,} checks, {c['results']:,} results)",
+         f"{c['us_per_result']:.1f} µs (count {c['add_s'] / c['results'] * 1e6:.1f}, write "
+         f"{c['write_s'] / c['results'] * 1e6:.1f}, roll up {c['roll_s'] / c['results'] * 1e6:.1f})"
+         f" = {share:.1%} of {DAEMON_CPU_US_PER_CHECK:.0f} µs",
+         "≤ 5 %", verdict(share <= 0.05)],
+        [f"database at steady state ({z['checks']:,} checks, {z['rows']:,} rows)",
+         f"{z['bytes'] / 1e6:.0f} MB, {z['bytes_per_row']:.1f} B/row; "
+         f"{z['bytes_at_10000'] / 1e9:.2f} GB at 10,000 checks",
+         "< 2 GB", verdict(z["bytes_at_10000"] < HISTORY_DB_TARGET)],
+        [f"dashboard of {d['checks']:,} checks from the state database",
+         f"{d['median_ms']:.0f} ms median ({d['build_median_ms']:.0f} building), "
+         f"p95 {d['p95_ms']:.0f}", f"< {PAGES_TARGET_MS:.0f} ms",
+         verdict(d["median_ms"] < PAGES_TARGET_MS)],
+    ]
+    return "\n".join(["The history:", _table(["what", "measured", "target", ""], rows)])
 
 
 def _cluster(c: dict[str, Any]) -> str:

@@ -22,6 +22,8 @@ import bcrypt
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.select import Select
+from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.harness import browser
 from tests.harness.certs import CertFactory
@@ -121,9 +123,10 @@ def look_at_the_incident(probe: ProbeProcess, shots: Path) -> None:
         assert driver.find_elements(By.TAG_NAME, "img") == []
         assert driver.execute_script("return window.pwned === undefined")
         # The filters work without JavaScript: a plain form.
-        driver.find_element(By.CSS_SELECTOR, "select[name=state] option[value=down]").click()
+        Select(driver.find_element(By.NAME, "state")).select_by_value("down")
         driver.find_element(By.CSS_SELECTOR, "form button, form input[type=submit]").click()
-        assert "state=down" in driver.current_url
+        WebDriverWait(driver, 10).until(lambda d: "state=down" in d.current_url)
+        assert "storefront" in text(driver)
         browser.screenshot(driver, "dashboard", shots)
 
         driver.get(url(probe, "/checks/storefront"))
