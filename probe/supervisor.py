@@ -1,6 +1,6 @@
-"""The daemon's long-running loops — the scheduler, the state flusher, the engine's ticker,
-ticket delivery, the ticket watcher and the systemd watchdog's pinger — started and watched in
-one place, so that none of them can stop without anyone noticing.
+"""The daemon's long-running loops — the scheduler, the state flusher, the engine's ticker, the
+history's writer, ticket delivery, the ticket watcher and the systemd watchdog's pinger —
+started and watched in one place, so that none of them can stop without anyone noticing.
 
 - **A loop that raises** is logged with its traceback (one error line naming it), counted in
   `probe_loop_failures_total{loop}`, and restarted after 1s, then 2s, then 4s. A loop keeps its

@@ -25,7 +25,7 @@ from tests.harness.inloop import Runner, sqlite
 from tests.harness.ports import free_port
 from tests.harness.wait import until
 
-LOOPS = ("watchdog", "scheduler", "flusher", "ticker", "dispatcher", "watcher")
+LOOPS = ("watchdog", "scheduler", "flusher", "ticker", "historian", "dispatcher", "watcher")
 WATCHDOG = 4.0  # the WatchdogSec the tests' systemd asks for: a ping every 2 s
 
 CONFIG = """
