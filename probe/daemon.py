@@ -622,7 +622,7 @@ class Daemon:
     def pages(self) -> Pages:
         """The pages' builder for the configuration in force (rebuilt after a reload)."""
         if self._pages is None or self._pages.config is not self.config:
-            self._pages = Pages(self.config, self.archive())
+            self._pages = Pages(self.config, self.archive(), self.recorder.peek)
         return self._pages
 
     def archive(self) -> Archive:

@@ -22,8 +22,9 @@ probe.availability computes availability from these; probe.pages and `probe repo
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from checks import KINDS
@@ -44,24 +45,17 @@ assert all(len(kind.phases) <= PHASES for kind in KINDS.values())
 MinuteRow = tuple[Any, ...]
 
 
-@dataclass(slots=True)
-class _Minute:
-    results: int = 0
-    failed: int = 0
-    unknown: int = 0
-    covered: float = 0.0
-    na: float = 0.0
-    maintenance: float = 0.0
-    duration_sum: float = 0.0
-    duration_max: float = 0.0
-    phases: list[float] = field(default_factory=lambda: [0.0] * PHASES)
+# A check's minute in memory: one array of doubles (no object per number: 10,000 checks' minutes
+# in under 2 MB), in MinuteRow's order after the check and the minute.
+_RESULTS, _FAILED, _UNKNOWN, _COVERED, _NA, _MAINTENANCE, _SUM, _MAX, _PHASE = range(9)
+_EMPTY = array("d", [0.0] * (_PHASE + PHASES))
 
 
 class Recorder:
     """Results counted per check and minute, in memory until `rows` takes them."""
 
     def __init__(self) -> None:
-        self._minutes: dict[tuple[str, int], _Minute] = {}
+        self._minutes: dict[tuple[str, int], array[float]] = {}
         self._last: dict[str, float] = {}
 
     def add(self, name: str, result: Result, *, interval: float, maintenance: bool) -> None:
@@ -70,25 +64,35 @@ class Recorder:
         self._last[name] = at
         covered = 0.0 if last is None else min(max(at - last, 0.0), 2 * interval)
         key = (name, int(at // MINUTE) * MINUTE)
-        minute = self._minutes.get(key)
-        if minute is None:
-            minute = self._minutes[key] = _Minute()
-        minute.results += 1
-        minute.covered += covered
+        m = self._minutes.get(key)
+        if m is None:
+            m = self._minutes[key] = array("d", _EMPTY)
+        m[_RESULTS] += 1
+        m[_COVERED] += covered
         if result.state == "unknown":
-            minute.unknown += 1
-            minute.na += covered
+            m[_UNKNOWN] += 1
+            m[_NA] += covered
         else:
             if result.state != "up":
-                minute.failed += 1
+                m[_FAILED] += 1
             if maintenance:
-                minute.maintenance += covered
-        minute.duration_sum += result.duration
-        minute.duration_max = max(minute.duration_max, result.duration)
+                m[_MAINTENANCE] += covered
+        m[_SUM] += result.duration
+        m[_MAX] = max(m[_MAX], result.duration)
         kind = KINDS.get(result.kind)
         if kind is not None:
-            for i, phase in enumerate(kind.phases):
-                minute.phases[i] += result.phases.get(phase, 0.0)
+            for i, phase in enumerate(kind.phases, _PHASE):
+                m[i] += result.phases.get(phase, 0.0)
+
+    def peek(self, names: Iterable[str]) -> dict[str, list[MinuteRow]]:
+        """The minutes of `names` counted and not yet taken, left in place: what the pages
+        add to the stored ones, so that they are fresh to the result."""
+        wanted = set(names)
+        out: dict[str, list[MinuteRow]] = {}
+        for key, minute in list(self._minutes.items()):
+            if key[0] in wanted:
+                out.setdefault(key[0], []).append(_row(key, minute))
+        return out
 
     def rows(self, before: float | None = None) -> list[MinuteRow]:
         """The minutes that ended by `before` (all, if None), taken out. Written, each is
@@ -98,10 +102,10 @@ class Recorder:
         return [_row(key, self._minutes.pop(key)) for key in taken]
 
 
-def _row(key: tuple[str, int], m: _Minute) -> MinuteRow:
-    return (key[0], key[1], m.results, m.failed, m.unknown, round(m.covered * 1000),
-            round(m.na * 1000), round(m.maintenance * 1000), round(m.duration_sum * 1000),
-            round(m.duration_max * 1000), *(round(p * 1000) for p in m.phases))
+def _row(key: tuple[str, int], m: array[float]) -> MinuteRow:
+    """Counts as integers, times in milliseconds."""
+    return (key[0], key[1], int(m[_RESULTS]), int(m[_FAILED]), int(m[_UNKNOWN]),
+            *(round(v * 1000) for v in m[_COVERED:]))
 
 
 # --- rolling up ---------------------------------------------------------------------------

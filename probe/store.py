@@ -232,9 +232,6 @@ class Store:
                 self._db.execute("PRAGMA busy_timeout=5000")
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-                # The history writes a row per check each minute, each in its check's place:
-                # with 10,000 checks, 40 MB of pages kept in memory instead of read again.
-                self._db.execute("PRAGMA cache_size=-65536")
                 self._migrate()
             self._seq: dict[str, int] = dict(
                 self._db.execute("SELECT check_name, MAX(seq) FROM results GROUP BY check_name")

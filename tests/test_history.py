@@ -69,6 +69,18 @@ def test_minutes_roll_up_into_hours_and_days_with_their_quantiles(tmp_path: Path
     assert store.roll_up(T0 + DAY + 2 * history.ROLL_AFTER, KEEP_BY_SIZE) == 0
 
 
+def test_the_minutes_being_counted_are_seen_and_left_in_place() -> None:
+    recorder = Recorder()
+    for i in range(3):
+        recorder.add("web", result(T0 + i * 10, "down" if i else "up"), interval=10,
+                     maintenance=False)
+    (row,) = recorder.peek(["web", "api"])["web"]
+    assert row[:6] == ("web", T0, 3, 2, 0, 20_000)  # 3 results, 2 failed, 20 s covered
+    assert recorder.rows(before=T0 + 59) == []  # the minute is not over
+    assert recorder.rows(before=T0 + 60) == [row]
+    assert recorder.peek(["web"]) == {}
+
+
 def test_a_minute_written_twice_adds_up_and_old_rows_go(tmp_path: Path) -> None:
     """Two agents (or one, before and after a restart) writing one minute add to it; rows
     older than what each resolution keeps are deleted when the next hour is rolled up."""

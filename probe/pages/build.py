@@ -5,7 +5,7 @@ the state database remembers)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from checks import KINDS
@@ -14,7 +14,7 @@ from probe.archive import Archive, Hourly
 from probe.availability import Rule, compute, merge_buckets, merged, rule_text
 from probe.config import Config, Maintenance
 from probe.engine import window_active
-from probe.history import DAY, Bucket
+from probe.history import DAY, MINUTE, Bucket, MinuteRow, bucket
 from probe.pages.model import (
     LATENCY_WINDOWS,
     WINDOWS,
@@ -63,9 +63,13 @@ def streak(entry: Mapping[str, Any]) -> str:
 class Pages:
     """Builds each page's model. `doc` is the status document, as /api/status serves it."""
 
-    def __init__(self, config: Config, archive: Archive) -> None:
+    def __init__(self, config: Config, archive: Archive,
+                 counting: Callable[[Sequence[str]], Mapping[str, list[MinuteRow]]] | None = None,
+                 ) -> None:
         self.config = config
         self.archive = archive
+        # The running daemon's minutes not yet written (probe.history.Recorder.peek).
+        self.counting = counting or (lambda names: {})
         self.rule: Rule = config.history.maintenance
         self.rule_text = rule_text(self.rule)
         self.checks = {c.name: c for c in config.effective_checks()}
@@ -86,9 +90,18 @@ class Pages:
 
     async def availability(self, names: Sequence[str], start: float, end: float,
                            now: float) -> Availability:
-        per_check = await self.archive.buckets(names, start, end, now)
+        per_check = await self.buckets(names, start, end, now)
         downs = await self.archive.downtime(names, start, end)
         return self._figure(per_check, downs, start, end)
+
+    async def buckets(self, names: Sequence[str], start: float, end: float,
+                      now: float) -> dict[str, list[Bucket]]:
+        """The stored buckets, and the minutes being counted now."""
+        per_check = await self.archive.buckets(names, start, end, now)
+        for name, rows in self.counting(names).items():
+            per_check.setdefault(name, []).extend(
+                bucket(MINUTE, row[1:]) for row in rows if start <= row[1] < end)
+        return per_check
 
     def _figure(self, per_check: Mapping[str, Sequence[Bucket]],
                 downs: Mapping[str, Sequence[tuple[str, float, float | None]]],
@@ -105,7 +118,7 @@ class Pages:
         """The last `count` UTC days, oldest first, today's so far included."""
         today = int(now // DAY) * DAY
         start = today - (count - 1) * DAY
-        per_check = await self.archive.buckets(names, start, now, now)
+        per_check = await self.buckets(names, start, now, now)
         downs = await self.archive.downtime(names, start, now)
         out = []
         for i in range(count):
@@ -119,7 +132,7 @@ class Pages:
     async def latency(self, name: str, window: str, now: float) -> list[Point]:
         span, step = SECONDS[window], STEPS[window]
         start = (int((now - span) // step) + 1) * step
-        buckets = (await self.archive.buckets([name], start, now, now))[name]
+        buckets = (await self.buckets([name], start, now, now))[name]
         kind = KINDS.get(self.checks[name].kind)
         phase_names = kind.phases if kind is not None else ()
         points: dict[int, list[Bucket]] = {}
@@ -152,6 +165,9 @@ class Pages:
         entries = [e for e in doc.get("checks", []) if e["name"] in self.checks]
         names = [e["name"] for e in entries]
         recent = await self.archive.recent(names, now)
+        for name, minutes in self.counting(names).items():
+            recent.setdefault(name, []).extend(
+                (int(row[1] // 3600) * 3600, *row[2:4], *row[5:10]) for row in minutes)
         downs = await self.archive.downtime(names, now - DAY, now)
         # The last 24 h: a sparkline of hours, and one bucket for the figure.
         start = int(now // 3600) * 3600 - 23 * 3600
@@ -275,16 +291,20 @@ class Pages:
 
 
 def _last_day(start: int, hours: Sequence[Hourly]) -> tuple[list[Point], list[Bucket]]:
-    """A check's last 24 hours from `start`: a point each, and all of them as one bucket."""
-    points = [Point(start + i * 3600, 3600.0, None, None) for i in range(24)]
+    """A check's last 24 hours from `start`: a point each (an hour may come in parts: stored,
+    and being counted), and all of them as one bucket."""
+    counts = [[0, 0, 0, 0] for _ in range(24)]  # results, failed, duration sum, max
     n = failed = covered = na = maintenance = dsum = dmax = 0
     for t, hn, hfailed, hcovered, hna, hmaint, hdsum, hdmax in hours:
         i = (t - start) // 3600
-        if hn and 0 <= i < 24:
-            points[i] = Point(t, 3600.0, hdsum / hn, hdmax, None, EMPTY, hfailed)
+        if 0 <= i < 24:
+            c = counts[i]
+            c[0], c[1], c[2], c[3] = c[0] + hn, c[1] + hfailed, c[2] + hdsum, max(c[3], hdmax)
         n, failed, covered, na = n + hn, failed + hfailed, covered + hcovered, na + hna
         maintenance, dsum, dmax = maintenance + hmaint, dsum + hdsum, max(dmax, hdmax)
-    return points, [Bucket(start, DAY, n, failed, 0, covered / 1000, na / 1000,
+    points = [Point(start + i * 3600, 3600.0, c[2] / c[0], c[3], None, EMPTY, c[1]) if c[0]
+              else Point(start + i * 3600, 3600.0, None, None) for i, c in enumerate(counts)]
+    return points, [Bucket(start, DAY, n, failed, 0, min(covered / 1000, DAY), na / 1000,
                            maintenance / 1000, dsum, dmax, None, None, None)]
 
 

@@ -208,7 +208,7 @@ async def latency(request: web.Request) -> web.Response:
         return found
     _, names = found
     now = time.time()
-    per_check = await request.app[SITE].pages.archive.buckets(names, now - SECONDS[window],
+    per_check = await request.app[SITE].pages.buckets(names, now - SECONDS[window],
                                                               now, now)
     n = sum(b.results for bs in per_check.values() for b in bs)
     mean = sum(b.duration_sum_ms for bs in per_check.values() for b in bs) / n if n else None
