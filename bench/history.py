@@ -113,11 +113,18 @@ def _insert(sql: str, rows: list[tuple[Any, ...]], db: sqlite3.Connection) -> No
 
 
 def run(say: Any, *, smoke: bool) -> dict[str, Any]:
-    return {
+    from bench.proc import Unavailable
+
+    out = {
         "cpu": cpu(10_000 if not smoke else 1_000, 30.0, 125 if not smoke else 65, say),
         "size": size(500 if not smoke else 20, say),
         "dashboard": dashboard(1_000, 20 if not smoke else 3, say),
     }
+    try:
+        out["pg_size"] = pg_size(100 if not smoke else 10, say)
+    except Unavailable as why:
+        say(f"  history size on PostgreSQL: skipped: {why}")
+    return out
 
 
 def dashboard(checks: int, reps: int, say: Any) -> dict[str, float]:
@@ -177,3 +184,56 @@ def dashboard(checks: int, reps: int, say: Any) -> dict[str, float]:
         f"{statistics.median(total):.0f} ms")
     return {"checks": checks, "reps": reps, "build_median_ms": statistics.median(build),
             "median_ms": statistics.median(total), "p95_ms": total[int(0.95 * (reps - 1))]}
+
+
+def pg_size(checks: int, say: Any) -> dict[str, float]:
+    """As `size`, on the cluster's PostgreSQL (the benchmark's own server, probe's schema):
+    the history tables' size with their keys, after VACUUM."""
+    import asyncio
+
+    import psycopg
+
+    from bench import postgres
+    from bench.proc import Processes
+    from probe.tickets.pgledger import migrate_connection
+
+    rng = random.Random(2)
+    with Processes() as processes:
+        server = postgres.start(processes)
+
+        async def migrate() -> None:
+            conn = await psycopg.AsyncConnection.connect(server.dsn(), autocommit=True)
+            await migrate_connection(conn)
+            await conn.close()
+
+        asyncio.run(migrate())
+        now = int(time.time() // DAY) * DAY
+        rows = 0
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            for i in range(checks):
+                conn.execute("INSERT INTO history_checks (name) VALUES (%s)", (f"check-{i:05d}",))
+            ids = [row[0] for row in conn.execute("SELECT id FROM history_checks ORDER BY id")]
+            for size_, keep in ((MINUTE, KEEP[MINUTE]), (HOUR, KEEP[HOUR]), (DAY, KEEP[DAY])):
+                count = int(keep // size_)
+                n = size_ // 30
+                names = history.columns(size_)
+                sql = (f"INSERT INTO {history.TABLES[size_]} (check_id, {', '.join(names)})"
+                       f" VALUES ({', '.join(['%s'] * (1 + len(names)))})")
+                for k in reversed(range(count)):
+                    batch = []
+                    for check_id in ids:
+                        mean = rng.randint(2, 200)
+                        quantiles = () if size_ == MINUTE else (
+                            rng.randint(20, 80), rng.randint(80, 200), rng.randint(150, 400))
+                        batch.append((check_id, now - (k + 1) * size_, n, 0, 0, size_ * 1000,
+                                      0, 0, mean * n, rng.randint(mean, 400), n // 10, n * 2,
+                                      n * 9, mean * n // 2, n, *quantiles))
+                    with conn.cursor() as cursor:
+                        cursor.executemany(sql, batch)
+                    rows += len(batch)
+            conn.execute("VACUUM ANALYZE")
+            total = sum(row[0] for table in history.TABLES.values() for row in conn.execute(
+                "SELECT pg_total_relation_size(%s)", (table,)))
+    say(f"  history size on PostgreSQL: {checks} checks, {rows:,} rows, {total / 1e6:.1f} MB")
+    return {"checks": checks, "rows": rows, "bytes": total, "bytes_per_row": total / rows,
+            "bytes_at_10000": total / checks * 10_000}

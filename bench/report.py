@@ -166,6 +166,12 @@ def _history(h: dict[str, Any]) -> str:
          f"p95 {d['p95_ms']:.0f}", f"< {PAGES_TARGET_MS:.0f} ms",
          verdict(d["median_ms"] < PAGES_TARGET_MS)],
     ]
+    if h.get("pg_size"):
+        p = h["pg_size"]
+        rows.append([f"the same on PostgreSQL ({p['checks']:,} checks, {p['rows']:,} rows)",
+                     f"{p['bytes'] / 1e6:.0f} MB, {p['bytes_per_row']:.1f} B/row; "
+                     f"{p['bytes_at_10000'] / 1e9:.2f} GB at 10,000 checks", "< 2 GB",
+                     verdict(p["bytes_at_10000"] < HISTORY_DB_TARGET)])
     return "\n".join(["The history:", _table(["what", "measured", "target", ""], rows)])
 
 
