@@ -23,6 +23,9 @@ log = logging.getLogger("probe")
 FLUSH_EVERY = 0.2  # seconds between state writes: batched, never on the check's path
 FLUSH_RETRY = 1.0  # seconds between state writes while the database refuses them
 MAX_PENDING_RESULTS = 20_000  # results kept in memory while the state cannot be written
+# The history's minutes kept meanwhile (probe.history): ten minutes of 10,000 checks, about
+# 30 MB; older ones go, and their time shows as n/a.
+MAX_PENDING_MINUTES = 100_000
 
 
 class Writer:
@@ -89,6 +92,7 @@ class Writer:
             # Decisions and states are kept whatever it costs; the history of results is
             # only history: while the disk refuses, keep its newest part, not all of it.
             del batch.results[:-MAX_PENDING_RESULTS]
+            del batch.minutes[:-MAX_PENDING_MINUTES]
             self.pending = batch
             self.metrics.state_errors.inc()
             self.metrics.state_ok.set(0)
