@@ -34,6 +34,7 @@ from probe.pages.model import (
 )
 
 EMPTY: Mapping[str, float] = {}
+Downtime = Mapping[str, Sequence[tuple[str, float, float | None]]]  # archive.downtime's
 SECONDS = {"24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0, "90d": 90 * 86400.0}
 STEPS = {"24h": 900.0, "7d": 3600.0, "30d": 4 * 3600.0}  # a latency chart's point
 STATES = ("up", "failing", "down", "maintenance", "unreachable", "unknown")
@@ -90,9 +91,15 @@ class Pages:
 
     async def availability(self, names: Sequence[str], start: float, end: float,
                            now: float) -> Availability:
-        per_check = await self.buckets(names, start, end, now)
-        downs = await self.archive.downtime(names, start, end)
-        return self._figure(per_check, downs, start, end)
+        return self._figure(*await self._span(names, start, end, now), start, end)
+
+    async def _span(self, names: Sequence[str], start: float, end: float,
+                    now: float) -> tuple[dict[str, list[Bucket]], Downtime]:
+        """What a period's figures are computed from, read once: the buckets and the
+        downtime. A shorter period within it is computed from the same (compute counts only
+        what falls in it)."""
+        return (await self.buckets(names, start, end, now),
+                await self.archive.downtime(names, start, end))
 
     async def buckets(self, names: Sequence[str], start: float, end: float,
                       now: float) -> dict[str, list[Bucket]]:
@@ -103,8 +110,7 @@ class Pages:
                 bucket(MINUTE, row[1:]) for row in rows if start <= row[1] < end)
         return per_check
 
-    def _figure(self, per_check: Mapping[str, Sequence[Bucket]],
-                downs: Mapping[str, Sequence[tuple[str, float, float | None]]],
+    def _figure(self, per_check: Mapping[str, Sequence[Bucket]], downs: Downtime,
                 start: float, end: float) -> Availability:
         buckets = (list(next(iter(per_check.values()))) if len(per_check) == 1
                    else merge_buckets(list(per_check.values())))
@@ -114,12 +120,13 @@ class Pages:
         return compute(buckets, merged(intervals, start, end), start, end, self.rule,
                        incidents=len(keys))
 
-    async def days(self, names: Sequence[str], now: float, count: int = BAR_DAYS) -> list[Day]:
-        """The last `count` UTC days, oldest first, today's so far included."""
+    async def days(self, names: Sequence[str], now: float, count: int = BAR_DAYS,
+                   span: tuple[dict[str, list[Bucket]], Downtime] | None = None) -> list[Day]:
+        """The last `count` UTC days, oldest first, today's so far included; from `span`
+        when the caller read one that covers them."""
         today = int(now // DAY) * DAY
         start = today - (count - 1) * DAY
-        per_check = await self.buckets(names, start, now, now)
-        downs = await self.archive.downtime(names, start, now)
+        per_check, downs = span or await self._span(names, start, now, now)
         out = []
         for i in range(count):
             a = start + i * DAY
@@ -234,8 +241,9 @@ class Pages:
         open_keys = self._open(doc)
         entries = {e["name"]: e for e in doc.get("checks", [])}
         rows = [self._row(entries.get(n, {"name": n}), open_keys.get(n), ()) for n in names]
-        figures = {w: await self.availability(names, now - SECONDS[w], now, now)
-                   for w in WINDOWS}
+        # The 90 days, read once, answer for every window and for the bars.
+        span = await self._span(names, now - SECONDS["90d"], now, now)
+        figures = {w: self._figure(*span, now - SECONDS[w], now) for w in WINDOWS}
         latency = ({w: await self.latency(name, w, now) for w in LATENCY_WINDOWS}
                    if check is not None else {})
         phases = sorted({p for points in latency.values() for pt in points
@@ -249,7 +257,7 @@ class Pages:
             check_kind=check.kind if check else None,
             target=check.spec.target if check else None,
             service=check.service if check else None, checks=rows, state=state,
-            days=await self.days(names, now), availability=figures,
+            days=await self.days(names, now, span=span), availability=figures,
             sla_percent=None if sla is None else sla * 100, latency=latency,
             phases=phases,
             results=[ResultRow(r["at"], r["state"], r["duration"] * 1000, str(r["reason"]))
@@ -282,8 +290,9 @@ class Pages:
                 state = "unknown"
             else:
                 state = "operational"
-            days = await self.days(names, now)
-            figure = await self.availability(names, now - SECONDS["90d"], now, now)
+            span = await self._span(names, now - SECONDS["90d"], now, now)
+            days = await self.days(names, now, span=span)
+            figure = self._figure(*span, now - SECONDS["90d"], now)
             services.append(StatusService(
                 name, state, days, figure,
                 None if incident is None else incident["first_failure_at"]))
