@@ -314,6 +314,35 @@ class StatusPage(StrictModel):
     public: bool = False
 
 
+class AlertReceiver(Secrets):
+    """One Alertmanager receiver whose webhook notifications become incidents (probe.alerts):
+    the route its tickets go to, the priority its alerts' label gives them, and the bearer
+    token Alertmanager sends (`http_config.authorization.credentials_file`)."""
+
+    route: Name | None = None  # the only route when there is one
+    priority_label: str = "severity"
+    priorities: dict[str, Priority] = {"critical": "urgent", "page": "urgent",
+                                       "error": "high", "warning": "high", "info": "normal"}
+    default_priority: Priority = "high"  # the label missing, or a value not in priorities
+    token: EnvRef | None = None
+    token_file: Path | None = None
+    update_interval: PositiveDuration = 3600.0
+    escalate_after: PositiveDuration | None = 3600.0
+    on_human_close: Literal["reopen", "new", "leave"] = "reopen"
+    # A group not notified for this long, though still firing for probe, is resolved: its
+    # Alertmanager restarted with its silences lost, or its rule was deleted. Longer than
+    # Alertmanager's repeat_interval (4h by default), which re-sends a firing group.
+    resolve_after: PositiveDuration = 24 * 3600.0
+
+    secrets: ClassVar[dict[str, bool]] = {"token": False}
+
+
+class Alertmanager(StrictModel):
+    """POST /api/alertmanager: Alertmanager's webhook, by receiver name (its `receiver`)."""
+
+    receivers: Annotated[dict[str, AlertReceiver], Field(min_length=1)]
+
+
 class CheckBase(StrictModel):
     """The keys every check takes; exactly one kind key (http, tcp, ...) is added from KINDS."""
 
@@ -409,6 +438,7 @@ class Config(StrictModel):
     history: History = History()
     services: dict[Name, Service] = {}
     status_page: StatusPage = StatusPage()
+    alertmanager: Alertmanager | None = None
     _hash: str | None = PrivateAttr(default=None)  # config_hash(), once computed
 
     def effective_checks(self) -> list[Check]:
@@ -460,6 +490,10 @@ class Config(StrictModel):
             found.update(from_settings(route))
         for check in self.checks:
             found.update(from_settings(check.spec))
+        for receiver in self.alertmanager.receivers.values() if self.alertmanager else ():
+            with contextlib.suppress(SecretError):  # the receiver says so when asked
+                if receiver.has_secret("token"):
+                    found.add(receiver.reveal("token"))
         if self.cluster is not None:
             with contextlib.suppress(SecretError):  # the daemon says so when it connects
                 found.update(_dsn_secrets(self.cluster.dsn()))
@@ -783,6 +817,7 @@ def _cross_checks(
 
     issues += _route_checks(data, positions, checks)
     issues += _cluster_checks(data, positions)
+    issues += _alertmanager_checks(data, positions)
     windows = data.get("maintenance") if isinstance(data, dict) else None
     for i, window in enumerate(windows if isinstance(windows, list) else []):
         if not isinstance(window, dict):
@@ -848,6 +883,33 @@ def _route_checks(
                 and isinstance(check, dict)):
             issues.append(issue(positions, ("checks", i),
                                  "several routes exist: set ticket.route here or in defaults"))
+    return issues
+
+
+def _alertmanager_checks(data: Any, positions: dict[KeyPath, Position]) -> list[ConfigIssue]:
+    """Each receiver's route exists (or is the only one); alert groups are decided by one agent
+    on its SQLite state: not yet in a cluster."""
+    section = data.get("alertmanager") if isinstance(data, dict) else None
+    receivers = section.get("receivers") if isinstance(section, dict) else None
+    if not isinstance(receivers, dict):
+        return []
+    issues = []
+    if isinstance(data, dict) and data.get("cluster") is not None:
+        issues.append(issue(positions, ("alertmanager",), (
+            "is not supported in a cluster yet: point Alertmanager at one agent that runs "
+            "alone (docs/alertmanager.md)")))
+    ticketing = data.get("ticketing")
+    routes = ticketing.get("routes") if isinstance(ticketing, dict) else None
+    routes = routes if isinstance(routes, dict) else {}
+    for name, receiver in receivers.items():
+        route = receiver.get("route") if isinstance(receiver, dict) else None
+        if isinstance(route, str) and route not in routes:
+            issues.append(issue(positions, ("alertmanager", "receivers", name, "route"),
+                                 f"no route is named {route!r}"))
+        elif route is None and len(routes) != 1 and isinstance(receiver, dict):
+            issues.append(issue(positions, ("alertmanager", "receivers", name), (
+                "set route: the route its tickets go to" if routes else
+                "needs a route, and ticketing.routes has none")))
     return issues
 
 

@@ -24,7 +24,7 @@ from psycopg_pool import PoolTimeout
 
 from checks import execute
 from checks.base import Result
-from probe import control, history, sdnotify, status, webconfig
+from probe import alerts, control, history, sdnotify, status, webconfig
 from probe.archive import Archive, Keep, Query, pg_epoch, pg_query, sqlite_query
 from probe.cluster import claims, trouble, votes
 from probe.cluster.claims import Taken
@@ -56,7 +56,7 @@ from probe.tickets.ledger import Ledger, LedgerError, SqliteLedger
 from probe.tickets.outbox import Dispatcher, OutboxMetrics
 from probe.tickets.pgledger import PgLedger, Pool, Terms, open_pool
 from probe.tickets.pool import Backends
-from probe.tickets.watcher import Watcher
+from probe.tickets.watcher import GroupHealth, Watcher
 from probe.web import serve_http
 from probe.writer import FLUSH_EVERY, FLUSH_RETRY, Writer
 
@@ -126,6 +126,11 @@ class Daemon:
                              run=self._run if self.voter is not None else None)
             self.node.checks_of(lambda: {g: [n for n in names if n in self.checks]
                                          for g, names in self._groups_members().items()})
+        # Alertmanager's groups (probe.alerts), decided one notification at a time, each written
+        # before it is answered.
+        self.alert_groups = {n: alerts.GroupState.restore(d)
+                             for n, d in snapshot.alerts.items()}
+        self._alerts_lock = asyncio.Lock()
         self.engine = Engine(
             config.agent.name,
             checks,
@@ -139,7 +144,7 @@ class Daemon:
         self.watcher = Watcher(self.ledger, self.backends, agent=scope,
                                mine=lambda group: self.node is None
                                or group in self.node.terms.held,
-                               group_health=lambda group: groups.health(self.engine, group),
+                               group_health=self._health,
                                wake=lambda: self.dispatcher.wake(),
                                duplicates=outbox.duplicates,
                                internal_error=outbox.internal_errors.inc,
@@ -177,6 +182,11 @@ class Daemon:
         """The longest the node's loop goes between heartbeats: its period, and a call that
         waits its full time for a connection."""
         return (self.node.every if self.node else 0.0) + POOL_TIMEOUT
+
+    def _health(self, group: str) -> GroupHealth:
+        if alerts.is_alert_group(group):
+            return alerts.health(self.alert_groups.get(group))
+        return groups.health(self.engine, group)
 
     def _view(self) -> View:
         return View(self.checks, self.results, self.engine)
@@ -504,8 +514,72 @@ class Daemon:
             progress()
             await asyncio.sleep(TICK_EVERY)
             self._decided(self.engine.tick(time.time()))
+            await self._alerts_tick()
             if self.node is not None:
                 await self._read_windows()
+
+    # --- Alertmanager's groups (probe.alerts) ------------------------------------------------
+
+    async def alert_notification(self, note: alerts.Notification) -> None:
+        """Decide on a notification of a configured receiver and write it, with its ticket
+        actions, before returning: Alertmanager hears 200 only for what is kept. Raises
+        StoreError (nothing changed; Alertmanager sends it again)."""
+        section = self.config.alertmanager
+        assert section is not None and note.receiver in section.receivers
+        name = alerts.group_name(note.receiver, note.group_key)
+        async with self._alerts_lock:
+            state, transitions = alerts.notify(
+                self.alert_groups.get(name), note, section.receivers[note.receiver],
+                scope=self.engine.scope, agent=self.config.agent.name, now=time.time())
+            await self._write_alerts({name: state}, transitions)
+        self.metrics.alert_notifications.labels(note.receiver, note.status).inc()
+
+    async def _alerts_tick(self) -> None:
+        """Status notes due, alerts not notified for resolve_after ended, the groups of a
+        receiver removed by a reload resolved. A write the state refuses is tried again at
+        the next tick."""
+        section = self.config.alertmanager
+        receivers = section.receivers if section is not None else {}
+        now, scope, agent = time.time(), self.engine.scope, self.config.agent.name
+        async with self._alerts_lock:
+            changed, transitions = {}, []
+            for name, state in self.alert_groups.items():
+                receiver = receivers.get(state.receiver)
+                if receiver is None:
+                    new, happened = alerts.end(
+                        state, "its receiver was removed from the configuration",
+                        scope=scope, agent=agent, now=now)
+                else:
+                    new, happened = alerts.tick(state, receiver, scope=scope, agent=agent,
+                                                now=now)
+                if new is not state:
+                    changed[name] = new
+                    transitions += happened
+            if not changed:
+                return
+            try:
+                await self._write_alerts(changed, transitions)
+            except StoreError as err:
+                log.debug("alert groups not written, next tick %s", fields(error=err))
+
+    async def _write_alerts(self, changed: dict[str, alerts.GroupState],
+                            transitions: list[Transition]) -> None:
+        section = self.config.alertmanager
+        batch = Batch(alerts={name: state.dump() for name, state in changed.items()})
+        for transition in transitions:
+            facts = Facts.from_json(known.redact_data(transition.facts.to_json()))
+            receiver = section.receivers.get(changed[transition.group].receiver) \
+                if section is not None else None
+            route = receiver.route if receiver is not None else None
+            if route is None and len(self.config.routes) == 1:
+                route = next(iter(self.config.routes))
+            batch.transitions.append((dataclasses.replace(transition, facts=facts), route))
+        await self.state.write(batch)
+        self.alert_groups.update(changed)
+        for transition, _ in batch.transitions:
+            log_transition(transition, self.metrics)
+        if transitions:
+            self.dispatcher.wake()
 
     async def _read_windows(self) -> None:
         """The windows set at run time, as the database has them: in a cluster, any agent may
@@ -638,7 +712,8 @@ class Daemon:
 
     async def snapshot(self) -> dict[str, Any]:
         return await status.document(self.config.agent.name, self.checks, self.results,
-                                     self.engine, self.ledger, ready=self.ready,
+                                     self.engine, self.ledger, alert_groups=self.alert_groups,
+                                     ready=self.ready,
                                      state_writable=self.writer.writable,
                                      cluster=await self._cluster_view())
 
@@ -661,6 +736,7 @@ class Daemon:
 
     def _status_line(self) -> str:
         open_incidents = sum(1 for g in self.engine.groups.values() if g.incident)
+        open_incidents += sum(1 for g in self.alert_groups.values() if g.key)
         return f"{len(self.checks)} checks, {open_incidents} open incidents"
 
     async def serve(self) -> None:

@@ -72,6 +72,49 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class Alert:
+    """One Alertmanager alert of an alert group's incident, as its notifications told it."""
+
+    fingerprint: str
+    status: str  # firing | resolved
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: float
+    ends_at: float | None = None
+    generator_url: str = ""
+
+    def line(self) -> str:
+        """The alert in a line: its name, its other labels, its summary."""
+        name = self.labels.get("alertname", self.fingerprint)
+        rest = ", ".join(f"{k}={v}" for k, v in self.labels.items() if k != "alertname")
+        summary = self.annotations.get("summary", "")
+        return name + (f" {{{rest}}}" if rest else "") + (f" — {summary}" if summary else "")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertGroup:
+    """What an incident fed by Alertmanager is about (probe.alerts): the group's receiver,
+    labels and Alertmanager, its alerts (firing first), and what the transition changed."""
+
+    receiver: str
+    group_key: str
+    group_labels: Mapping[str, str]
+    external_url: str
+    alerts: tuple[Alert, ...]
+    changes: tuple[str, ...] = ()  # "firing: X", "resolved: Y": what this notification changed
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AlertGroup:
+        known = _known(cls, data)
+        known["alerts"] = tuple(Alert(**_known(Alert, a)) for a in known.get("alerts") or ())
+        known["changes"] = tuple(known.get("changes") or ())
+        return cls(**known)
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     agent: str
     group: str
@@ -89,6 +132,7 @@ class Facts:
     resolved_at: float | None = None
     down_for_text: str | None = None
     ticket: Policy | None = None
+    alerts: AlertGroup | None = None  # an incident fed by Alertmanager, not by checks
 
     def with_ticket(self, policy: Policy) -> Facts:
         return dataclasses.replace(self, ticket=policy)
@@ -98,6 +142,7 @@ class Facts:
         data["unreachable"] = list(self.unreachable)
         data["checks"] = {name: dataclasses.asdict(m) for name, m in self.checks.items()}
         data["ticket"] = self.ticket.to_json() if self.ticket is not None else None
+        data["alerts"] = self.alerts.to_json() if self.alerts is not None else None
         return data
 
     @classmethod
@@ -111,6 +156,7 @@ class Facts:
         known["unreachable"] = tuple(data.get("unreachable") or ())
         known["checks"] = {name: _member(m) for name, m in (data.get("checks") or {}).items()}
         known["ticket"] = Policy.from_json(data["ticket"]) if data.get("ticket") else None
+        known["alerts"] = AlertGroup.from_json(data["alerts"]) if data.get("alerts") else None
         return cls(**known)
 
 

@@ -73,6 +73,14 @@ class Metrics:
         self.resolved = Counter(
             "probe_incidents_resolved_total", "Incidents resolved", ["group"], registry=registry
         )
+        # The receiver is one the configuration names, or "" (a payload's own word is never
+        # a label: it could be anything, and as many as a sender likes).
+        self.alert_notifications = Counter(
+            "probe_alertmanager_notifications",
+            "Alertmanager webhook notifications: firing or resolved when taken (written to the "
+            "state), invalid, unauthorized or unavailable when refused",
+            ["receiver", "status"], registry=registry,
+        )
         self.state_errors = Counter(
             "probe_state_write_errors_total",
             "Failed writes to the state database (retried)",

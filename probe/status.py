@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from checks.base import Result
-from probe import __version__
+from probe import __version__, alerts
 from probe.config import Check
 from probe.engine import CheckState, Engine, GroupState
 from probe.tickets.ledger import Ledger
@@ -32,7 +32,8 @@ class ClusterView:
 
 
 async def document(agent: str, checks: Mapping[str, Check], results: Mapping[str, Result],
-                   engine: Engine, ledger: Ledger, *, ready: bool,
+                   engine: Engine, ledger: Ledger, *,
+                   alert_groups: Mapping[str, alerts.GroupState] | None = None, ready: bool,
                    state_writable: bool, cluster: ClusterView | None = None) -> dict[str, Any]:
     backlog = await ledger.backlog()
     failed = await ledger.failed(newest_first=True, limit=FAILED_SHOWN)
@@ -55,7 +56,8 @@ async def document(agent: str, checks: Mapping[str, Check], results: Mapping[str
              "first_failure_at": i.first_failure_at, "why": i.why, "reason": i.reason,
              "checks": i.members, "unreachable": i.unreachable}
             for group, gs in engine.groups.items() if (i := gs.incident) is not None
-        ],
+        ] + [_alert_incident(name, st) for name, st in sorted((alert_groups or {}).items())
+             if st.key is not None],
     }
     if cluster is not None:
         _cluster(doc, checks, engine, cluster)
@@ -90,6 +92,16 @@ def _cluster(doc: dict[str, Any], checks: Mapping[str, Check], engine: Engine,
         if group not in engine.groups and (i := gs.incident) is not None
     ]
     doc["cluster"] = {"site": cluster.site, "agents": list(cluster.agents)}
+
+
+def _alert_incident(group: str, st: alerts.GroupState) -> dict[str, Any]:
+    firing = st.firing
+    return {"group": group, "key": st.key, "opened_at": st.opened_at,
+            "first_failure_at": st.first_at,
+            "why": f"Alertmanager: {len(firing)} alert{'s' * (len(firing) != 1)} firing",
+            "reason": firing[0].line() if firing else "", "checks": [], "unreachable": [],
+            "receiver": st.receiver, "group_labels": st.group_labels,
+            "alerts": [a.line() for a in firing]}
 
 
 def _check(name: str, check: Check, result: Result | None, engine: Engine) -> dict[str, Any]:

@@ -162,6 +162,10 @@ MIGRATIONS: list[str] = [
     -- When the helpdesk first said someone took the ticket (the watcher asks).
     ALTER TABLE tickets ADD COLUMN acknowledged_at REAL;
     """,
+    """
+    -- Alertmanager's groups (probe.alerts): each one's alerts and open incident.
+    CREATE TABLE alert_groups (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+    """,
 ]
 
 
@@ -180,6 +184,8 @@ class Batch:
     votes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Closed minutes of the history (probe.history.Recorder), added to what is stored.
     minutes: list[history.MinuteRow] = field(default_factory=list)
+    # Alertmanager's groups (probe.alerts) changed: name → state (None: forgotten). SQLite only.
+    alerts: Changes = field(default_factory=dict)
 
     def merge(self, other: Batch) -> None:
         self.checks.update(other.checks)
@@ -188,21 +194,24 @@ class Batch:
         self.transitions += other.transitions
         self.votes.update(other.votes)
         self.minutes += other.minutes
+        self.alerts.update(other.alerts)
 
     def __bool__(self) -> bool:
         return bool(self.checks or self.groups or self.results or self.transitions
-                    or self.votes or self.minutes)
+                    or self.votes or self.minutes or self.alerts)
 
     @property
     def decided(self) -> bool:
         """Anything but the history of results: what should not wait."""
-        return bool(self.checks or self.groups or self.transitions or self.votes)
+        return bool(self.checks or self.groups or self.transitions or self.votes
+                    or self.alerts)
 
 
 @dataclass(frozen=True)
 class Snapshot:
     checks: dict[str, dict[str, Any]]
     groups: dict[str, dict[str, Any]]
+    alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class StoreError(Exception):
@@ -261,7 +270,8 @@ class Store:
         with self._lock:
             checks = {n: json.loads(d) for n, d in self._db.execute("SELECT * FROM check_state")}
             groups = {n: json.loads(d) for n, d in self._db.execute("SELECT * FROM group_state")}
-        return Snapshot(checks, groups)
+            alerts = {n: json.loads(d) for n, d in self._db.execute("SELECT * FROM alert_groups")}
+        return Snapshot(checks, groups, alerts)
 
     def write(self, batch: Batch) -> None:
         """Write a batch in one transaction; raises StoreError and writes nothing on failure."""
@@ -295,6 +305,7 @@ class Store:
         db.execute("BEGIN IMMEDIATE")
         _upsert(db, "check_state", batch.checks)
         _upsert(db, "group_state", batch.groups)
+        _upsert(db, "alert_groups", batch.alerts)
         rows = []
         # Counted apart and kept only once committed: a write refused half-way must not cost
         # the next try its places in the ring (an older result pushed out before its time).

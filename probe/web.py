@@ -1,8 +1,10 @@
 """The HTTP endpoint: /metrics for Prometheus, /-/healthy, /-/ready and POST /-/reload as
 Prometheus and blackbox_exporter have them, /api/status, which `probe status` prints, and
 /api/maintenance (GET the windows, POST one from now, DELETE /api/maintenance/ID to end it
-early), which `probe maintenance` drives. /-/healthy and /-/ready answer 503 naming the loops in
-trouble (probe.supervisor says which count for which).
+early), which `probe maintenance` drives, and POST /api/alertmanager, Alertmanager's webhook
+(probe.alerts), which answers 200 once the notification is written to the state. /-/healthy
+and /-/ready answer 503 naming the loops in trouble (probe.supervisor says which count for
+which).
 
 TLS, basic auth and response headers come from `agent.web_config` (probe.webconfig's Guard);
 what the endpoint answers has every known secret redacted."""
@@ -10,19 +12,23 @@ what the endpoint answers has every known secret redacted."""
 from __future__ import annotations
 
 import datetime as dt
+import hmac
+import logging
 import time
 from typing import Any, Protocol
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from checks.values import parse_duration
-from probe.config import Maintenance, error_text
+from probe import alerts
+from probe.config import Alertmanager, Maintenance, error_text
 from probe.engine import window_active
+from probe.log import fields
 from probe.metrics import Metrics, exposition
 from probe.pages import routes
-from probe.secrets import known
+from probe.secrets import SecretError, known
 from probe.store import StoreError
 from probe.supervisor import Supervisor
 from probe.webconfig import Guard
@@ -51,8 +57,14 @@ class Status(routes.Site, Protocol):
 
     async def reload(self) -> list[str]: ...
 
+    async def alert_notification(self, note: alerts.Notification) -> None:
+        """Decide on an Alertmanager notification and write it. Raises StoreError."""
+
 
 STATUS: web.AppKey[Status] = web.AppKey("status")
+GUARD: web.AppKey[Guard] = web.AppKey("guard")
+ALERTMANAGER = "/api/alertmanager"
+log = logging.getLogger("probe")
 
 
 async def serve_http(daemon: Status, listen: str, guard: Guard | None = None) -> web.AppRunner:
@@ -60,6 +72,7 @@ async def serve_http(daemon: Status, listen: str, guard: Guard | None = None) ->
     app = web.Application(middlewares=[guard.middleware])
     app.on_response_prepare.append(guard.add_headers)
     app[STATUS] = daemon
+    app[GUARD] = guard
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
@@ -68,8 +81,11 @@ async def serve_http(daemon: Status, listen: str, guard: Guard | None = None) ->
     app.router.add_get("/api/maintenance", maintenance)
     app.router.add_post("/api/maintenance", add_maintenance)
     app.router.add_delete("/api/maintenance/{id:[0-9]+}", end_maintenance)
+    app.router.add_post(ALERTMANAGER, alertmanager)
     routes.add(app, daemon)
-    guard.public = lambda path: routes.public(daemon.config, path)
+    # The receiver checks credentials itself: Alertmanager may send a bearer token instead of
+    # web_config's basic auth.
+    guard.public = lambda path: path == ALERTMANAGER or routes.public(daemon.config, path)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, _, port = listen.rpartition(":")
@@ -161,6 +177,72 @@ async def end_maintenance(request: web.Request) -> web.Response:
         return web.json_response({"error": f"no maintenance window {number} set at run time"},
                                  status=404)
     return web.json_response({"ended": number})
+
+
+async def alertmanager(request: web.Request) -> web.Response:
+    """Alertmanager's webhook. 200 once written; 4xx for what Alertmanager should not send
+    again (it does not retry those); 503 while the state cannot be written (it retries)."""
+    daemon, guard = request.app[STATUS], request.app[GUARD]
+    section = daemon.config.alertmanager
+    if section is None:
+        return _refused(daemon, 404, "", "no alertmanager section in the configuration")
+    allowed = await _allowed(section, guard, request.headers.get(hdrs.AUTHORIZATION))
+    if not allowed:
+        return _refused(daemon, 401, "", "send the receiver's bearer token "
+                        "(http_config.authorization) or web_config's basic auth credentials",
+                        headers={hdrs.WWW_AUTHENTICATE: "Bearer"})
+    if request.content_type != "application/json":
+        return _refused(daemon, 415, "", "send Alertmanager's webhook payload as "
+                        "application/json")
+    try:
+        # Over aiohttp's client_max_size (1 MiB): 413, before anything is parsed.
+        note = alerts.parse(await request.json())
+    except (ValueError, UnicodeDecodeError) as err:  # Invalid and JSONDecodeError too
+        return _refused(daemon, 400, "", str(err) or "not JSON")
+    if note.receiver not in section.receivers:
+        return _refused(daemon, 422, "", f"receiver {note.receiver!r}"[:200] + " is not in "
+                        "alertmanager.receivers of probe's configuration")
+    if note.receiver not in allowed:
+        return _refused(daemon, 401, note.receiver, "these credentials are not this "
+                        "receiver's", headers={hdrs.WWW_AUTHENTICATE: "Bearer"})
+    try:
+        await daemon.alert_notification(note)
+    except StoreError as err:
+        return _refused(daemon, 503, note.receiver, f"not written, send it again: {err}")
+    return web.json_response({"status": "ok", "group": alerts.group_name(
+        note.receiver, note.group_key)})
+
+
+async def _allowed(section: Alertmanager, guard: Guard, header: str | None) -> set[str]:
+    """The receivers these credentials may notify for: those whose token is the bearer sent;
+    or with web_config's users, every receiver for a user's basic auth; without users, the
+    receivers that have no token."""
+    if header is not None and header[:7].lower() == "bearer ":
+        sent = header[7:].strip().encode()
+        found = set()
+        for name, receiver in section.receivers.items():
+            if not receiver.has_secret("token"):
+                continue
+            try:
+                token = receiver.reveal("token").encode()
+            except SecretError as err:
+                log.error("alertmanager receiver's token not read %s",
+                          fields(receiver=name, error=err))
+                continue
+            if token and hmac.compare_digest(sent, token):
+                found.add(name)
+        return found
+    users = guard.config.users
+    if users:
+        return set(section.receivers) if await guard.authorized(users, header) else set()
+    return {name for name, r in section.receivers.items() if not r.has_secret("token")}
+
+
+def _refused(daemon: Status, code: int, receiver: str, message: str,
+             headers: dict[str, str] | None = None) -> web.Response:
+    status = {401: "unauthorized", 503: "unavailable"}.get(code, "invalid")
+    daemon.metrics.alert_notifications.labels(receiver, status).inc()
+    return web.json_response({"error": known.redact(message)}, status=code, headers=headers)
 
 
 def window_request(request: Any) -> Maintenance:

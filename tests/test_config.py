@@ -84,7 +84,7 @@ def test_schema_is_json_schema_of_the_top_level_sections() -> None:
     schema = json.loads(result.stdout)
     assert set(schema["properties"]) == {"agent", "cluster", "defaults", "ticketing",
                                          "maintenance", "checks", "history", "services",
-                                         "status_page"}
+                                         "status_page", "alertmanager"}
     assert schema["additionalProperties"] is False
 
 

@@ -130,6 +130,8 @@ class PgState:
                         {n: json.loads(d) for n, d in groups})
 
     async def write(self, batch: Batch) -> None:
+        if batch.alerts:  # config refuses alertmanager with a cluster: never lose them quietly
+            raise StoreError("Alertmanager's groups are kept on a single agent's SQLite state")
         if not (batch.checks or batch.groups or batch.transitions):
             # Results only, as every batch of a steady agent is: one statement, atomic by
             # itself. A transaction around it cost a BEGIN and a COMMIT, two of the three

@@ -12,9 +12,10 @@ import datetime as dt
 import string
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from checks.values import format_duration
-from probe.facts import Facts, Member
+from probe.facts import Alert, AlertGroup, Facts, Member
 from probe.helpdesks.base import Priority, Ticket
 
 
@@ -57,6 +58,8 @@ def title(facts: Facts, key: str, template: str | None = None) -> str:
     values = fields(facts, key)
     if template:
         return string.Template(template).safe_substitute(values)
+    if facts.alerts is not None:
+        return f"[probe] {_alert_title(facts.alerts)} FIRING — {values['reason']}"
     return f"[probe] {values['group']} {_state(facts)} — {values['reason']} from {values['target']}"
 
 
@@ -82,6 +85,8 @@ def ticket(
     values = fields(facts, key)
     if body_template:
         text = markdown = string.Template(body_template).safe_substitute(values)
+    elif facts.alerts is not None:
+        text, markdown = _alert_body(facts, facts.alerts, key, follows)
     else:
         text, markdown = _body(facts, key, recent, links or {}, follows)
     return Ticket(
@@ -160,6 +165,8 @@ def _body(
 
 
 def still_open(facts: Facts) -> str:
+    if facts.alerts is not None:
+        return _alert_note(facts, facts.alerts)
     reason, before = facts.reason, facts.previous_reason
     failing = {n: c for n, c in facts.checks.items() if c.consecutive_failures}
     streak = max((c.consecutive_failures for c in failing.values()), default=0)
@@ -183,6 +190,15 @@ def resolved(facts: Facts) -> str:
     start = facts.first_failure_at
     end = facts.resolved_at if facts.resolved_at is not None else start
     how = facts.recovered or "recovered"
+    if facts.alerts is not None:
+        first = ("Resolved: Alertmanager says every alert of the group has ended."
+                 if how == "recovered" else f"Closed by probe: {how}.")
+        changed = [f"  {line}" for line in facts.alerts.changes]
+        return "\n".join([
+            first, *(["This notification:", *changed] if changed else []),
+            f"Firing from {when(start)} to {when(end)} ({span(end - start)}).",
+            f"Seen by {facts.agent or '?'}.",
+        ])
     if how != "recovered":
         first = f"Closed by probe: the check was {how}."
     else:
@@ -232,3 +248,96 @@ def triage(lines: Sequence[tuple[str, str]]) -> str:
     width = max((len(label) for label, _ in lines), default=0)
     return "\n".join(["Triage at open time:", *(f"  {label:<{width}}  {text}"
                                                  for label, text in lines)])
+
+
+# --- incidents fed by Alertmanager (probe.alerts) ---------------------------------------------
+
+def _alert_title(group: AlertGroup) -> str:
+    labels = group.group_labels or (group.alerts[0].labels if group.alerts else {})
+    name = labels.get("alertname")
+    rest = ", ".join(f"{k}={v}" for k, v in labels.items() if k != "alertname")
+    return " ".join(part for part in (name, f"{{{rest}}}" if rest else "") if part) or "alerts"
+
+
+def silence_link(group: AlertGroup) -> str | None:
+    """Alertmanager's page to silence the group: its labels as the new silence's matchers."""
+    if not group.external_url.startswith(("http://", "https://")):
+        return None
+    matchers = ",".join(f'{k}="{_escape_matcher(v)}"' for k, v in group.group_labels.items())
+    return (f"{group.external_url.rstrip('/')}/#/silences/new?filter="
+            + quote("{" + matchers + "}", safe=""))
+
+
+def _escape_matcher(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _links(alert: Alert) -> list[tuple[str, str]]:
+    """The alert's links: its runbook and dashboards (annotations), and the rule's graph in
+    Prometheus (generatorURL). Only http(s) addresses: a label is data, never a script."""
+    out = []
+    for label, key in (("Runbook", "runbook_url"), ("Runbook", "runbook"),
+                       ("Dashboard", "dashboard_url"), ("Dashboard", "dashboard"),
+                       ("Dashboard", "grafana_url")):
+        url = alert.annotations.get(key, "")
+        if url.startswith(("http://", "https://")) and (label, url) not in out:
+            out.append((label, url))
+    if alert.generator_url.startswith(("http://", "https://")):
+        out.append(("Source", alert.generator_url))
+    return out
+
+
+def _alert_lines(alert: Alert) -> list[str]:
+    name = alert.labels.get("alertname", alert.fingerprint)
+    labels = ", ".join(f"{k}={v}" for k, v in alert.labels.items() if k != "alertname")
+    state = "FIRING" if alert.status == "firing" else "RESOLVED"
+    lines = [f"{name} ({state}, since {when(alert.starts_at)})"]
+    if labels:
+        lines.append(f"  labels: {labels}")
+    for key in ("summary", "description", "message"):
+        if alert.annotations.get(key):
+            lines.append(f"  {key}: {alert.annotations[key]}")
+    lines += [f"  {label.lower()}: {url}" for label, url in _links(alert)]
+    return lines
+
+
+def _alert_body(facts: Facts, group: AlertGroup, key: str,
+                follows: str | None) -> tuple[str, str]:
+    firing = [a for a in group.alerts if a.status == "firing"]
+    headline = (f"{_alert_title(group)} is FIRING in Alertmanager: "
+                f"{len(firing)} alert{'s' * (len(firing) != 1)}")
+    rows = [("Since", f"{when(facts.first_failure_at)} ({span(facts.down_for)} ago)"),
+            ("Receiver", group.receiver)]
+    if group.group_labels:
+        rows.append(("Group", ", ".join(f"{k}={v}" for k, v in group.group_labels.items())))
+    links = [("Silence", silence_link(group))]
+    if group.external_url.startswith(("http://", "https://")):
+        links.append(("Alertmanager", group.external_url))
+    if follows:
+        links.append(("Follows", f"ticket {follows}, closed while the alerts went on firing"))
+    alerts = [line for alert in group.alerts for line in _alert_lines(alert)]
+
+    text = [headline, ""]
+    text += [f"{label + ':':<13} {value}" for label, value in rows]
+    text += ["", "Alerts:"] + [f"  {line}" for line in alerts]
+    text += [""] + [f"{label + ':':<13} {url}" for label, url in links if url]
+    text += ["", f"probe key: {key} (probe finds this ticket by it: please keep it)"]
+    md = [f"**{headline}**", ""]
+    md += [f"- **{label}:** {value}" for label, value in rows]
+    md += ["", "**Alerts**", "", "```", *alerts, "```", ""]
+    md += [f"- **{label}:** {url}" for label, url in links if url]
+    md += ["", f"probe key: `{key}` (probe finds this ticket by it: please keep it)"]
+    return "\n".join(text), "\n".join(md)
+
+
+def _alert_note(facts: Facts, group: AlertGroup) -> str:
+    firing = [a for a in group.alerts if a.status == "firing"]
+    if group.changes:
+        lines = ["Alertmanager changed the group:", *(f"  {c}" for c in group.changes)]
+    else:
+        lines = [f"Still firing after {span(facts.down_for)} "
+                 f"(since {when(facts.first_failure_at)})."]
+    lines.append(f"Firing now ({len(firing)}):")
+    lines += [f"  {a.line()}" for a in firing]
+    return "\n".join(lines)
+

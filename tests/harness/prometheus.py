@@ -30,13 +30,14 @@ RULE_TESTS = REPO / "config" / "prometheus" / "probe-rules.test.yml"
 DASHBOARD = REPO / "config" / "grafana" / "probe.json"
 
 
-def tool(name: str) -> str:
-    """The path of Debian's `prometheus` or `promtool`; skips the test when it is missing, or
-    fails it when PROBE_REQUIRE_PROMETHEUS is set."""
+def tool(name: str, package: str = "prometheus") -> str:
+    """The path of Debian's `prometheus`, `promtool` (package prometheus) or another program
+    of that family; skips the test when it is missing, or fails it when
+    PROBE_REQUIRE_PROMETHEUS is set."""
     path = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/local/bin")
     if path is not None:
         return path
-    why = f"{name} is not installed (Debian package prometheus)"
+    why = f"{name} is not installed (Debian package {package})"
     if os.environ.get("PROBE_REQUIRE_PROMETHEUS"):
         pytest.fail(f"{why}, and PROBE_REQUIRE_PROMETHEUS is set")
     pytest.skip(f"{why}; set PROBE_REQUIRE_PROMETHEUS=1 to make this a failure")
@@ -52,10 +53,12 @@ class Prometheus:
     `targets` (host:port) as job "probe" every second and evaluating `rule_files` every
     second."""
 
-    def __init__(self, directory: Path, targets: list[str], rule_files: list[Path]) -> None:
+    def __init__(self, directory: Path, targets: list[str], rule_files: list[Path], *,
+                 alertmanagers: list[str] | None = None) -> None:
         self.directory = directory
         self.targets = targets
         self.rule_files = rule_files
+        self.alertmanagers = alertmanagers or []  # host:port each: its alerts go to all
         self.log = directory / "prometheus.log"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -68,6 +71,8 @@ class Prometheus:
             "rule_files": [str(path) for path in self.rule_files],
             "scrape_configs": [{"job_name": "probe",
                                 "static_configs": [{"targets": self.targets}]}],
+            "alerting": {"alertmanagers": [
+                {"static_configs": [{"targets": self.alertmanagers}]}]},
         }))
         for _attempt in range(3):  # another process may take the port before Prometheus does
             self.port = free_port()
@@ -75,7 +80,10 @@ class Prometheus:
                 self.proc = subprocess.Popen(
                     [tool("prometheus"), f"--config.file={config}",
                      f"--storage.tsdb.path={self.directory / 'tsdb'}",
-                     f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                     f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+                     f"--web.external-url=http://127.0.0.1:{self.port}",
+                     # firing alerts sent again every second, not every minute
+                     "--rules.alert.resend-delay=1s"],
                     stdout=log, stderr=subprocess.STDOUT)
             if self._ready():
                 return self
