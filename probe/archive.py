@@ -241,12 +241,23 @@ def _incident(row: Sequence[Any], tickets: list[Ticket], members: list[str]) -> 
     except ValueError:
         facts = {}
     checks = facts.get("checks") or {}
+    fed = _alert_group(facts.get("alerts"))
     return IncidentRow(
         key=key, group=group, is_service=bool(facts.get("service")),
-        checks=members or sorted(checks) or [group],
+        checks=[] if fed is not None else members or sorted(checks) or [group],
+        alert_group=fed,
         first_failure_at=float(facts.get("first_failure_at") or opened),
         opened_at=float(opened), resolved_at=_time(resolved), why=str(facts.get("why", "")),
         reason=str(facts.get("reason", "")), tickets=tickets)
+
+
+def _alert_group(alerts: Any) -> str | None:
+    """An incident fed by Alertmanager: "RECEIVER: label=value, ..." (None: a check's)."""
+    if not isinstance(alerts, dict):
+        return None
+    labels = alerts.get("group_labels")
+    shown = ", ".join(f"{k}={v}" for k, v in labels.items()) if isinstance(labels, dict) else ""
+    return f"{alerts.get('receiver', '?')}: {shown}"
 
 
 def _time(value: Any) -> float | None:

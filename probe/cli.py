@@ -369,6 +369,8 @@ def _status(data: dict[str, Any], *, as_json: bool) -> int:
         print(f"OPEN {i['group']} ({i['key']}) since {since}: {i['why']}; {i['reason']}")
         if i["unreachable"]:
             print(f"  unreachable because of it: {', '.join(i['unreachable'])}")
+        for alert in i.get("alerts", []):  # fed by Alertmanager
+            print(f"  firing: {alert}")
     pending = data["ticket_actions_pending"]
     if pending["count"]:
         print(f"{pending['count']} ticket actions waiting for delivery "

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from checks.values import format_duration
+from probe import alerts
 from probe.pages.build import Pages
-from probe.pages.model import IncidentRow, Report, ReportRow
+from probe.pages.model import Availability, IncidentRow, Report, ReportRow
 
 CSV_COLUMNS = ("kind", "name", "service", "from", "to", "availability_percent",
                "downtime_seconds", "maintenance_seconds", "na_seconds", "incidents",
@@ -67,7 +68,23 @@ async def build(pages: Pages, start: float, end: float, now: float,
             if check.service is None:
                 rows.append(await _row(pages, "check", check.name, None, [check.name],
                                        check.sla, start, end, now))
+        section = pages.config.alertmanager
+        for receiver in section.receivers if section is not None else ():
+            rows.append(await _fed(pages, receiver, start, end, now))
     return Report(start, end, pages.rule_text, rows, now)
+
+
+async def _fed(pages: Pages, receiver: str, start: float, end: float, now: float) -> ReportRow:
+    """A receiver of Alertmanager's: its incidents in the period, and as its downtime the time
+    they fired in it (Alertmanager says nothing of the time between: availability is n/a)."""
+    incidents = [i for i in await pages.archive.incidents(start=start, end=end, limit=10_000)
+                 if i.alert_group is not None
+                 and i.group.startswith(f"{alerts.PREFIX}/{receiver}/")]
+    firing = sum(max(0.0, min(end, i.resolved_at or now) - max(start, i.first_failure_at))
+                 for i in incidents)
+    figure = Availability(start, end, 0.0, firing, 0.0, 0.0, len(incidents), None, "n/a")
+    return ReportRow("alertmanager", receiver, None, figure, [], incidents, _mtta(incidents),
+                     _mttr(incidents), None, None)
 
 
 async def _row(pages: Pages, kind: str, name: str, service: str | None,

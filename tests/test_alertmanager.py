@@ -279,3 +279,72 @@ async def test_what_probe_cannot_take_is_refused_and_nothing_is_stored(
         async with session.post(url, json=payload(), headers=BEARER) as answer:
             assert answer.status == 200, await answer.text()
     assert probe.db("SELECT action FROM outbox") == [("open",)]
+
+
+async def test_notes_escalation_a_human_close_and_every_view_of_an_alert_incident(
+        tmp_path: Path, token_file: Path) -> None:
+    """Posted as Alertmanager posts, on the local helpdesk: the status note every
+    update_interval, the escalation of an untaken ticket, a ticket closed by hand while the
+    group fires reopened, and the incident in `probe status`, the dashboard, its own page and
+    `probe report`."""
+    port = free_port()
+    config = tmp_path / "probe.yaml"
+    config.write_text(json.dumps({
+        "agent": {"name": "am-test", "state_dir": str(tmp_path / "state"),
+                  "listen": f"127.0.0.1:{port}"},
+        "ticketing": {"routes": {"desk": {"backend": "local", "escalate_to": "oncall"},
+                                 "oncall": {"backend": "local"}},
+                      "poll_interval": "1s"},
+        "alertmanager": {"receivers": {"ops": {
+            "route": "desk", "token_file": str(token_file), "update_interval": "2s",
+            "escalate_after": "1s"}}},
+    }))
+    probe = ProbeProcess(config, port, tmp_path / "state").start()
+    await probe.wait("the daemon to start", lambda: "probe started" in probe.log_text())
+    url = f"http://127.0.0.1:{port}/api/alertmanager"
+    firing = payload(groupLabels={"alertname": "Disk<b>Full</b>"})
+    firing["alerts"][0]["labels"] = {"alertname": "Disk<b>Full</b>", "severity": "warning"}
+    firing["alerts"][0]["annotations"] = {"summary": "<script>alert(1)</script> is full"}
+
+    def notes(ticket: int) -> list[str]:
+        return [text for (text,) in probe.db(
+            f"SELECT text FROM local_notes WHERE ticket_id = {ticket} ORDER BY rowid")]
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json=firing, headers=BEARER) as answer:
+                assert answer.status == 200
+            ((ref, key, priority),) = await probe.wait("the ticket", lambda: probe.db(
+                "SELECT id, key, priority FROM local_tickets WHERE follows IS NULL"
+                " AND key NOT LIKE '%/escalation'"))
+            assert priority == "high"  # severity warning
+            out = await asyncio.to_thread(probe.command, "status")
+            assert "OPEN alertmanager/ops/" in out
+            assert "  firing: Disk<b>Full</b> {severity=warning} — <script>" in out
+            await probe.wait("the escalation", lambda: probe.db(
+                "SELECT 1 FROM local_tickets WHERE key LIKE '%/escalation'"))
+            await probe.wait("a status note", lambda: any(
+                n.startswith("Still firing after") for n in notes(ref)))
+
+            await asyncio.to_thread(probe.command, "tickets", "close", str(ref))
+            await probe.wait("the reopen", lambda: any(
+                n.startswith("Reopened by probe") for n in notes(ref)))
+
+            page = await asyncio.to_thread(probe.get, "/")
+            assert "Alertmanager ops: alertname=Disk&lt;b&gt;Full&lt;/b&gt;" in page
+            assert "<script>alert(1)" not in page and "<b>Full" not in page
+            incident = await asyncio.to_thread(probe.get, f"/incidents/{key}")
+            assert "Alertmanager group" in incident
+
+            resolved = json.loads(json.dumps(firing))
+            resolved["status"] = resolved["alerts"][0]["status"] = "resolved"
+            async with session.post(url, json=resolved, headers=BEARER) as answer:
+                assert answer.status == 200
+            await probe.wait("the ticket resolved", lambda: probe.db(
+                f"SELECT status FROM local_tickets WHERE id = {ref}") == [("resolved",)])
+        report = json.loads(await asyncio.to_thread(
+            probe.command, "report", "--from", "2020-01-01", "--format", "json"))
+        (row,) = [r for r in report["rows"] if r["kind"] == "alertmanager"]
+        assert (row["name"], len(row["incidents"]), row["availability_text"]) == ("ops", 1, "n/a")
+    finally:
+        probe.stop()

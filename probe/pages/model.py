@@ -91,6 +91,9 @@ class IncidentRow:
     why: str  # "3 consecutive failures"
     reason: str  # the latest failure reason (target's words: escape)
     tickets: Sequence[Ticket] = ()
+    # Fed by Alertmanager (probe.alerts): its receiver and group labels, "ops: alertname=X"
+    # (Alertmanager's words: escape); None for the checks' own.
+    alert_group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +213,10 @@ class StatusPage:
 
 @dataclass(frozen=True, slots=True)
 class ReportRow:
-    """One row of `probe report`: a service or a check."""
+    """One row of `probe report`: a service, a check, or an Alertmanager receiver (its
+    incidents; its availability n/a, its downtime the time its groups fired)."""
 
-    kind: str  # service | check
+    kind: str  # service | check | alertmanager
     name: str
     service: str | None
     availability: Availability

@@ -280,7 +280,8 @@ def status(model: StatusPage) -> str:
 
 def report(model: Report) -> str:
     services = [r for r in model.rows if r.kind == "service"]
-    checks = [r for r in model.rows if r.kind != "service"]
-    groups = [(title, rows) for title, rows in (("Services", services), ("Checks", checks))
-              if rows]
+    checks = [r for r in model.rows if r.kind == "check"]
+    fed = [r for r in model.rows if r.kind == "alertmanager"]
+    groups = [(title, rows) for title, rows in (("Services", services), ("Checks", checks),
+                                                ("Alertmanager receivers", fed)) if rows]
     return _page("report.html", model.generated_at, m=model, groups=groups)

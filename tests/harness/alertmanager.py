@@ -59,7 +59,8 @@ class Alertmanager:
                        if clustered else ["--cluster.listen-address="])
             with self.log.open("ab") as log:
                 self.proc = subprocess.Popen(
-                    [tool("prometheus-alertmanager", "prometheus-alertmanager"), f"--config.file={config}",
+                    [tool("prometheus-alertmanager", "prometheus-alertmanager"),
+                     f"--config.file={config}",
                      f"--storage.path={self.directory / 'data'}",
                      f"--web.listen-address={self.address}",
                      f"--web.external-url=http://{self.address}", "--log.level=warn",
