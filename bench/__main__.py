@@ -16,12 +16,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import daemon, history, pages, report, rt, scenarios, targets
+from bench import alerts, daemon, history, pages, report, rt, scenarios, targets
 from bench.proc import Processes, Unavailable
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("kinds", "scale", "tickets", "cluster", "sites", "pages", "history")
-IN_PROCESS = ("pages", "history")  # no targets, no daemon: in this process
+SCENARIOS = ("kinds", "scale", "tickets", "cluster", "sites", "pages", "history", "alerts")
+IN_PROCESS = ("pages", "history", "alerts")  # no targets: in this process (alerts: a daemon)
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -139,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             results["history"] = history.run(say, smoke=args.smoke)
 
         attempt("history", keep_history)
+    if "alerts" in args.only:
+        # a daemon of its own and Alertmanager's notifications, no targets (bench/alerts.py)
+        def storm() -> None:
+            with Processes() as processes, tempfile.TemporaryDirectory(
+                    prefix="probe-bench-") as tmp:
+                results["alerts"] = alerts.run(processes, Path(tmp) / "alerts", say,
+                                               groups=100 if args.smoke else 1000)
+
+        attempt("alerts", storm)
     if set(args.only) <= set(IN_PROCESS):
         results["probe"] = source(None, directory=Path())[1]  # always the working tree's
         report.write(results, args.output)

@@ -96,6 +96,7 @@ def start(
     env: dict[str, str] | None = None,
     cpus: set[int] | None = None,
     source: Path = REPO,
+    extra: dict[str, Any] | None = None,
 ) -> Daemon:
     """Start `probe run` on `checks` and wait until it is ready: the installed probe, or with
     `source` other than the checkout (`--rev`), the probe and checks packages found there;
@@ -105,7 +106,7 @@ def start(
         try:
             return _start(processes, directory, checks, defaults=defaults, agent=agent,
                           ticketing=ticketing, cluster=cluster, env=env, cpus=cpus,
-                          source=source)
+                          source=source, extra=extra)
         except PortTaken:
             continue  # another process took the free port first: another one
     raise RuntimeError("probe found no free port in 5 tries")
@@ -127,6 +128,7 @@ def _start(
     env: dict[str, str] | None,
     cpus: set[int] | None,
     source: Path,
+    extra: dict[str, Any] | None,
 ) -> Daemon:
     port = free_port()
     config: dict[str, Any] = {
@@ -143,6 +145,7 @@ def _start(
         config["ticketing"] = ticketing
     if cluster:
         config["cluster"] = cluster
+    config.update(extra or {})  # other sections (alertmanager)
     path = directory / "probe.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     # -P: never the checkout by accident (the working directory); PYTHONPATH for --rev's copy.

@@ -121,6 +121,8 @@ def tables(results: dict[str, Any]) -> str:
         out += ["", _pages(results["pages"])]
     if results.get("history"):
         out += ["", _history(results["history"])]
+    if results.get("alerts"):
+        out += ["", _alerts(results["alerts"])]
     for line in results.get("skipped", []):
         out.append(f"skipped: {line}")
     for line in results.get("errors", []):
@@ -146,6 +148,18 @@ def _pages(p: dict[str, Any]) -> str:
 # what the history may add 5 % to.
 DAEMON_CPU_US_PER_CHECK = 320.0
 HISTORY_DB_TARGET = 2e9  # bytes at 10,000 checks, steady state
+
+
+def _alerts(a: dict[str, Any]) -> str:
+    rows = [[wave, f"{a[wave]['per_second']:.0f}",
+             f"{a[wave]['p50_ms']:.1f}/{a[wave]['p99_ms']:.1f}",
+             f"{a[wave]['delivered_after_s']:.1f}s" if "delivered_after_s" in a[wave] else "-"]
+            for wave in ("open", "repeat", "resolve")]
+    return "\n".join([
+        f"Alertmanager's webhook: {a['groups']} groups, {a['concurrency']} in flight, local "
+        f"helpdesk; {a['tickets']} tickets, daemon RSS {a['rss_mb']:.0f} MB:",
+        _table(["wave", "notifications/s", "answered p50/p99 ms", "all delivered after"],
+               rows)])
 
 
 def _history(h: dict[str, Any]) -> str:

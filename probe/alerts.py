@@ -11,7 +11,8 @@ by its fingerprint and `startsAt`: one firing of one alert. For each notificatio
 - while the incident is open, a notification that added or resolved alerts is a status note.
 
 Time (`tick`): the status note every `update_interval`, and an alert not notified for
-`resolve_after` (Alertmanager restarted, its rule deleted) is taken as ended, saying so.
+`resolve_after` (Alertmanager restarted, its rule deleted) is taken as ended, saying so; if
+Alertmanager speaks of it again as firing, it fires again.
 
 `parse` reads a webhook payload (version 4) and says in words what it cannot take.
 """
@@ -221,10 +222,11 @@ def notify(state: GroupState | None, note: Notification, receiver: AlertReceiver
             if ident in st.done or (current is not None
                                     and current.alert.starts_at > alert.starts_at):
                 continue  # a late copy of a firing that has ended, or been overtaken
-            if current is not None and current.alert.starts_at == alert.starts_at:
-                if current.alert.status == "firing":
-                    st.alerts[alert.fingerprint] = Tracked(alert, now)  # heard again
+            if (current is not None and current.alert.starts_at == alert.starts_at
+                    and current.alert.status == "firing"):
+                st.alerts[alert.fingerprint] = Tracked(alert, now)  # heard again
                 continue
+            # New, or heard again after probe took its silence for its end: firing.
             st.alerts[alert.fingerprint] = Tracked(alert, now)
             changes.append(f"firing: {alert.line()}")
         else:
@@ -250,8 +252,8 @@ def tick(state: GroupState, receiver: AlertReceiver, *, scope: str, agent: str,
         changes = []
         for tracked in silent:
             ended = dataclasses.replace(tracked.alert, status="resolved", ends_at=now)
+            # Not remembered as ended: should Alertmanager speak of it again, it fires.
             st.alerts[ended.fingerprint] = Tracked(ended, tracked.heard_at)
-            st.done[f"{ended.fingerprint}@{ended.starts_at}"] = now
             changes.append(f"not notified for {format_duration(receiver.resolve_after)}, "
                            f"taken as ended: {ended.line()}")
         how = (f"not notified by Alertmanager for {format_duration(receiver.resolve_after)} "

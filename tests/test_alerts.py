@@ -117,6 +117,12 @@ def test_status_notes_every_update_interval_and_silence_resolves() -> None:
                         "{instance=db1:9100, severity=warning}")
 
 
+def test_an_alert_heard_again_after_its_silence_fires_again() -> None:
+    a = alert("DiskFull")
+    _, seen = run(payload(a), 86_402.0, payload(a))
+    assert [s.split(":")[0] for s in seen] == ["open 1", "resolve 1", "open 2"]
+
+
 def test_a_repeat_keeps_a_group_from_being_taken_as_silent() -> None:
     a = alert("DiskFull")
     state, _ = run(payload(a), 80_000.0)
