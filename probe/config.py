@@ -854,12 +854,17 @@ def _service_checks(data: Any, positions: dict[KeyPath, Position],
     return issues
 
 
+def _raw_routes(data: Any) -> dict[Any, Any]:
+    """ticketing.routes as the user wrote it ({} where it is not a mapping)."""
+    ticketing = data.get("ticketing") if isinstance(data, dict) else None
+    routes = ticketing.get("routes") if isinstance(ticketing, dict) else None
+    return routes if isinstance(routes, dict) else {}
+
+
 def _route_checks(
     data: Any, positions: dict[KeyPath, Position], checks: list[Any]
 ) -> list[ConfigIssue]:
-    ticketing = data.get("ticketing") if isinstance(data, dict) else None
-    raw_routes = ticketing.get("routes") if isinstance(ticketing, dict) else None
-    routes = raw_routes if isinstance(raw_routes, dict) else {}
+    routes = _raw_routes(data)
     issues = []
     for name, route in routes.items():
         target = route.get("escalate_to") if isinstance(route, dict) else None
@@ -898,9 +903,7 @@ def _alertmanager_checks(data: Any, positions: dict[KeyPath, Position]) -> list[
         issues.append(issue(positions, ("alertmanager",), (
             "is not supported in a cluster yet: point Alertmanager at one agent that runs "
             "alone (docs/alertmanager.md)")))
-    ticketing = data.get("ticketing")
-    routes = ticketing.get("routes") if isinstance(ticketing, dict) else None
-    routes = routes if isinstance(routes, dict) else {}
+    routes = _raw_routes(data)
     for name, receiver in receivers.items():
         route = receiver.get("route") if isinstance(receiver, dict) else None
         if isinstance(route, str) and route not in routes:
@@ -932,9 +935,7 @@ def _cluster_checks(data: Any, positions: dict[KeyPath, Position]) -> list[Confi
             "must be set in a cluster: the host name it defaults to is no safe identity for "
             "a cluster member (two hosts may share one, and a renamed host would come back "
             "as another agent)")))
-    ticketing = data.get("ticketing")
-    routes = ticketing.get("routes") if isinstance(ticketing, dict) else None
-    routes = routes if isinstance(routes, dict) else {}
+    routes = _raw_routes(data)
     for name, route in routes.items():
         if isinstance(route, dict) and route.get("backend") == "local":
             issues.append(issue(positions, ("ticketing", "routes", name, "backend"), (

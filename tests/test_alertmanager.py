@@ -10,6 +10,7 @@ And what probe refuses: a payload of another version, fields missing or of the w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -106,28 +107,33 @@ def zendesk_route(zendesk: FakeZendesk, tmp_path: Path) -> dict[str, Any]:
             "token_file": str(token), "timeout": "2s"}
 
 
-async def start_peers(tmp_path: Path, probe: ProbeProcess, disks_port: int, token_file: Path,
-                      replicas: int) -> tuple[list[Alertmanager], Prometheus]:
+@contextlib.asynccontextmanager
+async def fed(tmp_path: Path, probe: ProbeProcess, disks_port: int, token_file: Path,
+              replicas: int) -> AsyncIterator[tuple[list[Alertmanager], Prometheus]]:
+    """probe started, then `replicas` Alertmanagers (a cluster when more than one) routing to
+    it, and a Prometheus scraping the disks and sending its alerts to all of them."""
+    probe.start()
+    await probe.wait("the daemon to start", lambda: "probe started" in probe.log_text())
     rules = tmp_path / "rules.yml"
     rules.write_text(RULES)
-    managers: list[Alertmanager] = []
-    for i in range(replicas):
-        manager = Alertmanager(tmp_path / f"alertmanager{i}",
-                               f"http://127.0.0.1:{probe.port}/api/alertmanager", token_file,
-                               peers=[m.cluster_port for m in managers])
-        await asyncio.to_thread(manager.start, clustered=replicas > 1)
-        managers.append(manager)
-    prometheus = Prometheus(tmp_path / "prometheus", [f"127.0.0.1:{disks_port}"], [rules],
-                            alertmanagers=[m.address for m in managers])
     (tmp_path / "prometheus").mkdir()
-    await asyncio.to_thread(prometheus.start)
-    return managers, prometheus
-
-
-def stop_peers(managers: list[Alertmanager], prometheus: Prometheus) -> None:
-    prometheus.stop()
-    for manager in managers:
-        manager.stop()
+    managers: list[Alertmanager] = []
+    prometheus = Prometheus(tmp_path / "prometheus", [f"127.0.0.1:{disks_port}"], [rules],
+                            alertmanagers=[])
+    try:
+        for i in range(replicas):
+            manager = Alertmanager(tmp_path / f"alertmanager{i}",
+                                   f"http://127.0.0.1:{probe.port}/api/alertmanager",
+                                   token_file, peers=[m.cluster_port for m in managers])
+            managers.append(manager)
+            await asyncio.to_thread(manager.start, clustered=replicas > 1)
+        prometheus.alertmanagers = [m.address for m in managers]
+        await asyncio.to_thread(prometheus.start)
+        yield managers, prometheus
+    finally:
+        await asyncio.to_thread(prometheus.stop)
+        for manager in managers:
+            await asyncio.to_thread(manager.stop)
 
 
 def live(zendesk: FakeZendesk) -> list[dict[str, Any]]:
@@ -143,10 +149,8 @@ async def test_a_firing_rule_is_one_ticket_kept_informed_and_closed(
         tmp_path: Path, zendesk: FakeZendesk, disks: tuple[Disks, int], token_file: Path,
         make_probe: Callable[[dict[str, Any]], ProbeProcess]) -> None:
     target, port = disks
-    probe = make_probe(zendesk_route(zendesk, tmp_path)).start()
-    await probe.wait("the daemon to start", lambda: "probe started" in probe.log_text())
-    managers, prometheus = await start_peers(tmp_path, probe, port, token_file, replicas=1)
-    try:
+    probe = make_probe(zendesk_route(zendesk, tmp_path))
+    async with fed(tmp_path, probe, port, token_file, replicas=1) as (managers, prometheus):
         target.used["db1"] = 0.97
         (ticket,) = await probe.wait("the ticket", lambda: live(zendesk) or None, timeout=30)
         comments = zendesk.comments(ticket["id"])
@@ -187,18 +191,14 @@ async def test_a_firing_rule_is_one_ticket_kept_informed_and_closed(
         assert (await asyncio.to_thread(probe.status))["incidents"] == []
         assert probe.metric('probe_incidents_resolved_total{group="alertmanager/ops/'
                             + incident["group"].rsplit("/", 1)[1] + '"}') == 1
-    finally:
-        await asyncio.to_thread(stop_peers, managers, prometheus)
 
 
 async def test_two_alertmanagers_and_a_kill_9_make_one_ticket_that_resolves(
         tmp_path: Path, zendesk: FakeZendesk, disks: tuple[Disks, int], token_file: Path,
         make_probe: Callable[[dict[str, Any]], ProbeProcess]) -> None:
     target, port = disks
-    probe = make_probe(zendesk_route(zendesk, tmp_path)).start()
-    await probe.wait("the daemon to start", lambda: "probe started" in probe.log_text())
-    managers, prometheus = await start_peers(tmp_path, probe, port, token_file, replicas=2)
-    try:
+    probe = make_probe(zendesk_route(zendesk, tmp_path))
+    async with fed(tmp_path, probe, port, token_file, replicas=2):
         target.used["db1"] = 0.97
         # killed as the first notification is taken: Alertmanager sends it again meanwhile
         await probe.wait("a notification", lambda: probe.db(
@@ -222,8 +222,6 @@ async def test_two_alertmanagers_and_a_kill_9_make_one_ticket_that_resolves(
         assert len(live(zendesk)) == 1
         assert zendesk.tickets[ticket["id"]]["status"] == "solved"
         assert sum("Reopened" in c for _, c in zendesk.comments(ticket["id"])) == 0
-    finally:
-        await asyncio.to_thread(stop_peers, managers, prometheus)
 
 
 def payload(**change: Any) -> dict[str, Any]:

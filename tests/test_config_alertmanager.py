@@ -3,12 +3,10 @@ refuses with the file, line and key."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from probe.config import load
-from tests.harness.configs import edited
-from tests.harness.proc import PROBE
+from tests.harness.configs import edited, refused, validate
 
 # Line numbers matter: the errors below name them.
 CONFIG = """\
@@ -27,20 +25,6 @@ alertmanager:
       token_file: /run/credentials/probe.service/alertmanager
       resolve_after: 12h
 """
-
-
-def validate(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "probe.yaml"
-    path.write_text(text)
-    return subprocess.run([*PROBE, "validate", "--config", str(path)], capture_output=True,
-                          text=True, timeout=60)
-
-
-def refused(tmp_path: Path, text: str) -> list[str]:
-    done = validate(tmp_path, text)
-    assert done.returncode == 1, done.stdout + done.stderr
-    prefix = f"{tmp_path / 'probe.yaml'}:"
-    return [line.removeprefix(prefix) for line in done.stderr.splitlines()[:-1]]
 
 
 def test_the_documented_section_validates(tmp_path: Path) -> None:

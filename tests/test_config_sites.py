@@ -4,14 +4,12 @@ the file, line and key; and the quorum each check ends up with."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from probe.config import load
-from tests.harness.configs import edited
-from tests.harness.proc import PROBE
+from tests.harness.configs import edited, refused, validate
 
 # Line numbers matter: the errors below name them.
 SITES = """\
@@ -37,20 +35,6 @@ checks:
     quorum: 1
     tcp: {host: 127.0.0.1, port: 1}
 """
-
-
-def validate(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "probe.yaml"
-    path.write_text(text)
-    return subprocess.run([*PROBE, "validate", "--config", str(path)], capture_output=True,
-                          text=True, timeout=60)
-
-
-def refused(tmp_path: Path, text: str) -> list[str]:
-    done = validate(tmp_path, text)
-    assert done.returncode == 1, done.stdout + done.stderr
-    prefix = f"{tmp_path / 'probe.yaml'}:"
-    return [line.removeprefix(prefix) for line in done.stderr.splitlines()[:-1]]
 
 
 def test_the_contracts_example_validates_and_each_check_has_its_sites_and_quorum(

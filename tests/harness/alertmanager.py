@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 from tests.harness.ports import free_port
+from tests.harness.proc import ready, terminate
 from tests.harness.prometheus import tool
 
 # Alertmanager's timers, shortened so that a test sees in seconds what takes minutes in
@@ -66,34 +65,14 @@ class Alertmanager:
                      f"--web.external-url=http://{self.address}", "--log.level=warn",
                      *cluster],
                     stdout=log, stderr=subprocess.STDOUT)
-            if self._ready():
+            assert self.proc is not None
+            if ready(self.proc, f"http://{self.address}/-/ready"):
                 return self
             self.stop()
         raise AssertionError(f"alertmanager did not start:\n{self.log_text()}")
-
-    def _ready(self) -> bool:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(f"http://{self.address}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return True
-            except OSError:
-                pass
-            time.sleep(0.1)
-        return False
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)

@@ -9,10 +9,14 @@ names), `edited` changes it, and fails unless what it replaces is there exactly 
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.harness.proc import PROBE
 
 
 def merged(base: Mapping[str, Any], *changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,3 +44,20 @@ def edited(text: str, old: str, new: str) -> str:
     found = text.count(old)
     assert found == 1, f"{old!r} occurs {found} times in the configuration, not once"
     return text.replace(old, new)
+
+
+def validate(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """`probe validate` on `text`, written to tmp_path/probe.yaml."""
+    path = tmp_path / "probe.yaml"
+    path.write_text(text)
+    return subprocess.run([*PROBE, "validate", "--config", str(path)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def refused(tmp_path: Path, text: str) -> list[str]:
+    """What `probe validate` says of `text` it refuses, each line without the file's path
+    ("LINE: KEY: MESSAGE")."""
+    done = validate(tmp_path, text)
+    assert done.returncode == 1, done.stdout + done.stderr
+    prefix = f"{tmp_path / 'probe.yaml'}:"
+    return [line.removeprefix(prefix) for line in done.stderr.splitlines()[:-1]]

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.harness.ports import free_port
-from tests.harness.proc import REPO
+from tests.harness.proc import REPO, ready, terminate
 
 RULES = REPO / "config" / "prometheus" / "probe-rules.yml"
 RULE_TESTS = REPO / "config" / "prometheus" / "probe-rules.test.yml"
@@ -85,26 +84,11 @@ class Prometheus:
                      # firing alerts sent again every second, not every minute
                      "--rules.alert.resend-delay=1s"],
                     stdout=log, stderr=subprocess.STDOUT)
-            if self._ready():
+            assert self.proc is not None
+            if ready(self.proc, f"http://127.0.0.1:{self.port}/-/ready"):
                 return self
             self.stop()
         raise AssertionError(f"prometheus did not start:\n{self.log_text()}")
-
-    def _ready(self) -> bool:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready",
-                                            timeout=2) as r:
-                    if r.status == 200:
-                        return True
-            except OSError:
-                pass
-            time.sleep(0.1)
-        return False
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -125,13 +109,8 @@ class Prometheus:
         return self.api("query", query=expr)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
+
 
 
 # --- what PromQL and the exposition name ---------------------------------------------------
