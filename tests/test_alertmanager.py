@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import bcrypt
 import pytest
 from aiohttp import web
 
 from tests.harness.alertmanager import Alertmanager
 from tests.harness.daemon import ProbeProcess
 from tests.harness.fake_zendesk import EMAIL, TOKEN, FakeZendesk, serve_zendesk
+from tests.harness.fakes import basic
 from tests.harness.httpserver import serve_app
 from tests.harness.ports import free_port
 from tests.harness.prometheus import Prometheus
@@ -344,5 +346,40 @@ async def test_notes_escalation_a_human_close_and_every_view_of_an_alert_inciden
             probe.command, "report", "--from", "2020-01-01", "--format", "json"))
         (row,) = [r for r in report["rows"] if r["kind"] == "alertmanager"]
         assert (row["name"], len(row["incidents"]), row["availability_text"]) == ("ops", 1, "n/a")
+    finally:
+        probe.stop()
+
+
+async def test_web_config_basic_auth_and_each_receivers_token(tmp_path: Path,
+                                                              token_file: Path) -> None:
+    """With web_config's users, Alertmanager may send their basic auth (for any receiver); a
+    receiver's token is good for that receiver only."""
+    password = "alertmanager-password"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
+    (tmp_path / "web.yml").write_text(f"basic_auth_users: {{alertmanager: {hashed}}}\n")
+    port = free_port()
+    config = tmp_path / "probe.yaml"
+    config.write_text(json.dumps({
+        "agent": {"name": "am-test", "state_dir": str(tmp_path / "state"),
+                  "listen": f"127.0.0.1:{port}", "web_config": str(tmp_path / "web.yml")},
+        "ticketing": {"routes": {"desk": {"backend": "local"}}},
+        "alertmanager": {"receivers": {"ops": {}, "pager": {"token_file": str(token_file)}}},
+    }))
+    probe = ProbeProcess(config, port, tmp_path / "state").start()
+    await probe.wait("the daemon to start", lambda: "probe started" in probe.log_text())
+    good = {"Authorization": basic("alertmanager", password)}
+    wrong = {"Authorization": basic("alertmanager", "guess")}
+    url = f"http://127.0.0.1:{port}/api/alertmanager"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for receiver, headers, code in [
+                    ("ops", {}, 401), ("ops", wrong, 401),
+                    ("ops", BEARER, 401),  # the token is pager's
+                    ("ops", good, 200), ("pager", BEARER, 200), ("pager", good, 200)]:
+                async with session.post(url, json=payload(receiver=receiver),
+                                        headers=headers) as answer:
+                    assert answer.status == code, (receiver, headers, await answer.text())
+        assert probe.db("SELECT COUNT(*) FROM alert_groups") == [(2,)]
+        assert probe.db("SELECT COUNT(*) FROM outbox WHERE action = 'open'") == [(2,)]
     finally:
         probe.stop()

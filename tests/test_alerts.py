@@ -212,3 +212,15 @@ def test_a_payload_probe_cannot_take_is_refused_in_words(change: dict[str, Any],
 def test_not_an_object_is_refused() -> None:
     with pytest.raises(alerts.Invalid, match="expected a JSON object"):
         alerts.parse([payload(alert("A"))])
+
+
+def test_a_receiver_removed_resolves_its_groups_saying_why() -> None:
+    state, _ = run(payload(alert("DiskFull")))
+    assert state is not None
+    state, transitions = alerts.end(state, "its receiver was removed from the configuration",
+                                    scope="a", agent="a", now=T0 + 10)
+    (resolve,) = transitions
+    assert (resolve.kind, resolve.facts.recovered, state.key) == (
+        "resolve", "its receiver was removed from the configuration", None)
+    assert render.resolved(resolve.facts).startswith(
+        "Closed by probe: its receiver was removed from the configuration.")
