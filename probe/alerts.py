@@ -106,8 +106,14 @@ class GroupState:
 def group_name(receiver: str, group_key: str) -> str:
     """The incident group of an Alertmanager group: its groupKey is long and made of labels,
     so a hash of it stands in the name (the ticket shows the labels)."""
-    digest = hashlib.sha256(group_key.encode()).hexdigest()[:12]
-    return f"{PREFIX}/{receiver}/{digest}"
+    digest = hashlib.sha256(f"{receiver}\0{group_key}".encode()).hexdigest()[:12]
+    return f"{receiver_prefix(receiver)}{digest}"
+
+
+def receiver_prefix(receiver: str) -> str:
+    """What the names of a receiver's groups start with: its name as a key may hold it (a
+    helpdesk's subject token, a label), the hash after it telling apart two names alike."""
+    return f"{PREFIX}/{re.sub(r'[^A-Za-z0-9_.-]+', '-', receiver)[:64]}/"
 
 
 def is_alert_group(group: str) -> bool:

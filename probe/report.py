@@ -79,7 +79,7 @@ async def _fed(pages: Pages, receiver: str, start: float, end: float, now: float
     they fired in it (Alertmanager says nothing of the time between: availability is n/a)."""
     incidents = [i for i in await pages.archive.incidents(start=start, end=end, limit=10_000)
                  if i.alert_group is not None
-                 and i.group.startswith(f"{alerts.PREFIX}/{receiver}/")]
+                 and i.group.startswith(alerts.receiver_prefix(receiver))]
     firing = sum(max(0.0, min(end, i.resolved_at or now) - max(start, i.first_failure_at))
                  for i in incidents)
     figure = Availability(start, end, 0.0, firing, 0.0, 0.0, len(incidents), None, "n/a")

@@ -4,6 +4,7 @@ what a helpdesk would get from them; and the payloads probe refuses, with the wo
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -224,3 +225,9 @@ def test_a_receiver_removed_resolves_its_groups_saying_why() -> None:
         "resolve", "its receiver was removed from the configuration", None)
     assert render.resolved(resolve.facts).startswith(
         "Closed by probe: its receiver was removed from the configuration.")
+
+
+def test_a_receivers_name_in_a_key_is_what_every_helpdesk_takes() -> None:
+    name = alerts.group_name("ops team/\u00e9 [eu]", '{}:{alertname="X"}')
+    assert re.fullmatch(r"alertmanager/ops-team-eu-/[0-9a-f]{12}", name), name
+    assert name != alerts.group_name("ops-team-eu-", '{}:{alertname="X"}')
