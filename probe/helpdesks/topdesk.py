@@ -22,7 +22,9 @@ TOPdesk facts it relies on:
 - GET /tas/api/incidents?query=... takes FIQL. `externalNumber=='...'` is no exact match: the
   comparison ignores case, and a `*` in the value is a wildcard. So every incident that comes
   back is checked against the key, and those that do not carry it exactly are ignored. The
-  list answers 204 with no body when nothing matches, 206 when there are more pages.
+  list answers 204 with no body when nothing matches, 206 when there are more pages, and
+  leaves archived incidents out: find() does not see an archived incident, which probe treats
+  as closed for good anyway (a new incident follows it under its own key).
 - Errors are a JSON list of {"message"}; a proxy or maintenance page in front is HTML. A 429
   (too many requests) may carry Retry-After.
 - The operator field holds the operator group too, when only a group is assigned
