@@ -25,6 +25,7 @@ from probe.helpdesks import (
     pagerduty,
     rt,
     servicenow,
+    topdesk,
     webhook,
     zendesk,
 )
@@ -41,6 +42,7 @@ HELPDESKS: dict[str, Helpdesk[Any]] = {helpdesk.name: helpdesk for helpdesk in (
     servicenow.HELPDESK,
     github.HELPDESK,
     pagerduty.HELPDESK,
+    topdesk.HELPDESK,
 )}
 
 ROUTES: dict[str, type[RouteBase]] = {name: h.route for name, h in HELPDESKS.items()}

@@ -28,7 +28,8 @@ FIELDS = (
     "transitions", "incidents", "user", "labels", "assignees", "assignee_id", "assigned_to",
     "responder_id", "custom_fields", "tags", "deleted", "spam", "external_id", "state",
     "sys_id", "correlation_id", "title", "created_at", "pull_request", "errors",
-    "errorMessages", "error", "message", "description", "details",
+    "errorMessages", "error", "message", "description", "details", "externalNumber", "closed",
+    "completed", "operator", "operatorGroup", "processingStatus", "archivingReason",
 )
 # ...and, one level or two further in, the ones read there.
 INNER = (
