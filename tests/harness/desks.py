@@ -37,14 +37,23 @@ from probe.helpdesks import ROUTES, make_backend
 from probe.helpdesks.base import Backend
 from probe.helpdesks.github import key_label as github_label
 from probe.helpdesks.jira import key_label as jira_label
+from probe.helpdesks.zammad import key_tag as zammad_tag
 from probe.store import Store
-from tests.harness import fake_github, fake_jira, fake_pagerduty, fake_servicenow, fake_zendesk
+from tests.harness import (
+    fake_github,
+    fake_jira,
+    fake_pagerduty,
+    fake_servicenow,
+    fake_zammad,
+    fake_zendesk,
+)
 from tests.harness.fake_freshdesk import API_KEY, REQUESTER_EMAIL, FakeFreshdesk, serve_freshdesk
 from tests.harness.fake_freshdesk import KEY_FIELD as FRESHDESK_KEY_FIELD
 from tests.harness.fake_github import REPOSITORY, FakeGitHub
 from tests.harness.fake_jira import FakeJira, serve_jira
 from tests.harness.fake_pagerduty import API_TOKEN, ROUTING_KEY, USER_EMAIL, FakePagerDuty
 from tests.harness.fake_servicenow import FakeServiceNow, serve_servicenow
+from tests.harness.fake_zammad import FakeZammad
 from tests.harness.fake_zendesk import FakeZendesk, serve_zendesk
 from tests.harness.helpdesk import Helpdesk
 from tests.harness.httpserver import serve_app
@@ -308,7 +317,7 @@ async def _rt(directory: Path, peer: RtPeer) -> AsyncIterator[Desk]:
         yield RtDesk(directory, peer, RtApi(peer, session))
 
 
-# --- Zendesk, Freshdesk, Jira, ServiceNow, GitHub, PagerDuty: the fakes -------------------------
+# --- Zendesk, Freshdesk, Jira, ServiceNow, GitHub, PagerDuty, Zammad: the fakes -----------------
 
 
 class ZendeskDesk(Desk):
@@ -477,6 +486,28 @@ class PagerDutyDesk(Desk):
         return len(self.fake.with_key(key))
 
 
+class ZammadDesk(Desk):
+    name = "zammad"
+    unknown_ref = "999999"
+
+    def __init__(self, directory: Path, fake: FakeZammad) -> None:
+        super().__init__(directory, {
+            "url": fake.url, "group": "Users", "customer": fake_zammad.CUSTOMER,
+            "token_file": _secret(directory, "zammad-token", fake_zammad.TOKEN)})
+        self.fake = fake
+
+    async def record(self, ref: str) -> Record:
+        ticket = self.fake.tickets[int(ref)]
+        return Record(
+            frozenset(ticket["tags"]), fake_zammad.PRIORITIES[ticket["priority_id"]],
+            ticket["state"],
+            tuple(("internal note" if internal else "public note", body)
+                  for internal, body in self.fake.articles(int(ref))))
+
+    async def tickets(self, key: str) -> int:
+        return len(self.fake.with_tag(zammad_tag(key)))
+
+
 # --- start one ------------------------------------------------------------------------------
 
 
@@ -507,6 +538,7 @@ PEERS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Desk]]]
     "servicenow": _fake(serve_servicenow, ServiceNowDesk),
     "github": _fake(fake_github.serve, GitHubDesk),
     "pagerduty": _fake(fake_pagerduty.serve, PagerDutyDesk),
+    "zammad": _fake(fake_zammad.serve, ZammadDesk),
 }
 
 
