@@ -7,8 +7,9 @@ Zammad facts it relies on (from docs.zammad.org's REST API pages and Zammad's ow
   state, owner_id, tags (one comma-separated string), article: {subject, body, content_type,
   type, internal}} and answers 201 with the ticket's attributes ({"id", "number", ...}). The
   ticket, its tags and its first article are written in one database transaction: a ticket
-  that exists carries its tags. There is no idempotency key: an open sent twice is two tickets,
-  which is what find() guards.
+  that exists carries its tags. `links` ({"Ticket": {"normal": [id]}}) links a follow-up
+  ticket to the one it follows, as a split does. There is no idempotency key: an open sent
+  twice is two tickets, which is what find() guards.
 - Priorities are ids: 1 low, 2 normal, 3 high (the defaults; `priorities` maps ours). States
   are named: new, open, pending reminder, pending close, closed, merged, removed.
 - The incident key is the tag `probe-key-<hash of the key>` (tags are exact, where a search for
@@ -122,6 +123,8 @@ class Backend(base.Backend[Route]):
         }
         if route.owner_id is not None:
             body["owner_id"] = route.owner_id
+        if ticket.follows and ticket.follows.isdigit():  # linked, as Zammad's split links
+            body["links"] = {"Ticket": {"normal": [int(ticket.follows)]}}
         response = await self._http.request("POST", "/tickets", json_body=body)
         ref = response.fields().number("id")
         if not ref:

@@ -133,6 +133,9 @@ class FakeZammad:
             "owner_id": data.get("owner_id") or NOBODY,
             "tags": [t.strip() for t in (data.get("tags") or "").split(",") if t.strip()],
             "articles": [_article(article)],
+            "links": [(kind, other) for kind, others in
+                      ((data.get("links") or {}).get("Ticket") or {}).items()
+                      for other in others if other in self.tickets],
             "created": time.monotonic(),
         }
         if self.stall_creates:
