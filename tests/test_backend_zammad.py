@@ -114,7 +114,7 @@ async def test_a_refused_create_is_permanent_with_zammads_words(
         await make_backend(group="Network").open(ticket())
     assert caught.value.permanent
     assert caught.value.message == ("POST /tickets: HTTP 422: No lookup value found for "
-                                    "'group': 'Network'")
+                                    "'group': \"Network\"")
     assert zammad.tickets == {}
 
 

@@ -3,7 +3,7 @@
 Zammad facts it relies on (from docs.zammad.org's REST API pages and Zammad's own controllers):
 - Token auth: `Authorization: Token token=<access token>`; the token's user must be an agent
   of the route's group (permission ticket.agent).
-- POST /tickets takes {title, group (a name), customer (an email or login), priority_id,
+- POST /tickets takes {title, group (a name), customer (a user's login or email), priority_id,
   state, owner_id, tags (one comma-separated string), article: {subject, body, content_type,
   type, internal}} and answers 201 with the ticket's attributes ({"id", "number", ...}). The
   ticket, its tags and its first article are written in one database transaction: a ticket
@@ -74,7 +74,7 @@ class Route(RouteBase):
     token: EnvRef | None = None
     token_file: Path | None = None
     group: str  # the group the tickets go to, by name
-    customer: str  # the customer of the tickets: an existing user's email or login
+    customer: str  # the customer of the tickets: an existing user's login or email
     owner_id: int | None = None  # a preset owner: being owned by it is not being taken
     tags: list[Tag] = ["probe"]
     priorities: PriorityMap[int] = {"urgent": 3, "high": 3, "normal": 2, "low": 1}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -114,9 +115,9 @@ class FakeZammad:
         data = await request.json()
         article = data.get("article") or {}
         if data.get("group") not in GROUPS:
-            return _error(422, f"No lookup value found for 'group': {data.get('group')!r}")
-        if data.get("customer") != CUSTOMER:
-            return _error(422, f"No lookup value found for 'customer': {data.get('customer')!r}")
+            return _no_lookup("group", data.get("group"))
+        if data.get("customer") != CUSTOMER:  # looked up by login, then by email
+            return _no_lookup("customer", data.get("customer"))
         if data.get("priority_id") not in PRIORITIES:
             return _error(422, "Validation failed: Priority can't be blank")
         if not article.get("body"):
@@ -181,7 +182,7 @@ class FakeZammad:
         data = await request.json()
         state = data.get("state", ticket["state"])
         if state not in STATES:
-            return _error(422, f"No lookup value found for 'state': {state!r}")
+            return _no_lookup("state", state)
         if ticket["state"] == "merged" and state != "merged":
             return _error(422, "A merged ticket cannot be reopened: its articles went to the "
                                "ticket it was merged into")
@@ -229,6 +230,10 @@ def _article(data: dict[str, Any]) -> dict[str, Any]:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message, "error_human": message}, status=status)
+
+
+def _no_lookup(name: str, value: object) -> web.Response:
+    return _error(422, f"No lookup value found for '{name}': {json.dumps(value)}")  # Ruby's inspect
 
 
 def _not_found(ticket_id: object) -> web.Response:
