@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from pydantic import ValidationError
 
 from probe.helpdesks.base import Ticket, TicketError
 from probe.helpdesks.zammad import Backend, Route, key_tag
 from tests.harness.daemon import ProbeProcess, Target
-from tests.harness.fake_zammad import BAD_GATEWAY, CUSTOMER, NOBODY, FakeZammad, serve
+from tests.harness.fake_zammad import BAD_GATEWAY, CUSTOMER, NOBODY, TOKEN, FakeZammad, serve
 from tests.harness.inloop import Runner
 from tests.harness.ports import free_port
 from tests.harness.wait import until
@@ -130,10 +131,30 @@ async def test_a_create_answered_too_late_is_found_at_once_though_the_search_ind
     assert "no answer within 0.5s" in caught.value.message
 
     [made] = zammad.tickets
+    assert await searched(zammad, {"query": f"tags:{key_tag(KEY)}"}) == []  # the index: not yet
     started = time.monotonic()
-    assert await desk.find(KEY) == str(made)  # from the database, not the index
+    assert await desk.find(KEY) == str(made)  # from the database
     assert time.monotonic() - started < 2
     assert list(zammad.tickets) == [made]  # the outbox opens nothing more: one ticket
+    zammad.index_lag = 0.0
+    assert await searched(zammad, {"query": f"tags:{key_tag(KEY)}"}) == [made]  # indexed now
+
+
+async def searched(zammad: FakeZammad, params: dict[str, str]) -> list[int]:
+    """The ticket ids Zammad's search answers `params` with, as an agent's client asks."""
+    headers = {"Authorization": f"Token token={TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as session, session.get(
+            f"{zammad.url}/api/v1/tickets/search", params={**params, "expand": "true"}) as r:
+        return [t["id"] for t in await r.json()]
+
+
+async def test_a_long_title_is_cut_to_zammads_250_characters(
+    desk: Backend, zammad: FakeZammad
+) -> None:
+    ref = await desk.open(ticket(title="shop is down: " + "x" * 300))
+    title = zammad.tickets[int(ref)]["title"]
+    assert len(title) == 250
+    assert title.startswith("shop is down: xxx") and title.endswith("x…")
 
 
 async def test_find_returns_the_newest_ticket_with_exactly_the_key_closed_or_not(
