@@ -20,7 +20,9 @@ Zammad facts it relies on (from docs.zammad.org's REST API pages and Zammad's ow
   in elastic search when we have a query present"), and a tag condition (`ticket.tags`,
   `contains all`) is what Zammad's overviews and triggers use; find() asks that, so it sees a
   ticket the moment it exists, and confirms each candidate's tags with GET
-  /tags?object=Ticket&o_id=ID.
+  /tags?object=Ticket&o_id=ID. Each incident makes a new tag: the token's user needs Zammad's
+  "New tags" setting on (the default) or the admin.tag permission, and the tag list grows by
+  one probe-key-... tag per incident.
 - Notes: POST /ticket_articles {ticket_id, body, content_type: text/plain, type: note,
   internal: true}, an internal note the customer does not see. Resolving and reopening are
   one PUT /tickets/{id} with the new state and an internal note as its `article`, written
@@ -28,9 +30,10 @@ Zammad facts it relies on (from docs.zammad.org's REST API pages and Zammad's ow
 - A ticket merged into another (state merged) has moved its conversation to the other ticket:
   probe does not reopen it (that would split the thread again), it raises the permanent error
   that makes the outbox open a follow-up ticket.
-- Errors are {"error", "error_human"}; a 404 is an unknown (or deleted) ticket. A reverse proxy
-  in front (nginx, as Zammad's packages ship) answers 502/503/504 with an HTML page, and a
-  rate limit is 429 with Retry-After: both transient (http.py).
+- Errors are {"error", "error_human"}; a 404 is an unknown (or deleted) ticket. The reverse
+  proxy in front (nginx, as Zammad's packages ship it) answers 502/503/504 with an HTML page
+  while Zammad restarts, and a rate limit in front of it is 429 with Retry-After: both are
+  transient (http.py).
 
 status(): the "unassigned" owner is Zammad's system user, id 1 (its overviews' "Unassigned &
 Open"): an owner other than that and the route's own `owner_id` is "acknowledged", and so is a
