@@ -26,6 +26,7 @@ from probe.helpdesks.freshdesk import key_tag
 from probe.helpdesks.github import key_label as github_label
 from probe.helpdesks.http import SHAPE
 from probe.helpdesks.jira import key_label as jira_label
+from probe.helpdesks.zammad import key_tag as zammad_tag
 from tests.harness import desks
 from tests.harness.desks import HELPDESKS, Desk, GitHubDesk
 from tests.harness.hostile_helpdesk import FIELDS, Misbehaviour, serve_helpdesk
@@ -108,6 +109,10 @@ PROMISES: dict[str, Promise] = {
         keys=lambda key: {key}, high="P2", states=("Logged", "Closed", "Logged"),
         note="invisible action", closing="invisible action", reopening="invisible action",
         finds=True, unknown_status="gone", unknown_note="permanent error"),
+    "zammad": Promise(  # a probe-key-... tag; internal notes
+        keys=lambda key: {zammad_tag(key)}, high="3 high", states=("new", "closed", "open"),
+        note="internal note", closing="internal note", reopening="internal note", finds=True,
+        unknown_status="gone", unknown_note="permanent error"),
 }
 assert set(PROMISES) == set(HELPDESKS), "each helpdesk needs its row here and its peer in desks"
 

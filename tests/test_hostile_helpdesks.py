@@ -75,6 +75,8 @@ ROUTES: dict[str, dict[str, Any]] = {
                 "application_password_file": "{token}", "operator_group": "Network",
                 "operator": "probe-api", "call_type": "Incident",
                 "taken_statuses": ["In progress"]},
+    "zammad": {"backend": "zammad", "token_file": "{token}", "group": "Users",
+               "customer": "probe@example.com", "owner_id": 5},
 }
 # Crashes these tests found in backend modules this change did not touch (reported with it):
 # until they are fixed there, a crash in one of these functions is an expected failure. The
@@ -86,7 +88,7 @@ KNOWN_CRASHES: dict[str, str] = {}
 # A reference of the form each backend hands out, for the calls that take one.
 REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "jira": "PROJ-42",
         "servicenow": "0123456789abcdef0123456789abcdef", "github": "42", "pagerduty": KEY,
-        "webhook": KEY, "topdesk": "0123abcd-4567-4890-abcd-0123456789ab"}
+        "webhook": KEY, "topdesk": "0123abcd-4567-4890-abcd-0123456789ab", "zammad": "42"}
 
 Call = Callable[[Backend[Any], str], Awaitable[object]]
 CALLS: dict[str, Call] = {

@@ -27,6 +27,7 @@ from probe.helpdesks import (
     servicenow,
     topdesk,
     webhook,
+    zammad,
     zendesk,
 )
 from probe.helpdesks.base import Backend, Helpdesk, RouteBase
@@ -43,6 +44,7 @@ HELPDESKS: dict[str, Helpdesk[Any]] = {helpdesk.name: helpdesk for helpdesk in (
     github.HELPDESK,
     pagerduty.HELPDESK,
     topdesk.HELPDESK,
+    zammad.HELPDESK,
 )}
 
 ROUTES: dict[str, type[RouteBase]] = {name: h.route for name, h in HELPDESKS.items()}

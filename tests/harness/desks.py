@@ -37,6 +37,7 @@ from probe.helpdesks import ROUTES, make_backend
 from probe.helpdesks.base import Backend
 from probe.helpdesks.github import key_label as github_label
 from probe.helpdesks.jira import key_label as jira_label
+from probe.helpdesks.zammad import key_tag as zammad_tag
 from probe.store import Store
 from tests.harness import (
     fake_github,
@@ -44,6 +45,7 @@ from tests.harness import (
     fake_pagerduty,
     fake_servicenow,
     fake_topdesk,
+    fake_zammad,
     fake_zendesk,
 )
 from tests.harness.fake_freshdesk import API_KEY, REQUESTER_EMAIL, FakeFreshdesk, serve_freshdesk
@@ -53,6 +55,7 @@ from tests.harness.fake_jira import FakeJira, serve_jira
 from tests.harness.fake_pagerduty import API_TOKEN, ROUTING_KEY, USER_EMAIL, FakePagerDuty
 from tests.harness.fake_servicenow import FakeServiceNow, serve_servicenow
 from tests.harness.fake_topdesk import FakeTopdesk
+from tests.harness.fake_zammad import FakeZammad
 from tests.harness.fake_zendesk import FakeZendesk, serve_zendesk
 from tests.harness.helpdesk import Helpdesk
 from tests.harness.httpserver import serve_app
@@ -316,7 +319,7 @@ async def _rt(directory: Path, peer: RtPeer) -> AsyncIterator[Desk]:
         yield RtDesk(directory, peer, RtApi(peer, session))
 
 
-# --- Zendesk, Freshdesk, Jira, ServiceNow, GitHub, PagerDuty, TOPdesk: the fakes -----------
+# --- Zendesk, Freshdesk, Jira, ServiceNow, GitHub, PagerDuty, TOPdesk, Zammad: the fakes ---------
 
 
 class ZendeskDesk(Desk):
@@ -503,6 +506,26 @@ class TopdeskDesk(Desk):
 
     async def tickets(self, key: str) -> int:
         return sum(i["externalNumber"] == key for i in self.fake.incidents.values())
+class ZammadDesk(Desk):
+    name = "zammad"
+    unknown_ref = "999999"
+
+    def __init__(self, directory: Path, fake: FakeZammad) -> None:
+        super().__init__(directory, {
+            "url": fake.url, "group": "Users", "customer": fake_zammad.CUSTOMER,
+            "token_file": _secret(directory, "zammad-token", fake_zammad.TOKEN)})
+        self.fake = fake
+
+    async def record(self, ref: str) -> Record:
+        ticket = self.fake.tickets[int(ref)]
+        return Record(
+            frozenset(ticket["tags"]), fake_zammad.PRIORITIES[ticket["priority_id"]],
+            ticket["state"],
+            tuple(("internal note" if internal else "public note", body)
+                  for internal, body in self.fake.articles(int(ref))))
+
+    async def tickets(self, key: str) -> int:
+        return len(self.fake.with_tag(zammad_tag(key)))
 
 
 # --- start one ------------------------------------------------------------------------------
@@ -536,6 +559,7 @@ PEERS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Desk]]]
     "github": _fake(fake_github.serve, GitHubDesk),
     "pagerduty": _fake(fake_pagerduty.serve, PagerDutyDesk),
     "topdesk": _fake(fake_topdesk.serve, TopdeskDesk),
+    "zammad": _fake(fake_zammad.serve, ZammadDesk),
 }
 
 

@@ -29,14 +29,14 @@ FIELDS = (
     "responder_id", "custom_fields", "tags", "deleted", "spam", "external_id", "state",
     "sys_id", "correlation_id", "title", "created_at", "pull_request", "errors",
     "errorMessages", "error", "message", "description", "details", "externalNumber", "closed",
-    "completed", "operator", "operatorGroup", "processingStatus", "archivingReason",
+    "completed", "operator", "operatorGroup", "processingStatus", "archivingReason", "owner_id",
 )
 # ...and, one level or two further in, the ones read there.
 INNER = (
     "id", "key", "name", "status", "statusCategory", "to", "fields", "labels", "assignee",
     "resolution", "allowedValues", "required", "values", "login", "number", "state", "sys_id",
     "correlation_id", "external_id", "tags", "custom_fields", "IncidentKey", "Subject",
-    "created_at", "title", "deleted", "spam", "assignee_id", "description",
+    "created_at", "title", "deleted", "spam", "assignee_id", "description", "owner_id",
 )
 WRONG: dict[str, Any] = {
     "null": None, "object": {}, "list": [], "string": "42", "number": 42, "true": True,
@@ -194,7 +194,7 @@ def plausible(key: str) -> dict[str, Any]:
         "results": [{"id": 42, "tags": [freshdesk.key_tag(key)],
                      "custom_fields": {"cf_incident_key": key}}],
         "custom_fields": {"cf_incident_key": key}, "tags": [freshdesk.key_tag(key)],
-        "responder_id": 7,
+        "responder_id": 7, "owner_id": 7,
         "issues": [{"key": "PROJ-42", "fields": {"labels": [jira.key_label(key)]}}],
         "fields": {"status": {"name": "Open", "statusCategory": {"key": "new"}},
                    "assignee": None, "labels": [jira.key_label(key)]},
