@@ -102,6 +102,10 @@ PROMISES: dict[str, Promise] = {
         note="note", closing="note", reopening="trigger", finds=False,
         unknown_status="transient error", unknown_note="transient error",
         unasked=frozenset({"find", "open_tickets"})),
+    "glpi": Promise(  # externalid; private followups, a solution to resolve
+        keys=lambda key: {key}, high="urgency 4, impact 3", states=("1", "5", "1"),
+        note="private followup", closing="solution", reopening="private followup",
+        finds=True, unknown_status="gone", unknown_note="permanent error"),
 }
 assert set(PROMISES) == set(HELPDESKS), "each helpdesk needs its row here and its peer in desks"
 

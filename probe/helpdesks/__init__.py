@@ -20,6 +20,7 @@ from probe.helpdesks import (
     email,
     freshdesk,
     github,
+    glpi,
     jira,
     local,
     pagerduty,
@@ -41,6 +42,7 @@ HELPDESKS: dict[str, Helpdesk[Any]] = {helpdesk.name: helpdesk for helpdesk in (
     servicenow.HELPDESK,
     github.HELPDESK,
     pagerduty.HELPDESK,
+    glpi.HELPDESK,
 )}
 
 ROUTES: dict[str, type[RouteBase]] = {name: h.route for name, h in HELPDESKS.items()}
