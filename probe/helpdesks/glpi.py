@@ -1,6 +1,7 @@
 """The glpi backend: GLPI tickets, through the legacy REST API (`<url>/apirest.php`).
 
-GLPI facts it relies on (from GLPI's apirest.md, its errors list and its tests):
+GLPI facts it relies on (from GLPI's apirest.md, and its source where that says more: the
+API's errors, ITILFollowup, the ticket's fields):
 - A session first: GET /initSession with `Authorization: user_token <token>` (the user's
   "API token") answers {"session_token": ...}; every other call carries `Session-Token`. Where
   the API client is set up with an application token, every call also carries `App-Token`
@@ -15,26 +16,29 @@ GLPI facts it relies on (from GLPI's apirest.md, its errors list and its tests):
   Content is rich text (HTML): probe's text goes as escaped text in <pre>.
 - The incident key goes in the ticket's External ID (`externalid`, 255 characters: a longer
   key is stored as its hash). GLPI drops input fields it does not know without a word, and
-  GLPI 10.0's tickets have no externalid (GLPI 11 added it): open() reads the ticket back and
+  GLPI 10.0's tickets have no externalid (it came with GLPI 11): open() reads the ticket back and
   refuses, naming the cause, a GLPI that did not keep the key.
 - The API takes no idempotency key and externalid is not unique: a retry of unknown outcome
   asks find() first. GET /Ticket?searchText[externalid]=^KEY$ lists tickets whose externalid
   is LIKE the key ("^" and "$" anchor it; "_" stays a wildcard), so every row is checked to
   carry the key exactly; tickets in the trash are left out.
 - Followups: POST /ITILFollowup {"input": {itemtype: "Ticket", items_id, content, is_private:
-  1}}: private followups are seen by technicians only. A solved (5) or closed (6) ticket takes
-  no followup (400 ERROR_GLPI_ADD) until it is reopened, so note() looks first and says so.
+  1}}: private followups are seen by technicians only (and a public one may assign probe's
+  user to the ticket, where its preferences say "followup assigns me"). GLPI refuses a
+  followup on a closed ticket, and one on a solved ticket from its requester (probe's user,
+  who opened it) reopens it: note() leaves solved and closed tickets alone, with a permanent
+  error that says why, so that a human's solve stays theirs until on_human_close decides.
 - Solving: POST /ITILSolution {"input": {itemtype, items_id, content}} sets status 5 (or 6
   where the entity closes solved tickets at once). A ticket with a solution pending takes no
   other. Reopening a solved ticket is PUT /Ticket/{id} {"input": {status: 1}} (GLPI makes it
-  2 when a technician is assigned); a closed ticket stays closed: reopen() then fails for good,
-  saying to use on_human_close: new.
+  2 when a technician is assigned); probe takes Closed as final, as GLPI's form does for most
+  profiles: reopen() then fails for good, saying to use on_human_close: new.
 - Statuses: 1 new, 2 processing (assigned), 3 processing (planned), 4 pending, 5 solved,
   6 closed. GLPI sets 2 by itself as soon as a group or a technician is assigned, so a ticket
   assigned to the route's own group is in 2 with nobody on it. The ticket's actors are
   GET /Ticket/{id}/Ticket_User (type 1 requester, 2 assigned technician, 3 observer).
-- GLPI 11 also documents a new high-level API (/api.php/v2, OAuth2); this backend speaks
-  apirest.php, which GLPI 10 and 11 both serve.
+- GLPI 11 also has a new high-level API (api.php, version 2, with OAuth 2); this backend
+  speaks apirest.php, which GLPI 10 and 11 both serve.
 
 status(): 5 and 6 are "closed"; 3 and 4 (a human planned it or set it pending), an assigned
 technician, or 2 on a route that assigns no group, are "acknowledged"; else "open". A ticket
