@@ -171,6 +171,17 @@ async def test_an_html_error_page_from_the_proxy_is_transient_and_reads_as_words
     assert glpi.tickets == {}
 
 
+async def test_a_proxys_429_is_transient_and_says_when_to_try_again(
+    desk: Backend, glpi: FakeGlpi
+) -> None:
+    glpi.fail("POST", "/Ticket$", 429, headers={"Retry-After": "30"}, body="Too Many Requests")
+    with pytest.raises(TicketError) as caught:
+        await desk.open(ticket())
+    assert not caught.value.permanent and caught.value.refused
+    assert caught.value.retry_after == 30
+    assert glpi.tickets == {}
+
+
 # --- the session -------------------------------------------------------------------------------
 
 

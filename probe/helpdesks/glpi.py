@@ -21,7 +21,9 @@ API's errors, ITILFollowup, the ticket's fields):
 - The API takes no idempotency key and externalid is not unique: a retry of unknown outcome
   asks find() first. GET /Ticket?searchText[externalid]=^KEY$ lists tickets whose externalid
   is LIKE the key ("^" and "$" anchor it; "_" stays a wildcard), so every row is checked to
-  carry the key exactly; tickets in the trash are left out.
+  carry the key exactly; tickets in the trash are left out. (GET /search/Ticket would need
+  the search option of externalid, which only recent GLPI versions declare.)
+- GLPI itself sends no rate limit; a proxy's 429 or 503, with Retry-After, is retried then.
 - Followups: POST /ITILFollowup {"input": {itemtype: "Ticket", items_id, content, is_private:
   1}}: private followups are seen by technicians only (and a public one may assign probe's
   user to the ticket, where its preferences say "followup assigns me"). GLPI refuses a
