@@ -488,6 +488,10 @@ class Config(StrictModel):
                     if route.has_secret(name):
                         found.add(route.reveal(name))
             found.update(from_settings(route))
+            with contextlib.suppress(SecretError):
+                if route.has_secret("proxy_credentials"):
+                    credentials = route.reveal("proxy_credentials")
+                    found |= {credentials, credentials.partition(":")[2]} - {""}
         for check in self.checks:
             found.update(from_settings(check.spec))
         for receiver in self.alertmanager.receivers.values() if self.alertmanager else ():

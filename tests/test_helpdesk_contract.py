@@ -102,6 +102,12 @@ PROMISES: dict[str, Promise] = {
         note="note", closing="note", reopening="trigger", finds=False,
         unknown_status="transient error", unknown_note="transient error",
         unasked=frozenset({"find", "open_tickets"})),
+    # externalNumber; actions invisible for the caller. Closed by closed: true, reopened by
+    # closed: false (TOPdesk's processing statuses: the fake's defaults).
+    "topdesk": Promise(
+        keys=lambda key: {key}, high="P2", states=("Logged", "Closed", "Logged"),
+        note="invisible action", closing="invisible action", reopening="invisible action",
+        finds=True, unknown_status="gone", unknown_note="permanent error"),
     "glpi": Promise(  # externalid; private followups, a solution to resolve
         keys=lambda key: {key}, high="urgency 4, impact 3", states=("1", "5", "1"),
         note="private followup", closing="solution", reopening="private followup",

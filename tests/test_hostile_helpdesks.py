@@ -71,6 +71,10 @@ ROUTES: dict[str, dict[str, Any]] = {
                   "api_token_file": "{token}", "from_email": "probe@example.com",
                   "api_url": "{url}"},
     "webhook": {"backend": "webhook", "url": "{url}/hooks/probe", "secret_file": "{token}"},
+    "topdesk": {"backend": "topdesk", "username": "probe-api",
+                "application_password_file": "{token}", "operator_group": "Network",
+                "operator": "probe-api", "call_type": "Incident",
+                "taken_statuses": ["In progress"]},
     "glpi": {"backend": "glpi", "user_token_file": "{token}", "app_token_file": "{token}",
              "group_id": 3},
 }
@@ -84,7 +88,8 @@ KNOWN_CRASHES: dict[str, str] = {}
 # A reference of the form each backend hands out, for the calls that take one.
 REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "jira": "PROJ-42",
         "servicenow": "0123456789abcdef0123456789abcdef", "github": "42", "pagerduty": KEY,
-        "webhook": KEY, "glpi": "42"}
+        "webhook": KEY, "topdesk": "0123abcd-4567-4890-abcd-0123456789ab",
+        "glpi": "42"}
 
 Call = Callable[[Backend[Any], str], Awaitable[object]]
 CALLS: dict[str, Call] = {

@@ -26,6 +26,7 @@ from probe.helpdesks import (
     pagerduty,
     rt,
     servicenow,
+    topdesk,
     webhook,
     zendesk,
 )
@@ -42,6 +43,7 @@ HELPDESKS: dict[str, Helpdesk[Any]] = {helpdesk.name: helpdesk for helpdesk in (
     servicenow.HELPDESK,
     github.HELPDESK,
     pagerduty.HELPDESK,
+    topdesk.HELPDESK,
     glpi.HELPDESK,
 )}
 

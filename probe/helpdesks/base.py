@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Generic, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, model_validator
 
 from checks.values import Duration, ReadableFile
-from probe.secrets import SecretError, Secrets, known
+from probe.helpdesks.proxy import proxy_url
+from probe.secrets import EnvRef, SecretError, Secrets, known
 
 Priority = Literal["urgent", "high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("urgent", "high", "normal", "low")
@@ -59,6 +60,23 @@ class RouteBase(Secrets):
     timeout: Duration = 10.0
     tls_verify: bool = True
     ca_file: ReadableFile | None = None
+    # The proxy its requests go through: a URL, or "direct"; None: the environment's, as curl
+    # reads it (probe.helpdesks.proxy). Its credentials, `user:password`, as a secret.
+    proxy: Annotated[str, AfterValidator(proxy_url)] | None = None
+    proxy_credentials: EnvRef | None = None
+    proxy_credentials_file: Path | None = None
+
+    proxied: ClassVar[bool] = True  # its requests are HTTP: a proxy applies
+
+    @model_validator(mode="after")
+    def _proxy_credentials(self) -> RouteBase:
+        if self.proxy is not None and not self.proxied:
+            raise ValueError(f"proxy: a {self.backend} route makes no HTTP requests")
+        if self.proxy_credentials is not None and self.proxy_credentials_file is not None:
+            raise ValueError("set proxy_credentials or proxy_credentials_file, not both")
+        if self.has_secret("proxy_credentials") and self.proxy in (None, "direct"):
+            raise ValueError("proxy_credentials are for the route's own proxy: set proxy: URL")
+        return self
 
     def link(self, ref: str) -> str | None:
         """Where a person sees the ticket in the helpdesk, for the pages; None: unknown."""

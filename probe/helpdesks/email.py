@@ -64,6 +64,7 @@ Address = Annotated[str, AfterValidator(_address)]
 
 class Route(RouteBase):
     backend: Literal["email"]
+    proxied: ClassVar[bool] = False
     smtp: Annotated[str, host_port("smtp.example.net:587")]
     starttls: bool = True
     tls: bool = False  # implicit TLS from the first byte (port 465)

@@ -12,7 +12,10 @@ into a response or a TicketError.
 - other 4xx are permanent, with the helpdesk's own message (`words` reads it where the
   helpdesk's error body says more than a `message` field);
 - `Retry-After` (seconds or an HTTP date) and rate-limit reset headers (epoch seconds, ISO
-  8601, or seconds to wait) become `retry_after`.
+  8601, or seconds to wait) become `retry_after`;
+- through the route's proxy, or the environment's as curl reads it (probe.helpdesks.proxy):
+  a proxy that cannot be reached is transient; one that refuses (403, 407) is permanent, and
+  says it was the proxy.
 
 A body is read up to MAX_BODY bytes (decompressed) and decoded leniently whatever its charset
 says. JSON nested deeper than Python's parser can follow is a TicketError from
@@ -26,18 +29,22 @@ import base64
 import datetime as dt
 import email.utils
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
 from checks.net import describe_os_error
 from probe import __version__
+from probe.helpdesks import proxy
 from probe.helpdesks.base import RouteBase, TicketError, reveal, ssl_context
+from probe.secrets import known
 
 T = TypeVar("T")
 TRANSIENT = {408, 425, 429}
@@ -247,15 +254,27 @@ class Http:
         what = f"{method} {path.split('?')[0]}"
         if self._authorization is not None:
             headers = {"Authorization": self._authorization.value(self._route), **(headers or {})}
+        through, proxy_headers = self._proxy(url, what)
+        if proxy_headers is not None and url.startswith("http://"):
+            # Plain HTTP goes to the proxy as it is (no CONNECT): its credentials with it.
+            headers, proxy_headers = {**(headers or {}), **proxy_headers}, None
         try:
             async with self._client().request(
                 method, url, json=json_body, data=data, params=params, headers=headers,
-                allow_redirects=False,
+                allow_redirects=False, proxy=through, proxy_headers=proxy_headers,
             ) as response:
                 text = _decode(await _read(response, what), response.charset)
                 result = Response(response.status, response.headers, text, what)
         except TimeoutError:  # first: a TimeoutError is an OSError too
             raise TicketError(f"{what}: no answer within {self._route.timeout:g}s") from None
+        except aiohttp.ClientHttpProxyError as err:  # the proxy answered CONNECT with a no
+            refused = f"{what}: the proxy {known.redact(through or '')} refused: HTTP {err.status}"
+            raise TicketError(f"{refused} {err.message}".rstrip(),
+                              permanent=400 <= err.status < 500 and err.status not in TRANSIENT
+                              ) from err
+        except aiohttp.ClientProxyConnectionError as err:
+            raise TicketError(f"{what}: the proxy {known.redact(through or '')}: "
+                              f"{_describe(err)}") from err
         except (aiohttp.ClientError, OSError) as err:
             raise TicketError(f"{what}: {_describe(err)}") from err
         if 200 <= result.status < 300:
@@ -263,6 +282,28 @@ class Http:
         if result.status in ok and _depth(text) <= MAX_DEPTH:
             return result  # the backend reads the helpdesk's reasons from it
         raise self._error(result)
+
+    def _proxy(self, url: str, what: str) -> tuple[str | None, dict[str, str] | None]:
+        """The proxy for `url` and the credentials it takes: the route's own, or those in the
+        environment's proxy URL (taken out of it: aiohttp is given them as a header)."""
+        try:
+            chosen = proxy.choose(url, self._route.proxy, os.environ)
+        except ValueError as err:
+            raise TicketError(f"{what}: {err}", permanent=True) from None
+        if chosen is None:
+            return None, None
+        credentials = None
+        if self._route.proxy == chosen and self._route.has_secret("proxy_credentials"):
+            credentials = reveal(self._route, "proxy_credentials")
+        parts = urlsplit(chosen)
+        if parts.username is not None:
+            user, password = unquote(parts.username), unquote(parts.password or "")
+            credentials = credentials or f"{user}:{password}"
+            chosen = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+        if credentials is None:
+            return chosen, None
+        token = base64.b64encode(credentials.encode()).decode()
+        return chosen, {"Proxy-Authorization": f"Basic {token}"}
 
     def _error(self, response: Response) -> TicketError:
         status = response.status

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from probe.helpdesks import base
 from probe.helpdesks.base import RouteBase, Ticket, TicketError, TicketState
@@ -23,6 +23,7 @@ from probe.helpdesks.base import RouteBase, Ticket, TicketError, TicketState
 
 class Route(RouteBase):
     backend: Literal["local"]
+    proxied: ClassVar[bool] = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """Triage evidence for a new ticket, gathered the way a support engineer would: what the
 target's name resolves to, which of its ports answer, its certificate, whether it answers
-ping, what its HTTP endpoint says — in parallel, under a short deadline. Each piece is run
+ping, the routers on the way to it, what its HTTP endpoint says — in parallel, under a short
+deadline. Each piece is run
 by the check kinds themselves; a piece that cannot be had says why. Which host and port a
 check is about, its kind says (`checks.Kind.endpoint`).
 """
@@ -9,17 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import secrets
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
+from icmplib import (
+    ICMPLibError,
+    ICMPReply,
+    ICMPRequest,
+    ICMPv4Socket,
+    ICMPv6Socket,
+    SocketPermissionError,
+    TimeoutExceeded,
+)
 
 from checks import KINDS, execute
 from checks.base import Result, Spec
 from checks.http import HttpSpec
 from checks.icmp import IcmpSpec
+from checks.net import describe_os_error, resolve
 from checks.tcp import TcpSpec
 from checks.tls import TlsSpec
 from checks.values import format_duration
@@ -27,6 +39,8 @@ from probe.config import Check
 from probe.secrets import known
 
 EXTRA_PORTS = (80, 443, 22)
+MAX_HOPS = 30  # as traceroute's default
+HOP_WAIT = 0.5  # seconds for each router's answer: a silent one costs no more
 
 
 async def gather(checks: Sequence[Check], deadline: float = 5.0) -> list[tuple[str, str]]:
@@ -48,6 +62,7 @@ async def gather(checks: Sequence[Check], deadline: float = 5.0) -> list[tuple[s
         if 443 in ports or any(urlsplit(s.url).scheme == "https" for s in http_specs):
             jobs.append((f"TLS {host}", asyncio.create_task(_tls(host, deadline))))
         jobs.append((f"ICMP {host}", asyncio.create_task(_icmp(host, deadline))))
+        jobs.append((f"Route {host}", asyncio.create_task(_route(host, deadline))))
     for spec in http_specs:
         jobs.append((f"HTTP {known.redact(spec.url)}", asyncio.create_task(_http(spec, deadline))))
     if not jobs:
@@ -128,6 +143,69 @@ async def _icmp(host: str, timeout: float) -> str:
     rtt = ev.get("rtt_avg")
     average = f", average {format_duration(rtt)}" if isinstance(rtt, float) else ""
     return f"{round(ev['loss'] * 100)}% loss of {ev.get('sent')}{average}"
+
+
+async def _route(host: str, timeout: float) -> str:
+    """The routers on the way to `host`, as traceroute shows them: an echo with a TTL of 1, 2,
+    ... until the host answers, each router's address and round trip, `*` for one that says
+    nothing within HOP_WAIT; within `timeout`, with what was found by then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        async with asyncio.timeout(timeout):
+            address = (await resolve(host, "auto"))[0]
+    except TimeoutError:
+        return f"{host} not resolved within {format_duration(timeout)}"
+    except OSError as err:
+        return f"not traced: {describe_os_error(err)}"
+    try:
+        # A router's answer (time exceeded) reaches a raw socket only: not a ping socket.
+        sock = (ICMPv6Socket if ":" in address else ICMPv4Socket)(privileged=True)
+    except SocketPermissionError:
+        return ("not traced: a traceroute needs CAP_NET_RAW (the unit grants it: "
+                "AmbientCapabilities=CAP_NET_RAW)")
+    except ICMPLibError as err:
+        return f"not traced: {err}"
+    hops: list[str] = []
+    ident = secrets.randbits(16)
+    try:
+        for ttl in range(1, MAX_HOPS + 1):
+            left = deadline - loop.time()
+            if left <= 0:
+                return _hops(hops, f"not reached within {format_duration(timeout)}")
+            request = ICMPRequest(address, id=ident, sequence=ttl, ttl=ttl, payload_size=24)
+            try:
+                # icmplib's own exchange, a hop at a time in a thread: each bounded by its
+                # wait, and the router's address is only in what recvfrom says.
+                reply = await asyncio.to_thread(_exchange, sock, request, min(HOP_WAIT, left))
+            except TimeoutExceeded:
+                hops.append("*")
+                continue
+            except (ICMPLibError, OSError) as err:
+                return _hops(hops, f"stopped: {err}")
+            hops.append(f"{reply.source} {format_duration(max(0.0, reply.time - request.time))}")
+            if reply.type in (0, 129):  # an echo reply: the host itself
+                return _hops(hops, f"reached in {ttl} hop{'s' * (ttl != 1)}")
+            if reply.type == (1 if ":" in address else 3):  # destination unreachable
+                return _hops(hops, f"unreachable, said {reply.source}")
+        return _hops(hops, f"not reached in {MAX_HOPS} hops")
+    finally:
+        sock.close()
+
+
+def _exchange(sock: ICMPv4Socket, request: ICMPRequest, wait: float) -> ICMPReply:
+    sock.send(request)
+    reply: ICMPReply = sock.receive(request, wait)
+    return reply
+
+
+def _hops(hops: list[str], end: str) -> str:
+    """The hops in a line, a run of silent ones at the end told once."""
+    answered = max((i for i, hop in enumerate(hops) if hop != "*"), default=-1)
+    silent = len(hops) - answered - 1
+    shown = hops[:answered + 1] + (["*"] if silent == 1 else
+                                   [f"* ({silent} silent)"] if silent else [])
+    return (" > ".join(shown) + ": " if shown else "") + end
 
 
 async def _http(spec: HttpSpec, timeout: float) -> str:

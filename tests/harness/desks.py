@@ -44,6 +44,7 @@ from tests.harness import (
     fake_jira,
     fake_pagerduty,
     fake_servicenow,
+    fake_topdesk,
     fake_zendesk,
 )
 from tests.harness.fake_freshdesk import API_KEY, REQUESTER_EMAIL, FakeFreshdesk, serve_freshdesk
@@ -53,6 +54,7 @@ from tests.harness.fake_glpi import FakeGlpi, serve_glpi
 from tests.harness.fake_jira import FakeJira, serve_jira
 from tests.harness.fake_pagerduty import API_TOKEN, ROUTING_KEY, USER_EMAIL, FakePagerDuty
 from tests.harness.fake_servicenow import FakeServiceNow, serve_servicenow
+from tests.harness.fake_topdesk import FakeTopdesk
 from tests.harness.fake_zendesk import FakeZendesk, serve_zendesk
 from tests.harness.helpdesk import Helpdesk
 from tests.harness.httpserver import serve_app
@@ -316,7 +318,7 @@ async def _rt(directory: Path, peer: RtPeer) -> AsyncIterator[Desk]:
         yield RtDesk(directory, peer, RtApi(peer, session))
 
 
-# --- Zendesk, Freshdesk, Jira, ServiceNow, GitHub, PagerDuty, GLPI: the fakes -------------------
+# --- Zendesk, Freshdesk, Jira, ServiceNow, GitHub, PagerDuty, TOPdesk, GLPI: the fakes -----
 
 
 class ZendeskDesk(Desk):
@@ -485,6 +487,26 @@ class PagerDutyDesk(Desk):
         return len(self.fake.with_key(key))
 
 
+class TopdeskDesk(Desk):
+    name = "topdesk"
+    unknown_ref = "00000000-0000-4000-8000-000000000000"
+
+    def __init__(self, directory: Path, fake: FakeTopdesk) -> None:
+        super().__init__(directory, {
+            "url": fake.url, "username": fake_topdesk.USERNAME,
+            "application_password_file": _secret(directory, "topdesk-password",
+                                                 fake_topdesk.PASSWORD)})
+        self.fake = fake
+
+    async def record(self, ref: str) -> Record:
+        incident = self.fake.incidents[ref]
+        return Record(frozenset([incident["externalNumber"]]), incident["priority"]["name"],
+                      incident["processingStatus"]["name"], tuple(self.fake.shown(ref)))
+
+    async def tickets(self, key: str) -> int:
+        return sum(i["externalNumber"] == key for i in self.fake.incidents.values())
+
+
 class GlpiDesk(Desk):
     name = "glpi"
     unknown_ref = "999999"
@@ -537,6 +559,7 @@ PEERS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Desk]]]
     "servicenow": _fake(serve_servicenow, ServiceNowDesk),
     "github": _fake(fake_github.serve, GitHubDesk),
     "pagerduty": _fake(fake_pagerduty.serve, PagerDutyDesk),
+    "topdesk": _fake(fake_topdesk.serve, TopdeskDesk),
     "glpi": _fake(serve_glpi, GlpiDesk),
 }
 

@@ -28,8 +28,9 @@ FIELDS = (
     "transitions", "incidents", "user", "labels", "assignees", "assignee_id", "assigned_to",
     "responder_id", "custom_fields", "tags", "deleted", "spam", "external_id", "state",
     "sys_id", "correlation_id", "title", "created_at", "pull_request", "errors",
-    "errorMessages", "error", "message", "description", "details", "session_token",
-    "externalid", "is_deleted", "type",
+    "errorMessages", "error", "message", "description", "details", "externalNumber", "closed",
+    "completed", "operator", "operatorGroup", "processingStatus", "archivingReason",
+    "session_token", "externalid", "is_deleted", "type",
 )
 # ...and, one level or two further in, the ones read there.
 INNER = (

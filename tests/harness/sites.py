@@ -85,7 +85,7 @@ CUT_TABLE = "probe_cut"  # the nftables table cut() adds in a site, heal() delet
 MAX_SITES = 250
 CLONE_NEWNET = 0x40000000  # os.CLONE_NEWNET from Python 3.12 on
 LOCKS = Path("/var/run/probe-sites")  # a topology's lock: held while it lives
-_NAME = re.compile(r"^(pt(\d+)-\d+-)(core|s\d+)$")
+_NAME = re.compile(r"^(pt(\d+)-\d+-)(core|s\d+|l\d+)$")
 _LOCK = re.compile(r"^(pt(\d+)-\d+-)lock$")
 _topologies = itertools.count(1)
 
@@ -552,3 +552,57 @@ class SiteProbe(ProbeProcess):
             capture_output=True, text=True, env=self.env, timeout=60,
         )
         return done.stdout + done.stderr
+
+
+# --- a line of namespaces: routers between -----------------------------------------------------
+
+LINE_NETWORK = "10.98"  # link K of a line is 10.98.K.0/30: .1 its nearer end, .2 its farther
+
+
+@contextlib.contextmanager
+def line(count: int = 3) -> Iterator[list[Namespace]]:
+    """`count` namespaces in a line, each joined to the next by a veth pair, and every one
+    between forwarding: from the first, the last is `count - 1` hops away, each namespace on
+    the way a router that says so (ICMP time exceeded), as a traceroute sees it. Namespace i's
+    address is 10.98.i.2 (the first's, 10.98.1.1); the line reaches nothing else. Skips as
+    `topology` does; deleted at the end with what runs in it."""
+    assert 2 <= count <= 250
+    require()
+    remove_leftovers()
+    prefix = f"pt{os.getpid()}-{next(_topologies)}-"
+    names = [f"{prefix}l{i}" for i in range(count)]
+    spaces = [Namespace(name, f"{LINE_NETWORK}.{max(i, 1)}.{1 if i == 0 else 2}")
+              for i, name in enumerate(names)]
+    lock = _hold(prefix)
+    try:
+        added = _ip(batch=[f"netns add {n}" for n in names])
+        if added.returncode:
+            _unavailable(f"ip netns add failed: {added.stderr.strip()}")
+        for i, space in enumerate(spaces):
+            setup = ["link set lo up"]
+            if i + 1 < count:  # the link to the next one: its nearer end is ours
+                k = i + 1
+                setup += [f"link add l{k} type veth peer name l{k} netns {names[k]}",
+                          f"address add {LINE_NETWORK}.{k}.1/30 dev l{k}", f"link set l{k} up"]
+            done = _ip("-n", space.name, batch=setup)
+            if done.returncode:
+                raise AssertionError(f"setting up {space.name}: {done.stderr}")
+        for i, space in enumerate(spaces):
+            setup = [f"address add {LINE_NETWORK}.{i}.2/30 dev l{i}", f"link set l{i} up"] \
+                if i else []
+            for k in range(1, count):  # every link not its own, via the neighbour toward it
+                if k > i + 1:
+                    setup.append(f"route add {LINE_NETWORK}.{k}.0/30 via {LINE_NETWORK}.{i + 1}.2")
+                elif k < i:
+                    setup.append(f"route add {LINE_NETWORK}.{k}.0/30 via {LINE_NETWORK}.{i}.1")
+            routed = _ip("-n", space.name, batch=setup) if setup else None
+            if routed is not None and routed.returncode:
+                raise AssertionError(f"setting up {space.name}: {routed.stderr}")
+            if 0 < i < count - 1:
+                space.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        yield spaces
+    finally:
+        for space in spaces:
+            space.close()
+        Path(lock.name).unlink(missing_ok=True)
+        lock.close()
