@@ -55,7 +55,9 @@ import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
 
 from probe.helpdesks import base
 from probe.helpdesks.base import (
@@ -77,6 +79,7 @@ TECHNICIAN = 2  # Ticket_User.type: 1 requester, 2 assigned, 3 observer
 EXTERNALID_CHARS = 255
 NAME_CHARS = 255
 SESSION_EXPIRED = "ERROR_SESSION_TOKEN_INVALID"
+Level = Annotated[int, Field(ge=1, le=5)]  # GLPI's urgency and impact: 1 very low, 5 very high
 
 
 class Route(RouteBase):
@@ -89,8 +92,8 @@ class Route(RouteBase):
     entities_id: int | None = None
     group_id: int | None = None  # the group assigned to each ticket
     category_id: int | None = None  # itilcategories_id
-    urgency: PriorityMap[int] = {"urgent": 5, "high": 4, "normal": 3, "low": 2}
-    impact: PriorityMap[int] = {"urgent": 4, "high": 3, "normal": 3, "low": 2}
+    urgency: PriorityMap[Level] = {"urgent": 5, "high": 4, "normal": 3, "low": 2}
+    impact: PriorityMap[Level] = {"urgent": 4, "high": 3, "normal": 3, "low": 2}
 
     secrets: ClassVar[dict[str, bool]] = {"user_token": True, "app_token": False}
 
