@@ -308,6 +308,28 @@ async def test_a_key_longer_than_externalid_is_stored_and_found_as_its_hash(
     assert await desk.find(key) == ref
 
 
+async def test_open_tickets_lists_every_open_ticket_of_the_agent_so_a_duplicate_shows(
+    desk: Backend, glpi: FakeGlpi
+) -> None:
+    twice, other, again = [await desk.open(ticket(key)) for key in (
+        "probe-eu-1/shop/1", "probe-eu-1/db/2", "probe-eu-1/shop/1")]
+    planned, pending = [await desk.open(ticket(f"probe-eu-1/dns/{n}")) for n in (3, 4)]
+    glpi.set_status(int(planned), 3)
+    glpi.set_status(int(pending), 4)
+    glpi.assign(int(other))
+    solved, closed, trashed = [await desk.open(ticket(f"probe-eu-1/old/{n}")) for n in range(3)]
+    glpi.set_status(int(solved), 5)
+    glpi.set_status(int(closed), 6)
+    glpi.tickets[int(trashed)]["is_deleted"] = 1
+    await desk.open(ticket("probe-eu-2/shop/1"))  # another agent's
+    await desk.open(ticket("probe-euX1/shop/1"))  # "_" would match it in a LIKE
+    assert await desk.open_tickets("probe-eu_1/") == []
+    assert await desk.open_tickets("probe-eu-1/") == [
+        ("probe-eu-1/shop/1", twice), ("probe-eu-1/db/2", other),
+        ("probe-eu-1/shop/1", again), ("probe-eu-1/dns/3", planned),
+        ("probe-eu-1/dns/4", pending)]
+
+
 # --- notes, resolve, reopen --------------------------------------------------------------------
 
 

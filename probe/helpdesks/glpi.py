@@ -22,7 +22,8 @@ API's errors, ITILFollowup, the ticket's fields):
   asks find() first. GET /Ticket?searchText[externalid]=^KEY$ lists tickets whose externalid
   is LIKE the key ("^" and "$" anchor it; "_" stays a wildcard), so every row is checked to
   carry the key exactly; tickets in the trash are left out. (GET /search/Ticket would need
-  the search option of externalid, which only recent GLPI versions declare.)
+  the search option of externalid, which only recent GLPI versions declare.) open_tickets()
+  asks the same with the agent's prefix, once for each status that is not solved or closed.
 - GLPI itself sends no rate limit; a proxy's 429 or 503, with Retry-After, is retried then.
 - Followups: POST /ITILFollowup {"input": {itemtype: "Ticket", items_id, content, is_private:
   1}}: private followups are seen by technicians only (and a public one may assign probe's
@@ -78,6 +79,7 @@ INCIDENT = 1  # Ticket.type: 1 incident, 2 request
 TECHNICIAN = 2  # Ticket_User.type: 1 requester, 2 assigned, 3 observer
 EXTERNALID_CHARS = 255
 NAME_CHARS = 255
+LISTED = 1000  # open tickets of one status open_tickets() reads: far more than an agent keeps
 SESSION_EXPIRED = "ERROR_SESSION_TOKEN_INVALID"
 Level = Annotated[int, Field(ge=1, le=5)]  # GLPI's urgency and impact: 1 very low, 5 very high
 
@@ -128,6 +130,18 @@ class Backend(base.Backend[Route]):
         ids = [ticket_id for row in _rows(response)
                if row.get("externalid") == stored and (ticket_id := row.number("id"))]
         return str(max(ids)) if ids else None
+
+    async def open_tickets(self, prefix: str) -> list[tuple[str, str]] | None:
+        tickets: list[tuple[str, str]] = []
+        for status in (NEW, ASSIGNED, PLANNED, WAITING):  # searchText cannot say "not solved"
+            params = {"searchText[externalid]": f"^{prefix}", "searchText[status]": f"^{status}$",
+                      "range": f"0-{LISTED - 1}", "get_hateoas": "false"}
+            for row in _rows(await self._call("GET", "/Ticket", params=params)):
+                key, ticket_id = row.text("externalid"), row.number("id")
+                # searchText is a LIKE: "_" in the prefix matches any character
+                if key and key.startswith(prefix) and ticket_id and row.get("status") == status:
+                    tickets.append((key, str(ticket_id)))
+        return sorted(tickets, key=lambda found: int(found[1]))
 
     async def open(self, ticket: base.Ticket) -> str:
         route = self.route
