@@ -113,6 +113,11 @@ PROMISES: dict[str, Promise] = {
         keys=lambda key: {zammad_tag(key)}, high="3 high", states=("new", "closed", "open"),
         note="internal note", closing="internal note", reopening="internal note", finds=True,
         unknown_status="gone", unknown_note="permanent error"),
+    "glpi": Promise(  # externalid; private followups, a solution to resolve
+        keys=lambda key: {key}, high="urgency 4, impact 3", states=("1", "5", "1"),
+        note="private followup", closing="solution", reopening="private followup",
+        finds=True, unknown_status="gone", unknown_note="permanent error",
+        unasked=frozenset()),
 }
 assert set(PROMISES) == set(HELPDESKS), "each helpdesk needs its row here and its peer in desks"
 

@@ -77,6 +77,8 @@ ROUTES: dict[str, dict[str, Any]] = {
                 "taken_statuses": ["In progress"]},
     "zammad": {"backend": "zammad", "token_file": "{token}", "group": "Users",
                "customer": "probe@example.com", "owner_id": 5},
+    "glpi": {"backend": "glpi", "user_token_file": "{token}", "app_token_file": "{token}",
+             "group_id": 3},
 }
 # Crashes these tests found in backend modules this change did not touch (reported with it):
 # until they are fixed there, a crash in one of these functions is an expected failure. The
@@ -88,7 +90,8 @@ KNOWN_CRASHES: dict[str, str] = {}
 # A reference of the form each backend hands out, for the calls that take one.
 REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "jira": "PROJ-42",
         "servicenow": "0123456789abcdef0123456789abcdef", "github": "42", "pagerduty": KEY,
-        "webhook": KEY, "topdesk": "0123abcd-4567-4890-abcd-0123456789ab", "zammad": "42"}
+        "webhook": KEY, "topdesk": "0123abcd-4567-4890-abcd-0123456789ab", "zammad": "42",
+        "glpi": "42"}
 
 Call = Callable[[Backend[Any], str], Awaitable[object]]
 CALLS: dict[str, Call] = {

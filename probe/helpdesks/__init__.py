@@ -20,6 +20,7 @@ from probe.helpdesks import (
     email,
     freshdesk,
     github,
+    glpi,
     jira,
     local,
     pagerduty,
@@ -45,6 +46,7 @@ HELPDESKS: dict[str, Helpdesk[Any]] = {helpdesk.name: helpdesk for helpdesk in (
     pagerduty.HELPDESK,
     topdesk.HELPDESK,
     zammad.HELPDESK,
+    glpi.HELPDESK,
 )}
 
 ROUTES: dict[str, type[RouteBase]] = {name: h.route for name, h in HELPDESKS.items()}

@@ -41,6 +41,7 @@ from probe.helpdesks.zammad import key_tag as zammad_tag
 from probe.store import Store
 from tests.harness import (
     fake_github,
+    fake_glpi,
     fake_jira,
     fake_pagerduty,
     fake_servicenow,
@@ -51,6 +52,7 @@ from tests.harness import (
 from tests.harness.fake_freshdesk import API_KEY, REQUESTER_EMAIL, FakeFreshdesk, serve_freshdesk
 from tests.harness.fake_freshdesk import KEY_FIELD as FRESHDESK_KEY_FIELD
 from tests.harness.fake_github import REPOSITORY, FakeGitHub
+from tests.harness.fake_glpi import FakeGlpi, serve_glpi
 from tests.harness.fake_jira import FakeJira, serve_jira
 from tests.harness.fake_pagerduty import API_TOKEN, ROUTING_KEY, USER_EMAIL, FakePagerDuty
 from tests.harness.fake_servicenow import FakeServiceNow, serve_servicenow
@@ -319,7 +321,7 @@ async def _rt(directory: Path, peer: RtPeer) -> AsyncIterator[Desk]:
         yield RtDesk(directory, peer, RtApi(peer, session))
 
 
-# --- Zendesk, Freshdesk, Jira, ServiceNow, GitHub, PagerDuty, TOPdesk, Zammad: the fakes ---------
+# --- Zendesk, Freshdesk, Jira, ServiceNow, GitHub, PagerDuty, TOPdesk, Zammad, GLPI: the fakes ---
 
 
 class ZendeskDesk(Desk):
@@ -528,6 +530,28 @@ class ZammadDesk(Desk):
         return len(self.fake.with_tag(zammad_tag(key)))
 
 
+class GlpiDesk(Desk):
+    name = "glpi"
+    unknown_ref = "999999"
+
+    def __init__(self, directory: Path, fake: FakeGlpi) -> None:
+        super().__init__(directory, {
+            "url": fake.url,
+            "user_token_file": _secret(directory, "glpi-user-token", fake_glpi.USER_TOKEN),
+            "app_token_file": _secret(directory, "glpi-app-token", fake_glpi.APP_TOKEN)})
+        self.fake = fake
+
+    async def record(self, ref: str) -> Record:
+        ticket = self.fake.tickets[int(ref)]
+        return Record(
+            frozenset([ticket["externalid"]]),
+            f"urgency {ticket['urgency']}, impact {ticket['impact']}", str(ticket["status"]),
+            tuple(self.fake.notes(int(ref))))
+
+    async def tickets(self, key: str) -> int:
+        return sum(t["externalid"] == key for t in self.fake.tickets.values())
+
+
 # --- start one ------------------------------------------------------------------------------
 
 
@@ -560,6 +584,7 @@ PEERS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Desk]]]
     "pagerduty": _fake(fake_pagerduty.serve, PagerDutyDesk),
     "topdesk": _fake(fake_topdesk.serve, TopdeskDesk),
     "zammad": _fake(fake_zammad.serve, ZammadDesk),
+    "glpi": _fake(serve_glpi, GlpiDesk),
 }
 
 

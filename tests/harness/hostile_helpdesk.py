@@ -30,6 +30,7 @@ FIELDS = (
     "sys_id", "correlation_id", "title", "created_at", "pull_request", "errors",
     "errorMessages", "error", "message", "description", "details", "externalNumber", "closed",
     "completed", "operator", "operatorGroup", "processingStatus", "archivingReason", "owner_id",
+    "session_token", "externalid", "is_deleted", "type",
 )
 # ...and, one level or two further in, the ones read there.
 INNER = (
@@ -37,6 +38,7 @@ INNER = (
     "resolution", "allowedValues", "required", "values", "login", "number", "state", "sys_id",
     "correlation_id", "external_id", "tags", "custom_fields", "IncidentKey", "Subject",
     "created_at", "title", "deleted", "spam", "assignee_id", "description", "owner_id",
+    "externalid", "is_deleted", "type",
 )
 WRONG: dict[str, Any] = {
     "null": None, "object": {}, "list": [], "string": "42", "number": 42, "true": True,
@@ -210,6 +212,8 @@ def plausible(key: str) -> dict[str, Any]:
                        "created_at": "2026-11-23T01:13:37Z"}],
         "labels": [{"name": github.key_label(key)}], "assignees": [{"login": "probe-bot"}],
         "errors": [{"field": "subject", "message": "is invalid"}], "errorMessages": ["no"],
+        "session_token": "83af7e620c83a50a18d3eac2f6ed05a3ca0bea62", "externalid": key,
+        "is_deleted": 0, "type": 2,
     }
 
 
