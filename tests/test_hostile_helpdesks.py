@@ -28,7 +28,7 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probe.helpdesks import HELPDESKS
+from probe.helpdesks import HELPDESKS, freshservice
 from probe.helpdesks.base import MAX_MESSAGE, Backend, Ticket, TicketError
 from tests.harness.hostile_helpdesk import (
     FIELDS,
@@ -58,6 +58,8 @@ ROUTES: dict[str, dict[str, Any]] = {
     "zendesk": {"backend": "zendesk", "email": "probe@example.com", "token_file": "{token}"},
     "freshdesk": {"backend": "freshdesk", "email": "probe@example.com",
                   "api_key_file": "{token}", "key_field": "cf_incident_key"},
+    "freshservice": {"backend": "freshservice", "email": "probe@example.com",
+                     "api_key_file": "{token}", "key_field": "probe_incident_key"},
     "jira-cloud": {"backend": "jira", "email": "probe@example.com", "token_file": "{token}",
                    "project": "PROJ", "search_lag": "0s"},
     "jira-data-center-service-desk": {"backend": "jira", "deployment": "data-center",
@@ -80,9 +82,9 @@ ROUTES: dict[str, dict[str, Any]] = {
 # a backend's calls, so a crash that escapes is a bug, and fails the test.
 KNOWN_CRASHES: dict[str, str] = {}
 # A reference of the form each backend hands out, for the calls that take one.
-REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "jira": "PROJ-42",
-        "servicenow": "0123456789abcdef0123456789abcdef", "github": "42", "pagerduty": KEY,
-        "webhook": KEY}
+REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "freshservice": "42",
+        "jira": "PROJ-42", "servicenow": "0123456789abcdef0123456789abcdef", "github": "42",
+        "pagerduty": KEY, "webhook": KEY}
 
 Call = Callable[[Backend[Any], str], Awaitable[object]]
 CALLS: dict[str, Call] = {
@@ -229,10 +231,15 @@ async def test_no_answer_of_any_shape_crashes_a_backend(
 
 
 # Plausible answers: one for most calls, one whose `result` is ServiceNow's list of records,
-# and GitHub's list of issues.
+# GitHub's list of issues, and Freshservice's ticket (its status a number, where Zendesk's is a
+# word).
 _RECORD = {**plausible(KEY)["result"], "name": "Network", "user_name": "probe.bot"}
+_FRESHSERVICE = {"id": 42, "status": 2, "responder_id": 7, "deleted": False, "spam": False,
+                 "tags": [freshservice.key_tag(KEY)],
+                 "custom_fields": {"probe_incident_key": KEY}}
 PLAUSIBLE = (plausible(KEY), {**plausible(KEY), "result": [_RECORD]},
-             [{"number": 42, **{k: plausible(KEY)[k] for k in ("labels", "assignees", "state")}}])
+             [{"number": 42, **{k: plausible(KEY)[k] for k in ("labels", "assignees", "state")}}],
+             {**plausible(KEY), "ticket": _FRESHSERVICE, "tickets": [_FRESHSERVICE]})
 _wrong: st.SearchStrategy[Any] = st.sampled_from(
     [None, {}, [], "", "42", 42, -1, 2**64, 1.5, True, [None], [42], [[]], {"id": {}}]
 )
