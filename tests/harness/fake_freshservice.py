@@ -50,7 +50,7 @@ class FakeFreshservice:
     stall_creates: int = 0  # this many creates are made, then answered too late to be heard
     released: asyncio.Event = field(default_factory=asyncio.Event)  # ends stalled answers
     _planted: Faults = field(default_factory=Faults)
-    _window: tuple[int, int] = (0, 0)  # (the minute, requests in it)
+    _window: tuple[float, int] = (-60.0, 0)  # (when the minute began, requests in it)
     _next_id: int = 1
 
     @property
@@ -110,18 +110,19 @@ class FakeFreshservice:
         return answer
 
     def _limited(self) -> web.Response | None:
-        """429 past the plan's requests a minute, as Freshservice counts them."""
+        """429 past the plan's requests in a minute, counted from the minute's first request
+        (so that a test's few requests never straddle two minutes)."""
         if self.per_minute is None:
             return None
-        now = time.time()
-        minute, used = self._window
-        if int(now // 60) != minute:
-            minute, used = int(now // 60), 0
+        now = time.monotonic()
+        started, used = self._window
+        if now - started >= 60:
+            started, used = now, 0
         used += 1
-        self._window = (minute, used)
+        self._window = (started, used)
         if used <= self.per_minute:
             return None
-        wait = str(max(1, int((minute + 1) * 60 - now)))
+        wait = str(max(1, int(started + 60 - now)))
         return web.json_response(
             {"message": "You have exceeded the limit of requests per minute"}, status=429,
             headers={"Retry-After": wait, "X-Ratelimit-Total": str(self.per_minute),
