@@ -113,6 +113,9 @@ def test_a_level_freshservice_does_not_have_is_refused_when_the_route_is_read(
         freshservice.route(tmp_path, urgencies={"urgent": 4, "high": 3, "normal": 2, "low": 1})
     with pytest.raises(pydantic.ValidationError, match="needs email or requester_id"):
         freshservice.route(tmp_path, email=None)
+    # Freshservice shows no tags unless asked: only the custom field tells tickets apart.
+    with pytest.raises(pydantic.ValidationError, match="key_field"):
+        freshservice.route(tmp_path, key_field=None)
 
 
 def test_the_link_is_the_agents_view_of_the_ticket(
@@ -120,20 +123,32 @@ def test_the_link_is_the_agents_view_of_the_ticket(
 ) -> None:
     route = Route.model_validate({"backend": "freshservice",
                                   "url": "https://example.freshservice.com/",
-                                  "email": REQUESTER_EMAIL, "api_key": "env:FS_KEY"})
+                                  "email": REQUESTER_EMAIL, "api_key": "env:FS_KEY",
+                                  "key_field": KEY_FIELD})
     assert route.link("42") == "https://example.freshservice.com/a/tickets/42"
 
 
-async def test_a_requester_id_group_and_responder_go_with_the_ticket_and_the_tag_finds_it(
+async def test_a_requester_id_group_and_responder_go_with_the_ticket(
     make_backend: MakeBackend, freshservice: FakeFreshservice
 ) -> None:
-    desk = make_backend(email=None, requester_id=7001, group_id=8001, responder_id=8003,
-                        key_field=None)
+    desk = make_backend(email=None, requester_id=7001, group_id=8001, responder_id=8003)
     created = freshservice.tickets[int(await desk.open(ticket()))]
     assert (created["requester_id"], created["group_id"], created["responder_id"]) == (
         7001, 8001, 8003)
-    assert created["custom_fields"][KEY_FIELD] is None  # no key_field: the tag carries it
     assert await desk.find(KEY) == str(created["id"])
+
+
+async def test_tickets_filed_in_another_workspace_are_found_there(
+    make_backend: MakeBackend, freshservice: FakeFreshservice
+) -> None:
+    desk = make_backend(workspace_id=5)
+    ref = await desk.open(ticket())
+    assert freshservice.tickets[int(ref)]["workspace_id"] == 5
+    assert await make_backend().find(KEY) is None  # the primary workspace's view: not there
+    assert await desk.find(KEY) == ref  # the list, in its workspace
+    freshservice.tickets[int(ref)]["created"] -= 40 * DAY
+    freshservice.catch_up()
+    assert await desk.find(KEY) == ref  # the filter, in its workspace
 
 
 async def test_a_create_answered_too_late_is_found_before_the_filter_index_has_it(

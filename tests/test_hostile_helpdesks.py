@@ -28,7 +28,7 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probe.helpdesks import HELPDESKS, freshservice
+from probe.helpdesks import HELPDESKS
 from probe.helpdesks.base import MAX_MESSAGE, Backend, Ticket, TicketError
 from tests.harness.hostile_helpdesk import (
     FIELDS,
@@ -235,7 +235,6 @@ async def test_no_answer_of_any_shape_crashes_a_backend(
 # word).
 _RECORD = {**plausible(KEY)["result"], "name": "Network", "user_name": "probe.bot"}
 _FRESHSERVICE = {"id": 42, "status": 2, "responder_id": 7, "deleted": False, "spam": False,
-                 "tags": [freshservice.key_tag(KEY)],
                  "custom_fields": {"probe_incident_key": KEY}}
 PLAUSIBLE = (plausible(KEY), {**plausible(KEY), "result": [_RECORD]},
              [{"number": 42, **{k: plausible(KEY)[k] for k in ("labels", "assignees", "state")}}],

@@ -7,15 +7,18 @@ endpoint with other fields):
 - POST /tickets takes subject, description (HTML), a requester (`email`, which Freshservice
   makes a requester of if it has none, or `requester_id`), priority (1 low .. 4 urgent),
   urgency and impact (1 low .. 3 high), status (2 open, 3 pending, 4 resolved, 5 closed;
-  accounts may add their own), source, type ("Incident"), group_id, responder_id, tags and
-  custom_fields {"<field name>": value}, and answers 201 {"ticket": {...}}. All three of
+  accounts may add their own), source, type ("Incident"), group_id, responder_id,
+  workspace_id, tags and custom_fields {"<field name>": value}, and answers 201
+  {"ticket": {...}}. All three of
   priority, urgency and impact are sent, so that an account whose priority matrix derives the
   priority from the other two gets what the route says either way. The text is HTML-escaped
   inside <pre>, so that evidence keeps its lines and columns.
 - POST /tickets takes no idempotency key, and neither tags nor custom fields are unique: a
   ticket created twice is two tickets, so a retry of unknown outcome asks find() first.
-- GET /tickets/{id} answers {"ticket": {...}} with status, responder_id, deleted, spam, tags
-  and custom_fields; 404 when there is no such ticket.
+- GET /tickets/{id} answers {"ticket": {...}} with status, responder_id, deleted, spam and
+  custom_fields; 404 when there is no such ticket. Tags are left out of every answer unless
+  asked for (`include=tags`, one more API credit), so what comes back is checked by the
+  custom field, never by a tag.
 - POST /tickets/{id}/notes {"body", "private": true} is a private note (agents only) and
   changes no status; a closed ticket (5) takes no more notes (a 4xx), so a ticket a human
   closed gets no closing note. PUT /tickets/{id} {"status": 4} resolves, {"status": 2}
@@ -25,13 +28,16 @@ endpoint with other fields):
 - Finding a ticket by key: GET /tickets/filter?query="..." reads an index that lags "a few
   minutes" behind, returns 30 tickets a page (10 pages at most), and takes only some fields
   (status, priority, urgency, impact, agent_id, group_id, tag, dates, and custom fields that
-  are numbers, dropdowns, checkboxes or dates: not a text field, which the key needs). So
-  every ticket also carries a tag made from a hash of the key, and find() first reads the
-  requester's newest tickets from the list endpoint (GET /tickets?email=...&order_type=desc,
-  {"tickets": [...]}, the database: a ticket created a second ago is there, but only tickets
-  of the last 30 days are), and only then filters by that tag, for older tickets. `key_field`,
-  when set, is a custom text field that holds the key itself, for humans and as the exact
-  check on what comes back.
+  are numbers, dropdowns, checkboxes or dates: not a text field, which the key needs). So the
+  key lives in `key_field`, a custom text field the account creates (for humans, and the
+  exact check on what comes back), and every ticket also carries a tag made from a hash of
+  the key, for the filter. find() first reads the requester's newest tickets from the list
+  endpoint (GET /tickets?email=...&order_type=desc, {"tickets": [...]}, the database: a
+  ticket created a second ago is there, but only tickets of the last 30 days are), and only
+  then filters by that tag, for older tickets.
+- An account with workspaces lists and filters only its primary workspace's tickets unless
+  `workspace_id` is given: a route that files into another workspace sends its
+  `workspace_id` with every create, list and filter, or find() would never see its tickets.
 - Errors are {"description": "Validation failed", "errors": [{"field", "message", "code"}]};
   the errors say why, so they go into the message. Rate limits are per minute: 429 with
   Retry-After.
@@ -74,7 +80,8 @@ class Route(RouteBase):
     requester_id: int | None = None
     group_id: int | None = None
     responder_id: int | None = None
-    key_field: str | None = None  # a custom text field for the incident key; a tag either way
+    key_field: str  # the custom text field (its API name) that holds the incident key
+    workspace_id: int | None = None  # where the tickets go, on an account with workspaces
     tags: list[str] = ["probe"]
     source: int = PORTAL
     priorities: PriorityMap[Level4] = {"urgent": 4, "high": 3, "normal": 2, "low": 1}
@@ -105,12 +112,13 @@ class Backend(base.Backend[Route]):
             {"requester_id": str(route.requester_id)} if route.requester_id is not None
             else {"email": str(route.email)}
         )
-        params = {**requester, "order_type": "desc", "per_page": str(RECENT)}
+        workspace = self._workspace()
+        params = {**requester, **workspace, "order_type": "desc", "per_page": str(RECENT)}
         recent = await self._http.request("GET", "/tickets", params=params)
         ref = self._newest(recent.fields().objects("tickets"), key)
         if ref is None:
-            query = f"\"tag:'{key_tag(key)}'\""
-            found = await self._http.request("GET", "/tickets/filter", params={"query": query})
+            params = {"query": f"\"tag:'{key_tag(key)}'\"", **workspace}
+            found = await self._http.request("GET", "/tickets/filter", params=params)
             ref = self._newest(found.fields().objects("tickets"), key)
         return ref
 
@@ -126,6 +134,7 @@ class Backend(base.Backend[Route]):
             "status": OPEN,
             "source": route.source,
             "tags": [*route.tags, key_tag(ticket.key)],
+            "custom_fields": {route.key_field: ticket.key},
         }
         if route.requester_id is not None:
             body["requester_id"] = route.requester_id
@@ -135,8 +144,8 @@ class Backend(base.Backend[Route]):
             body["group_id"] = route.group_id
         if route.responder_id is not None:
             body["responder_id"] = route.responder_id
-        if route.key_field:
-            body["custom_fields"] = {route.key_field: ticket.key}
+        if route.workspace_id is not None:
+            body["workspace_id"] = route.workspace_id
         response = await self._http.request("POST", "/tickets", json_body=body)
         created = response.fields().object("ticket")
         ref = created.number("id") if created is not None else None
@@ -179,18 +188,20 @@ class Backend(base.Backend[Route]):
         await self._http.close()
 
     def _newest(self, tickets: list[Fields], key: str) -> str | None:
-        """The id of the newest ticket in `tickets` that carries `key`."""
-        field, tag = self.route.key_field, key_tag(key)
+        """The id of the newest ticket in `tickets` whose key field holds `key`."""
         ids = []
         for item in tickets:
             ticket_id = item.number("id")
-            if not ticket_id or _binned(item):
-                continue
             custom = item.object("custom_fields")
-            in_field = bool(field and custom is not None and custom.get(field) == key)
-            if in_field or tag in item.texts("tags"):
+            if not ticket_id or _binned(item) or custom is None:
+                continue
+            if custom.get(self.route.key_field) == key:
                 ids.append(ticket_id)
         return str(max(ids)) if ids else None
+
+    def _workspace(self) -> dict[str, str]:
+        workspace = self.route.workspace_id
+        return {} if workspace is None else {"workspace_id": str(workspace)}
 
     async def _ticket(self, ref: str) -> Fields | None:
         response = await self._http.request("GET", ticket_path(ref), ok=(404,))
@@ -212,8 +223,8 @@ def ticket_path(ref: str) -> str:
 
 
 def key_tag(key: str) -> str:
-    """The tag that carries `key`: any key, in letters, digits and dashes (what the filter's
-    quoted tag value takes without escaping)."""
+    """The tag the filter finds `key` by: any key, in letters, digits and dashes (what the
+    filter's quoted tag value takes without escaping)."""
     return "probe-key-" + hashlib.sha256(key.encode()).hexdigest()[:20]
 
 

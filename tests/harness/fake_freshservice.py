@@ -4,8 +4,10 @@ its traps: a filter endpoint whose index lags behind the tickets (nothing is fou
 says the index caught up) and that takes only some fields (not a custom text field), 30 tickets
 a page; a ticket list that only covers the last 30 days; a rate limit per minute (429 with
 Retry-After); custom fields that must exist and may be required (400 with an errors list); a
-closed ticket that refuses notes; a proxy in front that answers HTML error pages. Tickets live in
-plain dicts, so a test asserts what the helpdesk holds."""
+closed ticket that refuses notes; tags left out of every answer (they take `include=tags`);
+workspaces, of which the list and the filter show only the primary one unless asked; a proxy in
+front that answers HTML error pages. Tickets live in plain dicts, so a test asserts what the
+helpdesk holds."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ REQUESTER_EMAIL = "monitoring@example.com"
 KEY_FIELD = "probe_incident_key"  # a custom single-line text field
 DAY = 86400.0
 FILTER_PAGE = 30
+PRIMARY = 2  # the account's primary workspace
 # What the filter's query takes: numbers and tags, never a text field.
 FILTERABLE = ("status", "priority", "urgency", "impact", "agent_id", "group_id", "tag")
 PROXY_PAGE = ("<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>"
@@ -42,6 +45,7 @@ class FakeFreshservice:
     notes: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     requesters: dict[str, int] = field(default_factory=lambda: {REQUESTER_EMAIL: 7001})
     custom_fields: tuple[str, ...] = (KEY_FIELD,)
+    workspaces: tuple[int, ...] = (PRIMARY, 5)
     required_fields: tuple[str, ...] = ()  # custom fields the account made mandatory
     requests: list[tuple[str, str]] = field(default_factory=list)
     indexed: set[int] = field(default_factory=set)  # what the filter's index has caught up with
@@ -137,6 +141,8 @@ class FakeFreshservice:
             found = [t for t in found if t["requester_id"] == self.requesters.get(query["email"])]
         if "requester_id" in query:
             found = [t for t in found if str(t["requester_id"]) == query["requester_id"]]
+        found = [t for t in found if str(t["workspace_id"]) == query.get("workspace_id",
+                                                                         str(PRIMARY))]
         found.sort(key=lambda t: (t["created"], t["id"]), reverse=query.get("order_type") != "asc")
         per_page = min(int(query.get("per_page", "30")), 100)
         return web.json_response({"tickets": [_public(t) for t in found[:per_page]]})
@@ -156,8 +162,10 @@ class FakeFreshservice:
             name, text, number, _null = condition.groups()
             conditions.append((name, text if text is not None else
                                int(number) if number is not None else None))
+        workspace = request.query.get("workspace_id", str(PRIMARY))
         found = [t for i, t in sorted(self.tickets.items(), reverse=True)
                  if i in self.indexed and not t["deleted"] and not t["spam"]
+                 and str(t["workspace_id"]) == workspace
                  and all(_matches(t, name, value) for name, value in conditions)]
         return web.json_response({"tickets": [_public(t) for t in found[:FILTER_PAGE]],
                                   "total": len(found)})
@@ -185,6 +193,7 @@ class FakeFreshservice:
             "requester_id": requester,
             "responder_id": data.get("responder_id"),
             "group_id": data.get("group_id"),
+            "workspace_id": data.get("workspace_id", PRIMARY),
             "tags": list(data.get("tags") or []),
             "custom_fields": {name: None for name in self.custom_fields}
             | (data.get("custom_fields") or {}),
@@ -222,6 +231,9 @@ class FakeFreshservice:
                 allowed = ",".join(map(str, levels))
                 errors.append((name, f"It should be one of these values: '{allowed}'",
                                "invalid_value"))
+        if data.get("workspace_id", PRIMARY) not in self.workspaces:
+            errors.append(("workspace_id", "There is no workspace matching the given "
+                           "workspace_id", "invalid_value"))
         custom = data.get("custom_fields") or {}
         for name in custom:
             if name not in self.custom_fields:
@@ -273,7 +285,8 @@ def _matches(ticket: dict[str, Any], name: str, value: Any) -> bool:
 
 
 def _public(ticket: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in ticket.items() if k != "created"}
+    """A ticket as the API shows it: without its tags, which take `include=tags`."""
+    return {k: v for k, v in ticket.items() if k not in ("created", "tags")}
 
 
 def _not_found() -> web.Response:
