@@ -202,7 +202,7 @@ async def test_the_per_minute_rate_limit_is_transient_with_freshservices_wait_an
         await desk.open(ticket())
     assert not caught.value.permanent and caught.value.refused
     assert caught.value.retry_after is not None and 1 <= caught.value.retry_after <= 60
-    assert "HTTP 429: You have exceeded the limit of requests per minute" in caught.value.message
+    assert "HTTP 429: Rate Limit Exceeded" in caught.value.message
     assert freshservice.tickets == {}
 
 

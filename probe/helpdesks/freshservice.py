@@ -26,21 +26,21 @@ endpoint with other fields):
   `resolve` and `reopen` are two calls: the status first, so that a retry after a failed
   note adds the note alone.
 - Finding a ticket by key: GET /tickets/filter?query="..." reads an index that lags "a few
-  minutes" behind, returns 30 tickets a page (10 pages at most), and takes only some fields
+  minutes" behind, returns 30 tickets a page, newest first, and takes only some fields
   (status, priority, urgency, impact, agent_id, group_id, tag, dates, and custom fields that
   are numbers, dropdowns, checkboxes or dates: not a text field, which the key needs). So the
   key lives in `key_field`, a custom text field the account creates (for humans, and the
   exact check on what comes back), and every ticket also carries a tag made from a hash of
   the key, for the filter. find() first reads the requester's newest tickets from the list
   endpoint (GET /tickets?email=...&order_type=desc, {"tickets": [...]}, the database: a
-  ticket created a second ago is there, but only tickets of the last 30 days are), and only
-  then filters by that tag, for older tickets.
+  ticket created a second ago is there, but only tickets of the last 30 days are; 100 a page
+  at most, as on every list), and only then filters by that tag, for older tickets.
 - An account with workspaces lists and filters only its primary workspace's tickets unless
   `workspace_id` is given: a route that files into another workspace sends its
   `workspace_id` with every create, list and filter, or find() would never see its tickets.
 - Errors are {"description": "Validation failed", "errors": [{"field", "message", "code"}]};
-  the errors say why, so they go into the message. Rate limits are per minute: 429 with
-  Retry-After.
+  the errors say why, so they go into the message. Rate limits are per minute and account-wide
+  (other clients spend the same budget): 429 with Retry-After.
 
 status(): pending (3) or any account's own status is "acknowledged" (a human set it: probe
 never does); open (2) is "acknowledged" when an agent other than the route's own

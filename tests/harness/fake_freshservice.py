@@ -128,7 +128,7 @@ class FakeFreshservice:
             return None
         wait = str(max(1, int(started + 60 - now)))
         return web.json_response(
-            {"message": "You have exceeded the limit of requests per minute"}, status=429,
+            {"message": "Rate Limit Exceeded"}, status=429,
             headers={"Retry-After": wait, "X-Ratelimit-Total": str(self.per_minute),
                      "X-Ratelimit-Remaining": "0", "X-Ratelimit-Used-CurrentRequest": "1"})
 
