@@ -3,16 +3,17 @@
 Freshservice facts it relies on (from Freshservice's API v2 reference, api.freshservice.com;
 close to Freshdesk's, but not the same API: answers are wrapped, the search is another
 endpoint with other fields):
-- Basic auth with the API key as the user name and `X` as the password.
+- Basic auth with the API key as the user name and `X` as the password, on the account's
+  <domain>.freshservice.com (API v2 does not answer on a custom portal domain).
 - POST /tickets takes subject, description (HTML), a requester (`email`, which Freshservice
   makes a requester of if it has none, or `requester_id`), priority (1 low .. 4 urgent),
   urgency and impact (1 low .. 3 high), status (2 open, 3 pending, 4 resolved, 5 closed;
   accounts may add their own), source, type ("Incident"), group_id, responder_id,
   workspace_id, tags and custom_fields {"<field name>": value}, and answers 201
-  {"ticket": {...}}. All three of
-  priority, urgency and impact are sent, so that an account whose priority matrix derives the
-  priority from the other two gets what the route says either way. The text is HTML-escaped
-  inside <pre>, so that evidence keeps its lines and columns.
+  {"ticket": {...}}. All three of priority, urgency and impact are sent, so that an account
+  whose priority matrix derives the priority from the other two gets what the route says
+  either way. The text is HTML-escaped inside <pre>, so that evidence keeps its lines and
+  columns.
 - POST /tickets takes no idempotency key, and neither tags nor custom fields are unique: a
   ticket created twice is two tickets, so a retry of unknown outcome asks find() first.
 - GET /tickets/{id} answers {"ticket": {...}} with status, responder_id, deleted, spam and
@@ -27,9 +28,9 @@ endpoint with other fields):
   note adds the note alone.
 - Finding a ticket by key: GET /tickets/filter?query="..." reads an index that lags "a few
   minutes" behind, returns 30 tickets a page, newest first, and takes only some fields
-  (status, priority, urgency, impact, agent_id, group_id, tag, dates, and custom fields that
-  are numbers, dropdowns, checkboxes or dates: not a text field, which the key needs). So the
-  key lives in `key_field`, a custom text field the account creates (for humans, and the
+  (status, priority, urgency, impact, agent_id, group_id, tag, dates, and some kinds of custom
+  field: not a free-text one, which the key would need; quotes in a value need escaping). So
+  the key lives in `key_field`, a custom text field the account creates (for humans, and the
   exact check on what comes back), and every ticket also carries a tag made from a hash of
   the key, for the filter. find() first reads the requester's newest tickets from the list
   endpoint (GET /tickets?email=...&order_type=desc, {"tickets": [...]}, the database: a
@@ -73,7 +74,7 @@ Level3 = Annotated[int, Field(ge=1, le=3)]  # its urgency and impact: 1 low .. 3
 
 class Route(RouteBase):
     backend: Literal["freshservice"]
-    url: BaseUrl  # https://<domain>.freshservice.com
+    url: BaseUrl  # https://<domain>.freshservice.com: API v2 does not answer on a custom domain
     api_key: EnvRef | None = None
     api_key_file: Path | None = None
     email: str | None = None  # the requester the tickets are raised for
