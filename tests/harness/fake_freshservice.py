@@ -54,7 +54,7 @@ class FakeFreshservice:
     stall_creates: int = 0  # this many creates are made, then answered too late to be heard
     released: asyncio.Event = field(default_factory=asyncio.Event)  # ends stalled answers
     _planted: Faults = field(default_factory=Faults)
-    _window: tuple[float, int] = (-60.0, 0)  # (when the minute began, requests in it)
+    _window: tuple[float, int] = (-float("inf"), 0)  # (when the minute began, requests in it)
     _next_id: int = 1
 
     @property
@@ -100,13 +100,13 @@ class FakeFreshservice:
         if self.proxy_errors:
             self.proxy_errors -= 1
             return web.Response(status=502, text=PROXY_PAGE, content_type="text/html")
+        limited = self._limited()  # "even invalid requests will count"
+        if limited is not None:
+            return limited
         if request.headers.get("Authorization") != basic(API_KEY, "X"):
             return web.json_response({"code": "invalid_credentials", "message":
                                       "You have to be logged in to perform this action."},
                                      status=401)
-        limited = self._limited()
-        if limited is not None:
-            return limited
         planted = self._planted.take(request)
         if planted is not None:
             return planted.response()
