@@ -58,6 +58,8 @@ ROUTES: dict[str, dict[str, Any]] = {
     "zendesk": {"backend": "zendesk", "email": "probe@example.com", "token_file": "{token}"},
     "freshdesk": {"backend": "freshdesk", "email": "probe@example.com",
                   "api_key_file": "{token}", "key_field": "cf_incident_key"},
+    "freshservice": {"backend": "freshservice", "email": "probe@example.com",
+                     "api_key_file": "{token}", "key_field": "probe_incident_key"},
     "jira-cloud": {"backend": "jira", "email": "probe@example.com", "token_file": "{token}",
                    "project": "PROJ", "search_lag": "0s"},
     "jira-data-center-service-desk": {"backend": "jira", "deployment": "data-center",
@@ -91,7 +93,7 @@ KNOWN_CRASHES: dict[str, str] = {}
 REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "jira": "PROJ-42",
         "servicenow": "0123456789abcdef0123456789abcdef", "github": "42", "pagerduty": KEY,
         "webhook": KEY, "topdesk": "0123abcd-4567-4890-abcd-0123456789ab", "zammad": "42",
-        "glpi": "42"}
+        "glpi": "42", "freshservice": "42"}
 
 Call = Callable[[Backend[Any], str], Awaitable[object]]
 CALLS: dict[str, Call] = {
@@ -238,10 +240,14 @@ async def test_no_answer_of_any_shape_crashes_a_backend(
 
 
 # Plausible answers: one for most calls, one whose `result` is ServiceNow's list of records,
-# and GitHub's list of issues.
+# GitHub's list of issues, and Freshservice's ticket (its status a number, where Zendesk's is a
+# word).
 _RECORD = {**plausible(KEY)["result"], "name": "Network", "user_name": "probe.bot"}
+_FRESHSERVICE = {"id": 42, "status": 2, "responder_id": 7, "deleted": False, "spam": False,
+                 "custom_fields": {"probe_incident_key": KEY}}
 PLAUSIBLE = (plausible(KEY), {**plausible(KEY), "result": [_RECORD]},
-             [{"number": 42, **{k: plausible(KEY)[k] for k in ("labels", "assignees", "state")}}])
+             [{"number": 42, **{k: plausible(KEY)[k] for k in ("labels", "assignees", "state")}}],
+             {**plausible(KEY), "ticket": _FRESHSERVICE, "tickets": [_FRESHSERVICE]})
 _wrong: st.SearchStrategy[Any] = st.sampled_from(
     [None, {}, [], "", "42", 42, -1, 2**64, 1.5, True, [None], [42], [[]], {"id": {}}]
 )

@@ -19,6 +19,7 @@ from pydantic import Field
 from probe.helpdesks import (
     email,
     freshdesk,
+    freshservice,
     github,
     glpi,
     jira,
@@ -40,6 +41,7 @@ HELPDESKS: dict[str, Helpdesk[Any]] = {helpdesk.name: helpdesk for helpdesk in (
     rt.HELPDESK,
     zendesk.HELPDESK,
     freshdesk.HELPDESK,
+    freshservice.HELPDESK,
     jira.HELPDESK,
     servicenow.HELPDESK,
     github.HELPDESK,

@@ -40,6 +40,7 @@ from probe.helpdesks.jira import key_label as jira_label
 from probe.helpdesks.zammad import key_tag as zammad_tag
 from probe.store import Store
 from tests.harness import (
+    fake_freshservice,
     fake_github,
     fake_glpi,
     fake_jira,
@@ -51,6 +52,7 @@ from tests.harness import (
 )
 from tests.harness.fake_freshdesk import API_KEY, REQUESTER_EMAIL, FakeFreshdesk, serve_freshdesk
 from tests.harness.fake_freshdesk import KEY_FIELD as FRESHDESK_KEY_FIELD
+from tests.harness.fake_freshservice import FakeFreshservice, serve_freshservice
 from tests.harness.fake_github import REPOSITORY, FakeGitHub
 from tests.harness.fake_glpi import FakeGlpi, serve_glpi
 from tests.harness.fake_jira import FakeJira, serve_jira
@@ -321,7 +323,8 @@ async def _rt(directory: Path, peer: RtPeer) -> AsyncIterator[Desk]:
         yield RtDesk(directory, peer, RtApi(peer, session))
 
 
-# --- Zendesk, Freshdesk, Jira, ServiceNow, GitHub, PagerDuty, TOPdesk, Zammad, GLPI: the fakes ---
+# --- the fakes: Zendesk, Freshdesk, Freshservice, Jira, ServiceNow, GitHub, PagerDuty, TOPdesk,
+# Zammad, GLPI --------------------------------------------------------------------------------
 
 
 class ZendeskDesk(Desk):
@@ -367,6 +370,33 @@ class FreshdeskDesk(Desk):
 
     async def tickets(self, key: str) -> int:
         return sum(t["custom_fields"][FRESHDESK_KEY_FIELD] == key
+                   for t in self.fake.tickets.values())
+
+
+class FreshserviceDesk(Desk):
+    name = "freshservice"
+    unknown_ref = "999999"
+
+    def __init__(self, directory: Path, fake: FakeFreshservice) -> None:
+        super().__init__(directory, {
+            "url": fake.url, "email": fake_freshservice.REQUESTER_EMAIL,
+            "key_field": fake_freshservice.KEY_FIELD,
+            "api_key_file": _secret(directory, "freshservice-key", fake_freshservice.API_KEY)})
+        self.fake = fake
+
+    async def record(self, ref: str) -> Record:
+        ticket = self.fake.tickets[int(ref)]
+        keys = [ticket["custom_fields"][fake_freshservice.KEY_FIELD], *ticket["tags"]]
+        return Record(
+            frozenset(k for k in keys if k is not None),
+            f"priority {ticket['priority']}, urgency {ticket['urgency']}, "
+            f"impact {ticket['impact']}",
+            str(ticket["status"]),
+            tuple(("private note" if note["private"] else "public note", _shown(note["body"]))
+                  for note in self.fake.notes[int(ref)]))
+
+    async def tickets(self, key: str) -> int:
+        return sum(t["custom_fields"][fake_freshservice.KEY_FIELD] == key
                    for t in self.fake.tickets.values())
 
 
@@ -578,6 +608,7 @@ PEERS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Desk]]]
     "email": _email,
     "zendesk": _fake(serve_zendesk, ZendeskDesk),
     "freshdesk": _fake(serve_freshdesk, FreshdeskDesk),
+    "freshservice": _fake(serve_freshservice, FreshserviceDesk),
     "jira": _fake(serve_jira, JiraDesk),
     "servicenow": _fake(serve_servicenow, ServiceNowDesk),
     "github": _fake(fake_github.serve, GitHubDesk),
