@@ -102,6 +102,10 @@ PROMISES: dict[str, Promise] = {
         note="note", closing="note", reopening="trigger", finds=False,
         unknown_status="transient error", unknown_note="transient error",
         unasked=frozenset({"find", "open_tickets"})),
+    "znuny": Promise(  # the key_field dynamic field; internal articles, never for the customer
+        keys=lambda key: {key}, high="4 high", states=("new", "closed successful", "open"),
+        note="internal note", closing="internal note", reopening="internal note", finds=True,
+        unknown_status="gone", unknown_note="permanent error"),
 }
 assert set(PROMISES) == set(HELPDESKS), "each helpdesk needs its row here and its peer in desks"
 

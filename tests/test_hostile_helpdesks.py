@@ -71,6 +71,9 @@ ROUTES: dict[str, dict[str, Any]] = {
                   "api_token_file": "{token}", "from_email": "probe@example.com",
                   "api_url": "{url}"},
     "webhook": {"backend": "webhook", "url": "{url}/hooks/probe", "secret_file": "{token}"},
+    "znuny": {"backend": "znuny", "user": "probe", "password_file": "{token}",
+              "queue": "Monitoring", "customer_user": "monitoring@example.com",
+              "ticket_type": "Incident"},
 }
 # Crashes these tests found in backend modules this change did not touch (reported with it):
 # until they are fixed there, a crash in one of these functions is an expected failure. The
@@ -82,7 +85,7 @@ KNOWN_CRASHES: dict[str, str] = {}
 # A reference of the form each backend hands out, for the calls that take one.
 REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "jira": "PROJ-42",
         "servicenow": "0123456789abcdef0123456789abcdef", "github": "42", "pagerduty": KEY,
-        "webhook": KEY}
+        "webhook": KEY, "znuny": "42"}
 
 Call = Callable[[Backend[Any], str], Awaitable[object]]
 CALLS: dict[str, Call] = {

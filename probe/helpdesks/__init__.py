@@ -27,6 +27,7 @@ from probe.helpdesks import (
     servicenow,
     webhook,
     zendesk,
+    znuny,
 )
 from probe.helpdesks.base import Backend, Helpdesk, RouteBase
 
@@ -41,6 +42,7 @@ HELPDESKS: dict[str, Helpdesk[Any]] = {helpdesk.name: helpdesk for helpdesk in (
     servicenow.HELPDESK,
     github.HELPDESK,
     pagerduty.HELPDESK,
+    znuny.HELPDESK,
 )}
 
 ROUTES: dict[str, type[RouteBase]] = {name: h.route for name, h in HELPDESKS.items()}

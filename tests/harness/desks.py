@@ -38,7 +38,14 @@ from probe.helpdesks.base import Backend
 from probe.helpdesks.github import key_label as github_label
 from probe.helpdesks.jira import key_label as jira_label
 from probe.store import Store
-from tests.harness import fake_github, fake_jira, fake_pagerduty, fake_servicenow, fake_zendesk
+from tests.harness import (
+    fake_github,
+    fake_jira,
+    fake_pagerduty,
+    fake_servicenow,
+    fake_zendesk,
+    fake_znuny,
+)
 from tests.harness.fake_freshdesk import API_KEY, REQUESTER_EMAIL, FakeFreshdesk, serve_freshdesk
 from tests.harness.fake_freshdesk import KEY_FIELD as FRESHDESK_KEY_FIELD
 from tests.harness.fake_github import REPOSITORY, FakeGitHub
@@ -46,6 +53,8 @@ from tests.harness.fake_jira import FakeJira, serve_jira
 from tests.harness.fake_pagerduty import API_TOKEN, ROUTING_KEY, USER_EMAIL, FakePagerDuty
 from tests.harness.fake_servicenow import FakeServiceNow, serve_servicenow
 from tests.harness.fake_zendesk import FakeZendesk, serve_zendesk
+from tests.harness.fake_znuny import FakeZnuny, serve_znuny
+from tests.harness.fake_znuny import kind as znuny_kind
 from tests.harness.helpdesk import Helpdesk
 from tests.harness.httpserver import serve_app
 from tests.harness.openapi import github_description, load
@@ -308,7 +317,7 @@ async def _rt(directory: Path, peer: RtPeer) -> AsyncIterator[Desk]:
         yield RtDesk(directory, peer, RtApi(peer, session))
 
 
-# --- Zendesk, Freshdesk, Jira, ServiceNow, GitHub, PagerDuty: the fakes -------------------------
+# --- Zendesk, Freshdesk, Jira, ServiceNow, GitHub, PagerDuty, Znuny: the fakes ------------------
 
 
 class ZendeskDesk(Desk):
@@ -477,6 +486,30 @@ class PagerDutyDesk(Desk):
         return len(self.fake.with_key(key))
 
 
+class ZnunyDesk(Desk):
+    name = "znuny"
+    unknown_ref = "999999"
+
+    def __init__(self, directory: Path, fake: FakeZnuny) -> None:
+        super().__init__(directory, {
+            "url": fake.url, "user": fake_znuny.USER,
+            "password_file": _secret(directory, "znuny-password", fake_znuny.PASSWORD),
+            "queue": fake_znuny.QUEUE, "customer_user": fake_znuny.CUSTOMER_USER,
+            "key_field": fake_znuny.KEY_FIELD})
+        self.fake = fake
+
+    async def record(self, ref: str) -> Record:
+        ticket = self.fake.tickets[int(ref)]
+        key = ticket["DynamicFields"].get(fake_znuny.KEY_FIELD)
+        return Record(
+            frozenset([key] if key else []), ticket["Priority"], ticket["State"],
+            tuple((znuny_kind(a), a["Body"]) for a in self.fake.notes(int(ref))))
+
+    async def tickets(self, key: str) -> int:
+        return sum(t["DynamicFields"].get(fake_znuny.KEY_FIELD) == key
+                   for t in self.fake.tickets.values())
+
+
 # --- start one ------------------------------------------------------------------------------
 
 
@@ -507,6 +540,7 @@ PEERS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Desk]]]
     "servicenow": _fake(serve_servicenow, ServiceNowDesk),
     "github": _fake(fake_github.serve, GitHubDesk),
     "pagerduty": _fake(fake_pagerduty.serve, PagerDutyDesk),
+    "znuny": _fake(serve_znuny, ZnunyDesk),
 }
 
 

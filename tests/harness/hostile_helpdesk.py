@@ -28,14 +28,16 @@ FIELDS = (
     "transitions", "incidents", "user", "labels", "assignees", "assignee_id", "assigned_to",
     "responder_id", "custom_fields", "tags", "deleted", "spam", "external_id", "state",
     "sys_id", "correlation_id", "title", "created_at", "pull_request", "errors",
-    "errorMessages", "error", "message", "description", "details",
+    "errorMessages", "error", "message", "description", "details", "SessionID", "Error",
+    "TicketID", "Ticket", "TicketNumber",
 )
 # ...and, one level or two further in, the ones read there.
 INNER = (
     "id", "key", "name", "status", "statusCategory", "to", "fields", "labels", "assignee",
     "resolution", "allowedValues", "required", "values", "login", "number", "state", "sys_id",
     "correlation_id", "external_id", "tags", "custom_fields", "IncidentKey", "Subject",
-    "created_at", "title", "deleted", "spam", "assignee_id", "description",
+    "created_at", "title", "deleted", "spam", "assignee_id", "description", "ErrorCode",
+    "ErrorMessage", "TicketID", "StateType", "Lock", "Owner", "DynamicField", "Name", "Value",
 )
 WRONG: dict[str, Any] = {
     "null": None, "object": {}, "list": [], "string": "42", "number": 42, "true": True,
@@ -209,6 +211,9 @@ def plausible(key: str) -> dict[str, Any]:
                        "created_at": "2026-11-23T01:13:37Z"}],
         "labels": [{"name": github.key_label(key)}], "assignees": [{"login": "probe-bot"}],
         "errors": [{"field": "subject", "message": "is invalid"}], "errorMessages": ["no"],
+        "SessionID": "f" * 32, "TicketID": "42", "TicketNumber": "2026120410000042",
+        "Ticket": [{"TicketID": "42", "StateType": "new", "Lock": "unlock", "Owner": "probe",
+                    "DynamicField": [{"Name": "ProbeIncidentKey", "Value": key}]}],
     }
 
 
