@@ -211,6 +211,20 @@ async def test_find_refuses_to_guess_when_znuny_ignored_the_key_field(
         "is it a valid ticket field?")
 
 
+async def test_a_web_service_without_the_search_route_is_a_permanent_error_naming_it(
+    make: MakeBackend, znuny: FakeZnuny
+) -> None:
+    # The example web service has TicketSearch on GET /Ticket only, and Znuny reads no body
+    # from a GET: the dynamic field condition needs the POST route of search_path.
+    await make().open(ticket())
+    with pytest.raises(TicketError) as caught:
+        await make(search_path="/Search").find(KEY)
+    assert caught.value.permanent
+    assert caught.value.message == (
+        "POST /Search: Znuny's web service maps no operation to POST /Search (the route's "
+        "search_path): map TicketSearch to it")
+
+
 def test_a_key_field_znuny_could_not_name_is_refused_when_the_route_is_read() -> None:
     with pytest.raises(ValueError, match="letters and digits only"):
         Route.model_validate({"backend": "znuny", "url": "https://znuny.example.net/x",

@@ -5,9 +5,13 @@ Znuny facts it relies on:
 - The route's `url` is the web service's base URL
   (https://host/otrs/nph-genericinterface.pl/Webservice/GenericTicketConnectorREST), with the
   routes of the example: POST /Session (SessionCreate), POST /Ticket (TicketCreate), GET
-  /Ticket (TicketSearch), GET /Ticket/:TicketID (TicketGet), PATCH /Ticket/:TicketID
-  (TicketUpdate). Data travels as JSON: in the body (a GET's too, for TicketSearch, whose
-  dynamic field condition is an object a query string cannot carry), or in the query string.
+  /Ticket/:TicketID (TicketGet), PATCH /Ticket/:TicketID (TicketUpdate). Data travels as a
+  JSON body, a GET's as its query string: Znuny reads no body from a GET (its bug 14203).
+- TicketSearch needs one route more: the example maps it to GET /Ticket, whose query string
+  holds only flat values, and a dynamic field condition is an object (a flat
+  DynamicField_<name>=value is dropped without a word). So the web service must also map
+  TicketSearch to POST at the route's `search_path` (default /TicketSearch). A path no route
+  matches answers HTTP 500 "Error while determine Operation": a permanent error that says so.
 - SessionCreate takes UserLogin and Password and answers {"SessionID"}; every other call then
   carries SessionID. A session ends (idle or maximum time, a restart that drops the sessions)
   without a word: the next call answers "<Operation>.AuthFail", so the session is created
@@ -51,7 +55,7 @@ from pydantic import AfterValidator
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState, reveal
-from probe.helpdesks.http import Fields, Http, Response, shape_error
+from probe.helpdesks.http import Fields, Http, Response, helpdesk_message, shape_error
 from probe.secrets import EnvRef
 
 TITLE_CHARS = 255
@@ -69,6 +73,12 @@ def _field_name(value: str) -> str:
     return value
 
 
+def _path(value: str) -> str:
+    if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", value):
+        raise ValueError("a path of the web service, such as /TicketSearch")
+    return value
+
+
 class Route(RouteBase):
     backend: Literal["znuny"]
     url: BaseUrl  # the web service: .../nph-genericinterface.pl/Webservice/<name>
@@ -78,6 +88,8 @@ class Route(RouteBase):
     queue: str
     customer_user: str
     key_field: Annotated[str, AfterValidator(_field_name)] = "ProbeIncidentKey"
+    # TicketSearch mapped to POST here: the example's GET /Ticket cannot carry the condition
+    search_path: Annotated[str, AfterValidator(_path)] = "/TicketSearch"
     ticket_type: str | None = None  # Ticket::Type on: the ticket type to create
     priorities: PriorityMap[str] = {"urgent": "5 very high", "high": "4 high",
                                     "normal": "3 normal", "low": "2 low"}
@@ -105,7 +117,7 @@ class Backend(base.Backend[Route]):
     async def find(self, key: str) -> str | None:
         search = {f"DynamicField_{self.route.key_field}": {"Equals": key},
                   "SortBy": "Age", "OrderBy": "Down", "Limit": SEARCH_LIMIT}
-        answer = await self._call("GET", "/Ticket", search)
+        answer = await self._call("TicketSearch", "POST", self.route.search_path, search)
         ids = _ids(answer)
         if not ids:
             return None
@@ -139,7 +151,7 @@ class Backend(base.Backend[Route]):
             "Article": _article(fields["Title"], ticket.body),
             "DynamicField": [{"Name": route.key_field, "Value": ticket.key}],
         }
-        answer = await self._call("POST", "/Ticket", data)
+        answer = await self._call("TicketCreate", "POST", "/Ticket", data)
         ticket_id = answer.ref("TicketID")
         if not ticket_id:
             raise TicketError("POST /Ticket: Znuny answered without a TicketID")
@@ -208,27 +220,25 @@ class Backend(base.Backend[Route]):
         return tickets[0]
 
     async def _tickets(self, ids: str) -> list[Fields]:
-        answer = await self._call("GET", f"/Ticket/{ids}", {"DynamicFields": "1"})
+        answer = await self._call("TicketGet", "GET", f"/Ticket/{ids}", {"DynamicFields": "1"})
         return answer.objects("Ticket")
 
     async def _update(self, ref: str, change: dict[str, Any], setting: str = "") -> None:
         try:
-            await self._call("PATCH", f"/Ticket/{_ticket_id(ref, 'ref')}", change)
+            await self._call("TicketUpdate", "PATCH", f"/Ticket/{_ticket_id(ref, 'ref')}",
+                             change)
         except TicketError as err:
             if err.permanent and setting:
                 raise TicketError(f"{err.message} (with the route's {setting})",
                                   permanent=True) from None
             raise
 
-    async def _call(self, method: str, path: str, data: dict[str, Any]) -> Fields:
+    async def _call(self, operation: str, method: str, path: str, data: dict[str, Any]
+                    ) -> Fields:
         """One operation, with the session; a session that ended is created again once."""
         for attempt in (1, 2):
             session = await self._session_id()
-            sent = {**data, "SessionID": session}
-            if method == "GET" and path != "/Ticket":
-                response = await self._http.request(method, path, params=sent)
-            else:
-                response = await self._http.request(method, path, json_body=sent)
+            response = await self._send(operation, method, path, {**data, "SessionID": session})
             try:
                 return _answer(response)
             except ZnunyError as err:
@@ -239,12 +249,29 @@ class Backend(base.Backend[Route]):
                         self._session = None  # ended: log in again
         raise AssertionError("unreachable")
 
+    async def _send(self, operation: str, method: str, path: str, data: dict[str, Any]
+                    ) -> Response:
+        # Znuny reads no body from a GET (its bug 14203): a GET's data is its query string.
+        if method == "GET":
+            response = await self._http.request(method, path, params=data, ok=(500,))
+        else:
+            response = await self._http.request(method, path, json_body=data, ok=(500,))
+        if response.status == 500:
+            detail = helpdesk_message(response.text)
+            if "determine Operation" in detail:  # no route of the web service matched
+                setting = " (the route's search_path)" if operation == "TicketSearch" else ""
+                raise TicketError(
+                    f"{response.what}: Znuny's web service maps no operation to {method} "
+                    f"{path}{setting}: map {operation} to it", permanent=True)
+            raise TicketError(f"{response.what}: HTTP 500: {detail}")
+        return response
+
     async def _session_id(self) -> str:
         async with self._login:
             if self._session is None:
                 login = {"UserLogin": self.route.user,
                          "Password": reveal(self.route, "password")}
-                response = await self._http.request("POST", "/Session", json_body=login)
+                response = await self._send("SessionCreate", "POST", "/Session", login)
                 try:
                     session = _answer(response).text("SessionID")
                 except ZnunyError as err:

@@ -1,15 +1,16 @@
 """A Znuny on loopback for the tests: the GenericInterface ticket connector over REST, with the
 routes of Znuny's example web service GenericTicketConnectorREST (SessionCreate, TicketCreate,
-TicketSearch, TicketGet, TicketUpdate), its tickets, articles and sessions kept in plain dicts
-so that a test asserts what the helpdesk holds.
+TicketSearch on GET /Ticket, TicketGet, TicketUpdate) and TicketSearch on POST /TicketSearch,
+which the backend needs. Its tickets, articles and sessions are plain dicts, so that a test
+asserts what the helpdesk holds.
 
 It keeps Znuny's traps: an operation's error is HTTP 200 with {"Error": {ErrorCode,
-ErrorMessage}}; a session ends when a test says so (`end_sessions`), and the next call with it
-answers <Operation>.AuthFail; TicketSearch drops a condition on a dynamic field it does not
-know (matching every ticket), and its Equals follows a case-insensitive collation, as on
-MySQL; a ticket that does not exist answers TicketGet.AccessDenied, as one this user may not
-see; an article on a closed ticket leaves it closed. `faults` lets a test make it fail or
-stall on purpose.
+ErrorMessage}}; a GET's body is not read; a path no route matches is HTTP 500; a session ends
+when a test says so (`end_sessions`), and the next call with it answers <Operation>.AuthFail;
+TicketSearch drops a condition on a dynamic field it does not know, or one that is no object
+(matching every ticket), and its Equals follows a case-insensitive collation, as on MySQL; a
+ticket that does not exist answers TicketGet.AccessDenied, as one this user may not see; an
+article on a closed ticket leaves it closed. `faults` lets a test make it fail or stall.
 """
 
 from __future__ import annotations
@@ -98,10 +99,19 @@ class FakeZnuny:
         app = web.Application(middlewares=[self._faults])
         app.router.add_post(BASE + "/Session", self.session_create)
         app.router.add_post(BASE + "/Ticket", self.ticket_create)
-        app.router.add_get(BASE + "/Ticket", self.ticket_search)
+        app.router.add_get(BASE + "/Ticket", self.ticket_search)  # the example's route
+        app.router.add_post(BASE + "/TicketSearch", self.ticket_search)  # the one probe needs
         app.router.add_get(BASE + "/Ticket/{ids}", self.ticket_get)
         app.router.add_patch(BASE + "/Ticket/{id}", self.ticket_update)
+        app.router.add_route("*", BASE + "/{tail:.*}", self.no_operation)
         return app
+
+    async def no_operation(self, request: web.Request) -> web.Response:
+        """What Znuny's REST transport answers when no route of the web service matches."""
+        uri = request.path.removeprefix(BASE)
+        self.seen.append((request.method, request.path, "500"))
+        return web.Response(status=500, text=f"HTTP::REST Error while determine Operation for "
+                                             f"request URI '{uri}'.")
 
     @web.middleware
     async def _faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -116,9 +126,9 @@ class FakeZnuny:
 
     async def _data(self, request: web.Request) -> dict[str, Any]:
         """The operation's data: the query string and the JSON body, as Znuny's REST
-        transport merges them (a GET may carry a body)."""
+        transport merges them. It reads no body from a GET (Znuny's bug 14203)."""
         data: dict[str, Any] = dict(request.query)
-        if request.can_read_body:
+        if request.can_read_body and request.method != "GET":
             body = await request.json()
             if isinstance(body, dict):
                 data.update(body)
