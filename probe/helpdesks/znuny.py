@@ -126,7 +126,7 @@ class Backend(base.Backend[Route]):
         for ticket in tickets:
             values = _field_values(ticket, self.route.key_field)
             if not values:
-                # Only a ticket without the field at all matched: Znuny dropped the condition.
+                # A ticket with the field empty matched: Znuny dropped the condition.
                 raise TicketError(
                     f"Znuny's TicketSearch ignored the dynamic field {self.route.key_field!r} "
                     "(the route's key_field): is it a valid ticket field?", permanent=True)
@@ -210,7 +210,7 @@ class Backend(base.Backend[Route]):
 
     async def _ticket(self, ref: str) -> Fields | None:
         try:
-            tickets = await self._tickets(_ticket_id(ref, "ref"))
+            tickets = await self._tickets(_ticket_id(ref))
         except ZnunyError as err:
             if err.code in GONE:
                 return None
@@ -225,8 +225,7 @@ class Backend(base.Backend[Route]):
 
     async def _update(self, ref: str, change: dict[str, Any], setting: str = "") -> None:
         try:
-            await self._call("TicketUpdate", "PATCH", f"/Ticket/{_ticket_id(ref, 'ref')}",
-                             change)
+            await self._call("TicketUpdate", "PATCH", f"/Ticket/{_ticket_id(ref)}", change)
         except TicketError as err:
             if err.permanent and setting:
                 raise TicketError(f"{err.message} (with the route's {setting})",
@@ -322,10 +321,10 @@ def _ids(answer: Fields) -> list[str]:
     return ids
 
 
-def _ticket_id(value: str, what: str) -> str:
-    if not value.isascii() or not value.isdigit() or value.startswith("0"):
-        raise TicketError(f"{value!r} is not a Znuny TicketID ({what})", permanent=True)
-    return value
+def _ticket_id(ref: str) -> str:
+    if not ref.isascii() or not ref.isdigit() or ref.startswith("0"):
+        raise TicketError(f"{ref!r} is not a Znuny TicketID", permanent=True)
+    return ref
 
 
 def _field_values(ticket: Fields, name: str) -> list[str]:
@@ -347,6 +346,8 @@ def _number(ticket: Fields, ref: str) -> str:
 
 
 def _article(subject: str, body: str) -> dict[str, Any]:
+    # Internal and not visible: agents read it, the customer user is never mailed. Sender
+    # "system": written by a program, not by the agent whose login probe uses.
     return {"CommunicationChannel": "Internal", "IsVisibleForCustomer": 0,
             "SenderType": "system", "Subject": subject, "Body": body,
             "ContentType": CONTENT_TYPE}
