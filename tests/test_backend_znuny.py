@@ -225,6 +225,24 @@ async def test_a_web_service_without_the_search_route_is_a_permanent_error_namin
         "search_path): map TicketSearch to it")
 
 
+async def test_open_tickets_lists_every_open_ticket_of_the_agent_so_a_duplicate_shows(
+    desk: Backend, znuny: FakeZnuny
+) -> None:
+    twice, once = "probe_eu/shop/3", "probe_eu/db/1"
+    first = await desk.open(ticket(twice))
+    other = await desk.open(ticket(once))
+    second = await desk.open(ticket(twice))
+    closed = await desk.open(ticket("probe_eu/dns/2"))
+    znuny.set_state(int(closed), "closed successful")
+    await desk.open(ticket("probe_us/shop/3"))  # another agent's
+    # The database's LIKE takes them too: _ is its wildcard, and its collation ignores case.
+    await desk.open(ticket("probe-eu/shop/3"))
+    await desk.open(ticket("PROBE_EU/shop/3"))
+    znuny.add_ticket()
+    assert await desk.open_tickets("probe_eu/") == [
+        (twice, first), (once, other), (twice, second)]
+
+
 def test_a_key_field_znuny_could_not_name_is_refused_when_the_route_is_read() -> None:
     with pytest.raises(ValueError, match="letters and digits only"):
         Route.model_validate({"backend": "znuny", "url": "https://znuny.example.net/x",

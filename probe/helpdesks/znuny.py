@@ -39,6 +39,9 @@ Znuny facts it relies on:
   new, open, pending reminder, pending auto, closed, merged or removed. A closed ticket is
   reopened by setting a state; a merged or removed one is not reopened.
 
+open_tickets(): TicketSearch with Like "<prefix>*" on key_field and the StateTypes that are not
+closed, each ticket read back and its key checked against the prefix.
+
 status(): StateType closed, merged or removed is "closed"; locked, owned by someone other than
 the route's user, or StateType open or pending is "acknowledged"; otherwise "open".
 """
@@ -61,7 +64,9 @@ from probe.secrets import EnvRef
 TITLE_CHARS = 255
 SEARCH_LIMIT = 20  # more tickets than one key ever has; each is read back to be sure
 CONTENT_TYPE = "text/plain; charset=utf8"
+OPEN_LIMIT = 200  # open tickets listed for reconciling: an agent's incidents at once
 CLOSED_TYPES = ("closed", "merged", "removed")
+OPEN_TYPES = ["new", "open", "pending reminder", "pending auto"]
 WORKED_TYPES = ("open", "pending reminder", "pending auto")
 GONE = ("TicketGet.AccessDenied", "TicketGet.NotValidTicketID")
 FIELD_NAME = re.compile(r"[A-Za-z0-9]+")
@@ -134,6 +139,24 @@ class Backend(base.Backend[Route]):
             if key in values and ref is not None and ref.isascii() and ref.isdigit():
                 found.append(ref)
         return max(found, key=int, default=None)  # ids grow: the newest is the largest
+
+    async def open_tickets(self, prefix: str) -> list[tuple[str, str]] | None:
+        field = self.route.key_field
+        # Like's * is a wildcard, and the database's LIKE may treat more as one: the prefix is
+        # checked here, on each ticket read back.
+        search = {f"DynamicField_{field}": {"Like": prefix + "*"}, "StateType": OPEN_TYPES,
+                  "SortBy": "Age", "OrderBy": "Up", "Limit": OPEN_LIMIT}
+        ids = _ids(await self._call("TicketSearch", "POST", self.route.search_path, search))
+        if not ids:
+            return []
+        tickets: list[tuple[str, str]] = []
+        for ticket in await self._tickets(",".join(ids)):
+            ref = ticket.ref("TicketID")
+            if ref is None or ticket.text("StateType") in CLOSED_TYPES:
+                continue
+            tickets += [(key, ref) for key in _field_values(ticket, field)
+                        if key.startswith(prefix)]
+        return tickets
 
     async def open(self, ticket: base.Ticket) -> str:
         route = self.route

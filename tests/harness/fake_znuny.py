@@ -8,7 +8,8 @@ It keeps Znuny's traps: an operation's error is HTTP 200 with {"Error": {ErrorCo
 ErrorMessage}}; a GET's body is not read; a path no route matches is HTTP 500; a session ends
 when a test says so (`end_sessions`), and the next call with it answers <Operation>.AuthFail;
 TicketSearch drops a condition on a dynamic field it does not know, or one that is no object
-(matching every ticket), and its Equals follows a case-insensitive collation, as on MySQL; a
+(matching every ticket), its Equals and Like follow a case-insensitive collation, as on MySQL,
+and Like takes _ and % as the database's wildcards; a
 ticket that does not exist answers TicketGet.AccessDenied, as one this user may not see; an
 article on a closed ticket leaves it closed. `faults` lets a test make it fail or stall.
 """
@@ -207,10 +208,24 @@ class FakeZnuny:
                 match = DYNAMIC_FIELD.fullmatch(name)
                 if match is None or match[1] not in self.dynamic_fields:
                     continue  # a field Znuny does not know: the condition is dropped
-                if isinstance(condition, dict) and "Equals" in condition:
-                    wanted = str(condition["Equals"]).casefold()  # the database's collation
-                    found = [t for t in found if str(t["DynamicFields"].get(match[1]) or "")
-                             .casefold() == wanted]
+                if not isinstance(condition, dict):
+                    continue  # only an object is a condition: a flat value is dropped
+                values = {t["TicketID"]: str(t["DynamicFields"].get(match[1]) or "").casefold()
+                          for t in found}  # compared as the database's collation does
+                if "Equals" in condition:
+                    wanted = str(condition["Equals"]).casefold()
+                    found = [t for t in found if values[t["TicketID"]] == wanted]
+                if "Like" in condition:
+                    # Znuny's * becomes SQL's %; _ and % stay the database's wildcards
+                    like = "".join({"*": ".*", "%": ".*", "_": "."}.get(c, re.escape(c))
+                                   for c in str(condition["Like"]).casefold())
+                    found = [t for t in found if re.fullmatch(like, values[t["TicketID"]])]
+            state_types = data.get("StateType")
+            if state_types is not None:
+                kinds = state_types if isinstance(state_types, list) else [state_types]
+                found = [t for t in found if t["StateType"] in kinds]
+            if data.get("OrderBy") == "Up":
+                found.reverse()
             found = found[: int(data.get("Limit") or 500)]
             return {"TicketID": [str(t["TicketID"]) for t in found]} if found else {}
 
