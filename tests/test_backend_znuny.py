@@ -30,7 +30,9 @@ from tests.harness.fake_znuny import (
     kind,
     serve_znuny,
 )
+from tests.harness.inloop import Runner
 from tests.harness.ports import free_port
+from tests.harness.wait import until
 
 KEY = "probe-eu-1/shop/3"
 BODY = "shop is DOWN: connection refused\n\nprobe key: probe-eu-1/shop/3"
@@ -434,3 +436,48 @@ checks:
     await asyncio.sleep(0.5)  # a poll or two more: nothing else may happen
     assert len(znuny.tickets) == 1 and created["State"] == "closed successful"
     probe.stop()
+
+
+async def test_the_daemon_opens_a_follow_up_when_a_person_merged_the_ticket(
+    znuny: FakeZnuny, target: Target, run: Runner, tmp_path: Path
+) -> None:
+    (tmp_path / "password").write_text(PASSWORD)
+    daemon, _ = await run(f"""
+defaults:
+  interval: 200ms
+  retry_interval: 100ms
+  timeout: 100ms
+  failure_threshold: 3
+  success_threshold: 2
+  ticket: {{route: znuny, priority: high, update_interval: 1h, on_human_close: reopen}}
+ticketing:
+  poll_interval: 200ms
+  routes:
+    znuny:
+      backend: znuny
+      url: {znuny.url}
+      user: {USER}
+      password_file: {tmp_path}/password
+      queue: {QUEUE}
+      customer_user: {CUSTOMER_USER}
+      key_field: {KEY_FIELD}
+      timeout: 1s
+checks:
+  - name: web
+    service: shop
+    http: {{url: "http://127.0.0.1:{target.port}/health"}}
+""")
+    await until("a first result", lambda: "web" in daemon.results)
+    target.down = True
+    first = await until("the ticket", lambda: znuny.tickets and znuny.only())
+    znuny.set_state(first["TicketID"], "merged")  # into another ticket: it cannot reopen
+
+    await until("a follow-up ticket", lambda: len(znuny.tickets) == 2)
+    second = znuny.tickets[max(znuny.tickets)]
+    assert second["DynamicFields"] == {KEY_FIELD: "t/shop/1+1"}
+    (opening,) = znuny.articles[second["TicketID"]]
+    assert f"Follows:    ticket {first['TicketID']}" in opening["Body"]
+    target.down = False
+    await until("the resolve", lambda: second["State"] == "closed successful")
+    assert first["State"] == "merged"
+    assert not [a for a in znuny.notes(first["TicketID"]) if "Reopened" in a["Body"]]
