@@ -124,6 +124,10 @@ PROMISES: dict[str, Promise] = {
         note="private followup", closing="solution", reopening="private followup",
         finds=True, unknown_status="gone", unknown_note="permanent error",
         unasked=frozenset()),
+    "znuny": Promise(  # the key_field dynamic field; internal articles, never for the customer
+        keys=lambda key: {key}, high="4 high", states=("new", "closed successful", "open"),
+        note="internal note", closing="internal note", reopening="internal note", finds=True,
+        unknown_status="gone", unknown_note="permanent error", unasked=frozenset()),
 }
 assert set(PROMISES) == set(HELPDESKS), "each helpdesk needs its row here and its peer in desks"
 

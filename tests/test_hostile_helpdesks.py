@@ -81,6 +81,9 @@ ROUTES: dict[str, dict[str, Any]] = {
                "customer": "probe@example.com", "owner_id": 5},
     "glpi": {"backend": "glpi", "user_token_file": "{token}", "app_token_file": "{token}",
              "group_id": 3},
+    "znuny": {"backend": "znuny", "user": "probe", "password_file": "{token}",
+              "queue": "Monitoring", "customer_user": "monitoring@example.com",
+              "ticket_type": "Incident"},
 }
 # Crashes these tests found in backend modules this change did not touch (reported with it):
 # until they are fixed there, a crash in one of these functions is an expected failure. The
@@ -93,7 +96,7 @@ KNOWN_CRASHES: dict[str, str] = {}
 REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "jira": "PROJ-42",
         "servicenow": "0123456789abcdef0123456789abcdef", "github": "42", "pagerduty": KEY,
         "webhook": KEY, "topdesk": "0123abcd-4567-4890-abcd-0123456789ab", "zammad": "42",
-        "glpi": "42", "freshservice": "42"}
+        "glpi": "42", "freshservice": "42", "znuny": "42"}
 
 Call = Callable[[Backend[Any], str], Awaitable[object]]
 CALLS: dict[str, Call] = {

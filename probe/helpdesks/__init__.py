@@ -31,6 +31,7 @@ from probe.helpdesks import (
     webhook,
     zammad,
     zendesk,
+    znuny,
 )
 from probe.helpdesks.base import Backend, Helpdesk, RouteBase
 
@@ -49,6 +50,7 @@ HELPDESKS: dict[str, Helpdesk[Any]] = {helpdesk.name: helpdesk for helpdesk in (
     topdesk.HELPDESK,
     zammad.HELPDESK,
     glpi.HELPDESK,
+    znuny.HELPDESK,
 )}
 
 ROUTES: dict[str, type[RouteBase]] = {name: h.route for name, h in HELPDESKS.items()}

@@ -49,6 +49,7 @@ from tests.harness import (
     fake_topdesk,
     fake_zammad,
     fake_zendesk,
+    fake_znuny,
 )
 from tests.harness.fake_freshdesk import API_KEY, REQUESTER_EMAIL, FakeFreshdesk, serve_freshdesk
 from tests.harness.fake_freshdesk import KEY_FIELD as FRESHDESK_KEY_FIELD
@@ -61,6 +62,8 @@ from tests.harness.fake_servicenow import FakeServiceNow, serve_servicenow
 from tests.harness.fake_topdesk import FakeTopdesk
 from tests.harness.fake_zammad import FakeZammad
 from tests.harness.fake_zendesk import FakeZendesk, serve_zendesk
+from tests.harness.fake_znuny import FakeZnuny, serve_znuny
+from tests.harness.fake_znuny import kind as znuny_kind
 from tests.harness.helpdesk import Helpdesk
 from tests.harness.httpserver import serve_app
 from tests.harness.openapi import github_description, load
@@ -324,7 +327,7 @@ async def _rt(directory: Path, peer: RtPeer) -> AsyncIterator[Desk]:
 
 
 # --- the fakes: Zendesk, Freshdesk, Freshservice, Jira, ServiceNow, GitHub, PagerDuty, TOPdesk,
-# Zammad, GLPI --------------------------------------------------------------------------------
+# Zammad, GLPI, Znuny ------------------------------------------------------------------------
 
 
 class ZendeskDesk(Desk):
@@ -582,6 +585,30 @@ class GlpiDesk(Desk):
         return sum(t["externalid"] == key for t in self.fake.tickets.values())
 
 
+class ZnunyDesk(Desk):
+    name = "znuny"
+    unknown_ref = "999999"
+
+    def __init__(self, directory: Path, fake: FakeZnuny) -> None:
+        super().__init__(directory, {
+            "url": fake.url, "user": fake_znuny.USER,
+            "password_file": _secret(directory, "znuny-password", fake_znuny.PASSWORD),
+            "queue": fake_znuny.QUEUE, "customer_user": fake_znuny.CUSTOMER_USER,
+            "key_field": fake_znuny.KEY_FIELD})
+        self.fake = fake
+
+    async def record(self, ref: str) -> Record:
+        ticket = self.fake.tickets[int(ref)]
+        key = ticket["DynamicFields"].get(fake_znuny.KEY_FIELD)
+        return Record(
+            frozenset([key] if key else []), ticket["Priority"], ticket["State"],
+            tuple((znuny_kind(a), a["Body"]) for a in self.fake.notes(int(ref))))
+
+    async def tickets(self, key: str) -> int:
+        return sum(t["DynamicFields"].get(fake_znuny.KEY_FIELD) == key
+                   for t in self.fake.tickets.values())
+
+
 # --- start one ------------------------------------------------------------------------------
 
 
@@ -616,6 +643,7 @@ PEERS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Desk]]]
     "topdesk": _fake(fake_topdesk.serve, TopdeskDesk),
     "zammad": _fake(fake_zammad.serve, ZammadDesk),
     "glpi": _fake(serve_glpi, GlpiDesk),
+    "znuny": _fake(serve_znuny, ZnunyDesk),
 }
 
 

@@ -30,7 +30,8 @@ FIELDS = (
     "sys_id", "correlation_id", "title", "created_at", "pull_request", "errors",
     "errorMessages", "error", "message", "description", "details", "externalNumber", "closed",
     "completed", "operator", "operatorGroup", "processingStatus", "archivingReason", "owner_id",
-    "session_token", "externalid", "is_deleted", "type",
+    "session_token", "externalid", "is_deleted", "type", "SessionID", "Error", "TicketID", "Ticket",
+    "TicketNumber",
 )
 # ...and, one level or two further in, the ones read there.
 INNER = (
@@ -38,7 +39,8 @@ INNER = (
     "resolution", "allowedValues", "required", "values", "login", "number", "state", "sys_id",
     "correlation_id", "external_id", "tags", "custom_fields", "IncidentKey", "Subject",
     "created_at", "title", "deleted", "spam", "assignee_id", "description", "owner_id",
-    "externalid", "is_deleted", "type",
+    "externalid", "is_deleted", "type", "ErrorCode", "ErrorMessage", "TicketID", "StateType",
+    "Lock", "Owner", "DynamicField", "Name", "Value",
 )
 WRONG: dict[str, Any] = {
     "null": None, "object": {}, "list": [], "string": "42", "number": 42, "true": True,
@@ -214,6 +216,9 @@ def plausible(key: str) -> dict[str, Any]:
         "errors": [{"field": "subject", "message": "is invalid"}], "errorMessages": ["no"],
         "session_token": "83af7e620c83a50a18d3eac2f6ed05a3ca0bea62", "externalid": key,
         "is_deleted": 0, "type": 2,
+        "SessionID": "f" * 32, "TicketID": "42", "TicketNumber": "2026120410000042",
+        "Ticket": [{"TicketID": "42", "StateType": "new", "Lock": "unlock", "Owner": "probe",
+                    "DynamicField": [{"Name": "ProbeIncidentKey", "Value": key}]}],
     }
 
 
