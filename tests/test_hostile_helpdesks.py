@@ -70,6 +70,7 @@ ROUTES: dict[str, dict[str, Any]] = {
     "pagerduty": {"backend": "pagerduty", "routing_key_file": "{token}",
                   "api_token_file": "{token}", "from_email": "probe@example.com",
                   "api_url": "{url}"},
+    "redmine": {"backend": "redmine", "key_file": "{token}", "project": "ops", "key_field": 1},
     "webhook": {"backend": "webhook", "url": "{url}/hooks/probe", "secret_file": "{token}"},
 }
 # Crashes these tests found in backend modules this change did not touch (reported with it):
@@ -82,7 +83,7 @@ KNOWN_CRASHES: dict[str, str] = {}
 # A reference of the form each backend hands out, for the calls that take one.
 REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "jira": "PROJ-42",
         "servicenow": "0123456789abcdef0123456789abcdef", "github": "42", "pagerduty": KEY,
-        "webhook": KEY}
+        "redmine": "42", "webhook": KEY}
 
 Call = Callable[[Backend[Any], str], Awaitable[object]]
 CALLS: dict[str, Call] = {

@@ -23,6 +23,7 @@ from probe.helpdesks import (
     jira,
     local,
     pagerduty,
+    redmine,
     rt,
     servicenow,
     webhook,
@@ -41,6 +42,7 @@ HELPDESKS: dict[str, Helpdesk[Any]] = {helpdesk.name: helpdesk for helpdesk in (
     servicenow.HELPDESK,
     github.HELPDESK,
     pagerduty.HELPDESK,
+    redmine.HELPDESK,
 )}
 
 ROUTES: dict[str, type[RouteBase]] = {name: h.route for name, h in HELPDESKS.items()}

@@ -28,14 +28,15 @@ FIELDS = (
     "transitions", "incidents", "user", "labels", "assignees", "assignee_id", "assigned_to",
     "responder_id", "custom_fields", "tags", "deleted", "spam", "external_id", "state",
     "sys_id", "correlation_id", "title", "created_at", "pull_request", "errors",
-    "errorMessages", "error", "message", "description", "details",
+    "errorMessages", "error", "message", "description", "details", "issue",
 )
 # ...and, one level or two further in, the ones read there.
 INNER = (
     "id", "key", "name", "status", "statusCategory", "to", "fields", "labels", "assignee",
     "resolution", "allowedValues", "required", "values", "login", "number", "state", "sys_id",
     "correlation_id", "external_id", "tags", "custom_fields", "IncidentKey", "Subject",
-    "created_at", "title", "deleted", "spam", "assignee_id", "description",
+    "created_at", "title", "deleted", "spam", "assignee_id", "description", "is_closed",
+    "value", "assigned_to",
 )
 WRONG: dict[str, Any] = {
     "null": None, "object": {}, "list": [], "string": "42", "number": 42, "true": True,
@@ -194,7 +195,10 @@ def plausible(key: str) -> dict[str, Any]:
                      "custom_fields": {"cf_incident_key": key}}],
         "custom_fields": {"cf_incident_key": key}, "tags": [freshdesk.key_tag(key)],
         "responder_id": 7,
-        "issues": [{"key": "PROJ-42", "fields": {"labels": [jira.key_label(key)]}}],
+        "issues": [{"key": "PROJ-42", "fields": {"labels": [jira.key_label(key)]},
+                    "id": 42, "custom_fields": [{"id": 1, "value": key}]}],
+        "issue": {"id": 42, "status": {"id": 1, "is_closed": False}, "assigned_to": None,
+                  "custom_fields": [{"id": 1, "value": key}]},
         "fields": {"status": {"name": "Open", "statusCategory": {"key": "new"}},
                    "assignee": None, "labels": [jira.key_label(key)]},
         "transitions": [
