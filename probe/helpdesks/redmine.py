@@ -15,8 +15,9 @@ Redmine facts it relies on (its REST API pages, and seen on Redmine 5.0.4):
 - GET /issues.json filters by a custom field, but the short form `cf_N=value` reads a value
   that starts with ~ ! * ^ $ = as an operator and splits it at |. `find` uses the long form
   (`f[]=cf_N`, `op[cf_N]==`, `v[cf_N][]=value`), which takes the value whole, and checks each
-  answer's value exactly besides. Without a status filter only open issues are listed, so the
-  status filter is `*` (any). `sort=id:desc` puts the newest first.
+  answer's value exactly besides. The short form lists open issues only unless `status_id` says
+  otherwise; `find` names the status filter `*` (any) in the long form, where leaving it out
+  would also list every status. `sort=id:desc` puts the newest first.
 - PUT /issues/N.json {"issue": {notes, private_notes: true, status_id}} answers 204 with no
   body, and a private note is seen only by those allowed to see private notes. A status_id
   that does not exist, or that the workflow does not allow the user, is ignored with 204 too,
