@@ -335,6 +335,35 @@ async def test_a_key_in_the_environment_is_used(
     assert await redmine.find(new_key()) is None
 
 
+async def test_open_tickets_lists_every_open_issue_of_the_agent_so_a_duplicate_shows(
+    redmine: Backend, redmine_api: RedmineApi, redmine_peer: RedminePeer
+) -> None:
+    agent = f"probe-{uuid.uuid4().hex[:8]}/"
+    twice, once, done, closed = (f"{agent}shop/1", f"{agent}db/1", f"{agent}web/1",
+                                 f"{agent}dns/1")
+    first = await redmine.open(ticket(twice))
+    other = await redmine.open(ticket(once))
+    second = await redmine.open(ticket(twice))  # the same issue created again
+    await redmine.resolve(await redmine.open(ticket(done)), "web is back")  # open to Redmine
+    await redmine_api.update(await redmine.open(ticket(closed)),
+                             status_id=redmine_peer.statuses["CLOSED"])
+    await redmine.open(ticket(f"probe-{uuid.uuid4().hex[:8]}/shop/1"))  # another agent's
+    await redmine.open(ticket(f"x{agent}shop/1"))  # holds the prefix, does not start with it
+
+    assert await redmine.open_tickets(agent) == [(twice, first), (once, other), (twice, second)]
+
+
+async def test_open_tickets_reads_every_page(
+    make_backend: MakeBackend, redmine_api: RedmineApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("probe.helpdesks.redmine.PAGE", 2)  # three pages, not 101 issues
+    redmine = make_backend()
+    agent = f"probe-{uuid.uuid4().hex[:8]}/"
+    refs = [await redmine.open(ticket(f"{agent}shop/{n}")) for n in range(5)]
+    assert await redmine.open_tickets(agent) == [(f"{agent}shop/{n}", ref)
+                                                 for n, ref in enumerate(refs)]
+
+
 # --- the daemon, end to end ------------------------------------------------------------------
 
 

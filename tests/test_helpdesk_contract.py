@@ -97,7 +97,7 @@ PROMISES: dict[str, Promise] = {
     "redmine": Promise(  # the key_field custom field; private notes (private_notes)
         keys=lambda key: {key}, high="High", states=("New", "Resolved", "New"),
         note="private note", closing="private note", reopening="private note", finds=True,
-        unknown_status="gone", unknown_note="permanent error"),
+        unknown_status="gone", unknown_note="permanent error", unasked=frozenset()),
     # The dedup_key; with api_token, notes through the REST API. The Events API cannot look up
     # (find: None), and an incident not found may not be made yet: an error, retried, not gone.
     # A reopen is a new trigger with the same dedup_key, its reason in the trigger's details.

@@ -17,7 +17,8 @@ Redmine facts it relies on (its REST API pages, and seen on Redmine 5.0.4):
   (`f[]=cf_N`, `op[cf_N]==`, `v[cf_N][]=value`), which takes the value whole, and checks each
   answer's value exactly besides. The short form lists open issues only unless `status_id` says
   otherwise; `find` names the status filter `*` (any) in the long form, where leaving it out
-  would also list every status. `sort=id:desc` puts the newest first.
+  would also list every status. `sort=id:desc` puts the newest first. `op[cf_N]=^` is
+  "starts with" (open_tickets); `limit` is at most 100, with `offset` and `total_count`.
 - PUT /issues/N.json {"issue": {notes, private_notes: true, status_id}} answers 204 with no
   body, and a private note is seen only by those allowed to see private notes. A status_id
   that does not exist, or that the workflow does not allow the user, is ignored with 204 too,
@@ -47,6 +48,8 @@ from probe.helpdesks.http import Authorization, Fields, Http
 from probe.secrets import EnvRef
 
 SUBJECT_CHARS = 255
+PAGE = 100  # Redmine's largest page
+MAX_PAGES = 100  # open_tickets reads at most 10,000 issues: a helpdesk's total_count is data
 
 
 class Route(RouteBase):
@@ -86,6 +89,27 @@ class Backend(base.Backend[Route]):
         ids = [issue_id for issue in found.objects("issues")
                if (issue_id := issue.number("id")) and self._key_of(issue) == key]
         return str(max(ids)) if ids else None
+
+    async def open_tickets(self, prefix: str) -> list[tuple[str, str]] | None:
+        field = f"cf_{self.route.key_field}"
+        tickets: list[tuple[str, str]] = []
+        for page in range(MAX_PAGES):
+            query = urlencode([
+                ("project_id", self.route.project), ("sort", "id"), ("limit", str(PAGE)),
+                ("offset", str(page * PAGE)),
+                ("f[]", "status_id"), ("op[status_id]", "o"),
+                ("f[]", field), (f"op[{field}]", "^"), (f"v[{field}][]", prefix),
+            ])
+            found = (await self._http.request("GET", f"/issues.json?{query}")).fields()
+            issues = found.objects("issues")
+            for issue in issues:
+                key, issue_id = self._key_of(issue), issue.number("id")
+                # "starts with" is a LIKE, and Resolved is open to Redmine: both checked here
+                if key and key.startswith(prefix) and issue_id and not self._closed(issue):
+                    tickets.append((key, str(issue_id)))
+            if len(issues) < PAGE or (page + 1) * PAGE >= (found.number("total_count") or 0):
+                break
+        return tickets
 
     async def open(self, ticket: base.Ticket) -> str:
         route = self.route
