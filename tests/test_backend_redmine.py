@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from pydantic import ValidationError
 
 from probe.helpdesks.base import Ticket, TicketError
-from probe.helpdesks.redmine import Backend
+from probe.helpdesks.redmine import Backend, Route
 from tests.harness.daemon import ProbeProcess, Target
+from tests.harness.httpserver import serve_app
 from tests.harness.ports import free_port
 from tests.harness.redminepeer import RedmineApi, RedminePeer
 
@@ -325,6 +328,43 @@ async def test_a_wrong_key_is_a_permanent_error(make_backend: MakeBackend, tmp_p
         await redmine.find(new_key())
     assert caught.value.permanent
     assert "HTTP 401" in caught.value.message
+
+
+async def test_a_404_is_gone_only_once_redmine_says_the_key_works(
+    redmine_peer: RedminePeer, tmp_path: Path
+) -> None:
+    # Without login_required (the test Redmine has it on) a bad key is anonymous, and an
+    # issue anonymous may not see is 404: a Redmine that says so, on loopback.
+    async def not_found(request: web.Request) -> web.Response:
+        return web.json_response({}, status=404)
+
+    async def who_are_you(request: web.Request) -> web.Response:
+        return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="Redmine API"'})
+
+    app = web.Application()
+    app.router.add_get("/issues/{id}.json", not_found)
+    app.router.add_get("/users/current.json", who_are_you)
+    async with serve_app(app) as port:
+        anonymous = Backend("helpdesk", redmine_peer.route(
+            tmp_path, url=f"http://127.0.0.1:{port}"))
+        try:
+            with pytest.raises(TicketError) as caught:
+                await anonymous.status("42")
+        finally:
+            await anonymous.close()
+    assert caught.value.permanent
+    assert caught.value.message.startswith("GET /users/current.json: HTTP 401")
+
+
+def test_the_route_refuses_a_reopen_status_that_is_resolved_or_taken(
+    redmine_peer: RedminePeer, tmp_path: Path
+) -> None:
+    with pytest.raises(ValidationError, match="reopen_status must differ from resolve_status"):
+        redmine_peer.route(tmp_path, reopen_status=3)
+    with pytest.raises(ValidationError, match="reopen_status must not be one of taken_statuses"):
+        redmine_peer.route(tmp_path, taken_statuses=[1, 2])
+    with pytest.raises(ValidationError, match="inline secrets are not allowed"):
+        Route.model_validate({**redmine_peer.settings(tmp_path), "key_file": None, "key": "k"})
 
 
 async def test_a_key_in_the_environment_is_used(

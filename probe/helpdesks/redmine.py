@@ -2,7 +2,9 @@
 
 Redmine facts it relies on (its REST API pages, and seen on Redmine 5.0.4):
 - `X-Redmine-API-Key: <the user's API key>`, with the REST API enabled in the settings. A bad
-  key is 401 (with login_required on; without it a bad key is anonymous, and then 403 or 404).
+  key is 401 with login_required on; without it a bad key is anonymous, who gets 403, or 404
+  for an issue it may not see, so a 404 counts as "gone" only once GET /users/current.json
+  (401 for anonymous) says the key works.
   The body must be sent as `Content-Type: application/json`, or Redmine ignores it.
 - POST /issues.json {"issue": {project_id, tracker_id, subject (at most 255 characters),
   description, priority_id, custom_fields: [{id, value}]}} answers 201 with the whole issue.
@@ -20,18 +22,19 @@ Redmine facts it relies on (its REST API pages, and seen on Redmine 5.0.4):
   would also list every status. `sort=id:desc` puts the newest first. `op[cf_N]=^` is
   "starts with" (open_tickets); `limit` is at most 100, with `offset` and `total_count`.
 - PUT /issues/N.json {"issue": {notes, private_notes: true, status_id}} answers 204 with no
-  body, and a private note is seen only by those allowed to see private notes. A status_id
-  that does not exist, or that the workflow does not allow the user, is ignored with 204 too,
-  so a status change is read back and an unchanged status is a permanent error.
+  body, and a private note is seen only by those allowed to see private notes. The user needs
+  the "Set notes as private" permission: without it Redmine makes the note public, silently.
+  A status_id that does not exist, or that the workflow does not allow the user, is ignored
+  with 204 too, so a status change is read back and an unchanged status is a permanent error.
 - An issue that does not exist is 404; errors are 422 {"errors": ["Subject cannot be blank"]}.
-- The status of an issue carries `is_closed` (Redmine 5.0 and later). Redmine's default
+- The status of an issue carries `is_closed` (as 5.0.4 sends it). Redmine's default
   "Resolved" is not closed in Redmine's sense: probe resolves to `resolve_status` (Resolved, 3)
   and counts that status as closed too.
 
 status(): a closed status or `resolve_status` is "closed"; an assignee, or a status in
 `taken_statuses` (In Progress), is "acknowledged"; anything else is "open"; 404 is "gone".
-probe's own `reopen` sets `reopen_status` (New) and no assignee, so a reopened issue escalates
-again.
+probe's own `reopen` sets `reopen_status` (New), which may not be a taken status, so a reopened
+issue nobody is assigned to counts as open again.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlencode
 
-from pydantic import PositiveInt
+from pydantic import PositiveInt, model_validator
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
@@ -66,6 +69,16 @@ class Route(RouteBase):
     taken_statuses: list[PositiveInt] = [2]  # In Progress: someone works the issue
 
     secrets: ClassVar[dict[str, bool]] = {"key": True}
+
+    @model_validator(mode="after")
+    def _reopen_is_open_and_untaken(self) -> Route:
+        if self.reopen_status == self.resolve_status:
+            raise ValueError("reopen_status must differ from resolve_status: a reopened issue "
+                             "would still count as resolved")
+        if self.reopen_status in self.taken_statuses:
+            raise ValueError("reopen_status must not be one of taken_statuses: an issue probe "
+                             "reopens would count as taken, and never escalate")
+        return self
 
     def link(self, ref: str) -> str | None:
         return f"{self.url}/issues/{quote(ref, safe='')}"
@@ -179,6 +192,9 @@ class Backend(base.Backend[Route]):
     async def _issue(self, ref: str) -> Fields | None:
         response = await self._http.request("GET", issue_path(ref), ok=(404,))
         if response.status == 404:
+            # Without login_required a bad key is anonymous, who sees 404 for what it may not
+            # see: the key must work before the issue counts as gone.
+            await self._http.request("GET", "/users/current.json")
             return None
         issue = response.fields().object("issue")
         if issue is None:
