@@ -196,6 +196,34 @@ async def test_note_is_a_private_note_and_changes_nothing_else(
     assert issue["status"]["name"] == "New"
 
 
+async def test_a_user_who_may_not_make_notes_private_gets_an_error_naming_the_permission(
+    make_backend: MakeBackend, redmine_api: RedmineApi, tmp_path: Path
+) -> None:
+    (tmp_path / "reporter-key").write_text(await redmine_api.member("Reporter"))
+    reporter = make_backend(key_file=str(tmp_path / "reporter-key"))
+    ref = await reporter.open(ticket(new_key()))
+
+    with pytest.raises(TicketError) as caught:
+        await reporter.note(ref, "Still failing after 1h.")
+    assert caught.value.permanent
+    assert "lacks the Set notes as private permission in project 'ops'" in caught.value.message
+    # Redmine answered 204 and made it public: what the error is there to say
+    assert await redmine_api.notes(ref) == [("public note", "Still failing after 1h.")]
+
+
+async def test_a_developer_makes_private_notes_as_the_admin_does(
+    make_backend: MakeBackend, redmine_api: RedmineApi, tmp_path: Path
+) -> None:
+    (tmp_path / "developer-key").write_text(await redmine_api.member("Developer"))
+    developer = make_backend(key_file=str(tmp_path / "developer-key"))
+    ref = await developer.open(ticket(new_key()))
+    await developer.note(ref, "Still failing after 1h.")
+    await developer.resolve(ref, "shop is back")
+    assert await redmine_api.notes(ref) == [("private note", "Still failing after 1h."),
+                                            ("private note", "shop is back")]
+    assert (await redmine_api.issue(ref))["status"]["name"] == "Resolved"
+
+
 async def test_resolve_sets_resolved_with_a_private_closing_note_and_can_be_repeated(
     redmine: Backend, redmine_api: RedmineApi
 ) -> None:

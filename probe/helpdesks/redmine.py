@@ -23,7 +23,10 @@ Redmine facts it relies on (its REST API pages, and seen on Redmine 5.0.4):
   "starts with" (open_tickets); `limit` is at most 100, with `offset` and `total_count`.
 - PUT /issues/N.json {"issue": {notes, private_notes: true, status_id}} answers 204 with no
   body, and a private note is seen only by those allowed to see private notes. The user needs
-  the "Set notes as private" permission: without it Redmine makes the note public, silently.
+  the "Set notes as private" permission: without it Redmine makes the note public, silently;
+  without "Add notes" it drops the note, silently. So `note` reads the issue's journals back and
+  fails for good, naming the permission, when its newest note is not this one, private (a
+  check that cannot be made is let go: a retry would add the note again).
   A status_id that does not exist, or that the workflow does not allow the user, is ignored
   with 204 too, so a status change is read back and an unchanged status is a permanent error.
 - An issue that does not exist is 404; errors are 422 {"errors": ["Subject cannot be blank"]}.
@@ -90,6 +93,7 @@ class Backend(base.Backend[Route]):
         key = Authorization("key", str, header="X-Redmine-API-Key")
         self._http = Http(route, route.url, authorization=key, words=reasons,
                           headers={"Accept": "application/json"})
+        self._me: int | None = None  # the user id of the route's key
 
     async def find(self, key: str) -> str | None:
         field = f"cf_{self.route.key_field}"
@@ -153,6 +157,21 @@ class Backend(base.Backend[Route]):
 
     async def note(self, ref: str, text: str) -> None:
         await self._update(ref, {"notes": text, "private_notes": True})
+        try:
+            journal = await self._my_last_note(ref)
+        except TicketError as err:
+            if err.permanent:
+                raise
+            return  # the note is in: a retry would add it twice, for a check that can wait
+        project = self.route.project
+        if journal is None or _lines(journal.text("notes")) != _lines(text):
+            raise TicketError(f"Redmine dropped probe's note on issue {ref} without a word: "
+                              f"the user lacks the Add notes permission in project {project!r}",
+                              permanent=True)
+        if not journal.flag("private_notes"):
+            raise TicketError(f"Redmine made probe's note on issue {ref} public: the user lacks "
+                              f"the Set notes as private permission in project {project!r}",
+                              permanent=True)
 
     async def resolve(self, ref: str, text: str) -> None:
         issue = await self._issue(ref)
@@ -201,6 +220,24 @@ class Backend(base.Backend[Route]):
             raise TicketError(f"{response.what}: HTTP {response.status} without an issue")
         return issue
 
+    async def _my_last_note(self, ref: str) -> Fields | None:
+        """The newest journal with text that this key's user wrote on the issue."""
+        if self._me is None:
+            response = await self._http.request("GET", "/users/current.json")
+            user = response.fields().object("user")
+            self._me = user.number("id") if user is not None else None
+            if not self._me:
+                raise TicketError(f"{response.what}: Redmine did not say who this key is")
+        response = await self._http.request("GET", issue_path(ref),
+                                            params={"include": "journals"})
+        issue = response.fields().object("issue")
+        journals = issue.objects("journals") if issue is not None else []
+        for journal in reversed(journals):
+            user = journal.object("user")
+            if user is not None and user.number("id") == self._me and journal.text("notes"):
+                return journal
+        return None
+
     async def _update(self, ref: str, change: dict[str, Any]) -> None:
         await self._http.request("PUT", issue_path(ref), json_body={"issue": change})
 
@@ -235,6 +272,11 @@ def issue_path(ref: str) -> str:
     if not ref.isdigit():
         raise TicketError(f"{ref!r} is not a Redmine issue number", permanent=True)
     return f"/issues/{ref}.json"
+
+
+def _lines(text: str | None) -> str:
+    """Text as Redmine may give it back: with CRLF line ends."""
+    return (text or "").replace("\r\n", "\n")
 
 
 def subject(title: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,19 @@ class RedmineApi:
         """("private note" or "public note", text) of each journal with text, oldest first."""
         return [("private note" if j["private_notes"] else "public note", j["notes"])
                 for j in (await self.issue(ref))["journals"] if j["notes"]]
+
+    async def member(self, role: str) -> str:
+        """The API key of a new user who is `role` (Reporter, Developer) in the project."""
+        login = f"probe-{uuid.uuid4().hex[:12]}"
+        roles = (await self.call("GET", "/roles.json"))["roles"]
+        made = await self.call("POST", "/users.json", {"user": {
+            "login": login, "firstname": "Test", "lastname": role, "mail": f"{login}@example.net",
+            "password": uuid.uuid4().hex}})
+        await self.call("POST", f"/projects/{self.peer.project}/memberships.json", {"membership": {
+            "user_id": made["user"]["id"],
+            "role_ids": [r["id"] for r in roles if r["name"] == role]}})
+        key: str = made["user"]["api_key"]
+        return key
 
     async def with_key(self, key: str) -> list[int]:
         """The issues whose key field is exactly `key`, open or closed (the long form of the
