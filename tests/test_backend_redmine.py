@@ -103,6 +103,18 @@ async def test_the_routes_tracker_and_priority_ids_are_used(
     assert (issue["tracker"]["name"], issue["priority"]["name"]) == ("Support", "Immediate")
 
 
+async def test_a_priority_id_redmine_has_not_is_a_permanent_error_and_no_issue(
+    make_backend: MakeBackend, redmine_api: RedmineApi
+) -> None:
+    redmine = make_backend(priorities={"urgent": 99, "high": 3, "normal": 2, "low": 1})
+    key = new_key()
+    with pytest.raises(TicketError) as caught:
+        await redmine.open(ticket(key))
+    assert caught.value.permanent
+    assert caught.value.message == "POST /issues.json: HTTP 422: Priority cannot be blank"
+    assert await redmine_api.with_key(key) == []
+
+
 async def test_a_long_title_is_cut_to_redmines_255_characters_on_one_line(
     redmine: Backend, redmine_api: RedmineApi
 ) -> None:
