@@ -15,8 +15,8 @@ import probe
 from tests.harness.daemon import ProbeProcess
 from tests.harness.proc import REPO
 
-pytest_plugins = ("tests.harness.fixtures", "tests.harness.rtpeer", "tests.harness.dnsserver",
-                  "tests.harness.postgres")
+pytest_plugins = ("tests.harness.fixtures", "tests.harness.rtpeer", "tests.harness.redminepeer",
+                  "tests.harness.dnsserver", "tests.harness.postgres")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -63,7 +63,7 @@ def test_the_reference_configuration_validates() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
         f"{EXAMPLE}: OK: 7 checks (1 dns, 1 http, 1 icmp, 3 tcp, 1 tls), "
-        "13 routes, 2 maintenance windows\n"
+        "14 routes, 2 maintenance windows\n"
     )
 
 

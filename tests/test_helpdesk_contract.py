@@ -1,7 +1,7 @@
 """One contract, every helpdesk: each backend, built as the daemon builds it, against its peer on
 loopback (tests/harness/desks.py: the fakes, an SMTP server, a webhook receiver, the real Request
-Tracker, the local backend's state database), and checked by what the helpdesk itself holds
-afterwards — not by what the backend answered.
+Tracker and Redmine, the local backend's state database), and checked by what the helpdesk
+itself holds afterwards — not by what the backend answered.
 
 What differs between helpdesks by design is in PROMISES, one row per backend, as README's
 Helpdesks table has it. Each backend's own quirks (human closes, rate limits, lagging search
@@ -101,6 +101,10 @@ PROMISES: dict[str, Promise] = {
         states=("open", "closed", "open"), note="public comment", closing="public comment",
         reopening="public comment", finds=True, unknown_status="gone",
         unknown_note="permanent error"),
+    "redmine": Promise(  # the key_field custom field; private notes (private_notes)
+        keys=lambda key: {key}, high="High", states=("New", "Resolved", "New"),
+        note="private note", closing="private note", reopening="private note", finds=True,
+        unknown_status="gone", unknown_note="permanent error", unasked=frozenset()),
     # The dedup_key; with api_token, notes through the REST API. The Events API cannot look up
     # (find: None), and an incident not found may not be made yet: an error, retried, not gone.
     # A reopen is a new trigger with the same dedup_key, its reason in the trigger's details.
@@ -144,11 +148,14 @@ def every_backend(**marks: pytest.MarkDecorator) -> list[Any]:
 
 @pytest.fixture
 async def desk(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Desk]:
-    """The backend named by the test's parameter, with its peer. Request Tracker is the
-    session's: started on first use (about 40 s the first time), skipped where it cannot be."""
+    """The backend named by the test's parameter, with its peer. Request Tracker and Redmine
+    are the session's: started on first use (about 40 s and 20 s the first time), skipped
+    where they cannot be."""
     name: str = request.param
     rt_peer = request.getfixturevalue("rt_peer") if name == "rt" else None
-    async with desks.serve(name, tmp_path, rt_peer=rt_peer) as served:
+    redmine_peer = request.getfixturevalue("redmine_peer") if name == "redmine" else None
+    async with desks.serve(name, tmp_path, rt_peer=rt_peer,
+                           redmine_peer=redmine_peer) as served:
         yield served
         if isinstance(served, GitHubDesk):
             problems = served.violations()

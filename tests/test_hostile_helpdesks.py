@@ -72,6 +72,7 @@ ROUTES: dict[str, dict[str, Any]] = {
     "pagerduty": {"backend": "pagerduty", "routing_key_file": "{token}",
                   "api_token_file": "{token}", "from_email": "probe@example.com",
                   "api_url": "{url}"},
+    "redmine": {"backend": "redmine", "key_file": "{token}", "project": "ops", "key_field": 1},
     "webhook": {"backend": "webhook", "url": "{url}/hooks/probe", "secret_file": "{token}"},
     "topdesk": {"backend": "topdesk", "username": "probe-api",
                 "application_password_file": "{token}", "operator_group": "Network",
@@ -96,7 +97,7 @@ KNOWN_CRASHES: dict[str, str] = {}
 REFS = {"rt": "42", "zendesk": "42", "freshdesk": "42", "jira": "PROJ-42",
         "servicenow": "0123456789abcdef0123456789abcdef", "github": "42", "pagerduty": KEY,
         "webhook": KEY, "topdesk": "0123abcd-4567-4890-abcd-0123456789ab", "zammad": "42",
-        "glpi": "42", "freshservice": "42", "znuny": "42"}
+        "glpi": "42", "freshservice": "42", "znuny": "42", "redmine": "42"}
 
 Call = Callable[[Backend[Any], str], Awaitable[object]]
 CALLS: dict[str, Call] = {

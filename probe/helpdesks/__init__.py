@@ -25,6 +25,7 @@ from probe.helpdesks import (
     jira,
     local,
     pagerduty,
+    redmine,
     rt,
     servicenow,
     topdesk,
@@ -51,6 +52,7 @@ HELPDESKS: dict[str, Helpdesk[Any]] = {helpdesk.name: helpdesk for helpdesk in (
     zammad.HELPDESK,
     glpi.HELPDESK,
     znuny.HELPDESK,
+    redmine.HELPDESK,
 )}
 
 ROUTES: dict[str, type[RouteBase]] = {name: h.route for name, h in HELPDESKS.items()}

@@ -2,9 +2,10 @@
 timeout, the route's credentials on each request, and the translation of whatever comes back
 into a response or a TicketError.
 
-- the Authorization header is made from the route's secret as each request is sent (a rotated
-  secret file takes effect at once, the value is kept nowhere); a secret that cannot be read is
-  a permanent error, since no retry makes the file appear;
+- the Authorization header (or the helpdesk's own credential header: Redmine's) is made from
+  the route's secret as each request is sent (a rotated secret file takes effect at once, the
+  value is kept nowhere); a secret that cannot be read is a permanent error, since no retry
+  makes the file appear;
 - network errors, timeouts, 408, 429 and 5xx are transient, and so is a 403 that is a rate limit
   (X-RateLimit-Remaining: 0, or a Retry-After), and any status the helpdesk documents as "try
   again" (`transient`: Zendesk's 409); so is a 2xx whose body is not the JSON the API promises,
@@ -186,11 +187,13 @@ def _json_type(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Authorization:
-    """The Authorization header of a route's requests: `scheme` makes its value from the
+    """The credential header of a route's requests (`header`: Authorization, unless the
+    helpdesk names its own, as Redmine's X-Redmine-API-Key): `scheme` makes its value from the
     route's `secret` (a setting name: "token", "api_key"), read as each request is sent."""
 
     secret: str
     scheme: Callable[[str], str]
+    header: str = "Authorization"
 
     def value(self, route: RouteBase) -> str:
         return self.scheme(reveal(route, self.secret))
@@ -253,7 +256,8 @@ class Http:
         url = path if path.startswith(("http://", "https://")) else self.base_url + path
         what = f"{method} {path.split('?')[0]}"
         if self._authorization is not None:
-            headers = {"Authorization": self._authorization.value(self._route), **(headers or {})}
+            credential = {self._authorization.header: self._authorization.value(self._route)}
+            headers = {**credential, **(headers or {})}
         through, proxy_headers = self._proxy(url, what)
         if proxy_headers is not None and url.startswith("http://"):
             # Plain HTTP goes to the proxy as it is (no CONNECT): its credentials with it.

@@ -1,14 +1,15 @@
 """Every helpdesk backend paired with its peer on loopback, for the contract every backend keeps
 (tests/test_helpdesk_contract.py): the backend built as the daemon builds it
 (`probe.helpdesks.make_backend` on a validated route), and the ticket read back from the peer's
-own records — the fake's tickets and comments, Request Tracker's REST answers, the mails the
-SMTP server took, the webhook deliveries, the local backend's tables — never from what the
-backend returned.
+own records — the fake's tickets and comments, Request Tracker's and Redmine's REST answers, the
+mails the SMTP server took, the webhook deliveries, the local backend's tables — never from what
+the backend returned.
 
-`serve(name, directory)` starts the peer of helpdesk `name` (Request Tracker is the session's
-`rt_peer`, passed in) and yields a `Desk`; `Desk.record(ref)` is that ticket as the helpdesk
-holds it, in the helpdesk's own words (RT's "Comment", Zendesk's "solved", ServiceNow's state
-"6"), so that a table of what each one promises can be checked against it.
+`serve(name, directory)` starts the peer of helpdesk `name` (Request Tracker and Redmine are the
+session's `rt_peer` and `redmine_peer`, passed in) and yields a `Desk`; `Desk.record(ref)` is
+that ticket as the helpdesk holds it, in the helpdesk's own words (RT's "Comment", Zendesk's
+"solved", ServiceNow's state "6"), so that a table of what each one promises can be checked
+against it.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from tests.harness.fake_znuny import kind as znuny_kind
 from tests.harness.helpdesk import Helpdesk
 from tests.harness.httpserver import serve_app
 from tests.harness.openapi import github_description, load
+from tests.harness.redminepeer import RedmineApi, RedminePeer
 from tests.harness.rtpeer import KEY_FIELD as RT_KEY_FIELD
 from tests.harness.rtpeer import RtApi, RtPeer
 
@@ -324,6 +326,33 @@ async def _rt(directory: Path, peer: RtPeer) -> AsyncIterator[Desk]:
     headers = {"Authorization": f"token {peer.token}"}
     async with aiohttp.ClientSession(headers=headers) as session:
         yield RtDesk(directory, peer, RtApi(peer, session))
+
+
+# --- Redmine, the real one ----------------------------------------------------------------
+
+
+class RedmineDesk(Desk):
+    name = "redmine"
+    unknown_ref = "999999999"
+
+    def __init__(self, directory: Path, peer: RedminePeer, api: RedmineApi) -> None:
+        super().__init__(directory, peer.settings(directory))
+        self.api = api
+
+    async def record(self, ref: str) -> Record:
+        issue = await self.api.issue(ref)
+        keys = [cf["value"] for cf in issue["custom_fields"] if cf["id"] == self.api.peer.key_field]
+        return Record(frozenset(keys), issue["priority"]["name"], issue["status"]["name"],
+                      tuple(await self.api.notes(ref)))
+
+    async def tickets(self, key: str) -> int:
+        return len(await self.api.with_key(key))
+
+
+@contextlib.asynccontextmanager
+async def _redmine(directory: Path, peer: RedminePeer) -> AsyncIterator[Desk]:
+    async with aiohttp.ClientSession(headers={"X-Redmine-API-Key": peer.key}) as session:
+        yield RedmineDesk(directory, peer, RedmineApi(peer, session))
 
 
 # --- the fakes: Zendesk, Freshdesk, Freshservice, Jira, ServiceNow, GitHub, PagerDuty, TOPdesk,
@@ -649,14 +678,19 @@ PEERS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Desk]]]
 
 @contextlib.asynccontextmanager
 async def serve(
-    name: str, directory: Path, *, rt_peer: RtPeer | None = None
+    name: str, directory: Path, *, rt_peer: RtPeer | None = None,
+    redmine_peer: RedminePeer | None = None,
 ) -> AsyncIterator[Desk]:
-    """Helpdesk `name` on loopback, its route's files in `directory` (Request Tracker's peer
-    is the session's: `rt_peer`). Every backend made on it is closed at the end."""
+    """Helpdesk `name` on loopback, its route's files in `directory` (Request Tracker's and
+    Redmine's peers are the session's: `rt_peer`, `redmine_peer`). Every backend made on it is
+    closed at the end."""
     peer: contextlib.AbstractAsyncContextManager[Desk]
     if name == "rt":
         assert rt_peer is not None, "Request Tracker is the session's peer: pass rt_peer"
         peer = _rt(directory, rt_peer)
+    elif name == "redmine":
+        assert redmine_peer is not None, "Redmine is the session's peer: pass redmine_peer"
+        peer = _redmine(directory, redmine_peer)
     else:
         peer = PEERS[name](directory)
     async with peer as desk:

@@ -31,7 +31,7 @@ FIELDS = (
     "errorMessages", "error", "message", "description", "details", "externalNumber", "closed",
     "completed", "operator", "operatorGroup", "processingStatus", "archivingReason", "owner_id",
     "session_token", "externalid", "is_deleted", "type", "SessionID", "Error", "TicketID", "Ticket",
-    "TicketNumber",
+    "TicketNumber", "issue",
 )
 # ...and, one level or two further in, the ones read there.
 INNER = (
@@ -40,7 +40,7 @@ INNER = (
     "correlation_id", "external_id", "tags", "custom_fields", "IncidentKey", "Subject",
     "created_at", "title", "deleted", "spam", "assignee_id", "description", "owner_id",
     "externalid", "is_deleted", "type", "ErrorCode", "ErrorMessage", "TicketID", "StateType",
-    "Lock", "Owner", "DynamicField", "Name", "Value",
+    "Lock", "Owner", "DynamicField", "Name", "Value", "is_closed", "value", "assigned_to",
 )
 WRONG: dict[str, Any] = {
     "null": None, "object": {}, "list": [], "string": "42", "number": 42, "true": True,
@@ -199,7 +199,10 @@ def plausible(key: str) -> dict[str, Any]:
                      "custom_fields": {"cf_incident_key": key}}],
         "custom_fields": {"cf_incident_key": key}, "tags": [freshdesk.key_tag(key)],
         "responder_id": 7, "owner_id": 7,
-        "issues": [{"key": "PROJ-42", "fields": {"labels": [jira.key_label(key)]}}],
+        "issues": [{"key": "PROJ-42", "fields": {"labels": [jira.key_label(key)]},
+                    "id": 42, "custom_fields": [{"id": 1, "value": key}]}],
+        "issue": {"id": 42, "status": {"id": 1, "is_closed": False}, "assigned_to": None,
+                  "custom_fields": [{"id": 1, "value": key}]},
         "fields": {"status": {"name": "Open", "statusCategory": {"key": "new"}},
                    "assignee": None, "labels": [jira.key_label(key)]},
         "transitions": [
