@@ -179,6 +179,11 @@ async def test_an_untaken_ticket_is_escalated_and_a_taken_one_is_not(
     # the escalation ticket first, then the note on the untaken one
     await until("the escalation note", lambda: any(
         "probe escalated it to the oncall route" in t for _, t in desk.notes(1)))
+    # At the recovery, the escalation ticket is resolved with the first: none stays open.
+    target.down = False
+    await until("both tickets resolved", lambda: [status for *_, status, _ in desk.tickets()]
+                == ["resolved", "resolved"])
+    assert len(desk.tickets()) == 2  # and the escalation ticket was never escalated itself
 
 
 async def test_a_taken_ticket_is_not_escalated(target: Target, run: Runner) -> None:

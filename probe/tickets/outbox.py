@@ -22,6 +22,7 @@ ledger's (probe.tickets.ledger).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -301,7 +302,10 @@ class Dispatcher:
         await self.ledger.delivered(row.id)
 
     async def _reopen(self, row: Row) -> None:
-        for ticket in await self.ledger.open_tickets(row.incident_key):
+        # The ticket a human closed is on the route the watcher queued this on; the
+        # incident's other open ticket (its escalation's) was never closed.
+        for ticket in [t for t in await self.ledger.open_tickets(row.incident_key)
+                       if t.route == row.route]:
             try:
                 await self.backends[ticket.route].reopen(ticket.ref, render.reopened(row.facts))
             except TicketError as err:
@@ -383,15 +387,19 @@ class Dispatcher:
         assert follow.escalate_to and follow.ticket_key and follow.ref and follow.after
         target = self.backends[follow.escalate_to]
         escalation_key = f"{follow.ticket_key}/escalation"
+        policy = row.facts.ticket or Policy()
         ref = await target.find(escalation_key) if row.unknown_outcome else None
         if ref is None:
-            policy = row.facts.ticket or Policy()
             ticket = render.ticket(row.facts, escalation_key, policy.priority,
                                    recent=(await self.context(row.facts.group)).recent)
             await self._count(row, target)
-            await target.open(ticket)
+            ref = await target.open(ticket)
         await self.backends[row.route].note(
             follow.ref, render.escalated(follow.escalate_to, follow.after))
-        await self.ledger.delivered(row.id)
+        # One of the incident's tickets from now on, recorded as its action is delivered:
+        # resolved with the others at the recovery (it used to be left open there), never
+        # escalated itself.
+        await self.ledger.opened(row.id, escalation_key, row.incident_key, follow.escalate_to,
+                                 ref, dataclasses.replace(policy, escalate_after=None))
         log.warning("ticket escalated %s", fields(route=row.route, to=follow.escalate_to,
                                                   key=follow.ticket_key))
