@@ -189,13 +189,14 @@ async def test_a_missing_password_is_a_permanent_error_naming_it(
         "servicenow password: password: environment variable PROBE_TEST_SNOW_PASSWORD is not set")
 
 
-@pytest.mark.parametrize(("headers", "expected"), [
-    ({"Retry-After": "30", "X-RateLimit-Reset": str(int(time.time()) + 600)}, (30, 30)),
-    ({"X-RateLimit-Reset": str(int(time.time()) + 600)}, (500, 600)),
-])
+@pytest.mark.parametrize(("retry_after", "expected"), [("30", (30, 30)), (None, (500, 600))])
 async def test_a_429_is_transient_and_says_when_to_try_again(
-    desk: Backend, snow: FakeServiceNow, headers: dict[str, str], expected: tuple[float, float]
+    desk: Backend, snow: FakeServiceNow, retry_after: str | None, expected: tuple[float, float]
 ) -> None:
+    # The reset time is made now, not when the tests were collected (minutes before, in a
+    # whole run).
+    headers = {"X-RateLimit-Reset": str(int(time.time()) + 600),
+               **({"Retry-After": retry_after} if retry_after else {})}
     snow.fail("POST", "/api/now/table/incident$", 429, headers={
         "X-RateLimit-Limit": "100", **headers}, body={"error": {
             "message": "Rate limit exceeded", "detail": "Exceeded 100 requests per hour"},
