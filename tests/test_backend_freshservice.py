@@ -16,7 +16,8 @@ import pydantic
 import pytest
 
 from probe.helpdesks.base import Ticket, TicketError
-from probe.helpdesks.freshservice import Backend, Route, key_tag
+from probe.helpdesks.freshdesk import key_tag
+from probe.helpdesks.freshservice import Backend, Route
 from tests.harness.daemon import ProbeProcess, Target
 from tests.harness.fake_freshservice import (
     DAY,

@@ -23,7 +23,6 @@ import pytest
 from probe.helpdesks import webhook
 from probe.helpdesks.base import Backend, Helpdesk, RouteBase, Ticket, TicketError
 from probe.helpdesks.freshdesk import key_tag
-from probe.helpdesks.freshservice import key_tag as freshservice_tag
 from probe.helpdesks.github import key_label as github_label
 from probe.helpdesks.http import SHAPE
 from probe.helpdesks.jira import key_label as jira_label
@@ -84,7 +83,7 @@ PROMISES: dict[str, Promise] = {
         note="private note", closing="private note", reopening="private note", finds=True,
         unknown_status="gone", unknown_note="permanent error"),
     "freshservice": Promise(  # the key_field custom text field and a hash tag
-        keys=lambda key: {key, freshservice_tag(key)}, high="priority 3, urgency 3, impact 2",
+        keys=lambda key: {key, key_tag(key)}, high="priority 3, urgency 3, impact 2",
         states=("2", "4", "2"), note="private note", closing="private note",
         reopening="private note", finds=True, unknown_status="gone",
         unknown_note="permanent error"),

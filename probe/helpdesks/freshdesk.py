@@ -82,7 +82,7 @@ class Backend(base.Backend[Route]):
     def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
         super().__init__(name, route, database=database)
         api_key = Authorization("api_key", lambda api_key: basic(api_key, "X"))
-        self._http = Http(route, route.url + "/api/v2", authorization=api_key, words=_reasons)
+        self._http = Http(route, route.url + "/api/v2", authorization=api_key, words=reasons)
 
     async def find(self, key: str) -> str | None:
         route = self.route
@@ -131,7 +131,7 @@ class Backend(base.Backend[Route]):
 
     async def resolve(self, ref: str, text: str) -> None:
         ticket = await self._ticket(ref)
-        if ticket is None or _binned(ticket):
+        if ticket is None or binned(ticket):
             return  # nothing left to resolve
         # The status first: a retry after a failed note then adds the note alone, not twice
         # (a private note leaves a resolved ticket resolved).
@@ -145,7 +145,7 @@ class Backend(base.Backend[Route]):
 
     async def status(self, ref: str) -> TicketState:
         ticket = await self._ticket(ref)
-        if ticket is None or _binned(ticket):
+        if ticket is None or binned(ticket):
             return "gone"
         state = ticket.number("status")
         if state in (RESOLVED, CLOSED):
@@ -164,7 +164,7 @@ class Backend(base.Backend[Route]):
         ids = []
         for item in tickets:
             ticket_id = item.number("id")
-            if not ticket_id or _binned(item):
+            if not ticket_id or binned(item):
                 continue
             custom = item.object("custom_fields")
             in_field = bool(field and custom is not None and custom.get(field) == key)
@@ -195,13 +195,14 @@ def as_html(text: str) -> str:
     return f"<pre>{html.escape(text)}</pre>"
 
 
-def _binned(ticket: Fields) -> bool:
+def binned(ticket: Fields) -> bool:
+    """Deleted or marked as spam: as good as gone (Freshdesk's and Freshservice's flags)."""
     return bool(ticket.flag("deleted") or ticket.flag("spam"))
 
 
-def _reasons(error: dict[str, Any]) -> str:
-    """Freshdesk's reasons: "Validation failed" alone says little, the per-field errors say
-    why."""
+def reasons(error: dict[str, Any]) -> str:
+    """Freshdesk's reasons (and Freshservice's: the same Freshworks error body): "Validation
+    failed" alone says little, the per-field errors say why."""
     words: list[str] = []
     said = error.get("description") or error.get("message")
     if isinstance(said, str) and said:

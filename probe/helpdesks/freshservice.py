@@ -51,8 +51,6 @@ nothing); resolved or closed is "closed"; deleted, spam or unknown is "gone".
 
 from __future__ import annotations
 
-import hashlib
-import html
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import quote
@@ -61,6 +59,9 @@ from pydantic import Field, model_validator
 
 from probe.helpdesks import base
 from probe.helpdesks.base import BaseUrl, PriorityMap, RouteBase, TicketError, TicketState
+
+# Freshworks' helpdesks share these: the key's tag, the HTML body, the bin, the error words.
+from probe.helpdesks.freshdesk import as_html, binned, key_tag, reasons
 from probe.helpdesks.http import Authorization, Fields, Http, basic
 from probe.secrets import EnvRef
 
@@ -105,7 +106,7 @@ class Backend(base.Backend[Route]):
     def __init__(self, name: str, route: Route, *, database: Path | None = None) -> None:
         super().__init__(name, route, database=database)
         api_key = Authorization("api_key", lambda api_key: basic(api_key, "X"))
-        self._http = Http(route, route.url + "/api/v2", authorization=api_key, words=_reasons)
+        self._http = Http(route, route.url + "/api/v2", authorization=api_key, words=reasons)
 
     async def find(self, key: str) -> str | None:
         route = self.route
@@ -160,7 +161,7 @@ class Backend(base.Backend[Route]):
 
     async def resolve(self, ref: str, text: str) -> None:
         ticket = await self._ticket(ref)
-        if ticket is None or _binned(ticket):
+        if ticket is None or binned(ticket):
             return  # nothing left to resolve
         state = ticket.number("status")
         if state == CLOSED:
@@ -175,7 +176,7 @@ class Backend(base.Backend[Route]):
 
     async def status(self, ref: str) -> TicketState:
         ticket = await self._ticket(ref)
-        if ticket is None or _binned(ticket):
+        if ticket is None or binned(ticket):
             return "gone"
         state = ticket.number("status")
         if state in (RESOLVED, CLOSED):
@@ -194,7 +195,7 @@ class Backend(base.Backend[Route]):
         for item in tickets:
             ticket_id = item.number("id")
             custom = item.object("custom_fields")
-            if not ticket_id or _binned(item) or custom is None:
+            if not ticket_id or binned(item) or custom is None:
                 continue
             if custom.get(self.route.key_field) == key:
                 ids.append(ticket_id)
@@ -221,35 +222,6 @@ def ticket_path(ref: str) -> str:
     if not ref.isdigit():
         raise TicketError(f"{ref!r} is not a Freshservice ticket id", permanent=True)
     return f"/tickets/{ref}"
-
-
-def key_tag(key: str) -> str:
-    """The tag the filter finds `key` by: any key, in letters, digits and dashes (what the
-    filter's quoted tag value takes without escaping)."""
-    return "probe-key-" + hashlib.sha256(key.encode()).hexdigest()[:20]
-
-
-def as_html(text: str) -> str:
-    return f"<pre>{html.escape(text)}</pre>"
-
-
-def _binned(ticket: Fields) -> bool:
-    return bool(ticket.flag("deleted") or ticket.flag("spam"))
-
-
-def _reasons(error: dict[str, Any]) -> str:
-    """Freshservice's reasons: "Validation failed" alone says little, the per-field errors say
-    why."""
-    words: list[str] = []
-    said = error.get("description") or error.get("message")
-    if isinstance(said, str) and said:
-        words.append(said)
-    errors = error.get("errors")
-    for problem in errors if isinstance(errors, list) else []:
-        if isinstance(problem, dict):
-            field, text = problem.get("field"), problem.get("message") or problem.get("code")
-            words.append(f"{field}: {text}" if field else str(text))
-    return ": ".join(words)
 
 
 HELPDESK = base.Helpdesk(route=Route, backend=Backend)
