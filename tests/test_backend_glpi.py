@@ -18,7 +18,14 @@ import pytest
 from probe.helpdesks.base import Ticket, TicketError
 from probe.helpdesks.glpi import Backend, Route
 from tests.harness.daemon import ProbeProcess, Target
-from tests.harness.fake_glpi import APP_TOKEN, HTML_PAGE, USER_TOKEN, FakeGlpi, serve_glpi
+from tests.harness.fake_glpi import (
+    APP_TOKEN,
+    HTML_PAGE,
+    USER_TOKEN,
+    FakeGlpi,
+    like,
+    serve_glpi,
+)
 from tests.harness.ports import free_port
 from tests.harness.proc import PROBE
 from tests.harness.wait import until
@@ -130,7 +137,8 @@ async def test_a_glpi_without_ticket_externalid_is_a_permanent_error_that_says_s
     assert caught.value.message == (
         f"GLPI ticket {created} was created without the incident key in its External ID "
         "(externalid): this GLPI has no such ticket field (GLPI 10.0 has none; GLPI 11 has it), "
-        "and probe could not find the ticket again")
+        "and probe could not find the ticket again. Set key_in: title on the route to keep the "
+        "key in the ticket's name")
 
 
 async def test_a_503_on_open_is_transient_and_the_retry_opens_one_ticket(
@@ -330,6 +338,121 @@ async def test_open_tickets_lists_every_open_ticket_of_the_agent_so_a_duplicate_
         ("probe-eu-1/dns/4", pending)]
 
 
+# --- GLPI 10.0: the key in the ticket's name (key_in: title) ----------------------------------
+
+
+def named(key: str) -> str:
+    return f"{ticket().title} [probe:{key}]"
+
+
+@pytest.fixture
+def glpi10(glpi: FakeGlpi, make: MakeBackend) -> Backend:
+    """A key_in: title route to a GLPI 10.0, whose tickets have no externalid."""
+    glpi.knows_externalid = False
+    return make(key_in="title")
+
+
+async def test_a_title_route_ends_the_tickets_name_with_the_key_and_sends_no_externalid(
+    glpi10: Backend, glpi: FakeGlpi, make: MakeBackend
+) -> None:
+    ref = await glpi10.open(ticket())
+    created = glpi.tickets[int(ref)]
+    assert created["name"] == named(KEY)
+    assert "externalid" not in created and created["urgency"] == 5
+    assert await glpi10.find(KEY) == ref
+
+    glpi.knows_externalid = True  # GLPI 11 keeps an externalid sent: none is
+    eleven = await make(key_in="title").open(ticket("probe-eu-1/db/1"))
+    assert glpi.tickets[int(eleven)]["externalid"] is None
+
+
+async def test_a_long_title_gives_way_to_the_key_and_a_long_key_goes_as_its_hash(
+    glpi10: Backend, glpi: FakeGlpi
+) -> None:
+    # GLPI 10.0 stores "<" as "&#60;": the title is cut to what fits once stored so.
+    long_title = "[probe] shop DOWN: <html> " * 20
+    ref = await glpi10.open(ticket(title=long_title))
+    name = glpi.tickets[int(ref)]["name"]
+    assert name.endswith("… [probe:probe-eu-1/shop/3]")
+    assert len(name) + 4 * sum(name.count(c) for c in "<>&") <= 255
+    assert long_title.startswith(name.removesuffix("… [probe:probe-eu-1/shop/3]"))
+
+    key = "probe-eu-1/" + "a-very-long-service-name-" * 9 + "/1"
+    ref = await glpi10.open(ticket(key))
+    name = glpi.tickets[int(ref)]["name"]
+    hashed = "probe-sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    assert name.endswith(f" [probe:{hashed}]") and len(name) <= 255
+    assert len(name) - len(f" [probe:{hashed}]") >= 40  # the title keeps its room
+    assert await glpi10.find(key) == ref
+
+
+async def test_a_title_route_finds_only_the_exact_key_not_what_like_matches(
+    glpi10: Backend, glpi: FakeGlpi
+) -> None:
+    key = "probe-eu-1/shop_a%/1"
+    # What GLPI's LIKE '%[probe:probe-eu-1/shop_a%/1]' also answers: "_" and "%" are
+    # wildcards, and case is ignored.
+    for other in ("probe-eu-1/shopXaYZ/1", "PROBE-EU-1/shop_a%/1", "probe-eu-1/shopQa/9/1"):
+        look_alike = glpi.tickets[int(await glpi10.open(ticket(other)))]
+        assert like(f"[probe:{key}]$").fullmatch(look_alike["name"])
+    trashed = await glpi10.open(ticket(key))
+    glpi.tickets[int(trashed)]["is_deleted"] = 1
+    assert await glpi10.find(key) is None
+
+    ref = await glpi10.open(ticket(key))
+    assert await glpi10.find(key) == ref
+    assert await glpi10.find("probe-eu-1/shopXaYZ/1") != ref
+    assert await glpi10.find("probe-eu-1/shop") is None  # the token is whole, at the end
+
+
+async def test_a_title_route_open_that_times_out_is_found_by_the_retry_not_opened_twice(
+    glpi: FakeGlpi, make: MakeBackend
+) -> None:
+    glpi.knows_externalid = False
+    desk = make(key_in="title", timeout="500ms")
+    glpi.fail("POST", "/Ticket$", stall=1.5)
+    with pytest.raises(TicketError) as caught:
+        await desk.open(ticket())
+    assert not caught.value.permanent
+    (created,) = glpi.tickets
+    assert await desk.find(KEY) == str(created)  # so the dispatcher does not open a second one
+    assert list(glpi.tickets) == [created]
+
+
+async def test_a_name_glpi_did_not_keep_whole_is_a_permanent_error_that_says_so(
+    glpi10: Backend, glpi: FakeGlpi
+) -> None:
+    # As a GLPI would answer that cut the name short: the token lost.
+    glpi.fail("GET", r"/Ticket/\d+$", 200,
+              body={"id": 101, "status": 1, "is_deleted": 0, "name": "[probe] shop DOWN [pro"})
+    with pytest.raises(TicketError) as caught:
+        await glpi10.open(ticket())
+    assert caught.value.permanent
+    assert caught.value.message == (
+        "GLPI ticket 101 was created without the incident key at the end of its name (GLPI "
+        "kept '[probe] shop DOWN [pro'), and probe could not find the ticket again")
+
+
+async def test_a_title_route_lists_the_agents_open_tickets_from_their_names(
+    glpi10: Backend, glpi: FakeGlpi
+) -> None:
+    twice, other, again = [await glpi10.open(ticket(key)) for key in (
+        "probe-eu-1/shop/1", "probe-eu-1/db/2", "probe-eu-1/shop/1")]
+    pending = await glpi10.open(ticket("probe-eu-1/dns/4"))
+    glpi.set_status(int(pending), 4)
+    glpi.assign(int(other))
+    solved, trashed = [await glpi10.open(ticket(f"probe-eu-1/old/{n}")) for n in range(2)]
+    glpi.set_status(int(solved), 5)
+    glpi.tickets[int(trashed)]["is_deleted"] = 1
+    await glpi10.open(ticket("probe-eu-2/shop/1"))  # another agent's
+    await glpi10.open(ticket("probe-euX1/shop/1"))  # "_" would match it in a LIKE
+    await glpi10.open(ticket("PROBE-EU-1/shop/1"))  # and LIKE ignores case
+    assert await glpi10.open_tickets("probe-eu_1/") == []
+    assert await glpi10.open_tickets("probe-eu-1/") == [
+        ("probe-eu-1/shop/1", twice), ("probe-eu-1/db/2", other),
+        ("probe-eu-1/shop/1", again), ("probe-eu-1/dns/4", pending)]
+
+
 # --- notes, resolve, reopen --------------------------------------------------------------------
 
 
@@ -453,7 +576,7 @@ def test_the_link_is_the_tickets_form_in_glpi() -> None:
 
 
 def daemon_config(glpi: FakeGlpi, target: Target, secrets: dict[str, str], port: int,
-                  state: Path) -> str:
+                  state: Path, key_in: str = "externalid") -> str:
     return f"""
 agent: {{name: t, state_dir: {state}, listen: "127.0.0.1:{port}"}}
 defaults:
@@ -473,6 +596,7 @@ ticketing:
       user_token_file: {secrets["user_token_file"]}
       app_token_file: {secrets["app_token_file"]}
       group_id: 3
+      key_in: {key_in}
       escalate_to: oncall
       timeout: 1s
     oncall:
@@ -481,6 +605,7 @@ ticketing:
       user_token_file: {secrets["user_token_file"]}
       app_token_file: {secrets["app_token_file"]}
       group_id: 4
+      key_in: {key_in}
       timeout: 1s
 checks:
   - name: web
@@ -489,19 +614,22 @@ checks:
 """
 
 
+@pytest.mark.parametrize("key_in", ["externalid", "title"])
 async def test_probe_run_opens_escalates_reopens_and_resolves_one_glpi_ticket(
-    glpi: FakeGlpi, target: Target, secrets: dict[str, str], tmp_path: Path
+    glpi: FakeGlpi, target: Target, secrets: dict[str, str], tmp_path: Path, key_in: str
 ) -> None:
+    glpi.knows_externalid = key_in == "externalid"  # title: as on GLPI 10.0, which has none
     port = free_port()
     config = tmp_path / "probe.yaml"
-    config.write_text(daemon_config(glpi, target, secrets, port, tmp_path / "state"))
+    config.write_text(daemon_config(glpi, target, secrets, port, tmp_path / "state", key_in))
     probe = ProbeProcess(config, port).start()
     try:
         await probe.wait("the daemon to start", lambda: "probe started" in probe.log_text())
         target.down = True
 
         def with_key(key: str) -> list[dict[str, Any]]:
-            return [t for t in glpi.tickets.values() if t["externalid"] == key]
+            return [t for t in glpi.tickets.values() if t.get("externalid") == key
+                    or (key_in == "title" and t["name"].endswith(f" [probe:{key}]"))]
 
         (first,) = await probe.wait("the ticket", lambda: with_key("t/shop/1"))
         ticket_id = first["id"]

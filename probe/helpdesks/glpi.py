@@ -14,16 +14,24 @@ API's errors, ITILFollowup, the ticket's fields):
   entities_id, itilcategories_id, _groups_id_assign}} answers 201 {"id": N}; GLPI derives the
   priority from urgency and impact (1 very low to 5 very high) with its priority matrix.
   Content is rich text (HTML): probe's text goes as escaped text in <pre>.
-- The incident key goes in the ticket's External ID (`externalid`, 255 characters: a longer
-  key is stored as its hash). GLPI drops input fields it does not know without a word, and
-  GLPI 10.0's tickets have no externalid (it came with GLPI 11): open() reads the ticket back and
-  refuses, naming the cause, a GLPI that did not keep the key.
-- The API takes no idempotency key and externalid is not unique: a retry of unknown outcome
-  asks find() first. GET /Ticket?searchText[externalid]=^KEY$ lists tickets whose externalid
-  is LIKE the key ("^" and "$" anchor it; "_" stays a wildcard), so every row is checked to
-  carry the key exactly; tickets in the trash are left out. (GET /search/Ticket would need
-  the search option of externalid, which only recent GLPI versions declare.) open_tickets()
-  asks the same with the agent's prefix, once for each status that is not solved or closed.
+- The incident key goes where the route's `key_in` says. `externalid` (the default): the
+  ticket's External ID (255 characters: a longer key is stored as its hash). GLPI drops input
+  fields it does not know without a word, and GLPI 10.0's tickets have no externalid (it came
+  with GLPI 11): open() reads the ticket back and refuses, naming the cause and `key_in:
+  title`, a GLPI that did not keep the key. `title`: the key ends the ticket's name as a
+  subject token, `TITLE [probe:KEY]`, the title cut to leave it room in the name's 255
+  characters (counted as GLPI 10.0 stores them: <, > and & as five-character HTML entities);
+  a key that would leave the title under TITLE_ROOM characters goes as its hash. open() reads
+  the name back to check the token was kept whole.
+- The API takes no idempotency key and neither externalid nor a name is unique: a retry of
+  unknown outcome asks find() first. GET /Ticket?searchText[externalid]=^KEY$ (or
+  searchText[name]=[probe:KEY]$) lists tickets whose field is LIKE the value ("^" and "$"
+  anchor it; "%" stays a wildcard, "_" too where the GLPI version does not escape it, and the
+  collation ignores case), so every row is checked to carry the key exactly; tickets in the
+  trash are left out. (GET /search/Ticket
+  would need the search option of externalid, which only recent GLPI versions declare.)
+  open_tickets() asks the same with the agent's prefix, once for each status that is not
+  solved or closed.
 - GLPI itself sends no rate limit; a proxy's 429 or 503, with Retry-After, is retried then.
 - Followups: POST /ITILFollowup {"input": {itemtype: "Ticket", items_id, content, is_private:
   1}}: private followups are seen by technicians only (and a public one may assign probe's
@@ -51,8 +59,10 @@ that is not found, or is in the trash, is "gone".
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import html
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +89,7 @@ INCIDENT = 1  # Ticket.type: 1 incident, 2 request
 TECHNICIAN = 2  # Ticket_User.type: 1 requester, 2 assigned, 3 observer
 EXTERNALID_CHARS = 255
 NAME_CHARS = 255
+TITLE_ROOM = 40  # of the name, kept for the title: a ticket list shows the name, not the key
 LISTED = 1000  # open tickets of one status open_tickets() reads: far more than an agent keeps
 SESSION_EXPIRED = "ERROR_SESSION_TOKEN_INVALID"
 Level = Annotated[int, Field(ge=1, le=5)]  # GLPI's urgency and impact: 1 very low, 5 very high
@@ -96,6 +107,7 @@ class Route(RouteBase):
     category_id: int | None = None  # itilcategories_id
     urgency: PriorityMap[Level] = {"urgent": 5, "high": 4, "normal": 3, "low": 2}
     impact: PriorityMap[Level] = {"urgent": 4, "high": 3, "normal": 3, "low": 2}
+    key_in: Literal["externalid", "title"] = "externalid"  # title: GLPI 10.0, no externalid
 
     secrets: ClassVar[dict[str, bool]] = {"user_token": True, "app_token": False}
 
@@ -108,7 +120,8 @@ class GlpiTicket:
     """What probe reads of a ticket."""
 
     status: int
-    externalid: str | None
+    name: str
+    key: str | None  # as the route keeps it: in externalid, or in the token ending the name
 
     def described(self) -> str:
         return f"{STATUSES.get(self.status, 'status')} ({self.status})"
@@ -121,38 +134,47 @@ class Backend(base.Backend[Route]):
                           headers={"Accept": "application/json"})
         self._token: str | None = None
         self._login = asyncio.Lock()  # one initSession at a time for the route's shared client
+        self._in_title = route.key_in == "title"
+        self._search = "searchText[name]" if self._in_title else "searchText[externalid]"
 
     async def find(self, key: str) -> str | None:
-        stored = externalid(key)
-        params = {"searchText[externalid]": f"^{stored}$", "range": "0-199",
-                  "get_hateoas": "false", "is_deleted": "false"}
+        stored = self._stored(key)
+        wanted = f"{token(stored)}$" if self._in_title else f"^{stored}$"
+        params = {self._search: wanted, "range": "0-199", "get_hateoas": "false",
+                  "is_deleted": "false"}
         response = await self._call("GET", "/Ticket", params=params)
         ids = [ticket_id for row in _rows(response)
-               if row.get("externalid") == stored and (ticket_id := row.number("id"))]
+               if self._key(row) == stored and not row.number("is_deleted")
+               and (ticket_id := row.number("id"))]
         return str(max(ids)) if ids else None
 
     async def open_tickets(self, prefix: str) -> list[tuple[str, str]] | None:
         tickets: list[tuple[str, str]] = []
         for status in (NEW, ASSIGNED, PLANNED, WAITING):  # searchText cannot say "not solved"
-            params = {"searchText[externalid]": f"^{prefix}", "searchText[status]": f"^{status}$",
-                      "range": f"0-{LISTED - 1}", "get_hateoas": "false"}
+            params = {self._search: token(prefix)[:-1] if self._in_title else f"^{prefix}",
+                      "searchText[status]": f"^{status}$", "range": f"0-{LISTED - 1}",
+                      "get_hateoas": "false"}
             for row in _rows(await self._call("GET", "/Ticket", params=params)):
-                key, ticket_id = row.text("externalid"), row.number("id")
-                # searchText is a LIKE: "_" in the prefix matches any character
+                key, ticket_id = self._key(row), row.number("id")
+                # searchText is a LIKE: "_" in the prefix matches any character, in any case
                 if key and key.startswith(prefix) and ticket_id and row.get("status") == status:
                     tickets.append((key, str(ticket_id)))
         return sorted(tickets, key=lambda found: int(found[1]))
 
     async def open(self, ticket: base.Ticket) -> str:
         route = self.route
+        stored, title = self._stored(ticket.key), " ".join(ticket.title.split())
+        if self._in_title:
+            title = f"{_cut(title, NAME_CHARS - len(token(stored)) - 1)} {token(stored)}"
         fields: dict[str, Any] = {
-            "name": _cut(" ".join(ticket.title.split()), NAME_CHARS),
+            "name": _cut(title, NAME_CHARS),
             "content": _rich(ticket.body),
             "type": INCIDENT,
             "urgency": route.urgency[ticket.priority],
             "impact": route.impact[ticket.priority],
-            "externalid": externalid(ticket.key),
         }
+        if not self._in_title:
+            fields["externalid"] = stored
         for name, value in (("entities_id", route.entities_id),
                             ("itilcategories_id", route.category_id),
                             ("_groups_id_assign", route.group_id)):
@@ -164,11 +186,17 @@ class Backend(base.Backend[Route]):
             raise TicketError(f"{response.what}: HTTP {response.status} without a ticket id")
         ref = str(created)
         kept = await self._ticket(ref)
-        if kept is not None and kept.externalid != fields["externalid"]:
+        if kept is not None and kept.key != stored:
+            if self._in_title:
+                raise TicketError(
+                    f"GLPI ticket {ref} was created without the incident key at the end of its "
+                    f"name (GLPI kept {kept.name!r}), and probe could not find the ticket again",
+                    permanent=True)
             raise TicketError(
                 f"GLPI ticket {ref} was created without the incident key in its External ID "
                 "(externalid): this GLPI has no such ticket field (GLPI 10.0 has none; GLPI 11 "
-                "has it), and probe could not find the ticket again", permanent=True)
+                "has it), and probe could not find the ticket again. Set key_in: title on the "
+                "route to keep the key in the ticket's name", permanent=True)
         return ref
 
     async def note(self, ref: str, text: str) -> None:
@@ -228,6 +256,20 @@ class Backend(base.Backend[Route]):
 
     # --- helpers -------------------------------------------------------------------------------
 
+    def _stored(self, key: str) -> str:
+        """The key as the route stores it: whole where it fits, else its hash."""
+        if not self._in_title:
+            return hashed(key, EXTERNALID_CHARS)
+        return hashed(key, NAME_CHARS - TITLE_ROOM - len(token("")) - 1)
+
+    def _key(self, ticket: Fields) -> str | None:
+        """The key a ticket carries where the route keeps it (as stored: maybe a hash)."""
+        if not self._in_title:
+            return ticket.text("externalid")
+        name = ticket.text("name") or ""
+        start = name.rfind("[probe:")  # no check or service name holds "[", nor a hash
+        return name[start + len("[probe:"):-1] if start >= 0 and name.endswith("]") else None
+
     async def _followup(self, ref: str, text: str) -> None:
         followup = {"itemtype": "Ticket", "items_id": int(ref), "content": _rich(text),
                     "is_private": 1}
@@ -250,7 +292,7 @@ class Backend(base.Backend[Route]):
             raise TicketError(f"{response.what}: HTTP {response.status} without a status")
         if fields.number("is_deleted"):
             return None  # in the trash: what a person sees as deleted
-        return GlpiTicket(status=status, externalid=fields.text("externalid"))
+        return GlpiTicket(status=status, name=fields.text("name") or "", key=self._key(fields))
 
     async def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (),
                     **kwargs: Any) -> Response:
@@ -294,11 +336,16 @@ class Backend(base.Backend[Route]):
         return headers
 
 
-def externalid(key: str) -> str:
-    """The key as stored in externalid: whole where it fits, else its hash."""
-    if len(key) <= EXTERNALID_CHARS:
+def hashed(key: str, limit: int) -> str:
+    """The key whole where it fits in `limit` characters, else its hash."""
+    if len(key) <= limit:
         return key
     return "probe-sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def token(key: str) -> str:
+    """The subject token that ends a ticket's name on a `key_in: title` route."""
+    return f"[probe:{key}]"
 
 
 def ticket_path(ref: str) -> str:
@@ -329,7 +376,13 @@ def _rich(text: str) -> str:
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """The text in `limit` characters as GLPI 10.0 stores them, with an ellipsis if cut: it
+    writes <, > and & as HTML entities (&#60;), and a name too long for its column is refused
+    or cut short, which would cut off the key's token."""
+    totals = list(itertools.accumulate(5 if char in "<>&" else 1 for char in text))
+    if not totals or totals[-1] <= limit:
+        return text
+    return text[:bisect.bisect_right(totals, limit - 1)] + "…"
 
 
 HELPDESK = base.Helpdesk(route=Route, backend=Backend)

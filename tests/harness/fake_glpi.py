@@ -6,10 +6,12 @@ It keeps GLPI's traps: every call needs a session from initSession (user_token) 
 App-Token the API client is set up with; a session can expire or be killed at any time (401
 ERROR_SESSION_TOKEN_INVALID); errors are a JSON list ["ERROR_...", "message"]; input fields it
 does not know are dropped without a word (with `knows_externalid` off, as GLPI 10.0 has no
-ticket externalid); searchText is a LIKE, not an equality; assigning a group or a technician
-moves a new ticket to "processing (assigned)" by itself; a solved or closed ticket takes no
-followup and no second solution until it is reopened, and a closed one is read-only. `fail`
-plants a failure, a stall or an HTML error page for the next matching request.
+ticket externalid); searchText is a LIKE, not an equality (on every field, the name
+included: "_" and "%" are wildcards, and case is ignored as GLPI's collation ignores it);
+assigning a group or a technician moves a new ticket to "processing (assigned)" by itself; a
+solved or closed ticket takes no followup and no second solution until it is reopened, and a
+closed one is read-only. `fail` plants a failure, a stall or an HTML error page for the next
+matching request.
 """
 
 from __future__ import annotations
@@ -248,11 +250,12 @@ def error(status: int, code: str, message: str) -> web.Response:
 
 def like(value: str) -> re.Pattern[str]:
     """GLPI's searchText: a LIKE '%value%', "^" and "$" anchoring it; "%" and "_" are
-    wildcards."""
+    wildcards, and case is ignored (GLPI's tables use a case-insensitive collation)."""
     start, end = value.startswith("^"), value.endswith("$")
     value = value[1 if start else 0: -1 if end else None]
     body = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in value)
-    return re.compile(("" if start else ".*") + body + ("" if end else ".*"), re.DOTALL)
+    return re.compile(("" if start else ".*") + body + ("" if end else ".*"),
+                      re.DOTALL | re.IGNORECASE)
 
 
 def priority(urgency: int, impact: int) -> int:
