@@ -128,7 +128,7 @@ async def test_a_registered_kind_has_its_host_and_port_triaged() -> None:
     async with serve() as port:
         check = check_of(DoorSpec(host="127.0.0.1", port=port))
         lines = dict(await triage.gather([check], deadline=2.0))
-    assert list(lines) == ["DNS 127.0.0.1", "TCP 127.0.0.1", "ICMP 127.0.0.1"]
+    assert list(lines) == ["DNS 127.0.0.1", "TCP 127.0.0.1", "ICMP 127.0.0.1", "Route 127.0.0.1"]
     assert lines["DNS 127.0.0.1"] == "an address, not a name: nothing to resolve"
     assert lines["TCP 127.0.0.1"].startswith(f"{port} open (")
 
