@@ -54,7 +54,7 @@ from checks.values import (
 from probe.configerrors import PLAIN, issue, locate, place
 from probe.configerrors import ConfigError as ConfigError
 from probe.configerrors import ConfigIssue as ConfigIssue
-from probe.helpdesks import AnyRoute
+from probe.helpdesks import ROUTES, AnyRoute
 from probe.helpdesks.base import Priority, RouteBase
 from probe.secrets import EnvRef, SecretError, Secrets, from_settings, redact
 from probe.webconfig import config_issues
@@ -738,6 +738,8 @@ def _message(error: Any, key: str | int | None) -> str:
         return str(msg).split(", ", 1)[1] if ", " in msg else str(msg)
     if kind == "union_tag_invalid":
         return f"{error['ctx']['tag']!r} is not one of {error['ctx']['expected_tags']}"
+    if kind == "union_tag_not_found":  # a route without its backend
+        return "missing (required): the helpdesk, one of " + ", ".join(map(repr, ROUTES))
     if kind == "literal_error":
         return f"{_show(value, key)} is not one of {error['ctx']['expected']}"
     text = PLAIN.get(kind) or str(msg).replace("Input should be", "expected")
@@ -770,7 +772,7 @@ def _translate(
     by_path: dict[KeyPath, list[dict[str, Any]]] = {}
     for error in err.errors():
         path = locate(error["loc"], data, missing=error["type"] == "missing")
-        if error["type"] == "union_tag_invalid":
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             path = (*path, "backend")
         by_path.setdefault(path, []).append(dict(error))
     issues = []
