@@ -238,8 +238,8 @@ async def test_a_missing_app_token_is_a_permanent_error_with_glpis_code(
         await make(app_token_file=None).open(ticket())
     assert caught.value.permanent
     assert caught.value.message == (
-        'GET /initSession: HTTP 400: ["ERROR_APP_TOKEN_PARAMETERS_MISSING", "parameter '
-        'app_token is missing or empty"]')
+        "GET /initSession: HTTP 400: ERROR_APP_TOKEN_PARAMETERS_MISSING: parameter app_token "
+        "is missing or empty")
     assert glpi.tickets == {} and glpi.logins == 0
 
 

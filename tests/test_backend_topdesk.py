@@ -165,7 +165,8 @@ async def test_a_429_is_transient_says_when_to_try_again_and_opens_nothing(
         await desk.open(ticket())
     assert not caught.value.permanent
     assert caught.value.retry_after == 30
-    assert "Too many requests" in caught.value.message
+    # TOPdesk's list of {"message"} read as words, not as JSON
+    assert caught.value.message == "POST /tas/api/incidents: HTTP 429: Too many requests"
     assert topdesk.incidents == {}
     ref = await desk.open(ticket())  # the retry
     assert list(topdesk.incidents) == [ref]

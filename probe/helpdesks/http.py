@@ -393,7 +393,8 @@ def error_object(text: str) -> dict[str, Any] | None:
 
 
 def helpdesk_message(text: str) -> str:
-    """The helpdesk's own words from an error body: a JSON message field if there is one,
+    """The helpdesk's own words from an error body: a JSON message field if there is one, the
+    words of a JSON list of them (GLPI's ["ERROR_CODE", "message"], TOPdesk's [{"message"}]),
     else the start of the text."""
     data = error_object(text)
     if data is not None:
@@ -401,7 +402,25 @@ def helpdesk_message(text: str) -> str:
             value = data.get(key)
             if value:
                 return _excerpt(value if isinstance(value, str) else json.dumps(value))
-    return _excerpt(text)
+    said = _listed(text)
+    return _excerpt(said or text)
+
+
+def _listed(text: str) -> str:
+    """The words of an error body that is a JSON list of strings or of {"message"} objects;
+    "" for any other body."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return ""
+    if not isinstance(data, list):
+        return ""
+    words = [item if isinstance(item, str) else item.get("message") if isinstance(item, dict)
+             else None for item in data[:10]]
+    if not words or not all(isinstance(w, str) and w for w in words):
+        return ""
+    return ("; " if any(isinstance(item, dict) for item in data) else ": ").join(
+        str(w) for w in words)
 
 
 def _excerpt(text: str) -> str:
