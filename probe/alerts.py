@@ -334,7 +334,7 @@ def _transition(kind: TransitionKind, st: GroupState, agent: str, now: float,
         agent=agent,
         group=group_name(st.receiver, st.group_key),
         service=None,
-        why=f"Alertmanager: {len(firing)} alert{'s' * (len(firing) != 1)} firing",
+        why=why(firing),
         reason=reason,
         previous_reason="",
         first_failure_at=st.first_at,
@@ -351,6 +351,11 @@ def _transition(kind: TransitionKind, st: GroupState, agent: str, now: float,
         facts = dataclasses.replace(facts, recovered=how, resolved_at=now,
                                     down_for_text=format_duration(round(now - st.first_at)))
     return Transition(kind, facts.group, st.key, now, facts)
+
+
+def why(firing: list[Alert]) -> str:
+    """An alert incident's account, as a check's is "3 consecutive failures"."""
+    return f"Alertmanager: {len(firing)} alert{'s' * (len(firing) != 1)} firing"
 
 
 def health(state: GroupState | None) -> GroupHealth:

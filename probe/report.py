@@ -69,17 +69,19 @@ async def build(pages: Pages, start: float, end: float, now: float,
                 rows.append(await _row(pages, "check", check.name, None, [check.name],
                                        check.sla, start, end, now))
         section = pages.config.alertmanager
-        for receiver in section.receivers if section is not None else ():
-            rows.append(await _fed(pages, receiver, start, end, now))
+        if section is not None:
+            fed = [i for i in await pages.archive.incidents(start=start, end=end, limit=10_000)
+                   if i.alert_group is not None]  # read once, for every receiver
+            rows += [_fed(receiver, fed, start, end, now) for receiver in section.receivers]
     return Report(start, end, pages.rule_text, rows, now)
 
 
-async def _fed(pages: Pages, receiver: str, start: float, end: float, now: float) -> ReportRow:
-    """A receiver of Alertmanager's: its incidents in the period, and as its downtime the time
-    they fired in it (Alertmanager says nothing of the time between: availability is n/a)."""
-    incidents = [i for i in await pages.archive.incidents(start=start, end=end, limit=10_000)
-                 if i.alert_group is not None
-                 and i.group.startswith(alerts.receiver_prefix(receiver))]
+def _fed(receiver: str, fed: Sequence[IncidentRow], start: float, end: float,
+         now: float) -> ReportRow:
+    """A receiver of Alertmanager's: its incidents in the period (of `fed`, every alert
+    incident's), and as its downtime the time they fired in it (Alertmanager says nothing of
+    the time between: availability is n/a)."""
+    incidents = [i for i in fed if i.group.startswith(alerts.receiver_prefix(receiver))]
     firing = sum(max(0.0, min(end, i.resolved_at or now) - max(start, i.first_failure_at))
                  for i in incidents)
     figure = Availability(start, end, 0.0, firing, 0.0, 0.0, len(incidents), None, "n/a")

@@ -98,7 +98,7 @@ def _alert_incident(group: str, st: alerts.GroupState) -> dict[str, Any]:
     firing = st.firing
     return {"group": group, "key": st.key, "opened_at": st.opened_at,
             "first_failure_at": st.first_at,
-            "why": f"Alertmanager: {len(firing)} alert{'s' * (len(firing) != 1)} firing",
+            "why": alerts.why(firing),
             "reason": firing[0].line() if firing else "", "checks": [], "unreachable": [],
             "receiver": st.receiver, "group_labels": st.group_labels,
             "alerts": [a.line() for a in firing]}
